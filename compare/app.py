@@ -1,0 +1,128 @@
+"""Turn a RunSpec into live objects (server, backend, corpus, pipelines) and run it.
+
+This is the one place where configuration becomes components, so the CLI stays a parser and
+tests can drive a whole run with the same code path the CLI uses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from compare import models
+from compare.backend import Backend
+from compare.runner import Progress, RunResult, run
+from compare.serve import ManagedServer, ServerConfig, split_args
+from compare.spec import LongContextSpec, NeedleCorpusSpec, PipelineSpec, RagSpec, RunSpec
+from compare.store import Store
+from corpora.base import Corpus
+from corpora.needle import build_needle_corpus
+from pipelines.base import Pipeline
+from pipelines.long_context import LongContextPipeline
+
+
+def build_pipeline(ps: PipelineSpec) -> Pipeline:
+    if isinstance(ps, LongContextSpec):
+        return LongContextPipeline(truncation=ps.truncation, max_tokens=ps.max_tokens)
+    if isinstance(ps, RagSpec):
+        from pipelines.rag import RagPipeline  # heavy imports (torch) only when RAG is used
+
+        return RagPipeline(
+            chunk_size=ps.chunk_size,
+            chunk_overlap=ps.chunk_overlap,
+            top_k=ps.top_k,
+            order=ps.order,
+            embedder=ps.embedder,
+            max_tokens=ps.max_tokens,
+        )
+    raise TypeError(f"unknown pipeline spec {ps!r}")
+
+
+async def build_corpus(spec: RunSpec, backend: Backend, data_dir: Path | None) -> Corpus:
+    cs = spec.corpus
+    if isinstance(cs, NeedleCorpusSpec):
+        return await build_needle_corpus(
+            backend.tokenize, lengths=cs.lengths, depths=cs.depths, book=cs.book, seed=cs.seed,
+            root=data_dir,
+        )
+    raise TypeError(f"unknown corpus spec {cs!r}")
+
+
+@contextlib.contextmanager
+def server_for(
+    spec: RunSpec, say: Callable[[str], None], base_url: str | None = None
+) -> Iterator[tuple[str, dict[str, Any]]]:
+    """A base URL to talk to: the given server, or a managed vLLM for the spec's model."""
+    url = base_url or spec.server.base_url
+    if url:
+        yield url, {"managed": False, "base_url": url}
+        return
+    path = models.prepare(spec.server.model, progress=say)
+    config = ServerConfig(
+        model_path=str(path),
+        served_name=spec.server.model,
+        max_model_len=spec.server.max_model_len,
+        kv_cache_gib=spec.server.kv_cache_gib,
+        extra_args=split_args(spec.server.extra_args),
+    )
+    say(f"starting vLLM for {spec.server.model} ...")
+    with ManagedServer(config, progress=say) as server:
+        say(f"vLLM ready at {server.base_url} after {server.startup_s:.0f}s")
+        yield server.base_url, server.describe()
+
+
+async def execute_async(
+    spec: RunSpec,
+    store: Store,
+    base_url: str,
+    server_info: dict[str, Any],
+    *,
+    data_dir: Path | None = None,
+    retry_errors: bool = False,
+    progress: Progress | None = None,
+) -> RunResult:
+    async with Backend(base_url, spec.server.model, timeout_s=spec.timeout_s) as backend:
+        server_info = {**server_info, "version": await backend.version()}
+        corpus = await build_corpus(spec, backend, data_dir)
+        pipelines = [build_pipeline(p) for p in spec.pipelines]
+        return await run(
+            run_id=spec.run_id(),
+            corpus=corpus,
+            pipelines=pipelines,
+            backend=backend,
+            store=store,
+            run_meta={
+                "model": spec.server.model,
+                "base_url": base_url,
+                "spec": spec.model_dump(mode="json"),
+                "corpus_params": dict(corpus.params),
+                "server": server_info,
+            },
+            metric_names=spec.metrics,
+            concurrency=spec.concurrency,
+            retry_errors=retry_errors,
+            progress=progress,
+        )
+
+
+def execute(
+    spec: RunSpec,
+    db: Path,
+    *,
+    say: Callable[[str], None],
+    base_url: str | None = None,
+    data_dir: Path | None = None,
+    retry_errors: bool = False,
+    progress: Progress | None = None,
+) -> RunResult:
+    """Run a spec end to end: server up, corpus built, every request stored, server down."""
+    with Store(db) as store, server_for(spec, say, base_url) as (url, info):
+        return asyncio.run(
+            execute_async(
+                spec, store, url, info, data_dir=data_dir, retry_errors=retry_errors,
+                progress=progress,
+            )
+        )

@@ -1,0 +1,147 @@
+"""The run loop: examples x pipelines against one backend, bounded concurrency, resumable.
+
+Every finished request is written (with its scores) before the next result is awaited, so an
+interrupted run keeps all finished work and a rerun of the same spec only does what is missing.
+Examples go in corpus order, each asked of every pipeline before the next example, so the
+server's prefix cache sees one document's questions back to back and a partial run still
+compares the pipelines on the same questions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from compare import metrics as metric_registry
+from compare.backend import Backend, metric_deltas
+from compare.store import Store
+from compare.types import Example, Prediction
+from corpora.base import Corpus
+from pipelines.base import Pipeline
+
+
+def params_hash(params: Mapping[str, Any]) -> str:
+    """Cache key of a pipeline configuration (lm-eval-harness style: hash of the arguments)."""
+    return hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+@dataclass
+class RunResult:
+    run_id: str
+    resumed: bool
+    done: int = 0
+    skipped: int = 0
+    errors: int = 0
+    server_deltas: dict[str, float] = field(default_factory=dict)
+
+
+Progress = Callable[[str, int, int], None]
+
+
+async def run(
+    *,
+    run_id: str,
+    corpus: Corpus,
+    pipelines: Sequence[Pipeline],
+    backend: Backend,
+    store: Store,
+    run_meta: Mapping[str, Any],
+    metric_names: Sequence[str],
+    concurrency: int = 1,
+    retry_errors: bool = False,
+    progress: Progress | None = None,
+) -> RunResult:
+    """Ask every example of every pipeline that the store does not already hold."""
+    metrics = metric_registry.resolve(metric_names)
+    resumed = store.start_run(run_id, corpus=corpus.name, concurrency=concurrency, **run_meta)
+    doc_tokens = {
+        d: int(t) for ex in corpus.examples if (t := ex.tags.get("doc_tokens")) is not None
+        for d in ex.doc_ids[:1]
+    }
+    store.add_examples(run_id, corpus.examples, doc_tokens if doc_tokens else None)
+    result = RunResult(run_id=run_id, resumed=resumed)
+    keep = store.prediction_keys(run_id, errors=False if retry_errors else None)
+
+    hashes = [params_hash(p.params()) for p in pipelines]
+    todo: list[tuple[Example, Pipeline, str]] = []
+    for ex in corpus.examples:
+        for pipe, h in zip(pipelines, hashes, strict=True):
+            if (ex.id, pipe.name, h) in keep:
+                result.skipped += 1
+            else:
+                todo.append((ex, pipe, h))
+    total = len(todo)
+    if progress:
+        progress("preparing pipelines", 0, total)
+    needed = {id(p) for _, p, _ in todo}
+    for pipe, h in zip(pipelines, hashes, strict=True):
+        if id(pipe) in needed:
+            await pipe.prepare(corpus.documents, backend)
+            stats = getattr(pipe, "index_stats", None)
+            if stats:
+                store.add_index_stats(run_id, pipe.name, h, stats)
+
+    before = await backend.metrics()
+    seq = store.next_seq(run_id)
+    sem = asyncio.Semaphore(concurrency)
+    lock = asyncio.Lock()
+
+    async def one(ex: Example, pipe: Pipeline, h: str) -> None:
+        nonlocal seq
+        async with sem:
+            started = datetime.now(UTC).replace(tzinfo=None)
+            pred = await _answer(pipe, ex, backend)
+        async with lock:
+            store.add_prediction(
+                run_id, ex.id, pipe.name, h, pipe.params(), pred,
+                seq=seq, resumed=resumed, started_at=started,
+                scores=metric_registry.score(metrics, ex, pred),
+            )
+            seq += 1
+            result.done += 1
+            result.errors += 0 if pred.ok else 1
+            if progress:
+                progress(f"{pipe.name} {ex.id}", result.done, total)
+
+    status = "failed"
+    try:
+        if concurrency == 1:
+            for item in todo:
+                await one(*item)
+        else:
+            await asyncio.gather(*(one(*item) for item in todo))
+        status = "done"
+    except (asyncio.CancelledError, KeyboardInterrupt):
+        status = "interrupted"
+        raise
+    finally:
+        after = await _safe_metrics(backend)
+        if before and after:
+            result.server_deltas = metric_deltas(before, after)
+            store.add_server_stats(run_id, result.server_deltas)
+        store.finish_run(run_id, status)
+    return result
+
+
+async def _answer(pipe: Pipeline, ex: Example, backend: Backend) -> Prediction:
+    """Pipelines return failures as rows; anything they raise becomes a row too."""
+    try:
+        return await pipe.answer(ex, backend)
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a failed request must become a stored row
+        return Prediction(
+            answer="", completion=None, context_tokens=0, error=f"{type(exc).__name__}: {exc}"
+        )
+
+
+async def _safe_metrics(backend: Backend) -> dict[str, float]:
+    try:
+        return await backend.metrics()
+    except Exception:  # noqa: BLE001 - stats are best effort; a dead server must not mask the run's error
+        return {}

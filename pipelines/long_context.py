@@ -1,0 +1,97 @@
+"""Long context: the whole document(s) in the prompt, budgeted with the server's tokenizer.
+
+A prompt that does not fit the window is never cut silently: by default it becomes an error
+row; truncation is an explicit policy that is part of the pipeline's params and each cut is
+recorded as `truncated_tokens` on the prediction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Literal
+
+from compare.backend import Backend, BackendError
+from compare.types import Document, Example, Prediction
+from pipelines.prompts import build_messages
+
+Truncation = Literal["error", "head", "tail", "middle"]
+
+
+def cut(text: str, keep: float, policy: Truncation) -> str:
+    """Keep a fraction of the characters: the start (head), the end (tail), or both ends."""
+    n = int(len(text) * keep)
+    if policy == "head":
+        return text[:n]
+    if policy == "tail":
+        return text[len(text) - n :]
+    half = n // 2
+    return text[:half] + "\n[...]\n" + text[len(text) - (n - half) :]
+
+
+class LongContextPipeline:
+    """Answer from the full text of the example's documents."""
+
+    name = "long_context"
+
+    def __init__(self, *, truncation: Truncation = "error", max_tokens: int = 32) -> None:
+        self.truncation = truncation
+        self.max_tokens = max_tokens
+        self._docs: Mapping[str, Document] = {}
+
+    def params(self) -> dict[str, object]:
+        return {"kind": "long_context", "truncation": self.truncation, "max_tokens": self.max_tokens}
+
+    async def prepare(self, documents: Mapping[str, Document], backend: Backend) -> None:
+        self._docs = documents
+
+    def context_for(self, example: Example) -> str:
+        return "\n\n".join(self._docs[d].text for d in example.doc_ids)
+
+    async def answer(self, example: Example, backend: Backend) -> Prediction:
+        context = self.context_for(example)
+        try:
+            context_tokens = await backend.tokenize(context)
+            window = await backend.max_model_len()
+            budget = window - self.max_tokens
+            messages = build_messages(context, example.question)
+            prompt_tokens = await backend.tokenize(messages=messages)
+            truncated = 0
+            if prompt_tokens > budget:
+                if self.truncation == "error":
+                    return Prediction(
+                        answer="",
+                        completion=None,
+                        context_tokens=context_tokens,
+                        error=(
+                            f"context_overflow: prompt is {prompt_tokens} tokens + {self.max_tokens} "
+                            f"to generate > window {window}; choose a truncation policy to cut it"
+                        ),
+                    )
+                context, kept = await self._fit(context, example.question, budget, backend)
+                truncated = context_tokens - kept
+                context_tokens = kept
+                messages = build_messages(context, example.question)
+            completion = await backend.complete(messages, max_tokens=self.max_tokens)
+        except BackendError as exc:
+            return Prediction(answer="", completion=None, context_tokens=0, error=str(exc))
+        return Prediction(
+            answer=completion.text.strip(),
+            completion=completion,
+            context_tokens=context_tokens,
+            truncated_tokens=truncated,
+        )
+
+    async def _fit(
+        self, context: str, question: str, budget: int, backend: Backend
+    ) -> tuple[str, int]:
+        """Largest cut of the context whose full prompt fits the budget (binary search)."""
+        lo, hi = 0.0, 1.0
+        best = cut(context, 0.0, self.truncation)
+        for _ in range(14):
+            mid = (lo + hi) / 2
+            candidate = cut(context, mid, self.truncation)
+            if await backend.tokenize(messages=build_messages(candidate, question)) <= budget:
+                lo, best = mid, candidate
+            else:
+                hi = mid
+        return best, await backend.tokenize(best)

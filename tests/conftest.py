@@ -1,0 +1,58 @@
+"""Shared fixtures: one real vLLM server per test session, real model, real files.
+
+Set RAGVSLC_TEST_BASE_URL to reuse a server you already started (`ragvslc serve
+--max-model-len 2048`) while iterating; CI always starts its own.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from compare import models  # noqa: E402
+from compare.backend import Backend  # noqa: E402
+
+TEST_WINDOW = 2048  # small window: short prompts keep the suite fast and make overflow cheap
+
+
+@pytest.fixture(scope="session")
+def model_path() -> Path:
+    return models.prepare(models.DEFAULT_MODEL)
+
+
+@pytest.fixture(scope="session")
+def server_url(model_path: Path) -> Iterator[str]:
+    external = os.environ.get("RAGVSLC_TEST_BASE_URL")
+    if external:
+        yield external
+        return
+    from compare.serve import ManagedServer, ServerConfig
+
+    config = ServerConfig(
+        model_path=str(model_path), served_name=models.DEFAULT_MODEL, max_model_len=TEST_WINDOW,
+        kv_cache_gib=1,
+    )
+    with ManagedServer(config, progress=lambda m: None) as server:
+        print(f"\nvLLM ready at {server.base_url} after {server.startup_s:.0f}s")
+        yield server.base_url
+
+
+@pytest.fixture
+async def backend(server_url: str) -> AsyncIterator[Backend]:
+    async with Backend(server_url, models.DEFAULT_MODEL, timeout_s=300) as b:
+        yield b
+
+
+@pytest.fixture(scope="session")
+def hf_tokenizer(model_path: Path):  # type: ignore[no-untyped-def]
+    """The served model's own tokenizer, for tests of token-exact builders without a server."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(model_path))

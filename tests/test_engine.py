@@ -1,0 +1,114 @@
+"""End to end against the real vLLM server: both pipelines, rows read back from DuckDB."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from compare.app import execute_async
+from compare.backend import Backend
+from compare.spec import validate_spec
+from compare.store import Store
+from compare.types import Example
+from pipelines.long_context import LongContextPipeline
+
+pytestmark = pytest.mark.slow
+
+SPEC = {
+    "corpus": {"kind": "needle", "lengths": [400, 1200], "depths": [0.2, 0.8], "seed": 3},
+    "pipelines": [{"kind": "long_context"}, {"kind": "rag", "chunk_size": 120, "top_k": 2}],
+    "concurrency": 2,
+}
+
+
+@pytest.fixture(scope="module")
+def run_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("engine") / "results.duckdb"
+
+
+async def _run(server_url: str, db: Path, **kw: object) -> tuple[str, object]:
+    spec = validate_spec(SPEC)
+    with Store(db) as store:
+        res = await execute_async(spec, store, server_url, {"managed": False}, **kw)  # type: ignore[arg-type]
+    return spec.run_id(), res
+
+
+async def test_both_pipelines_answer_every_example(server_url: str, run_db: Path) -> None:
+    run_id, res = await _run(server_url, run_db)
+    con = duckdb.connect(str(run_db), read_only=True)
+    try:
+        n_ex = con.execute("SELECT count(*) FROM examples WHERE run_id = ?", [run_id]).fetchone()
+        assert n_ex == (4,)
+        rows = con.execute(
+            "SELECT pipeline, count(*), count(error), min(ttft_ms), bool_and(e2e_ms >= ttft_ms), "
+            "max(abs(e2e_ms - ttft_ms - list_sum(coalesce(itl_ms, [0.0])))), min(output_tokens), "
+            "min(prompt_tokens), min(context_tokens), max(retrieval_ms) "
+            "FROM predictions WHERE run_id = ? GROUP BY pipeline ORDER BY pipeline",
+            [run_id],
+        ).fetchall()
+        assert [r[0] for r in rows] == ["long_context", "rag"]
+        for pipe, n, errors, ttft, e2e_ge, itl_gap, out_tok, prompt_tok, ctx, retr in rows:
+            assert (n, errors) == (4, 0), pipe
+            assert ttft > 0 and e2e_ge and itl_gap < 1e-6
+            assert out_tok >= 1 and prompt_tok > ctx > 0
+            assert (retr > 0) == (pipe == "rag")
+        # Long context's prompt carries the whole document; RAG's only k small chunks.
+        lc_ctx, rag_ctx = con.execute(
+            "SELECT max(context_tokens) FILTER (pipeline = 'long_context'), "
+            "max(context_tokens) FILTER (pipeline = 'rag') FROM predictions WHERE run_id = ?",
+            [run_id],
+        ).fetchone() or (0, 0)
+        assert lc_ctx > 1000 and rag_ctx < 400
+        # The retriever finds the needle: its evidence span is among the retrieved spans.
+        recall = con.execute(
+            "SELECT avg(value) FROM scores WHERE run_id = ? AND pipeline = 'rag' "
+            "AND metric = 'evidence_recall'", [run_id],
+        ).fetchone()
+        assert recall == (1.0,)
+        # Every metric is a row per prediction; quality is measured, whatever it turns out to be.
+        n_scores = con.execute(
+            "SELECT count(*) FROM scores WHERE run_id = ? AND metric = 'contains' AND value IS NOT NULL",
+            [run_id],
+        ).fetchone()
+        assert n_scores == (8,)
+        stats = dict(con.execute(
+            "SELECT name, value FROM server_stats WHERE run_id = ?", [run_id]).fetchall())
+        assert stats.get("vllm:prompt_tokens", 0) > 0
+        status = con.execute("SELECT status FROM runs WHERE run_id = ?", [run_id]).fetchone()
+        assert status == ("done",)
+    finally:
+        con.close()
+
+
+async def test_rerun_adds_no_rows(server_url: str, run_db: Path) -> None:
+    _, res = await _run(server_url, run_db)
+    assert res.done == 0 and res.skipped == 8 and res.resumed  # type: ignore[attr-defined]
+    con = duckdb.connect(str(run_db), read_only=True)
+    try:
+        assert con.execute("SELECT count(*) FROM predictions").fetchone() == (8,)
+        assert con.execute("SELECT count(*) FROM scores WHERE metric = 'contains'").fetchone() == (8,)
+    finally:
+        con.close()
+
+
+async def test_overflow_is_an_error_row_and_truncation_is_recorded(backend: Backend) -> None:
+    window = await backend.max_model_len()
+    doc_text = "The bishop walked slowly through the town at dusk. " * (window // 8)
+    ex = Example("big", ("big",), "Who walked?", ("the bishop",))
+    from compare.types import Document
+
+    docs = {"big": Document("big", doc_text)}
+    strict = LongContextPipeline()
+    await strict.prepare(docs, backend)
+    pred = await strict.answer(ex, backend)
+    assert pred.error is not None and pred.error.startswith("context_overflow")
+    assert pred.completion is None and pred.context_tokens > window
+    cut = LongContextPipeline(truncation="head", max_tokens=8)
+    await cut.prepare(docs, backend)
+    pred = await cut.answer(ex, backend)
+    assert pred.error is None and pred.completion is not None
+    assert pred.truncated_tokens > 0
+    assert pred.completion.prompt_tokens <= window - 8
+    assert cut.params()["truncation"] == "head"
