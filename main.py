@@ -11,10 +11,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import typer  # noqa: E402
+import typer
 
-from compare import console  # noqa: E402
-from compare.spec import SpecError  # noqa: E402
+from compare import console
+from compare.spec import SpecError
 
 app = typer.Typer(help="Long context or RAG? Measure both on the same questions.", no_args_is_help=True)
 models_app = typer.Typer(help="Embedded models that install from PyPI.", no_args_is_help=True)
@@ -52,7 +52,6 @@ def run_cmd(
     retry_errors: Annotated[bool, typer.Option(help="Redo the rows that failed.")] = False,
 ) -> None:
     """Run a comparison; rerunning the same spec resumes it."""
-    from compare.app import execute
     from compare.spec import load_spec, validate_spec
 
     try:
@@ -137,10 +136,34 @@ def report_cmd(
     console.out.print(f"report: {files.html}")
 
 
+@app.command("score")
+def score_cmd(
+    db: DbOpt = Path("results.duckdb"),
+    run: Annotated[list[str] | None, typer.Option("--run", help="Run id(s); default all.")] = None,
+    metric: Annotated[list[str] | None, typer.Option("--metric", help="Metric(s); default all.")] = None,
+) -> None:
+    """Recompute scores from stored predictions (no model calls)."""
+    from compare.metrics import METRICS
+    from compare.rescore import rescore
+    from compare.store import Store, StoreBusyError
+
+    if not db.exists():
+        fail(f"no database at {db}")
+    try:
+        with Store(db) as store:
+            n = rescore(store, run or None, metric or list(METRICS))
+    except (StoreBusyError, ValueError) as exc:
+        fail(str(exc))
+        return
+    console.out.print(f"rescored {n} predictions")
+
+
 @app.command("demo")
 def demo_cmd(
-    out: Annotated[Path, typer.Option(help="Folder for results.duckdb and the report.")] = Path("demo-output"),
-    base_url: Annotated[str | None, typer.Option(help="Use a running server instead of a managed one.")] = None,
+    out: Annotated[Path, typer.Option(help="Folder for results.duckdb and the report.")] = Path(
+        "demo-output"
+    ),
+    base_url: Annotated[str | None, typer.Option(help="Use a running server, not a managed one.")] = None,
     data_dir: DataOpt = None,
 ) -> None:
     """A small needle grid (3 lengths x 3 depths) through both pipelines, then the report."""
@@ -186,8 +209,9 @@ def models_list() -> None:
     """Known models and whether they are prepared."""
     from compare import models
 
-    rows = models.list_models()
-    console.table(rows, list(rows[0].keys()) if rows else ["name"])
+    console.table(
+        models.list_models(), ["name", "default", "chat", "context", "prepared", "size_bytes", "path", "note"]
+    )
 
 
 @models_app.command("prepare")

@@ -183,9 +183,9 @@ class Backend:
         """Stream one chat completion and time it."""
         start = time.perf_counter()
         try:
-            stream = await self._client.chat.completions.create(
+            stream = await self._client.chat.completions.create(  # type: ignore[call-overload]
                 model=self.model,
-                messages=[dict(m) for m in messages],  # type: ignore[misc]
+                messages=[dict(m) for m in messages],
                 max_tokens=max_tokens,
                 temperature=temperature,
                 seed=seed,

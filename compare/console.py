@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -12,8 +13,9 @@ from rich.table import Table
 
 from compare.runner import Progress as ProgressFn
 
-console = Console(stderr=True)
-out = Console()
+console = Console(stderr=True, soft_wrap=True)  # messages must stay greppable, unwrapped
+# Piped output (files, CI logs) gets wide tables instead of folded cells.
+out = Console(width=None if sys.stdout.isatty() else 200)
 
 
 def say(msg: str) -> None:

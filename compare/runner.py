@@ -134,7 +134,7 @@ async def _answer(pipe: Pipeline, ex: Example, backend: Backend) -> Prediction:
         return await pipe.answer(ex, backend)
     except asyncio.CancelledError:
         raise
-    except Exception as exc:  # noqa: BLE001 - a failed request must become a stored row
+    except Exception as exc:  # a failed request must become a stored row, never vanish
         return Prediction(
             answer="", completion=None, context_tokens=0, error=f"{type(exc).__name__}: {exc}"
         )
@@ -143,5 +143,5 @@ async def _answer(pipe: Pipeline, ex: Example, backend: Backend) -> Prediction:
 async def _safe_metrics(backend: Backend) -> dict[str, float]:
     try:
         return await backend.metrics()
-    except Exception:  # noqa: BLE001 - stats are best effort; a dead server must not mask the run's error
+    except Exception:  # stats are best effort: a dead server must not mask the run's own error
         return {}

@@ -76,11 +76,13 @@ class ServerSpec(_Strict):
     extra_args: list[str] = []
 
 
+def _default_pipelines() -> list[PipelineSpec]:
+    return [LongContextSpec(), RagSpec()]
+
+
 class RunSpec(_Strict):
     corpus: CorpusSpec = NeedleCorpusSpec()
-    pipelines: list[PipelineSpec] = Field(
-        default_factory=lambda: [LongContextSpec(), RagSpec()], min_length=1
-    )
+    pipelines: list[PipelineSpec] = Field(default_factory=lambda: _default_pipelines(), min_length=1)
     server: ServerSpec = ServerSpec()
     concurrency: Annotated[int, Field(ge=1, le=256)] = 1
     metrics: list[str] = ["contains", "exact_match", "token_f1", "evidence_recall", "request_ok"]

@@ -337,13 +337,17 @@ class Store:
         if rows:
             self.con.executemany("INSERT OR REPLACE INTO scores VALUES (?, ?, ?, ?, ?, ?)", rows)
 
-    def replace_scores(self, key: Sequence[str], scores: Mapping[str, float | None]) -> None:
-        """Rescoring from stored predictions (no model call) replaces a row's scores."""
+    def replace_scores(
+        self, key: Sequence[str], scores: Mapping[str, float | None], only: Sequence[str]
+    ) -> None:
+        """Rescoring from stored predictions (no model call) replaces the named metrics' rows."""
         self.con.execute("BEGIN")
         try:
+            marks = ", ".join("?" * len(only))
             self.con.execute(
-                "DELETE FROM scores WHERE run_id = ? AND example_id = ? AND pipeline = ? AND params_hash = ?",
-                list(key),
+                "DELETE FROM scores WHERE run_id = ? AND example_id = ? AND pipeline = ? "
+                f"AND params_hash = ? AND metric IN ({marks})",
+                [*key, *only],
             )
             self._write_scores(list(key), scores)
             self.con.execute("COMMIT")

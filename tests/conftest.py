@@ -16,8 +16,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from compare import models  # noqa: E402
-from compare.backend import Backend  # noqa: E402
+from compare import models
+from compare.backend import Backend
 
 TEST_WINDOW = 2048  # small window: short prompts keep the suite fast and make overflow cheap
 

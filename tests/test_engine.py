@@ -36,7 +36,7 @@ async def _run(server_url: str, db: Path, **kw: object) -> tuple[str, object]:
 
 
 async def test_both_pipelines_answer_every_example(server_url: str, run_db: Path) -> None:
-    run_id, res = await _run(server_url, run_db)
+    run_id, _ = await _run(server_url, run_db)
     con = duckdb.connect(str(run_db), read_only=True)
     try:
         n_ex = con.execute("SELECT count(*) FROM examples WHERE run_id = ?", [run_id]).fetchone()
@@ -112,3 +112,14 @@ async def test_overflow_is_an_error_row_and_truncation_is_recorded(backend: Back
     assert pred.truncated_tokens > 0
     assert pred.completion.prompt_tokens <= window - 8
     assert cut.params()["truncation"] == "head"
+
+
+async def test_rescore_reproduces_stored_scores(server_url: str, run_db: Path) -> None:
+    from compare.rescore import rescore
+
+    with Store(run_db) as s:
+        before = s.con.execute("SELECT * FROM scores ORDER BY ALL").fetchall()
+        s.con.execute("DELETE FROM scores WHERE metric = 'contains'")
+        assert rescore(s, None, ["contains"]) == 8
+        after = s.con.execute("SELECT * FROM scores ORDER BY ALL").fetchall()
+    assert after == before

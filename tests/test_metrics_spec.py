@@ -51,7 +51,7 @@ def test_spec_rejects_unknown_keys_and_bad_values(tmp_path: Path) -> None:
         validate_spec({"corpus": {"depths": [1.5]}})
     bad = tmp_path / "bad.toml"
     bad.write_text("concurrency = [")
-    with pytest.raises(SpecError, match="bad.toml: not valid TOML"):
+    with pytest.raises(SpecError, match=r"bad\.toml: not valid TOML"):
         load_spec(bad)
 
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from corpora.books import load_book, data_dir
+from corpora.books import data_dir, load_book
 from corpora.needle import build_needle_corpus, plant, sentence_bounds
 
 pytestmark = pytest.mark.slow  # needs the converted model's tokenizer

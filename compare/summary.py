@@ -1,0 +1,146 @@
+"""SQL over the store that the report (and the CLI) read: one row per pipeline, per length.
+
+Scores are long in the store (one row per metric), so every metric a run recorded becomes a
+column here without the report knowing metric names in advance. Failed requests are counted
+but kept out of latency and token statistics: a request that never produced a token has no
+TTFT, and averaging its zero context into a mean would flatter the pipeline that failed.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import duckdb
+import pandas as pd
+
+# A needle corpus records the length it aimed for; other corpora only the measured length.
+_LENGTH = "coalesce(TRY_CAST(json_extract_string(e.tags, '$.target_tokens') AS DOUBLE), e.doc_tokens)"
+_DOC_TOKENS = "coalesce(TRY_CAST(json_extract_string(e.tags, '$.doc_tokens') AS DOUBLE), e.doc_tokens)"
+_KEY = ["run_id", "pipeline", "params_hash"]
+
+
+def latest_run_id(con: duckdb.DuckDBPyConnection) -> str | None:
+    """The newest run that has predictions: a run that just started has nothing to report."""
+    row = con.execute(
+        "SELECT r.run_id FROM runs r WHERE EXISTS (SELECT 1 FROM predictions p WHERE p.run_id = r.run_id) "
+        "ORDER BY r.created_at DESC, r.run_id DESC LIMIT 1"
+    ).fetchone()
+    return str(row[0]) if row else None
+
+
+def _runs(con: duckdb.DuckDBPyConnection, run_ids: list[str] | None) -> list[str]:
+    """`None` means every run in the store (the report narrows it to the latest itself)."""
+    if run_ids is not None:
+        return list(run_ids)
+    return [str(r[0]) for r in con.execute("SELECT run_id FROM runs ORDER BY created_at").fetchall()]
+
+
+def describe(pipeline: str, params: dict[str, Any]) -> str:
+    """A legend-sized name: the knobs a reader compares, not every parameter."""
+    if params.get("kind", pipeline) == "rag":
+        return f"{pipeline} k={params.get('top_k')} cs={params.get('chunk_size')} {params.get('order')}"
+    if params.get("kind", pipeline) == "long_context" and params.get("truncation", "error") != "error":
+        return f"{pipeline} trunc={params['truncation']}"
+    return pipeline
+
+
+def pipeline_labels(con: duckdb.DuckDBPyConnection, run_ids: list[str] | None) -> pd.DataFrame:
+    """One unique label per (run, pipeline, params): charts colour by it, so it must not collide."""
+    rows = con.execute(
+        "SELECT run_id, pipeline, params_hash, any_value(params) FROM predictions "
+        "WHERE list_contains(?, run_id) GROUP BY ALL ORDER BY ALL",
+        [_runs(con, run_ids)],
+    ).fetchall()
+    df = pd.DataFrame(
+        [(r, p, h, describe(p, json.loads(params))) for r, p, h, params in rows],
+        columns=[*_KEY, "label"],
+    )
+    clash = df.duplicated(["run_id", "label"], keep=False)
+    df.loc[clash, "label"] = df.loc[clash, "label"] + " #" + df.loc[clash, "params_hash"].str[:6]
+    if df["run_id"].nunique() > 1:
+        df["label"] = df["label"] + " @" + df["run_id"]
+    return df
+
+
+def _metric_means(con: duckdb.DuckDBPyConnection, runs: list[str], per_length: bool) -> pd.DataFrame:
+    """Mean of every metric as its own column (NULL scores, i.e. not applicable, are skipped)."""
+    length = f", {_LENGTH} AS length" if per_length else ""
+    long = con.execute(
+        f"""
+        SELECT s.run_id, s.pipeline, s.params_hash{length}, s.metric, avg(s.value) AS mean
+        FROM scores s JOIN examples e USING (run_id, example_id)
+        WHERE list_contains(?, s.run_id) GROUP BY ALL
+        """,
+        [runs],
+    ).df()
+    index = [*_KEY, "length"] if per_length else _KEY
+    if long.empty:
+        return pd.DataFrame(columns=index)
+    wide = long.pivot_table(index=index, columns="metric", values="mean", dropna=False).reset_index()
+    wide.columns.name = None
+    return wide
+
+
+def pipeline_summary(con: duckdb.DuckDBPyConnection, run_ids: list[str] | None) -> list[dict[str, Any]]:
+    """Per pipeline configuration: counts, quality means, latency percentiles, token means."""
+    runs = _runs(con, run_ids)
+    ok = "FILTER (WHERE error IS NULL)"
+    stats = con.execute(
+        f"""
+        SELECT run_id, pipeline, params_hash, count(*) AS n, count(error) AS errors,
+            quantile_cont(ttft_ms, 0.5) {ok} AS ttft_p50_ms, quantile_cont(ttft_ms, 0.95) {ok} AS ttft_p95_ms,
+            quantile_cont(e2e_ms, 0.5) {ok} AS e2e_p50_ms, quantile_cont(e2e_ms, 0.95) {ok} AS e2e_p95_ms,
+            quantile_cont(total_ms, 0.5) {ok} AS total_p50_ms,
+            avg(context_tokens) {ok} AS context_tokens_mean, avg(prompt_tokens) {ok} AS prompt_tokens_mean,
+            avg(cached_tokens) {ok} AS cached_tokens_mean
+        FROM predictions WHERE list_contains(?, run_id) GROUP BY ALL
+        """,
+        [runs],
+    ).df()
+    means = _metric_means(con, runs, per_length=False)
+    df = pipeline_labels(con, runs).merge(stats, on=_KEY).merge(means, on=_KEY, how="left")
+    df = df.sort_values(["run_id", "label"]).astype(object)
+    return [{k: (None if pd.isna(v) else v) for k, v in row.items()} for row in df.to_dict("records")]
+
+
+def by_length(con: duckdb.DuckDBPyConnection, run_ids: list[str] | None) -> pd.DataFrame:
+    """Quality and latency per document length: the x axis of the length charts."""
+    runs = _runs(con, run_ids)
+    stats = con.execute(
+        f"""
+        SELECT p.run_id, p.pipeline, p.params_hash, {_LENGTH} AS length, count(*) AS n,
+            count(p.error) AS errors, avg({_DOC_TOKENS}) AS doc_tokens,
+            bool_or(json_extract_string(e.tags, '$.target_tokens') IS NOT NULL) AS is_target,
+            quantile_cont(p.ttft_ms, 0.5) FILTER (WHERE p.error IS NULL) AS ttft_p50_ms,
+            quantile_cont(p.e2e_ms, 0.5) FILTER (WHERE p.error IS NULL) AS e2e_p50_ms
+        FROM predictions p JOIN examples e USING (run_id, example_id)
+        WHERE list_contains(?, p.run_id) GROUP BY ALL
+        """,
+        [runs],
+    ).df()
+    means = _metric_means(con, runs, per_length=True)
+    df = pipeline_labels(con, runs).merge(stats, on=_KEY).merge(means, on=[*_KEY, "length"], how="left")
+    return df.sort_values(["run_id", "label", "length"]).reset_index(drop=True)
+
+
+def needle_grid(
+    con: duckdb.DuckDBPyConnection, run_ids: list[str] | None, metric: str = "contains"
+) -> pd.DataFrame:
+    """Mean score per (target length, depth) cell; empty when the run has no depth tags."""
+    runs = _runs(con, run_ids)
+    grid = con.execute(
+        """
+        SELECT s.run_id, s.pipeline, s.params_hash,
+            TRY_CAST(json_extract_string(e.tags, '$.target_tokens') AS DOUBLE) AS target_tokens,
+            TRY_CAST(json_extract_string(e.tags, '$.depth') AS DOUBLE) AS depth,
+            avg(s.value) AS score, count(s.value) AS n
+        FROM scores s JOIN examples e USING (run_id, example_id)
+        WHERE list_contains(?, s.run_id) AND s.metric = ?
+            AND json_extract_string(e.tags, '$.depth') IS NOT NULL
+            AND json_extract_string(e.tags, '$.target_tokens') IS NOT NULL
+        GROUP BY ALL
+        """,
+        [runs, metric],
+    ).df()
+    return pipeline_labels(con, runs).merge(grid, on=_KEY).sort_values(["label", "target_tokens", "depth"])
