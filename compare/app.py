@@ -14,11 +14,23 @@ from typing import Any
 
 from compare import models
 from compare.backend import Backend
-from compare.runner import Progress, RunResult, run
+from compare.runner import FailurePolicy, Progress, RunResult, ServerDown, run
 from compare.serve import ManagedServer, ServerConfig, split_args
-from compare.spec import LongContextSpec, NeedleCorpusSpec, PipelineSpec, RagSpec, RunSpec
+from compare.spec import (
+    BabiCorpusSpec,
+    JsonlCorpusSpec,
+    LevalCorpusSpec,
+    LongContextSpec,
+    NeedleCorpusSpec,
+    PipelineSpec,
+    RagSpec,
+    RunSpec,
+)
 from compare.store import Store
+from corpora.babi import build_babi_corpus
 from corpora.base import Corpus
+from corpora.jsonl import load_jsonl_dir, with_doc_tokens
+from corpora.leval import load_leval
 from corpora.needle import build_needle_corpus
 from pipelines.base import Pipeline
 from pipelines.long_context import LongContextPipeline
@@ -46,19 +58,32 @@ async def build_corpus(spec: RunSpec, backend: Backend, data_dir: Path | None) -
     if isinstance(cs, NeedleCorpusSpec):
         return await build_needle_corpus(
             backend.tokenize, lengths=cs.lengths, depths=cs.depths, book=cs.book, seed=cs.seed,
+            root=data_dir, variant=cs.variant, n_needles=cs.n_needles,
+        )
+    if isinstance(cs, LevalCorpusSpec):
+        corpus = load_leval(
+            cs.subset, max_docs=cs.max_docs, max_questions_per_doc=cs.max_questions_per_doc,
             root=data_dir,
         )
+        return await with_doc_tokens(corpus, backend.tokenize)
+    if isinstance(cs, BabiCorpusSpec):
+        return await build_babi_corpus(
+            backend.tokenize, tasks=cs.tasks, lengths=cs.lengths, n_stories=cs.n_stories,
+            seed=cs.seed, split=cs.split, book=cs.book, root=data_dir,
+        )
+    if isinstance(cs, JsonlCorpusSpec):
+        return await with_doc_tokens(load_jsonl_dir(cs.path), backend.tokenize)
     raise TypeError(f"unknown corpus spec {cs!r}")
 
 
 @contextlib.contextmanager
 def server_for(
     spec: RunSpec, say: Callable[[str], None], base_url: str | None = None
-) -> Iterator[tuple[str, dict[str, Any]]]:
+) -> Iterator[tuple[str, dict[str, Any], ManagedServer | None]]:
     """A base URL to talk to: the given server, or a managed vLLM for the spec's model."""
     url = base_url or spec.server.base_url
     if url:
-        yield url, {"managed": False, "base_url": url}
+        yield url, {"managed": False, "base_url": url}, None
         return
     path = models.prepare(spec.server.model, progress=say)
     config = ServerConfig(
@@ -71,7 +96,7 @@ def server_for(
     say(f"starting vLLM for {spec.server.model} ...")
     with ManagedServer(config, progress=say) as server:
         say(f"vLLM ready at {server.base_url} after {server.startup_s:.0f}s")
-        yield server.base_url, server.describe()
+        yield server.base_url, server.describe(), server
 
 
 async def execute_async(
@@ -105,6 +130,10 @@ async def execute_async(
             concurrency=spec.concurrency,
             retry_errors=retry_errors,
             progress=progress,
+            policy=FailurePolicy(
+                retries=spec.retries, backoff_s=spec.retry_backoff_s, on_error=spec.on_error
+            ),
+            health=backend.health,
         )
 
 
@@ -119,10 +148,24 @@ def execute(
     progress: Progress | None = None,
 ) -> RunResult:
     """Run a spec end to end: server up, corpus built, every request stored, server down."""
-    with Store(db) as store, server_for(spec, say, base_url) as (url, info):
-        return asyncio.run(
-            execute_async(
-                spec, store, url, info, data_dir=data_dir, retry_errors=retry_errors,
-                progress=progress,
+    with Store(db) as store, server_for(spec, say, base_url) as (url, info, server):
+        try:
+            return asyncio.run(
+                execute_async(
+                    spec, store, url, info, data_dir=data_dir, retry_errors=retry_errors,
+                    progress=progress,
+                )
             )
-        )
+        except ServerDown as exc:
+            if server is None:
+                raise
+            # A managed server that died is restarted once; the failed rows are then redone.
+            say(f"{exc}; restarting the managed vLLM once and retrying the failed rows")
+            server.restart()
+            info = {**server.describe(), "restarts": 1, "restart_reason": str(exc)}
+            return asyncio.run(
+                execute_async(
+                    spec, store, server.base_url, info, data_dir=data_dir, retry_errors=True,
+                    progress=progress,
+                )
+            )

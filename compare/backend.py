@@ -235,6 +235,14 @@ class Backend:
             return {}
         return parse_metrics(resp.text)
 
+    async def health(self) -> bool:
+        """Whether the server still answers; tells a dead server from a bad request."""
+        try:
+            resp = await self._http.get("/health", timeout=10.0)
+        except httpx.HTTPError:
+            return False
+        return resp.status_code == 200
+
     async def version(self) -> str | None:
         try:
             resp = await self._http.get("/version")

@@ -24,7 +24,16 @@ def say(msg: str) -> None:
 
 @contextmanager
 def progress_bar() -> Iterator[ProgressFn]:
-    """A progress callback for the runner, drawn as a bar with elapsed time."""
+    """A progress callback for the runner: a bar on a terminal, one line per request elsewhere
+    (logs, CI, a supervising process that watches how far a run got)."""
+    if not console.is_terminal:
+
+        def line(label: str, done: int, total: int) -> None:
+            if done:
+                console.print(f"[{done}/{total}] {label}", highlight=False, markup=False)
+
+        yield line
+        return
     with Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),

@@ -12,10 +12,10 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 from compare import metrics as metric_registry
 from compare.backend import Backend, metric_deltas
@@ -28,6 +28,31 @@ from pipelines.base import Pipeline
 def params_hash(params: Mapping[str, Any]) -> str:
     """Cache key of a pipeline configuration (lm-eval-harness style: hash of the arguments)."""
     return hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+@dataclass(frozen=True)
+class FailurePolicy:
+    """What to do when a request fails: recorded with the run (spec), applied here."""
+
+    retries: int = 1
+    backoff_s: float = 2.0
+    on_error: Literal["continue", "stop"] = "continue"
+
+
+class RunStopped(RuntimeError):
+    """The run stopped on purpose: `on_error = "stop"`, or the server is gone."""
+
+
+class ServerDown(RunStopped):
+    """Requests fail because the server no longer answers /health; a managed one can restart."""
+
+
+# Failures that another attempt cannot fix: the prompt itself is the problem.
+PERMANENT_ERRORS = ("context_overflow",)
+
+
+def retryable(pred: Prediction) -> bool:
+    return pred.error is not None and not pred.error.startswith(PERMANENT_ERRORS)
 
 
 @dataclass
@@ -55,6 +80,8 @@ async def run(
     concurrency: int = 1,
     retry_errors: bool = False,
     progress: Progress | None = None,
+    policy: FailurePolicy = FailurePolicy(),
+    health: Callable[[], Awaitable[bool]] | None = None,
 ) -> RunResult:
     """Ask every example of every pipeline that the store does not already hold."""
     metrics = metric_registry.resolve(metric_names)
@@ -95,11 +122,11 @@ async def run(
         nonlocal seq
         async with sem:
             started = datetime.now(UTC).replace(tzinfo=None)
-            pred = await _answer(pipe, ex, backend)
+            pred, attempts = await _attempts(pipe, ex, backend, policy)
         async with lock:
             store.add_prediction(
                 run_id, ex.id, pipe.name, h, pipe.params(), pred,
-                seq=seq, resumed=resumed, started_at=started,
+                seq=seq, resumed=resumed, started_at=started, attempts=attempts,
                 scores=metric_registry.score(metrics, ex, pred),
             )
             seq += 1
@@ -107,6 +134,12 @@ async def run(
             result.errors += 0 if pred.ok else 1
             if progress:
                 progress(f"{pipe.name} {ex.id}", result.done, total)
+        if pred.ok:
+            return
+        if retryable(pred) and health is not None and not await health():
+            raise ServerDown(f"server stopped answering during the run ({pred.error})")
+        if policy.on_error == "stop":
+            raise RunStopped(f"stopped on the first error (on_error=stop): {ex.id} {pipe.name}: {pred.error}")
 
     status = "failed"
     try:
@@ -114,8 +147,11 @@ async def run(
             for item in todo:
                 await one(*item)
         else:
-            await asyncio.gather(*(one(*item) for item in todo))
+            await _all_or_nothing([one(*item) for item in todo])
         status = "done"
+    except RunStopped as exc:
+        status = "server_down" if isinstance(exc, ServerDown) else "stopped"
+        raise
     except (asyncio.CancelledError, KeyboardInterrupt):
         status = "interrupted"
         raise
@@ -126,6 +162,40 @@ async def run(
             store.add_server_stats(run_id, result.server_deltas)
         store.finish_run(run_id, status)
     return result
+
+
+async def _all_or_nothing(coros: Sequence[Coroutine[Any, Any, None]]) -> None:
+    """Run concurrently; the first exception cancels the rest (finished rows are already stored)."""
+    tasks = [asyncio.ensure_future(c) for c in coros]
+    if not tasks:
+        return
+    try:
+        done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+    except BaseException:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
+    for t in pending:
+        t.cancel()
+    await asyncio.gather(*pending, return_exceptions=True)
+    for t in done:
+        exc = t.exception()
+        if exc is not None:
+            raise exc
+
+
+async def _attempts(
+    pipe: Pipeline, ex: Example, backend: Backend, policy: FailurePolicy
+) -> tuple[Prediction, int]:
+    """Answer, retrying transient failures with exponential backoff; returns the attempts used."""
+    attempt = 1
+    pred = await _answer(pipe, ex, backend)
+    while retryable(pred) and attempt <= policy.retries:
+        await asyncio.sleep(policy.backoff_s * 2 ** (attempt - 1))
+        attempt += 1
+        pred = await _answer(pipe, ex, backend)
+    return pred, attempt
 
 
 async def _answer(pipe: Pipeline, ex: Example, backend: Backend) -> Prediction:

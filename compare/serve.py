@@ -7,6 +7,7 @@ reliable way to give that memory back when a run is interrupted.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import os
 import signal
@@ -26,6 +27,25 @@ from compare.models import models_dir
 
 class ServerError(RuntimeError):
     """The managed server did not come up; the message carries the end of its log."""
+
+
+def _die_with_parent() -> None:
+    """Runs in the child before exec: if the CLI is killed (even -9), the server goes too."""
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
+def port_in_use(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server binds: TIME_WAIT is fine
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return True
+    return False
 
 
 def free_port() -> int:
@@ -133,12 +153,15 @@ class ManagedServer:
         }
 
     def start(self) -> ManagedServer:
+        if port_in_use(self.port):
+            # Otherwise /health of whatever holds the port would pass for our server's.
+            raise ServerError(f"port {self.port} on 127.0.0.1 is already in use; pick another --port")
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = self.log_path.open("wb")
         t0 = time.monotonic()
         self.proc = subprocess.Popen(
             self.command(), stdout=log, stderr=subprocess.STDOUT, env=self.config.env(),
-            start_new_session=True,
+            start_new_session=True, preexec_fn=_die_with_parent,
         )
         log.close()
         try:
@@ -174,12 +197,24 @@ class ManagedServer:
                 next_note = elapsed + 15.0
             time.sleep(1.0)
 
+    def restart(self) -> None:
+        """Same flags on a fresh port: the dead one may linger in TIME_WAIT or in a zombie child."""
+        self.stop()
+        self.port = free_port()
+        self.log_path = self.log_path.with_name(f"vllm-{self.port}.log")
+        self.start()
+
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
     def stop(self, grace_s: float = 20.0) -> None:
         proc, self.proc = self.proc, None
-        if proc is None or proc.poll() is not None:
+        if proc is None:
+            return
+        if proc.poll() is not None:
+            # The leader is gone, but its engine process may live on in the group: reap it.
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
             return
         for sig, wait in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 10.0)):
             try:

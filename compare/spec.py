@@ -18,8 +18,10 @@ from pydantic import (
     ConfigDict,
     Field,
     PositiveInt,
+    SerializerFunctionWrapHandler,
     ValidationError,
     field_validator,
+    model_serializer,
     model_validator,
 )
 
@@ -30,15 +32,69 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+# A target length in tokens, or "full": the whole book as one document.
+TokenLength = Annotated[int, Field(ge=64, le=1_000_000)] | Literal["full"]
+Book = Literal["les_miserables", "war_and_peace"]
+
+
 class NeedleCorpusSpec(_Strict):
     kind: Literal["needle"] = "needle"
-    lengths: list[Annotated[int, Field(ge=64, le=1_000_000)]] = [2000, 4000, 8000]
+    lengths: list[TokenLength] = [2000, 4000, 8000]
     depths: list[Annotated[float, Field(ge=0.0, le=1.0)]] = [0.1, 0.5, 0.9]
-    book: Literal["les_miserables", "war_and_peace"] = "les_miserables"
+    book: Book = "les_miserables"
     seed: int = 0
+    variant: Literal["single", "multi", "paraphrase", "distractor"] = "single"
+    # multi: needles asked for; distractor: the true needle + (n_needles - 1) wrong ones.
+    n_needles: Annotated[int, Field(ge=1, le=50)] | None = None
+
+    @model_validator(mode="after")
+    def _needles_fit_variant(self) -> NeedleCorpusSpec:
+        k = self.n_needles
+        if self.variant in ("single", "paraphrase") and k not in (None, 1):
+            raise ValueError(f"variant {self.variant!r} plants exactly one needle (n_needles={k})")
+        if self.variant in ("multi", "distractor") and k is not None and k < 2:
+            raise ValueError(f"variant {self.variant!r} needs n_needles >= 2")
+        return self
+
+    @model_serializer(mode="wrap")
+    def _omit_new_defaults(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """Leave the classic grid's dump (hence its run id) as it was before the variants."""
+        data: dict[str, Any] = handler(self)
+        if data.get("variant") == "single":
+            data.pop("variant")
+        if data.get("n_needles") is None:
+            data.pop("n_needles", None)
+        return data
 
 
-CorpusSpec = Annotated[NeedleCorpusSpec, Field(discriminator="kind")]
+class LevalCorpusSpec(_Strict):
+    kind: Literal["leval"] = "leval"
+    subset: Literal[
+        "quality", "tpo", "sci_fi", "topic_retrieval_longchat", "natural_question",
+        "financial_qa", "multidoc_qa",
+    ]
+    max_docs: PositiveInt | None = None
+    max_questions_per_doc: PositiveInt | None = None
+
+
+class BabiCorpusSpec(_Strict):
+    kind: Literal["babi"] = "babi"
+    tasks: list[Annotated[int, Field(ge=1, le=20)]] = Field(default=[1, 2, 3], min_length=1)
+    lengths: list[TokenLength] = [4000]
+    n_stories: Annotated[int, Field(ge=1, le=1000)] = 5
+    seed: int = 0
+    split: Literal["test", "train"] = "test"
+    book: Book = "les_miserables"
+
+
+class JsonlCorpusSpec(_Strict):
+    kind: Literal["jsonl"] = "jsonl"
+    path: str  # a directory with documents.jsonl + questions.jsonl, or one L-Eval-style file
+
+
+CorpusSpec = Annotated[
+    NeedleCorpusSpec | LevalCorpusSpec | BabiCorpusSpec | JsonlCorpusSpec, Field(discriminator="kind")
+]
 
 
 class LongContextSpec(_Strict):
@@ -80,13 +136,24 @@ def _default_pipelines() -> list[PipelineSpec]:
     return [LongContextSpec(), RagSpec()]
 
 
+# Knobs that do not change what the model is asked: left out of the run id, so a run can be
+# resumed with another failure policy, or rescored with more metrics, without starting over.
+NOT_IN_RUN_ID = ("timeout_s", "retries", "retry_backoff_s", "on_error", "metrics")
+
+
 class RunSpec(_Strict):
     corpus: CorpusSpec = NeedleCorpusSpec()
     pipelines: list[PipelineSpec] = Field(default_factory=lambda: _default_pipelines(), min_length=1)
     server: ServerSpec = ServerSpec()
     concurrency: Annotated[int, Field(ge=1, le=256)] = 1
-    metrics: list[str] = ["contains", "exact_match", "token_f1", "evidence_recall", "request_ok"]
+    metrics: list[str] = [
+        "contains", "exact_match", "token_f1", "choice_accuracy", "true_false", "contains_all",
+        "evidence_recall", "evidence_mrr", "time_iou", "time_hit", "evidence_recall_time", "request_ok",
+    ]
     timeout_s: Annotated[float, Field(gt=0)] = 900.0
+    retries: Annotated[int, Field(ge=0, le=10)] = 1
+    retry_backoff_s: Annotated[float, Field(ge=0, le=600)] = 2.0
+    on_error: Literal["continue", "stop"] = "continue"
 
     @model_validator(mode="before")
     @classmethod
@@ -98,7 +165,7 @@ class RunSpec(_Strict):
 
     def run_id(self) -> str:
         """Stable id of what the run measures (not where the server happens to be)."""
-        data = self.model_dump(mode="json")
+        data = self.model_dump(mode="json", exclude=set(NOT_IN_RUN_ID))
         data["server"].pop("base_url", None)
         blob = json.dumps(data, sort_keys=True)
         return "run-" + hashlib.sha256(blob.encode()).hexdigest()[:12]

