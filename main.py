@@ -237,7 +237,9 @@ def serve_cmd(
 
 @corpora_app.command("import")
 def corpora_import(
-    path: Annotated[Path, typer.Argument(help="Folder with documents.jsonl + questions.jsonl, or one L-Eval JSONL.")],
+    path: Annotated[
+        Path, typer.Argument(help="Folder with documents.jsonl + questions.jsonl, or one L-Eval JSONL.")
+    ],
 ) -> None:
     """Validate a QA set strictly; every problem is reported with its file and line."""
     from corpora.jsonl import CorpusError, import_summary

@@ -58,3 +58,24 @@ def test_missing_database_and_models_list(tmp_path: Path) -> None:
     assert res.exit_code == 2 and "no database" in res.output
     listed = runner.invoke(app, ["models", "list"])
     assert listed.exit_code == 0 and "qwen2.5-coder-0.5b-instruct" in listed.output
+
+
+def test_corpora_import_reports_every_problem_with_file_and_line(tmp_path: Path) -> None:
+    good = tmp_path / "good"
+    good.mkdir()
+    (good / "documents.jsonl").write_text('{"id": "d1", "text": "Paris is the capital of France."}\n')
+    (good / "questions.jsonl").write_text(
+        '{"id": "q1", "doc_ids": ["d1"], "question": "Capital of France?", "answers": ["Paris"]}\n'
+    )
+    ok = runner.invoke(app, ["corpora", "import", str(good)])
+    assert ok.exit_code == 0 and "1 documents, 1 questions" in ok.output
+    (good / "questions.jsonl").write_text(
+        '{"id": "q1", "doc_ids": ["d9"], "question": "?", "answers": ["x"]}\n'
+        '{"id": "q2", "doc_ids": ["d1"], "question": "?", "answers": ["x"], "colour": 1}\n'
+        "not json\n"
+    )
+    bad = _cli("corpora", "import", str(good))
+    assert bad.returncode == 1 and "Traceback" not in bad.stderr
+    for line in (2, 3):  # each problem names its file and line
+        assert f"questions.jsonl:{line}" in bad.stderr
+    assert "d9" in bad.stderr
