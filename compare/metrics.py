@@ -124,9 +124,15 @@ def true_false(ex: Example, pred: Prediction) -> float | None:
     return float(m is not None and m.group(1).lower() == ex.answers[0].strip().lower())
 
 
+def _in_seconds(ex: Example) -> bool:
+    """Video evidence is in seconds, retrieved spans in timeline characters: evidence_recall_time
+    maps one onto the other; the character-span metrics must not compare them directly."""
+    return ex.tags.get("evidence_unit") == "seconds"
+
+
 def evidence_recall(ex: Example, pred: Prediction) -> float | None:
     """Share of gold evidence spans that some retrieved span overlaps (retrieval only)."""
-    if not ex.evidence or not pred.retrieved:
+    if not ex.evidence or not pred.retrieved or _in_seconds(ex):
         return None
     hit = sum(any(e.overlaps(r) for r in pred.retrieved) for e in ex.evidence)
     return hit / len(ex.evidence)
@@ -166,7 +172,7 @@ def evidence_mrr(ex: Example, pred: Prediction) -> float | None:
     Needs `pred.retrieved` in rank order (RAG keeps it so even when the prompt is laid out in
     document order). Like evidence_recall, None for rows without evidence or retrieval.
     """
-    if not ex.evidence or not pred.retrieved:
+    if not ex.evidence or not pred.retrieved or _in_seconds(ex):
         return None
     for rank, r in enumerate(pred.retrieved, start=1):
         if any(e.overlaps(r) for e in ex.evidence):

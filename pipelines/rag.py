@@ -1,37 +1,65 @@
-"""RAG: chunk -> embed -> FAISS -> top-k -> (relevance or document order) -> the shared prompt.
+"""RAG: chunk -> embed -> FAISS -> select (top-k or token budget) -> order -> the shared prompt.
 
 Only the context differs from the long-context pipeline (same template, same generation cap),
-so a quality or latency gap between the two is the retrieval's doing. Retrieval is scoped to
-the example's own documents: searching the whole corpus would let a question about one book be
-answered from another, which neither a user's deployment nor long context would do.
+so a quality or latency gap between the two is the retrieval's doing. Every choice published
+comparisons disagree on is a constructor argument, recorded in `params()`:
+
+- scope "document" (default) searches only the example's own documents, as a user's
+  deployment over one file would; "corpus" searches one index over every document of the
+  corpus (a question may then be answered, or misled, from another document);
+- selection is "k chunks" (`top_k`) or, with `budget_tokens`, "up to N context tokens": chunks
+  are taken best first while the joined context, counted with the server's tokenizer in
+  `answer` (the embedder's when no server is given), stays within N. The first chunk that
+  does not fit ends the selection (no smaller chunk further down skips the queue), so the
+  selection is always a prefix of the ranking and its recall is recall@(chunks selected);
+- order "relevance" lays the selection out best first, "document" in reading order (OP-RAG).
+  Order is applied after selection and only to the prompt: `Prediction.retrieved` is always
+  in rank order, so evidence MRR measures the retriever, not the layout.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping
-from dataclasses import asdict
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from compare.backend import Backend, BackendError
-from compare.types import Document, Example, Prediction
+from compare.types import Document, Example, Prediction, Span
+from pipelines.chunking import SPLITTERS, Chunk, Splitter
+from pipelines.faiss_kinds import IndexConfig, IndexKind
 from pipelines.index import (
     DEFAULT_EMBEDDER,
-    Chunk,
     DocIndex,
     build_index,
     embed_texts,
+    embedder_tokenizer,
     load_embedder,
 )
 from pipelines.prompts import build_messages, join_passages
 
 Order = Literal["relevance", "document"]
+Scope = Literal["document", "corpus"]
+Counter = Callable[[str], Awaitable[int]]
+CORPUS_INDEX = "(corpus)"  # the key of the whole-corpus index in `index_stats`
+
+
+@dataclass(frozen=True)
+class Selection:
+    """What retrieval chose for one question: the same chunks in rank and in prompt order."""
+
+    ranked: tuple[Chunk, ...]
+    scores: tuple[float, ...]  # cosine similarity of each ranked chunk to the question
+    prompt: tuple[Chunk, ...]
+    context: str
+    counted_tokens: int | None = None  # budget mode: the context as the budget counted it
+    counter: str | None = None  # "server" or "embedder": whose tokenizer measured the budget
 
 
 class RagPipeline:
-    """Answer from the top-k chunks of the example's documents."""
+    """Answer from retrieved chunks of the example's documents (or of the whole corpus)."""
 
     name = "rag"
 
@@ -40,9 +68,20 @@ class RagPipeline:
         *,
         chunk_size: int = 200,
         chunk_overlap: int = 20,
+        splitter: Splitter = "sentence",
         top_k: int = 4,
+        budget_tokens: int | None = None,
         order: Order = "relevance",
+        scope: Scope = "document",
+        index: IndexKind = "flat",
+        hnsw_m: int = 32,
+        hnsw_ef_construction: int = 40,
+        hnsw_ef_search: int = 64,
+        ivf_nlist: int | None = None,
+        ivf_nprobe: int = 8,
         embedder: str = DEFAULT_EMBEDDER,
+        embed_batch_size: int = 32,
+        embed_threads: int | None = None,
         max_tokens: int = 32,
         cache_dir: Path | None = None,
     ) -> None:
@@ -50,88 +89,210 @@ class RagPipeline:
             raise ValueError(f"need 0 <= chunk_overlap < chunk_size, got {chunk_overlap}, {chunk_size}")
         if top_k < 1:
             raise ValueError(f"top_k must be >= 1, got {top_k}")
+        if budget_tokens is not None and budget_tokens < 1:
+            raise ValueError(f"budget_tokens must be >= 1 or None, got {budget_tokens}")
         if order not in ("relevance", "document"):
             raise ValueError(f"order must be 'relevance' or 'document', got {order!r}")
+        if scope not in ("document", "corpus"):
+            raise ValueError(f"scope must be 'document' or 'corpus', got {scope!r}")
+        if splitter not in SPLITTERS:
+            raise ValueError(f"splitter must be one of {SPLITTERS}, got {splitter!r}")
+        if embed_batch_size < 1 or (embed_threads is not None and embed_threads < 1):
+            raise ValueError(f"need embed_batch_size >= 1 and embed_threads >= 1 or None, got "
+                             f"{embed_batch_size}, {embed_threads}")
         self.chunk_size = chunk_size
         self.chunk_overlap = chunk_overlap
+        self.splitter: Splitter = splitter
         self.top_k = top_k
+        self.budget_tokens = budget_tokens
         self.order: Order = order
+        self.scope: Scope = scope
+        self.index = IndexConfig(index, hnsw_m, hnsw_ef_construction, hnsw_ef_search, ivf_nlist, ivf_nprobe)
         self.embedder = embedder
+        self.embed_batch_size = embed_batch_size
+        self.embed_threads = embed_threads
         self.max_tokens = max_tokens
         self.cache_dir = cache_dir
         self._indexes: dict[str, DocIndex] = {}
+        self._doc_pos: dict[str, int] = {}
         self.index_stats: dict[str, dict[str, Any]] = {}
 
     def params(self) -> dict[str, object]:
+        """Every knob that can change a result (or its cost); top_k is None in budget mode."""
         return {
             "kind": "rag",
+            "splitter": self.splitter,
             "chunk_size": self.chunk_size,
             "chunk_overlap": self.chunk_overlap,
-            "top_k": self.top_k,
+            "top_k": self.top_k if self.budget_tokens is None else None,
+            "budget_tokens": self.budget_tokens,
+            "budget_counter": "server" if self.budget_tokens is not None else None,
             "order": self.order,
+            "scope": self.scope,
+            "index": self.index.kind,
+            "index_params": self.index.params(),
             "embedder": self.embedder,
+            "embed_batch_size": self.embed_batch_size,
+            "embed_threads": self.embed_threads,
             "max_tokens": self.max_tokens,
         }
 
-    async def prepare(self, documents: Mapping[str, Document], backend: Backend) -> None:
-        """Build (or load from cache) one index per document, off the event loop."""
-        # Load the embedder now even if every index is cached: otherwise the first question's
-        # retrieval_s would include seconds of model loading.
-        await asyncio.to_thread(load_embedder, self.embedder)
-        for doc_id, doc in documents.items():
-            if doc_id in self._indexes:
-                continue
-            index, stats = await asyncio.to_thread(
-                build_index,
-                [doc],
-                chunk_size=self.chunk_size,
-                chunk_overlap=self.chunk_overlap,
-                embedder=self.embedder,
-                cache_dir=self.cache_dir,
-            )
-            self._indexes[doc_id] = index
-            self.index_stats[doc_id] = asdict(stats)
+    def _build(self, key: str, docs: Sequence[Document]) -> None:
+        index, stats = build_index(
+            docs, chunk_size=self.chunk_size, chunk_overlap=self.chunk_overlap, splitter=self.splitter,
+            embedder=self.embedder, index=self.index, batch_size=self.embed_batch_size,
+            threads=self.embed_threads, cache_dir=self.cache_dir,
+        )
+        self._indexes[key] = index
+        self.index_stats[key] = asdict(stats)
 
-    def _search(self, question: str, doc_ids: tuple[str, ...]) -> list[tuple[Chunk, float]]:
-        """Top-k over the example's documents: each searched on its own, then merged by score."""
-        query = embed_texts(load_embedder(self.embedder), [question])[0]
-        hits = [hit for d in doc_ids for hit in self._indexes[d].search(query, self.top_k)]
-        # Ties broken by document position so that the selection is deterministic.
-        hits.sort(key=lambda h: (-h[1], doc_ids.index(h[0].doc_id), h[0].start_char))
-        return hits[: self.top_k]
+    def build(self, documents: Mapping[str, Document]) -> None:
+        """Build (or load from cache) the indexes for `documents`; blocking, no server needed."""
+        load_embedder(self.embedder)  # now, so the first question's retrieval_s is not model loading
+        for doc_id in documents:
+            self._doc_pos.setdefault(doc_id, len(self._doc_pos))
+        if self.scope == "corpus":
+            if CORPUS_INDEX not in self._indexes:
+                self._build(CORPUS_INDEX, list(documents.values()))
+            return
+        for doc_id, doc in documents.items():
+            if doc_id not in self._indexes:
+                self._build(doc_id, [doc])
+
+    async def prepare(self, documents: Mapping[str, Document], backend: Backend) -> None:
+        """Index every document before any question, off the event loop."""
+        await asyncio.to_thread(self.build, documents)
+
+    def _scope(self, doc_ids: Sequence[str]) -> list[DocIndex]:
+        keys = [CORPUS_INDEX] if self.scope == "corpus" else list(doc_ids)
+        missing = [k for k in keys if k not in self._indexes]
+        if missing:
+            raise KeyError(f"not indexed (prepare first): {missing}")
+        return [self._indexes[k] for k in keys]
+
+    def _position(self, doc_ids: Sequence[str]) -> Callable[[Chunk], tuple[int, int, int]]:
+        """Reading order: the example's documents in its order, then the rest of the corpus."""
+        own = {d: i for i, d in enumerate(doc_ids)}
+        return lambda c: (own.get(c.doc_id, len(own)), self._doc_pos.get(c.doc_id, 0), c.start_char)
+
+    def rank(self, question: str, doc_ids: Sequence[str], k: int) -> list[tuple[Chunk, float]]:
+        """The k best chunks in scope with their scores, best first (blocking)."""
+        indexes = self._scope(doc_ids)
+        query = embed_texts(
+            load_embedder(self.embedder), [question], self.embed_batch_size, self.embed_threads
+        )[0]
+        hits = [hit for idx in indexes for hit in idx.search(query, k)]
+        pos = self._position(doc_ids)
+        # Ties broken by reading position so that the selection is deterministic.
+        hits.sort(key=lambda h: (-h[1], pos(h[0])))
+        return hits[:k]
+
+    def _in_order(self, chunks: Sequence[Chunk], doc_ids: Sequence[str]) -> tuple[Chunk, ...]:
+        return tuple(sorted(chunks, key=self._position(doc_ids)) if self.order == "document" else chunks)
+
+    def embedder_counter(self) -> Counter:
+        """Counts tokens with the embedder's tokenizer: the budget's fallback without a server."""
+        tok = embedder_tokenizer(load_embedder(self.embedder))
+
+        async def count(text: str) -> int:
+            return len(tok(text))
+
+        return count
+
+    async def select(self, example: Example, count: Counter | None = None) -> Selection:
+        """Retrieve for one example: top_k chunks, or as many as fit budget_tokens by `count`."""
+        if self.budget_tokens is None:
+            hits = await asyncio.to_thread(self.rank, example.question, example.doc_ids, self.top_k)
+            ranked = tuple(c for c, _ in hits)
+            prompt = self._in_order(ranked, example.doc_ids)
+            return Selection(
+                ranked, tuple(s for _, s in hits), prompt, join_passages([c.text for c in prompt])
+            )
+        counter = "server" if count is not None else "embedder"
+        count = count or self.embedder_counter()
+        total = sum(len(idx.chunks) for idx in self._scope(example.doc_ids))
+        # Chunks are rarely under a quarter of chunk_size, so this k usually holds enough.
+        k = min(total, self.budget_tokens // max(1, self.chunk_size // 4) + 1)
+        while True:
+            hits = await asyncio.to_thread(self.rank, example.question, example.doc_ids, k)
+            chosen, used, full = await self._fill([c for c, _ in hits], example.doc_ids, count)
+            if full or len(hits) < k or k >= total:
+                break
+            k = min(total, k * 4)  # every candidate fitted: look deeper and fill again
+        prompt = self._in_order(chosen, example.doc_ids)
+        scores = tuple(s for _, s in hits[: len(chosen)])
+        return Selection(
+            tuple(chosen), scores, prompt, join_passages([c.text for c in prompt]), used, counter
+        )
 
     def retrieve(self, example: Example) -> list[Chunk]:
-        """The chunks that go into the prompt, in prompt order (sync: call it from a thread)."""
-        chunks = [c for c, _ in self._search(example.question, example.doc_ids)]
-        if self.order == "document":
-            # OP-RAG: the same selection, laid out in the order the text reads.
-            chunks.sort(key=lambda c: (example.doc_ids.index(c.doc_id), c.start_char))
-        return chunks
+        """The chunks that go into the prompt, in prompt order (blocking: call it from a thread).
+
+        Kept for callers that only need the context; a budget is then counted with the
+        embedder's tokenizer. `select` gives rank order, scores and the server-counted budget.
+        """
+        if self.budget_tokens is None:
+            hits = self.rank(example.question, example.doc_ids, self.top_k)
+            return list(self._in_order([c for c, _ in hits], example.doc_ids))
+        return list(asyncio.run(self.select(example)).prompt)
+
+    async def _fill(
+        self, ranked: Sequence[Chunk], doc_ids: Sequence[str], count: Counter
+    ) -> tuple[list[Chunk], int, bool]:
+        """Longest best-first prefix whose context (prompt order, separators included) fits.
+
+        Returns (chunks, their counted tokens, whether the budget stopped it). A prefix's count
+        grows with its length (passages are joined by a separator, never merged), so the prefix
+        is found by doubling then bisection: O(log m) counts (server round trips), not m.
+        """
+        budget = self.budget_tokens
+        assert budget is not None
+
+        async def size(m: int) -> int:
+            return await count(join_passages([c.text for c in self._in_order(ranked[:m], doc_ids)]))
+
+        fits, fits_n, over = 0, 0, None  # `fits` chunks fit with fits_n tokens; `over` do not
+        m = 1
+        while over is None and fits < len(ranked):
+            m = min(m, len(ranked))
+            n = await size(m)
+            if n > budget:
+                over = m
+            else:
+                fits, fits_n, m = m, n, m * 2
+        if over is None:
+            return list(ranked), fits_n, False
+        while over - fits > 1:
+            mid = (fits + over) // 2
+            n = await size(mid)
+            if n <= budget:
+                fits, fits_n = mid, n
+            else:
+                over = mid
+        return list(ranked[:fits]), fits_n, True
 
     async def answer(self, example: Example, backend: Backend) -> Prediction:
-        missing = [d for d in example.doc_ids if d not in self._indexes]
-        if missing:
-            return Prediction(
-                answer="", completion=None, context_tokens=0, error=f"not indexed (prepare first): {missing}"
-            )
-        t0 = time.perf_counter()
-        chunks = await asyncio.to_thread(self.retrieve, example)
-        retrieval_s = time.perf_counter() - t0
-        retrieved = tuple(c.span() for c in chunks)
-        context = join_passages([c.text for c in chunks])
         try:
-            context_tokens = await backend.tokenize(context)
+            self._scope(example.doc_ids)
+        except KeyError as exc:
+            return Prediction(answer="", completion=None, context_tokens=0, error=str(exc.args[0]))
+        t0 = time.perf_counter()
+        retrieved: tuple[Span, ...] = ()
+        retrieval_s = 0.0
+        try:
+            sel = await self.select(example, backend.tokenize if self.budget_tokens is not None else None)
+            retrieval_s = time.perf_counter() - t0
+            retrieved = tuple(c.span() for c in sel.ranked)
+            context_tokens = sel.counted_tokens
+            if context_tokens is None:
+                context_tokens = await backend.tokenize(sel.context)
             completion = await backend.complete(
-                build_messages(context, example.question), max_tokens=self.max_tokens
+                build_messages(sel.context, example.question), max_tokens=self.max_tokens
             )
         except BackendError as exc:
             return Prediction(
-                answer="",
-                completion=None,
-                context_tokens=0,
-                retrieved=retrieved,
-                retrieval_s=retrieval_s,
-                error=str(exc),
+                answer="", completion=None, context_tokens=0, retrieved=retrieved,
+                retrieval_s=retrieval_s or time.perf_counter() - t0, error=str(exc),
             )
         return Prediction(
             answer=completion.text.strip(),

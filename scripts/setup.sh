@@ -5,7 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 
-APT_PACKAGES=(git make)
+# ffmpeg/tesseract/espeak-ng/fonts: video timelines and needles; chromium: the report's browser test.
+APT_PACKAGES=(git make ffmpeg tesseract-ocr espeak-ng fonts-dejavu-core chromium)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then

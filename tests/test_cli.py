@@ -79,3 +79,13 @@ def test_corpora_import_reports_every_problem_with_file_and_line(tmp_path: Path)
     for line in (2, 3):  # each problem names its file and line
         assert f"questions.jsonl:{line}" in bad.stderr
     assert "d9" in bad.stderr
+
+
+def test_recommend_without_evidence_says_so_and_exits_3(tmp_path: Path) -> None:
+    from compare.store import Store
+
+    db = tmp_path / "empty.duckdb"
+    Store(db).close()
+    res = _cli("recommend", "--workload", str(ROOT / "workloads" / "demo.toml"), "--db", str(db))
+    assert res.returncode == 3, res.stdout + res.stderr
+    assert "Traceback" not in res.stderr

@@ -116,7 +116,9 @@ def test_write_report_offline_html_and_images(db: Path, tmp_path: Path) -> None:
     assert "cdn" not in page.lower() and "vegaEmbed(" in page
     for label in ("long_context", "rag k=4 cs=200 relevance", "CPU build", "Concurrency 1"):
         assert label in page
-    assert set(files.png) == {"quality_vs_length", "latency_vs_length", "needle_heatmap"}
+    assert set(files.png) == {"quality_vs_length", "latency_percentiles", "needle_heatmap", "cost_vs_queries",
+                              "quality_vs_cost", "routing_shares"}
+    assert files.notes == ["evidence_recall: no evidence_recall scores for a retrieving pipeline"]
     for name in files.png:
         png, svg = files.png[name].read_bytes(), files.svg[name]
         assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 10_000
@@ -159,7 +161,9 @@ def test_plain_corpus_second_run_no_heatmap_and_distinct_labels(db: Path, tmp_pa
         "long_context @run-plain", "long_context @run-test", "rag k=4 cs=200 relevance @run-test"
     }
     plain = write_report(copy, tmp_path / "plain")
-    assert set(plain.png) == {"quality_vs_length", "latency_vs_length"}
+    assert set(plain.png) == {
+        "quality_vs_length", "latency_percentiles", "cost_vs_queries", "quality_vs_cost"
+    }
     assert "Concurrency 2" in plain.html.read_text()
     both = write_report(copy, tmp_path / "both", ["run-test", "run-plain"])
     page = both.html.read_text()

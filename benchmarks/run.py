@@ -1,0 +1,147 @@
+"""ragvslc speed benchmarks: one entry point, every number a ratio against a same-run baseline.
+
+    .venv/bin/python -m benchmarks.run [--quick | --full] [--base-url URL] [--only a,b,c,d,e]
+
+(a) overhead: long-context pipeline request vs a bare `openai` streamed call (goal <= 1.05x)
+(b) concurrency: QA-set throughput at 1, 2, 4 requests in flight (goal >= 1.5x at 4)
+(c) RAG index: build_index vs raw encode, cached rerun vs cold build (goals >= 0.9x, >= 20x)
+(d) needle grid: prefix schedule vs naive serial order, same answers (goal >= 1.8x)
+(e) bounded cache: the same comparison where the KV cache holds ~one document
+
+Without --base-url a managed vLLM with a 16k window is started for (a), (b), (d) (in dev mode,
+so each arm can empty the prefix cache); (e) always starts its own small-cache server. The
+table is printed and everything measured goes to benchmarks/results/<name>.json.
+Default sizes take ~15 minutes on a shared 2-core machine; --quick ~6, --full ~40.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # `python benchmarks/run.py` as well as `python -m benchmarks.run`
+    sys.path.insert(0, str(ROOT))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from benchmarks.common import Row, load_avg, print_table, server  # noqa: E402
+
+SIZES: dict[str, dict[str, dict[str, Any]]] = {
+    "quick": {
+        "a": {"doc_tokens": 1000, "repeats": 6, "rows": 4},
+        "b": {"docs": 1, "questions": 6, "levels": [1, 2, 4]},
+        "c": {"chars": 20_000, "repeats": 1},
+        "d": {"lengths": [1000, 2000], "depths": [0.1, 0.5, 0.9], "concurrency": 2, "serial_prefix": False},
+        "e": {"docs": 2, "questions": 2},
+    },
+    "default": {
+        "a": {"doc_tokens": 2000, "repeats": 10, "rows": 8},
+        "b": {"docs": 2, "questions": 6, "levels": [1, 2, 4]},
+        "c": {"chars": 40_000, "repeats": 2},
+        "d": {"lengths": [1000, 2000, 3000], "depths": [0.1, 0.5, 0.9], "concurrency": 2,
+              "serial_prefix": True},
+        "e": {"docs": 3, "questions": 3},
+    },
+    "full": {
+        "a": {"doc_tokens": 4000, "repeats": 20, "rows": 12},
+        "b": {"docs": 2, "questions": 12, "levels": [1, 2, 4]},
+        "c": {"chars": 100_000, "repeats": 3},
+        "d": {"lengths": [2000, 4000, 8000], "depths": [0.1, 0.5, 0.9], "concurrency": 4,
+              "serial_prefix": True},
+        "e": {"docs": 4, "questions": 4},
+    },
+}
+
+
+def _guarded(
+    name: str, fn: Callable[[], tuple[list[Row], Any]], out: dict[str, Any], rows: list[Row]
+) -> None:
+    """A failing benchmark is recorded with its traceback; the others still run."""
+    t0 = time.perf_counter()
+    print(f"[{name}] ...", flush=True)
+    try:
+        got, raw = fn()
+    except Exception as exc:
+        out[name] = {"error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}
+        print(f"[{name}] FAILED: {type(exc).__name__}: {exc}", flush=True)
+        return
+    rows.extend(got)
+    out[name] = {"seconds": round(time.perf_counter() - t0, 1), "load_avg_1m": load_avg(),
+                 "rows": [r.as_dict() for r in got], "raw": raw}
+    print(f"[{name}] done in {time.perf_counter() - t0:.0f}s (load average {load_avg()})", flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    size = ap.add_mutually_exclusive_group()
+    size.add_argument("--quick", action="store_true", help="small sizes (~6 minutes)")
+    size.add_argument("--full", action="store_true", help="larger sizes (~40 minutes)")
+    ap.add_argument("--base-url", help="use a running server for (a), (b), (d) instead of a managed one")
+    ap.add_argument("--only", default="a,b,c,d,e", help="benchmarks to run, e.g. a,d")
+    ap.add_argument("--name", help="result file name (default: the size)")
+    ap.add_argument("--out-dir", type=Path, default=ROOT / "benchmarks" / "results")
+    args = ap.parse_args(argv)
+    preset = "quick" if args.quick else "full" if args.full else "default"
+    sizes = SIZES[preset]
+    only = {x.strip() for x in args.only.split(",") if x.strip()}
+    rows: list[Row] = []
+    results: dict[str, Any] = {
+        "preset": preset, "sizes": {k: v for k, v in sizes.items() if k in only},
+        "started_at": datetime.now(UTC).isoformat(timespec="seconds"), "cpus": os.cpu_count(),
+        "python": platform.python_version(), "load_avg_1m_start": load_avg(), "base_url": args.base_url,
+    }
+    t0 = time.perf_counter()
+
+    if "c" in only:  # no server needed: run it before one is started
+        from benchmarks.index_build import bench_index
+
+        _guarded("c_index", lambda: bench_index(**sizes["c"]), results, rows)
+    if only & {"a", "b", "d"}:
+        with server(args.base_url) as url:
+            results["server_url"] = url
+            if "a" in only:
+                from benchmarks.overhead import bench_overhead
+
+                _guarded("a_overhead", lambda: (bench_overhead(url, **sizes["a"]), None), results, rows)
+            if "b" in only:
+                from benchmarks.concurrency import bench_concurrency
+
+                _guarded("b_concurrency", lambda: bench_concurrency(url, **sizes["b"]), results, rows)
+            if "d" in only:
+                from benchmarks.needle_grid import bench_needle_grid
+
+                _guarded("d_needle_grid", lambda: bench_needle_grid(url, **sizes["d"]), results, rows)
+    if "e" in only:
+        from benchmarks.bounded_cache import bench_bounded
+
+        _guarded("e_bounded_cache", lambda: bench_bounded(**sizes["e"]), results, rows)
+
+    results["total_s"] = round(time.perf_counter() - t0, 1)
+    results["load_avg_1m_end"] = load_avg()
+    results["table"] = [r.as_dict() for r in rows]
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    out = args.out_dir / f"{args.name or preset}.json"
+    out.write_text(json.dumps(results, indent=1, default=str))
+    print()
+    print(f"ragvslc benchmarks ({preset}), {results['total_s']:.0f}s, load average "
+          f"{results['load_avg_1m_start']} -> {results['load_avg_1m_end']} on {os.cpu_count()} CPUs")
+    print("ratio = value / baseline (time: < 1 is faster; rates: > 1 is better), except grid/cache "
+          "time rows: ratio = baseline time / time (speed-up)")
+    print_table(rows)
+    print(f"\nwritten to {out}")
+    return 0 if not any(isinstance(v, dict) and "error" in v for v in results.values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,123 @@
+"""The store's schema, as an ordered, append-only list of migrations.
+
+A database records how many of these it has applied; a new column or table is a new entry at
+the end, never an edit of an old one, so every existing results file keeps opening.
+"""
+
+from __future__ import annotations
+
+# Ordered, append-only: a database records how many of these it has applied.
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE runs (
+        run_id VARCHAR PRIMARY KEY,
+        created_at TIMESTAMP NOT NULL,
+        finished_at TIMESTAMP,
+        status VARCHAR NOT NULL,
+        corpus VARCHAR NOT NULL,
+        model VARCHAR NOT NULL,
+        base_url VARCHAR,
+        concurrency INTEGER NOT NULL,
+        git_sha VARCHAR,
+        spec JSON NOT NULL,
+        corpus_params JSON NOT NULL,
+        server JSON NOT NULL
+    );
+    CREATE TABLE examples (
+        run_id VARCHAR NOT NULL,
+        example_id VARCHAR NOT NULL,
+        doc_ids JSON NOT NULL,
+        question VARCHAR NOT NULL,
+        answers JSON NOT NULL,
+        evidence JSON NOT NULL,
+        tags JSON NOT NULL,
+        doc_tokens INTEGER,
+        PRIMARY KEY (run_id, example_id)
+    );
+    CREATE TABLE predictions (
+        run_id VARCHAR NOT NULL,
+        example_id VARCHAR NOT NULL,
+        pipeline VARCHAR NOT NULL,
+        params_hash VARCHAR NOT NULL,
+        params JSON NOT NULL,
+        answer VARCHAR NOT NULL,
+        error VARCHAR,
+        context_tokens INTEGER NOT NULL,
+        truncated_tokens INTEGER NOT NULL,
+        prompt_tokens INTEGER,
+        cached_tokens INTEGER,
+        output_tokens INTEGER,
+        ttft_ms DOUBLE,
+        e2e_ms DOUBLE,
+        tpot_ms DOUBLE,
+        itl_ms DOUBLE[],
+        retrieval_ms DOUBLE NOT NULL,
+        total_ms DOUBLE,
+        finish_reason VARCHAR,
+        retrieved JSON NOT NULL,
+        route VARCHAR,
+        seq INTEGER NOT NULL,
+        resumed BOOLEAN NOT NULL,
+        started_at TIMESTAMP NOT NULL,
+        finished_at TIMESTAMP NOT NULL,
+        PRIMARY KEY (run_id, example_id, pipeline, params_hash)
+    );
+    CREATE TABLE scores (
+        run_id VARCHAR NOT NULL,
+        example_id VARCHAR NOT NULL,
+        pipeline VARCHAR NOT NULL,
+        params_hash VARCHAR NOT NULL,
+        metric VARCHAR NOT NULL,
+        value DOUBLE,
+        PRIMARY KEY (run_id, example_id, pipeline, params_hash, metric)
+    );
+    CREATE TABLE server_stats (
+        run_id VARCHAR NOT NULL,
+        session INTEGER NOT NULL,
+        name VARCHAR NOT NULL,
+        value DOUBLE NOT NULL,
+        PRIMARY KEY (run_id, session, name)
+    );
+    """,
+    """
+    CREATE TABLE index_stats (
+        run_id VARCHAR NOT NULL,
+        pipeline VARCHAR NOT NULL,
+        params_hash VARCHAR NOT NULL,
+        doc_id VARCHAR NOT NULL,
+        build_s DOUBLE NOT NULL,
+        n_chunks INTEGER NOT NULL,
+        bytes BIGINT NOT NULL,
+        cache_hit BOOLEAN NOT NULL,
+        PRIMARY KEY (run_id, pipeline, params_hash, doc_id)
+    );
+    """,
+    "ALTER TABLE predictions ADD COLUMN attempts INTEGER DEFAULT 1;",
+    """
+    CREATE TABLE price_sheets (
+        run_id VARCHAR NOT NULL,
+        name VARCHAR NOT NULL,
+        sheet JSON NOT NULL,
+        used_at TIMESTAMP NOT NULL,
+        PRIMARY KEY (run_id, name)
+    );
+    """,
+    """
+    CREATE TABLE retrieval_eval (
+        eval_id VARCHAR NOT NULL,
+        created_at TIMESTAMP NOT NULL,
+        corpus VARCHAR NOT NULL,
+        corpus_params JSON NOT NULL,
+        config VARCHAR NOT NULL,
+        params_hash VARCHAR NOT NULL,
+        params JSON NOT NULL,
+        k INTEGER,
+        budget_tokens INTEGER,
+        recall DOUBLE,
+        mrr DOUBLE,
+        n_examples INTEGER NOT NULL,
+        mean_context_tokens DOUBLE,
+        build_s DOUBLE
+    );
+    """,
+)

@@ -1,0 +1,194 @@
+"""Prefix-sharing schedule: which request goes when, so the server's prefix cache does the work.
+
+A long-context prompt starts with its document, so two prompts over documents that share a
+prefix can share that prefix's prefill (vLLM's automatic prefix caching). The saving is only
+realised if the request that computes the shared prefix has *finished* it before the next one
+starts: siblings sent at the same moment each compute the prefix themselves, and siblings sent
+far apart may find it evicted. So the plan orders and gates:
+
+- Requests are grouped by example (every pipeline of an example stays adjacent, so a partial run
+  still compares the pipelines on the same questions) and examples by their document key (the
+  texts of their documents, as the long-context prompt lays them out).
+- Keys are sorted lexicographically, which puts keys with long common prefixes next to each
+  other (a depth-first walk of their prefix trie); runs of neighbours sharing at least
+  `min_shared_chars` form a family (a needle grid is one family: every length's haystack starts
+  at the same page of the book).
+- Families go biggest first (their leaders are the long poles others wait for).
+- Inside a family the key whose shared prefix reaches deepest goes first (its leader: for a
+  needle grid the document whose needle sits deepest into the longest shared haystack), so once
+  it has run every other member finds its whole shared prefix cached.
+- `after[i]` names the request whose completion request `i` waits for before it takes a
+  concurrency slot: the leader of its key (same document, later question) or the earliest
+  request with the longest prefix in common. With concurrency 1 the order alone does it; with
+  more, gating stops siblings from prefilling the same prefix in parallel, while unrelated
+  requests (other families, RAG prompts that do not start with the document) fill the slots.
+
+For a serial run with a cache larger than the grid the order does not change the total prefill
+(each trie node is computed once, whatever the order); it matters when the cache holds only a
+few documents (long documents on a GPU) and whenever requests run concurrently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable, Hashable, Mapping, Sequence
+from dataclasses import dataclass
+from itertools import pairwise
+from typing import Any, Generic, Literal, TypeVar
+
+from compare.types import Document, Example
+
+Schedule = Literal["prefix", "given"]
+T = TypeVar("T")
+
+MIN_SHARED_CHARS = 2000  # ~500 tokens: below this, waiting for a leader costs more than it saves
+MIN_SHARED_FRACTION = 0.25  # ... and the shared part must be a real share of the follower's prompt
+
+
+def common_prefix_len(a: str, b: str) -> int:
+    """Length of the longest common prefix, by bisection over C-speed slice comparisons."""
+    lo, hi = 0, min(len(a), len(b))
+    if a[:hi] == b[:hi]:
+        return hi
+    while lo < hi:  # invariant: a[:lo] == b[:lo] and a[:hi] != b[:hi]
+        mid = (lo + hi + 1) // 2
+        if a[:mid] == b[:mid]:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+@dataclass(frozen=True)
+class Plan(Generic[T]):
+    """Requests in the order to start them; `after[i]`: index of the request `i` waits for."""
+
+    items: tuple[T, ...]
+    after: tuple[int | None, ...]
+    families: int = 0
+
+    def __post_init__(self) -> None:
+        if len(self.items) != len(self.after):
+            raise ValueError("one `after` entry per item")
+        for i, w in enumerate(self.after):
+            if w is not None and not 0 <= w < i:
+                raise ValueError(f"item {i} waits for {w}: must be an earlier item")
+
+
+def _families(keys: Sequence[str], min_shared: int) -> list[list[tuple[str, int]]]:
+    """Sorted keys cut into runs of neighbours sharing >= min_shared chars, with each key's
+    depth: the longest prefix it shares with any other key (its neighbours, once sorted)."""
+    ordered = sorted(keys)
+    adj = [common_prefix_len(a, b) for a, b in pairwise(ordered)]
+    families: list[list[tuple[str, int]]] = []
+    for i, key in enumerate(ordered):
+        left = adj[i - 1] if i > 0 else 0
+        right = adj[i] if i < len(adj) else 0
+        if i == 0 or left < min_shared:
+            families.append([])
+        families[-1].append((key, max(left, right)))
+    return families
+
+
+def plan(
+    items: Sequence[T],
+    *,
+    key: Callable[[T], str],
+    group: Callable[[T], Hashable],
+    shares_prefix: Callable[[T], bool],
+    kind: Schedule = "prefix",
+    min_shared_chars: int = MIN_SHARED_CHARS,
+    min_shared_fraction: float = MIN_SHARED_FRACTION,
+) -> Plan[T]:
+    """Order `items` for prefix reuse (pure: same input, same plan).
+
+    key: the shareable prompt prefix text of an item (its documents); group: items that must
+    stay adjacent (an example's pipelines); shares_prefix: whether the item's prompt really
+    starts with `key` (long context yes, RAG no: it is ordered along but never gated).
+    """
+    if kind == "given":
+        return Plan(tuple(items), (None,) * len(items))
+    if kind != "prefix":
+        raise ValueError(f"unknown schedule {kind!r}: 'prefix' or 'given'")
+    groups: dict[Hashable, list[T]] = {}
+    for it in items:
+        groups.setdefault(group(it), []).append(it)
+    by_key: dict[str, list[list[T]]] = {}
+    for members in groups.values():
+        by_key.setdefault(key(members[0]), []).append(members)
+
+    out: list[T] = []
+    after: list[int | None] = []
+    placed: list[tuple[str, int]] = []  # (key, index of its first prefix-sharing item)
+    fams = _families(list(by_key), min_shared_chars)
+    # The biggest family first: its leader is the long pole its followers wait for.
+    fams.sort(key=lambda f: -sum(len(k) * len(by_key[k]) for k, _ in f))
+    for fam in fams:
+        placed.clear()  # families share less than min_shared_chars: never wait across them
+        # Deepest shared prefix first; a key asked more than once shares all of itself.
+        fam.sort(key=lambda kd: -(len(kd[0]) if len(by_key[kd[0]]) > 1 else kd[1]))
+        for k, _ in fam:
+            leader: int | None = None
+            parent = _parent(k, placed, min_shared_chars, min_shared_fraction)
+            for members in by_key[k]:
+                for it in members:
+                    if shares_prefix(it):
+                        after.append(leader if leader is not None else parent)
+                        if leader is None:
+                            leader = len(out)
+                            placed.append((k, leader))
+                    else:
+                        after.append(None)
+                    out.append(it)
+    return Plan(tuple(out), tuple(after), families=len(fams))
+
+
+def _parent(k: str, placed: Sequence[tuple[str, int]], min_chars: int, min_frac: float) -> int | None:
+    """The earliest placed leader sharing the longest prefix with k, if the share is worth a wait."""
+    best, best_len = None, 0
+    for other, idx in placed:
+        n = common_prefix_len(k, other)
+        if n > best_len:
+            best, best_len = idx, n
+    if best_len >= min_chars and best_len >= min_frac * len(k):
+        return best
+    return None
+
+
+# The runner's todo entries: (example, pipeline, params hash).
+Todo = tuple[Example, Any, str]
+
+
+def plan_run(
+    todo: Sequence[Todo], documents: Mapping[str, Document], kind: Schedule = "prefix"
+) -> Plan[Todo]:
+    """The runner's hook: the key is the long-context prompt's document text, and a pipeline
+    that lays documents out first (it has `context_for`) is the one whose prefill is shared."""
+
+    def key(t: Todo) -> str:
+        return "\n\n".join(documents[d].text for d in t[0].doc_ids if d in documents)
+
+    return plan(
+        todo, key=key, group=lambda t: t[0].id,
+        shares_prefix=lambda t: callable(getattr(t[1], "context_for", None)), kind=kind,
+    )
+
+
+class Gates:
+    """Per-request completion events: `turn(i)` waits for `after[i]`, then marks `i` done on exit
+    (even when it fails, so a failed leader never blocks its followers forever)."""
+
+    def __init__(self, after: Sequence[int | None]) -> None:
+        self.after = list(after)
+        self._done = [asyncio.Event() for _ in self.after]
+
+    @contextlib.asynccontextmanager
+    async def turn(self, i: int) -> AsyncIterator[None]:
+        w = self.after[i]
+        if w is not None:
+            await self._done[w].wait()
+        try:
+            yield
+        finally:
+            self._done[i].set()

@@ -1,0 +1,119 @@
+"""Run-spec sections for the video corpora, the one builder call, and the `video ingest` text.
+
+The classes are strict (unknown keys are errors) and carry a `kind` literal so they join the
+RunSpec's corpus union as they are. `build_video_corpus` is blocking (ffmpeg, OCR, ASR): call
+it from a thread in async code.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from corpora.activitynet import build_activitynet_corpus
+from corpora.base import Corpus
+from corpora.video import Ingested, IngestSettings, Progress
+from corpora.video_needle import CLIPS, build_video_needle_corpus
+from corpora.video_qa import build_video_qa_corpus
+
+# What a video run should score: answers, multi-needle recall, time replies, retrieval in seconds.
+VIDEO_METRICS = ["contains", "contains_all", "token_f1", "time_iou", "time_hit", "evidence_recall_time",
+                 "request_ok"]
+Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class VideoIngestSpec(_Strict):
+    """How videos become timelines (recorded in the corpus params with the engines' versions)."""
+
+    fps: Annotated[float, Field(gt=0, le=30)] | None = 1.0
+    scene_threshold: Annotated[float, Field(gt=0, le=255)] | None = None
+    ocr: bool = True
+    ocr_min_conf: Annotated[float, Field(ge=0, le=100)] = 60.0
+    asr: bool = True
+    asr_beam_size: Annotated[int, Field(ge=1, le=10)] = 1
+
+    def settings(self) -> IngestSettings:
+        return IngestSettings(fps=self.fps, scene_threshold=self.scene_threshold, ocr=self.ocr,
+                              ocr_min_conf=self.ocr_min_conf, asr=self.asr, asr_beam_size=self.asr_beam_size)
+
+
+class VideoNeedleCorpusSpec(_Strict):
+    kind: Literal["video_needle"] = "video_needle"
+    lengths_s: list[Annotated[float, Field(ge=10, le=36_000)]] = Field(default=[30.0, 60.0], min_length=1)
+    depths: list[Fraction] = Field(default=[0.1, 0.5, 0.9], min_length=1)
+    modalities: list[Literal["screen", "speech", "both"]] = Field(default=["screen", "speech"], min_length=1)
+    variant: Literal["single", "multi"] = "single"
+    n_needles: Annotated[int, Field(ge=1, le=10)] | None = None
+    seed: int = 0
+    clips: list[str] = Field(default=list(CLIPS), min_length=1)
+    ingest: VideoIngestSpec = VideoIngestSpec()
+
+
+class VideoQaCorpusSpec(_Strict):
+    kind: Literal["video_qa"] = "video_qa"
+    questions: str  # questions.jsonl (see corpora/video_qa.py); videos relative to its folder
+    video: str | None = None  # the video for questions that name none
+    ingest: VideoIngestSpec = VideoIngestSpec()
+
+
+class ActivityNetCorpusSpec(_Strict):
+    kind: Literal["activitynet"] = "activitynet"
+    n_videos: Annotated[int, Field(ge=1, le=1797)] = 20
+    n_questions: Annotated[int, Field(ge=1, le=1000)] = 10  # per task
+    tasks: list[Literal["when", "what", "qa"]] = Field(default=["when", "what", "qa"], min_length=1)
+    seed: int = 0
+    gap_s: Annotated[float, Field(ge=0)] = 0.0
+
+
+VideoCorpusSpec = VideoNeedleCorpusSpec | VideoQaCorpusSpec | ActivityNetCorpusSpec
+VIDEO_SPECS = (VideoNeedleCorpusSpec, VideoQaCorpusSpec, ActivityNetCorpusSpec)
+
+
+def build_video_corpus(
+    spec: VideoCorpusSpec,
+    data_dir: Path | None = None,
+    *,
+    cache_dir: Path | None = None,
+    progress: Progress | None = None,
+) -> Corpus:
+    """The corpus a video spec describes (blocking; cached renders and timelines are reused)."""
+    if isinstance(spec, VideoNeedleCorpusSpec):
+        return build_video_needle_corpus(
+            lengths_s=spec.lengths_s, depths=spec.depths, modalities=spec.modalities, variant=spec.variant,
+            n_needles=spec.n_needles, seed=spec.seed, clips=spec.clips, root=data_dir,
+            cache_dir=cache_dir, settings=spec.ingest.settings(), progress=progress,
+        )
+    if isinstance(spec, VideoQaCorpusSpec):
+        return build_video_qa_corpus(
+            spec.questions, video=spec.video, settings=spec.ingest.settings(),
+            cache_dir=cache_dir / "timelines" if cache_dir else None, progress=progress,
+        )
+    if isinstance(spec, ActivityNetCorpusSpec):
+        return build_activitynet_corpus(
+            n_videos=spec.n_videos, n_questions=spec.n_questions, tasks=spec.tasks, seed=spec.seed,
+            gap_s=spec.gap_s, root=data_dir,
+        )
+    raise TypeError(f"not a video corpus spec: {spec!r}")
+
+
+def ingest_report(got: Ingested) -> str:
+    """What `ragvslc video ingest FILE` prints: a header of facts and costs, then the timeline."""
+    s, cfg = got.stats, got.settings
+    cached = " [cached]" if got.cache_hit else ""
+    head = [
+        f"# {got.path} ({got.duration_s:.1f} s, sha256 {got.sha256[:12]}){cached}",
+        f"# fps {cfg['fps']}, scene {cfg['scene_threshold']}, OCR {cfg['ocr_engine']}, "
+        f"ASR {cfg['asr_model']}",
+        f"# frames: {int(s.get('frames_decoded', 0))} decoded, {int(s.get('frames_sampled', 0))} sampled, "
+        f"{int(s.get('frames_ocr', 0))} OCR'd; {int(s.get('scene_cuts', 0))} cuts; "
+        f"audio {'yes' if s.get('has_audio') else 'none'}",
+        f"# seconds: decode {s.get('decode_s', 0):.1f}, OCR {s.get('ocr_s', 0):.1f}, "
+        f"ASR {s.get('asr_s', 0):.1f}{' (when first ingested)' if got.cache_hit else ''}",
+    ]
+    return "\n".join(head) + "\n" + (got.timeline.text or "(nothing seen or heard)") + "\n"

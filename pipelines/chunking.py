@@ -1,0 +1,112 @@
+"""Chunkers (llama-index node parsers) whose chunks keep their exact character span.
+
+Chunk spans are the ground truth for evidence recall, so a chunk's text is always the exact
+slice `doc.text[start_char:end_char]`: a span that is off by a few characters would make a
+retrieval look like a miss (or a hit) that it is not. Both splitters count tokens with the
+embedder's own word-piece tokenizer, so `chunk_size` means what the embedder will see and a
+chunk that fits never gets truncated by it.
+
+- sentence: llama-index `SentenceSplitter`, chunks end at sentence ends where possible
+  (the default: whole sentences embed better than fragments);
+- token: llama-index `TokenTextSplitter`, fixed-size windows cut at word boundaries
+  regardless of sentences (the classic baseline chunker of RAG papers).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+from compare.types import Document, Span
+
+Splitter = Literal["sentence", "token"]
+SPLITTERS: tuple[Splitter, ...] = ("sentence", "token")
+Tokenizer = Callable[[str], Sequence[int]]
+
+
+class _TextSplitter(Protocol):
+    def split_text(self, text: str) -> list[str]: ...
+
+
+@dataclass(frozen=True)
+class Chunk:
+    doc_id: str
+    start_char: int
+    end_char: int
+    text: str
+
+    def span(self) -> Span:
+        return Span(self.doc_id, self.start_char, self.end_char)
+
+
+def splitter_id(splitter: Splitter) -> str:
+    """Names the splitter and its library version: part of an index's cache key."""
+    from llama_index.core import __version__ as llama_version
+
+    cls = {"sentence": "SentenceSplitter", "token": "TokenTextSplitter"}[splitter]
+    return f"llama_index.{cls} {llama_version}"
+
+
+def make_splitter(
+    splitter: Splitter, chunk_size: int, chunk_overlap: int, tokenizer: Tokenizer
+) -> _TextSplitter:
+    """A llama-index splitter counting with `tokenizer` (never llama-index's tiktoken default)."""
+    from llama_index.core.node_parser import SentenceSplitter, TokenTextSplitter
+
+    if splitter == "sentence":
+        return SentenceSplitter(chunk_size=chunk_size, chunk_overlap=chunk_overlap, tokenizer=tokenizer)
+    if splitter == "token":
+        # Newlines are a backup separator, so a chunk may span paragraph breaks: fixed size
+        # first, structure second, which is what distinguishes it from the sentence splitter.
+        return TokenTextSplitter(
+            chunk_size=chunk_size, chunk_overlap=chunk_overlap, tokenizer=tokenizer,
+            separator=" ", backup_separators=["\n"],
+        )
+    raise ValueError(f"splitter must be one of {SPLITTERS}, got {splitter!r}")
+
+
+def locate(text: str, piece: str, start: int) -> tuple[int, int] | None:
+    """Span of `piece` in `text` at or after `start`; tolerant of whitespace the splitter dropped.
+
+    SentenceSplitter loses whitespace at a sentence-split boundary (e.g. the blank lines before
+    a paragraph), so a chunk is not always a verbatim substring; its non-space characters are.
+    """
+    i = text.find(piece, start)
+    if i >= 0:
+        return i, i + len(piece)
+    chars = [c for c in piece if not c.isspace()]
+    if not chars:
+        return None
+    match = re.compile(r"\s*".join(re.escape(c) for c in chars)).search(text, start)
+    return (match.start(), match.end()) if match else None
+
+
+def chunk_document(
+    doc: Document,
+    chunk_size: int,
+    chunk_overlap: int,
+    tokenizer: Tokenizer,
+    splitter: Splitter = "sentence",
+) -> list[Chunk]:
+    """Chunks of one document with exact character spans; an empty document has none."""
+    if not doc.text.strip():
+        return []
+    parser = make_splitter(splitter, chunk_size, chunk_overlap, tokenizer)
+    # split_text rather than get_nodes_from_documents: the node path only adds the same
+    # str.find that `locate` starts with (leaving spans unset when it fails) and prints a
+    # warning to stdout for small chunk sizes.
+    chunks: list[Chunk] = []
+    prev = -1
+    for piece in parser.split_text(doc.text):
+        if not piece.strip():
+            continue
+        # Overlapping chunks start strictly after the previous start, never before it.
+        found = locate(doc.text, piece, prev + 1)
+        if found is None:
+            raise RuntimeError(f"{doc.id}: cannot place chunk {len(chunks)} in the source text")
+        s, e = found
+        chunks.append(Chunk(doc.id, s, e, doc.text[s:e]))
+        prev = s
+    return chunks

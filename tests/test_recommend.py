@@ -1,0 +1,217 @@
+"""`recommend` on a DuckDB built by a real small run, plus the routing section on real rows.
+
+The fixture database holds three runs over the same needle documents (depths <= 0.3, so no
+document shares half its prefix with another needle document and the first run is cold):
+- A: long context and RAG through `compare.app.execute_async`, as the CLI runs them;
+- B: long context alone on the same documents right after: its requests are warm (prefix cache);
+- C: long context, RAG and Self-Route in one run through the runner (for the routing section).
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pytest
+
+from compare.recommend import Recommendation, recommend, recommend_command, wilson
+from compare.workload import Workload, WorkloadError, load_workload
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def specs(seed: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    corpus = {"kind": "needle", "lengths": [400, 1200], "depths": [0.1, 0.3], "seed": seed}
+    both = [{"kind": "long_context"}, {"kind": "rag", "chunk_size": 120, "top_k": 2}]
+    return {"corpus": corpus, "pipelines": both}, {"corpus": corpus, "pipelines": both[:1]}
+
+
+# pure parts ------------------------------------------------------------------------------------
+def test_wilson_interval_matches_the_textbook_values() -> None:
+    lo, hi = wilson(0.5, 10)
+    assert (round(lo, 4), round(hi, 4)) == (0.2366, 0.7634)
+    lo, hi = wilson(1.0, 4)
+    assert (round(lo, 4), round(hi, 4)) == (0.5101, 1.0)
+    assert wilson(0.3, 0) == (0.0, 1.0)
+
+
+def test_example_workloads_validate_and_typos_are_named(tmp_path: Path) -> None:
+    files = sorted((ROOT / "workloads").glob("*.toml"))
+    assert len(files) >= 3
+    for f in files:
+        wl = load_workload(f)
+        assert wl.price_sheet is None or wl.price_sheet.is_file(), f
+    bad = tmp_path / "bad.toml"
+    bad.write_text('questions_per_doc = 3\nrequests_per_s = 1\nquality_flor = 0.5\n'
+                   '[documents]\ntokens = [1000]\n[latency]\np95_ms = 100\n')
+    with pytest.raises(WorkloadError, match="quality_flor") as err:
+        load_workload(bad)
+    assert "quality_floor" in str(err.value)  # the missing required field is named too
+    with pytest.raises(ValueError, match="either"):
+        Workload.model_validate({"questions_per_doc": 1, "requests_per_s": 1, "quality_floor": 0.5,
+                                 "latency": {"p95_ms": 1}, "documents": {"tokens": [1], "min_tokens": 1}})
+
+
+# the real fixture database ---------------------------------------------------------------------
+async def build_db(server_url: str, db: Path, seed: int) -> dict[str, str]:
+    """Runs A, B, C (module docstring) into one DuckDB file; returns their run ids.
+
+    A fresh seed per build: a server that has seen an earlier build (RAGVSLC_TEST_BASE_URL)
+    would otherwise serve run A's documents from its prefix cache, and A would not be cold."""
+    from compare.app import build_corpus, execute_async
+    from compare.backend import Backend
+    from compare.models import DEFAULT_MODEL
+    from compare.runner import run
+    from compare.spec import validate_spec
+    from compare.store import Store
+    from pipelines.base import Pipeline
+    from pipelines.hybrid import SelfRouteSpec, build_router
+    from pipelines.long_context import LongContextPipeline
+    from pipelines.rag import RagPipeline
+
+    ids = {}
+    spec_a, spec_b = specs(seed)
+    with Store(db) as store:
+        for name, spec in (("A", spec_a), ("B", spec_b)):
+            s = validate_spec(spec)
+            await execute_async(s, store, server_url, {"managed": False})
+            ids[name] = s.run_id()
+        s = validate_spec(spec_a)
+        async with Backend(server_url, DEFAULT_MODEL, timeout_s=300) as backend:
+            corpus = await build_corpus(s, backend, None)
+            pipes: list[Pipeline] = [LongContextPipeline(), RagPipeline(chunk_size=120, top_k=2),
+                     build_router(SelfRouteSpec(rag={"chunk_size": 120, "top_k": 2}))]
+            await run(run_id="route-C", corpus=corpus, pipelines=pipes, backend=backend, store=store,
+                      run_meta={"model": DEFAULT_MODEL, "base_url": server_url, "spec": {},
+                                "corpus_params": dict(corpus.params), "server": {}},
+                      metric_names=["contains", "evidence_recall"])
+        ids["C"] = "route-C"
+    return ids
+
+
+@pytest.fixture(scope="module")
+async def real_db(server_url: str, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]]:
+    db = tmp_path_factory.mktemp("recommend") / "results.duckdb"
+    return db, await build_db(server_url, db, seed=random.randrange(1_000_000))
+
+
+def workload(**kw: Any) -> Workload:
+    base: dict[str, Any] = {
+        "name": "t", "documents": {"tokens": [1200]}, "questions_per_doc": 1, "requests_per_s": 0.001,
+        "latency": {"metric": "ttft", "p95_ms": 1e7}, "quality_floor": 0.0,
+    }
+    return Workload.model_validate(base | kw)
+
+
+def by_kind(rec: Recommendation) -> dict[str, dict[str, Any]]:
+    return {r["kind"]: r for r in rec.rows}
+
+
+@pytest.mark.slow
+def test_more_questions_per_document_moves_the_choice_to_long_context(real_db: Any) -> None:
+    db, ids = real_db
+    runs = [ids["A"], ids["B"]]
+    recs = {q: recommend(db, workload(questions_per_doc=q), runs) for q in (1, 2, 10, 50)}
+    for rec in recs.values():
+        assert rec.coverage == "covered" and rec.run_ids == sorted(runs) and not rec.assumptions
+    lc_tokens = [by_kind(recs[q])["long_context"]["input_tokens_per_1k"] for q in (1, 2, 10, 50)]
+    assert lc_tokens == sorted(lc_tokens, reverse=True) and lc_tokens[0] > 5 * lc_tokens[-1]
+    rag_tokens = {by_kind(recs[q])["rag"]["input_tokens_per_1k"] for q in (1, 2, 10, 50)}
+    assert len(rag_tokens) == 1  # RAG pays the same per question whatever q is
+    assert recs[1].rows[0]["kind"] == "rag" and recs[2].rows[0]["kind"] == "rag"
+    assert recs[50].rows[0]["kind"] == "long_context"
+    assert recs[50].winner == recs[50].rows[0]["strategy"] and "cheapest" in recs[50].reasons[0]
+
+
+@pytest.mark.slow
+def test_a_tighter_latency_target_moves_the_choice_to_the_faster_strategy(real_db: Any) -> None:
+    db, ids = real_db
+    runs = [ids["A"], ids["B"]]
+    loose = recommend(db, workload(questions_per_doc=10), runs)
+    assert loose.rows[0]["kind"] == "long_context"  # cheaper at 10 questions per document
+    lc, rag = by_kind(loose)["long_context"], by_kind(loose)["rag"]
+    # 1 request in 10 is cold, so long context's p95 TTFT is a cold prefill of the whole document.
+    assert lc["p95_ms"] > rag["p95_ms"]
+    target = (lc["p95_ms"] + rag["p95_ms"]) / 2
+    tight = recommend(db, workload(questions_per_doc=10, latency={"metric": "ttft", "p95_ms": target}), runs)
+    assert tight.rows[0]["kind"] == "rag" and tight.winner == rag["strategy"]
+    assert not by_kind(tight)["long_context"]["meets_target"]
+    assert any("over the target" in r for r in tight.reasons)
+    # A request rate the measured service time cannot sustain fails the target whatever the p95.
+    flooded = recommend(db, workload(questions_per_doc=10, requests_per_s=100.0), runs)
+    assert flooded.winner is None and all(r["utilization"] > 1 for r in flooded.rows)
+
+
+@pytest.mark.slow
+def test_without_warm_requests_the_cache_is_an_assumption_and_said(real_db: Any) -> None:
+    db, ids = real_db
+    measured = recommend(db, workload(questions_per_doc=10), [ids["A"], ids["B"]])
+    assumed = recommend(db, workload(questions_per_doc=10), [ids["A"]])
+    assert assumed.coverage == "covered" and assumed.run_ids == [ids["A"]]
+    assert len(assumed.assumptions) == 1 and "ASSUMPTION" in assumed.assumptions[0]
+    assert "long_context" in assumed.assumptions[0]
+    # Assumed warm requests still make a tenth of the cold prefill per query at 10 questions.
+    cold_only = by_kind(recommend(db, workload(), [ids["A"]]))["long_context"]
+    assert by_kind(assumed)["long_context"]["input_tokens_per_1k"] < cold_only["input_tokens_per_1k"] / 3
+    assert measured.assumptions == [] and "ASSUMPTION" in by_kind(assumed)["long_context"]["notes"]
+
+
+@pytest.mark.slow
+def test_price_sheets_add_dollars(real_db: Any) -> None:
+    db, ids = real_db
+    runs = [ids["A"], ids["B"]]
+    for sheet in ("example-api.toml", "cpu-2core.toml"):
+        path = ROOT / "prices" / sheet
+        usd = {q: by_kind(recommend(db, workload(questions_per_doc=q, price_sheet=path), runs))
+               for q in (1, 50)}
+        for q in (1, 50):
+            assert all(r["usd_per_1k"] > 0 for r in usd[q].values()), sheet
+        assert usd[50]["long_context"]["usd_per_1k"] < usd[1]["long_context"]["usd_per_1k"] / 3, sheet
+
+
+@pytest.mark.slow
+def test_uncovered_workloads_are_said_not_extrapolated(real_db: Any, tmp_path: Path, capsys: Any) -> None:
+    db, ids = real_db
+    far = recommend(db, workload(documents={"tokens": [100_000]}))
+    assert far.coverage == "none" and far.winner is None and not far.rows
+    assert "within 25% of 100000 tokens (nearest measured: " in far.coverage_notes[0]
+    other = recommend(db, workload(model="some-other-model"))
+    assert other.coverage == "none" and "some-other-model" in other.coverage_notes[0]
+    half = recommend(db, workload(documents={"tokens": [1200, 100_000]}), [ids["A"], ids["B"]])
+    assert half.coverage == "partial" and half.rows and "100000" in half.coverage_notes[0]
+    ranged = recommend(db, workload(documents={"min_tokens": 400, "max_tokens": 1200}), [ids["A"]])
+    assert ranged.coverage == "covered" and set(ranged.lengths_used) == {"400-1200"}
+    # The command: exit 3 and the reason on screen when the evidence does not cover the workload.
+    wl_file = tmp_path / "far.toml"
+    wl_file.write_text('questions_per_doc = 3\nrequests_per_s = 0.1\nquality_floor = 0.5\n'
+                       '[documents]\ntokens = [100000]\n[latency]\np95_ms = 5000\n')
+    assert recommend_command(db, wl_file) == 3
+    err = capsys.readouterr().err
+    assert "evidence NONE" in err and "100000" in err
+    ok_file = tmp_path / "ok.toml"
+    ok_file.write_text('questions_per_doc = 3\nrequests_per_s = 0.01\nquality_floor = 0.0\n'
+                       'corpus = "needle"\n'
+                       '[documents]\ntokens = [400, 1200]\n[latency]\np95_ms = 1e9\n')
+    assert recommend_command(db, ok_file, [ids["A"]]) == 0
+    out = capsys.readouterr().out
+    assert "recommendation:" in out and ids["A"] in out
+    assert recommend_command(db, tmp_path / "missing.toml") == 2
+
+
+@pytest.mark.slow
+def test_routing_section_on_a_real_run(real_db: Any) -> None:
+    from compare.oracle import routing_section
+
+    db, ids = real_db
+    with duckdb.connect(str(db), read_only=True) as con:
+        sec = routing_section(con, [ids["C"]])
+    s = sec.strategies.set_index("kind")
+    assert set(s.index) == {"oracle", "long_context", "rag", "self_route"}
+    assert set(s["n"]) == {4}
+    assert s.loc["oracle", "quality"] >= max(s.loc["long_context", "quality"], s.loc["rag", "quality"])
+    assert s.loc["self_route", "prompt_tokens_vs_lc"] > 0
+    shares = sec.routes[sec.routes["strategy"] == "self_route"].set_index("route")["share"]
+    assert shares.sum() == pytest.approx(1.0)
+    print("\n" + sec.strategies.to_string() + "\n" + sec.routes.to_string())
