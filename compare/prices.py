@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import tomllib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
 
 import duckdb
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from compare.tomlfile import read_toml, validate
 
 VIEWS = ("api", "self_hosted")
 # The sheet a report falls back to: shipped with the repo, labelled illustrative.
@@ -105,19 +106,8 @@ class PriceSheetError(ValueError):
 
 def load_price_sheet(path: Path | str) -> PriceSheet:
     path = Path(path)
-    try:
-        data = tomllib.loads(path.read_text())
-    except OSError as exc:
-        raise PriceSheetError(f"{path}: cannot read price sheet: {exc.strerror}") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise PriceSheetError(f"{path}: not valid TOML: {exc}") from exc
-    try:
-        return PriceSheet.model_validate(data)
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or '(top)'}: {err['msg']}" for err in exc.errors()
-        )
-        raise PriceSheetError(f"{path}: invalid price sheet: {problems}") from exc
+    data = read_toml(path, PriceSheetError, "price sheet")
+    return validate(PriceSheet, data, PriceSheetError, str(path), "price sheet")
 
 
 def sheet_json(sheet: PriceSheet) -> str:

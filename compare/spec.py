@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -19,13 +18,13 @@ from pydantic import (
     Field,
     PositiveInt,
     SerializerFunctionWrapHandler,
-    ValidationError,
     field_validator,
     model_serializer,
     model_validator,
 )
 
 from compare.models import DEFAULT_MODEL
+from compare.tomlfile import read_toml, validate
 
 
 class _Strict(BaseModel):
@@ -205,20 +204,8 @@ class SpecError(ValueError):
 
 
 def load_spec(path: Path) -> RunSpec:
-    try:
-        data = tomllib.loads(path.read_text())
-    except OSError as exc:
-        raise SpecError(f"{path}: cannot read: {exc.strerror}") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise SpecError(f"{path}: not valid TOML: {exc}") from exc
-    return validate_spec(data, source=str(path))
+    return validate_spec(read_toml(path, SpecError, "run spec"), source=str(path))
 
 
 def validate_spec(data: dict[str, Any], source: str = "spec") -> RunSpec:
-    try:
-        return RunSpec.model_validate(data)
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or '(top)'}: {err['msg']}" for err in exc.errors()
-        )
-        raise SpecError(f"{source}: invalid run spec: {problems}") from exc
+    return validate(RunSpec, data, SpecError, source, "run spec")

@@ -6,7 +6,6 @@ silently ignored `quality_flor` would produce a confident recommendation for the
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -16,9 +15,10 @@ from pydantic import (
     Field,
     PositiveFloat,
     PositiveInt,
-    ValidationError,
     model_validator,
 )
+
+from compare.tomlfile import read_toml, validate
 
 
 class _Strict(BaseModel):
@@ -70,17 +70,7 @@ class WorkloadError(ValueError):
 def load_workload(path: Path | str) -> Workload:
     """Parse and validate; a relative price sheet path is relative to the workload file."""
     path = Path(path)
-    try:
-        data = tomllib.loads(path.read_text())
-    except OSError as exc:
-        raise WorkloadError(f"{path}: cannot read workload: {exc.strerror}") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise WorkloadError(f"{path}: not valid TOML: {exc}") from exc
-    try:
-        wl = Workload.model_validate(data)
-    except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or '(top)'}: {e['msg']}" for e in exc.errors())
-        raise WorkloadError(f"{path}: invalid workload: {problems}") from exc
+    wl = validate(Workload, read_toml(path, WorkloadError, "workload"), WorkloadError, str(path), "workload")
     if wl.price_sheet is not None and not wl.price_sheet.is_absolute():
         wl = wl.model_copy(update={"price_sheet": path.parent / wl.price_sheet})
     return wl

@@ -19,7 +19,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 from compare import models
 from compare.backend import Backend
 
-TEST_WINDOW = 2048  # small window: short prompts keep the suite fast and make overflow cheap
+TEST_WINDOW = 4096  # small window: short prompts keep the suite fast and overflow cheap; fits one L-Eval doc
 
 
 @pytest.fixture(scope="session")

@@ -123,3 +123,44 @@ async def test_rescore_reproduces_stored_scores(server_url: str, run_db: Path) -
         assert rescore(s, None, ["contains"]) == 8
         after = s.con.execute("SELECT * FROM scores ORDER BY ALL").fetchall()
     assert after == before
+
+
+async def test_real_leval_document_through_both_pipelines(backend: Backend, tmp_path: Path) -> None:
+    """Issue 4: the shortest QuALITY document (~2.7k tokens), three questions, both pipelines."""
+    from compare.runner import run
+    from corpora.base import Corpus
+    from corpora.jsonl import with_doc_tokens
+    from corpora.leval import load_leval
+    from pipelines.rag import RagPipeline
+
+    if await backend.max_model_len() < 4096:
+        pytest.skip("needs a server with a 4096-token window (the session fixture's)")
+    full = load_leval("quality", max_docs=9, max_questions_per_doc=3)
+    doc_id = sorted(full.documents, key=lambda d: len(full.documents[d].text))[0]
+    exs = [e for e in full.examples if e.doc_ids == (doc_id,)]
+    corpus = await with_doc_tokens(
+        Corpus("leval-quality", {doc_id: full.documents[doc_id]}, exs, dict(full.params)),
+        backend.tokenize,
+    )
+    db = tmp_path / "leval.duckdb"
+    with Store(db) as store:
+        res = await run(
+            run_id="leval-small", corpus=corpus,
+            pipelines=[LongContextPipeline(max_tokens=16), RagPipeline(top_k=3, max_tokens=16)],
+            backend=backend, store=store,
+            run_meta={"model": "m", "base_url": None, "spec": {}, "corpus_params": {}, "server": {}},
+            metric_names=["choice_accuracy", "request_ok"],
+        )
+    assert res.done == 6 and res.errors == 0
+    with duckdb.connect(str(db), read_only=True) as con:
+        rows = con.execute(
+            "SELECT p.pipeline, count(*), count(s.value), min(p.context_tokens), "
+            "count(*) FILTER (p.cached_tokens >= 0.9 * p.context_tokens) "
+            "FROM predictions p JOIN scores s USING (run_id, example_id, pipeline, params_hash) "
+            "WHERE s.metric = 'choice_accuracy' GROUP BY ALL ORDER BY ALL"
+        ).fetchall()
+    (lc, lc_n, lc_scored, lc_ctx, lc_warm), (rag, rag_n, rag_scored, rag_ctx, _) = rows
+    assert (lc, rag) == ("long_context", "rag")
+    assert lc_n == rag_n == lc_scored == rag_scored == 3  # every reply scored as a letter choice
+    assert lc_ctx > 2000 > rag_ctx
+    assert lc_warm == 2  # the 2nd and 3rd question reuse the cached document (prefix cache)
