@@ -22,12 +22,16 @@ from compare.spec import validate_spec
 pytestmark = pytest.mark.slow
 
 
-def _vllm_children() -> list[psutil.Process]:
-    me = psutil.Process()
-    return [
-        p for p in me.children(recursive=True)
-        if "vllm.entrypoints.openai.api_server" in " ".join(p.cmdline())
-    ]
+def _vllm_children(ignore: frozenset[int] = frozenset()) -> list[psutil.Process]:
+    """vLLM servers started by this process, except `ignore` (the session's shared server)."""
+    found = []
+    for p in psutil.Process().children(recursive=True):
+        try:
+            if p.pid not in ignore and "vllm.entrypoints.openai.api_server" in " ".join(p.cmdline()):
+                found.append(p)
+        except psutil.NoSuchProcess:
+            continue
+    return found
 
 
 def test_managed_server_killed_mid_run_is_restarted_once(tmp_path: Path) -> None:
@@ -40,11 +44,12 @@ def test_managed_server_killed_mid_run_is_restarted_once(tmp_path: Path) -> None
     db = tmp_path / "death.duckdb"
     lines: list[str] = []
     killed: list[int] = []
+    session = frozenset(p.pid for p in _vllm_children())  # the fixture's server must live on
 
     def progress(label: str, done: int, total: int) -> None:
         lines.append(f"[{done}/{total}] {label}")
         if done == 2 and not killed:  # kill the server's whole process group mid-run
-            for proc in _vllm_children():
+            for proc in _vllm_children(session):
                 killed.append(proc.pid)
                 threading.Thread(target=os.killpg, args=(os.getpgid(proc.pid), signal.SIGKILL)).start()
 
@@ -58,5 +63,5 @@ def test_managed_server_killed_mid_run_is_restarted_once(tmp_path: Path) -> None
         server, status = con.execute("SELECT server, status FROM runs").fetchone()
     assert (n, ok) == (6, 6)
     assert json.loads(server)["restarts"] == 1 and status == "done"
-    assert not _vllm_children()  # and the restarted server was stopped at the end
+    assert not _vllm_children(session)  # and the restarted server was stopped at the end
     print(f"server death test took {time.monotonic() - t0:.0f}s")
