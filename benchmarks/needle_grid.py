@@ -109,6 +109,10 @@ def bench_needle_grid(base_url: str, *, lengths: list[int], depths: list[float],
             "saved_prefill_vs_baseline": round(1 - r["computed_tokens"] / base["computed_tokens"], 3)
             if base["computed_tokens"] else None,
             "identical_answers": f"{same}/{len(base['answers'])}",
+            # The most any order could save: prompt tokens / tokens a perfect cache must prefill.
+            "prompt_tokens": r["server"].get("vllm:prompt_tokens"),
+            "prefill_s_server": r["server"].get("vllm:request_prefill_time_seconds_sum"),
+            "baseline_prefill_s_server": base["server"].get("vllm:request_prefill_time_seconds_sum"),
             "cold_start_both": bool(r["cold_start"] and base["cold_start"]),
         }
         rows.append(Row(

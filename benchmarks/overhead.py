@@ -5,7 +5,9 @@ stream the answer, as any harness that measures time to first token must. The pi
 tokenizes with the server (the exact context length it records, the overflow check) and the
 runner scores and stores every row: that is the overhead measured here. The document is
 prefilled once before timing, so both sides see a warm cache and the comparison is not
-swamped by a cold prefill. Calls alternate A B B A so drift in the machine's load hits both.
+swamped by a cold prefill. Calls alternate A B B A so drift in the machine's load hits both;
+the same question is asked each time (after one untimed call per side) so both find the same
+cache and generate the same answer.
 """
 
 from __future__ import annotations
@@ -49,6 +51,24 @@ async def _bare(client: openai.AsyncOpenAI, messages: list[dict[str, str]], max_
     return time.perf_counter() - t0
 
 
+class _EngineClock:
+    """Sums the time spent inside Backend.complete (the engine call, streamed to the end), so
+    the time outside it, which is ours, can be measured in the same calls despite load noise."""
+
+    def __init__(self, backend: Backend) -> None:
+        self.total = 0.0
+        inner = backend.complete
+
+        async def complete(*args: Any, **kwargs: Any) -> Any:
+            t0 = time.perf_counter()
+            try:
+                return await inner(*args, **kwargs)
+            finally:
+                self.total += time.perf_counter() - t0
+
+        backend.complete = complete  # type: ignore[method-assign]
+
+
 async def _measure(base_url: str, doc_tokens: int, repeats: int, rows_n: int) -> list[Row]:
     async with Backend(base_url, models.DEFAULT_MODEL) as backend:
         text = await prefix_with_tokens(
@@ -58,21 +78,25 @@ async def _measure(base_url: str, doc_tokens: int, repeats: int, rows_n: int) ->
         pipe = LongContextPipeline(max_tokens=16)
         await pipe.prepare({doc.id: doc}, backend)
         client = openai.AsyncOpenAI(base_url=f"{base_url}/v1", api_key="EMPTY", max_retries=0)
-        ex0 = Example("warm", (doc.id,), "Warm up.", ("x",))
-        await pipe.answer(ex0, backend)  # prefill the document once: both sides then run warm
-        await _bare(client, build_messages(text, "Warm up."), 16)
-
+        clock = _EngineClock(backend)
+        # One question, asked once untimed by each side: then every timed call finds the same
+        # cached prefix and generates the same answer, so only the overhead differs.
+        q = QUESTIONS[0]
+        ex = Example("q", (doc.id,), q, ("x",))
+        msgs = build_messages(text, q)
+        await pipe.answer(ex, backend)
+        await _bare(client, msgs, 16)
         pipe_s: list[float] = []
         bare_s: list[float] = []
+        outside: list[float] = []  # pipeline time not spent in the engine call
         for i in range(repeats):
-            q = QUESTIONS[i % len(QUESTIONS)]
-            ex = Example(f"q{i}", (doc.id,), q, ("x",))
-            msgs = build_messages(text, q)
             for side in ("AB" if i % 2 == 0 else "BA"):
                 if side == "A":
+                    engine0 = clock.total
                     t0 = time.perf_counter()
                     pred = await pipe.answer(ex, backend)
                     pipe_s.append(time.perf_counter() - t0)
+                    outside.append(pipe_s[-1] - (clock.total - engine0))
                     assert pred.ok, pred.error
                 else:
                     bare_s.append(await _bare(client, msgs, 16))
@@ -80,14 +104,18 @@ async def _measure(base_url: str, doc_tokens: int, repeats: int, rows_n: int) ->
         # The runner around it: store writes, scores, tokenization, for rows_n questions.
         exs = [Example(f"r{i}", (doc.id,), QUESTIONS[i % len(QUESTIONS)] + f" ({i})", ("x",))
                for i in range(rows_n)]
+        for e in exs:  # every prompt once, untimed, so both sides run warm
+            await _bare(client, build_messages(text, e.question), 16)
         corpus = Corpus("bench", {doc.id: doc}, exs)
         runner_s: list[float] = []
+        runner_out: list[float] = []
         loop_s: list[float] = []
         with tempfile.TemporaryDirectory() as tmp:
             for rep in range(2):
                 for side in ("AB" if rep % 2 == 0 else "BA"):
                     if side == "A":
                         with Store(Path(tmp) / f"o{rep}.duckdb") as store:
+                            engine0 = clock.total
                             t0 = time.perf_counter()
                             res = await run(
                                 run_id=f"overhead-{rep}", corpus=corpus, pipelines=[pipe],
@@ -95,22 +123,32 @@ async def _measure(base_url: str, doc_tokens: int, repeats: int, rows_n: int) ->
                                 run_meta=_meta(base_url),
                             )
                             runner_s.append(time.perf_counter() - t0)
+                            runner_out.append(runner_s[-1] - (clock.total - engine0))
                             assert res.done == rows_n and res.errors == 0
                     else:
                         t0 = time.perf_counter()
-                        for ex in exs:
-                            await _bare(client, build_messages(text, ex.question), 16)
+                        for e in exs:
+                            await _bare(client, build_messages(text, e.question), 16)
                         loop_s.append(time.perf_counter() - t0)
         await client.close()
 
-    details = {"doc_tokens": doc_tokens, "repeats": repeats, "pipeline_s": _r(pipe_s), "bare_s": _r(bare_s)}
+    pairs = sorted(p / b for p, b in zip(pipe_s, bare_s, strict=True))
+    req = median(bare_s)
+    per_row = median(runner_out) / rows_n
+    details = {"doc_tokens": doc_tokens, "repeats": repeats, "pipeline_s": _r(pipe_s), "bare_s": _r(bare_s),
+               "median_pair_ratio": round(median(pairs), 4), "outside_engine_s": _r(outside)}
     return [
-        ratio_row("a_overhead", "LC pipeline request (warm)", "bare openai stream", median(bare_s),
+        ratio_row("a_overhead", "LC pipeline request (warm), A/B", "bare openai stream", req,
                   median(pipe_s), "s (median)", higher_is_better=False, goal=1.05, goal_text="<= 1.05x",
                   details=details),
-        ratio_row("a_overhead", f"runner: {rows_n} rows stored+scored", "bare openai loop",
-                  min(loop_s), min(runner_s), "s (best of 2)", higher_is_better=False, goal=1.05,
-                  goal_text="<= 1.05x", details={"runner_s": _r(runner_s), "loop_s": _r(loop_s)}),
+        ratio_row("a_overhead", "LC pipeline: engine call + time outside it", "bare openai stream", req,
+                  req + median(outside), "s (median)", higher_is_better=False, goal=1.05,
+                  goal_text="<= 1.05x", details={"outside_engine_ms": round(median(outside) * 1e3, 1)}),
+        ratio_row("a_overhead", f"runner per row ({rows_n} rows stored+scored)", "bare openai stream",
+                  req, req + per_row, "s", higher_is_better=False, goal=1.05, goal_text="<= 1.05x",
+                  details={"runner_s": _r(runner_s), "loop_s": _r(loop_s), "outside_engine_s": _r(runner_out),
+                           "outside_engine_ms_per_row": round(per_row * 1e3, 1),
+                           "wall_ratio_best_of_2": round(min(runner_s) / min(loop_s), 3)}),
     ]
 
 

@@ -49,8 +49,7 @@ SIZES: dict[str, dict[str, dict[str, Any]]] = {
         "a": {"doc_tokens": 2000, "repeats": 10, "rows": 8},
         "b": {"docs": 2, "questions": 6, "levels": [1, 2, 4]},
         "c": {"chars": 40_000, "repeats": 2},
-        "d": {"lengths": [1000, 2000, 3000], "depths": [0.1, 0.5, 0.9], "concurrency": 2,
-              "serial_prefix": True},
+        "d": {"lengths": [1000, 2000], "depths": [0.1, 0.5, 0.9], "concurrency": 2, "serial_prefix": True},
         "e": {"docs": 3, "questions": 3},
     },
     "full": {

@@ -2,11 +2,11 @@
 
 Every finished request is written (with its scores) before the next result is awaited, so an
 interrupted run keeps all finished work and a rerun of the same spec only does what is missing.
-Each example is asked of every pipeline before the next example, so a partial run still
-compares the pipelines on the same questions; examples go in corpus order ("given") or in the
-prefix-sharing order of compare/schedule.py ("prefix": one document's questions back to back,
-documents with long common prefixes adjacent, followers waiting for the request that warms
-their prefix).
+Requests go in corpus order, each example asked of every pipeline before the next ("given"), or
+in the prefix-sharing order of compare/schedule.py ("prefix": one document's questions back to
+back, every pipeline done with a document before the next, documents with long common prefixes
+adjacent, followers waiting for the request that warms their prefix); either way a partial run
+still compares the pipelines on the same questions or documents.
 """
 
 from __future__ import annotations
@@ -137,8 +137,8 @@ async def run(
             started = datetime.now(UTC).replace(tzinfo=None)
             pred, attempts = await _attempts(pipe, ex, lane.backend, policy)
         async with lock:
-            store.add_prediction(
-                run_id, ex.id, pipe.name, h, pipe.params(), pred,
+            await _off_loop(
+                store.add_prediction, run_id, ex.id, pipe.name, h, pipe.params(), pred,
                 seq=seq, resumed=resumed, started_at=started, attempts=attempts,
                 scores=metric_registry.score(metrics, ex, pred),
             )
@@ -221,6 +221,18 @@ async def _answer(pipe: Pipeline, ex: Example, backend: Backend) -> Prediction:
         return Prediction(
             answer="", completion=None, context_tokens=0, error=f"{type(exc).__name__}: {exc}"
         )
+
+
+async def _off_loop(fn: Callable[..., None], *args: Any, **kwargs: Any) -> None:
+    """A blocking DuckDB write (~15-80 ms) in a thread: on the loop it would stall the streams
+    in flight and add its duration to their measured TTFT/ITL. If the run is cancelled the write
+    still finishes first: the connection must never be used from two threads at once."""
+    task = asyncio.ensure_future(asyncio.to_thread(fn, *args, **kwargs))
+    try:
+        await asyncio.shield(task)
+    except asyncio.CancelledError:
+        await asyncio.wait({task})
+        raise
 
 
 async def _safe_metrics(backend: Backend | Pool) -> dict[str, float]:

@@ -163,4 +163,4 @@ async def test_real_leval_document_through_both_pipelines(backend: Backend, tmp_
     assert (lc, rag) == ("long_context", "rag")
     assert lc_n == rag_n == lc_scored == rag_scored == 3  # every reply scored as a letter choice
     assert lc_ctx > 2000 > rag_ctx
-    assert lc_warm == 2  # the 2nd and 3rd question reuse the cached document (prefix cache)
+    assert lc_warm >= 2  # at least the 2nd and 3rd question reuse the cached document (prefix cache)

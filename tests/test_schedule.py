@@ -47,12 +47,12 @@ def test_same_document_questions_run_back_to_back_first_cold_rest_wait() -> None
     a, b = "A" * 5000, "B" * 5000
     items = [(f"{d}{q}", p, doc) for q in range(3) for d, doc in (("a", a), ("b", b)) for p in ("lc", "rag")]
     p = _plan(items)
-    ids = [t[0] for t in p.items]
-    assert ids == ["a0", "a0", "a1", "a1", "a2", "a2", "b0", "b0", "b1", "b1", "b2", "b2"]
-    # Both pipelines of an example stay adjacent, long context first as given.
-    assert [t[1] for t in p.items[:2]] == ["lc", "rag"]
+    got = [(t[0], t[1]) for t in p.items]
+    # A document's long-context questions back to back, then its RAG questions, then the next one.
+    assert got == [("a0", "lc"), ("a1", "lc"), ("a2", "lc"), ("a0", "rag"), ("a1", "rag"), ("a2", "rag"),
+                   ("b0", "lc"), ("b1", "lc"), ("b2", "lc"), ("b0", "rag"), ("b1", "rag"), ("b2", "rag")]
     # The first long-context request of a document is cold; the later ones wait for it.
-    assert p.after == (None, None, 0, None, 0, None, None, None, 6, None, 6, None)
+    assert p.after == (None, 0, 0, None, None, None, None, 6, 6, None, None, None)
     assert p.families == 2
 
 
@@ -127,8 +127,11 @@ def test_plan_run_uses_documents_and_gates_only_long_context() -> None:
     lc, rag = LC(), Rag()
     todo = [(ex, pipe, "h") for ex in exs for pipe in (lc, rag)]
     p = plan_run(todo, {"d": doc})
-    assert [(t[0].id, t[1].name) for t in p.items] == [(t[0].id, t[1].name) for t in todo]
-    assert p.after == (None, None, 0, None, 0, None)
+    assert [(t[0].id, t[1].name) for t in p.items] == [
+        ("q0", "long_context"), ("q1", "long_context"), ("q2", "long_context"),
+        ("q0", "rag"), ("q1", "rag"), ("q2", "rag"),
+    ]
+    assert p.after == (None, 0, 0, None, None, None)
 
 
 async def test_gates_release_followers_after_the_leader_even_if_it_fails() -> None:
