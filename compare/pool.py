@@ -9,8 +9,9 @@ function of the corpus and the replica list, so a resumed run sends each documen
 cache already is, and adding a replica moves only the documents that must move.
 
 Each replica has its own concurrency limit (the run's `concurrency` is per replica), so one
-slow replica cannot starve the other. A single endpoint is the one-replica case of the same
-code, which is how the runner always talks to servers.
+slow replica cannot starve the other; its slots go to requests in the schedule's order. A single
+endpoint is the one-replica case of the same code, which is how the runner always talks to
+servers.
 """
 
 from __future__ import annotations
@@ -19,10 +20,12 @@ import asyncio
 import bisect
 import hashlib
 from collections.abc import Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any
 
 from compare.backend import Backend
+from compare.schedule import Dispatcher
 from compare.types import Document, Example
 
 VNODES = 64  # points per replica on the ring: enough for an even split of the key space
@@ -98,15 +101,19 @@ def workload(examples: Sequence[Example], documents: Mapping[str, Document]) -> 
 
 @dataclass(frozen=True)
 class Lane:
-    """Where one request goes: a replica's client and its concurrency slots."""
+    """Where one request goes: a replica's client and that replica's slots (in plan order)."""
 
     index: int
     backend: Backend
-    slot: asyncio.Semaphore
+    dispatcher: Dispatcher
 
     @property
     def name(self) -> str:
         return self.backend.base_url
+
+    def turn(self, i: int) -> AbstractAsyncContextManager[None]:
+        """Wait for request i's leader and a free slot on this replica; release on exit."""
+        return self.dispatcher.turn(i)
 
 
 class Pool:
@@ -119,7 +126,6 @@ class Pool:
             raise ValueError(f"concurrency must be >= 1, got {concurrency}")
         self.backends = list(backends)
         self.concurrency = concurrency
-        self._slots = [asyncio.Semaphore(concurrency) for _ in self.backends]
         self._ring = Ring(len(self.backends))
         self.route: dict[str, int] = {}
         self._owned = owned
@@ -147,14 +153,24 @@ class Pool:
             self.route = assign(workload(examples, documents), len(self.backends))
         return self.route
 
-    def lane(self, example: Example) -> Lane:
+    def replica_of(self, example: Example) -> int:
         if len(self.backends) == 1:
-            return Lane(0, self.backends[0], self._slots[0])
+            return 0
         key = doc_key(example)
         r = self.route.get(key)
         if r is None:  # not planned: plain consistent hashing, remembered for the next question
             r = self.route[key] = self._ring.walk(key)[0]
-        return Lane(r, self.backends[r], self._slots[r])
+        return r
+
+    def lanes(self, examples: Sequence[Example], after: Sequence[int | None]) -> list[Lane]:
+        """Each request's lane, for requests in plan order with the plan's `after`.
+
+        `concurrency` slots per replica; a request waits for its leader only when both run on
+        the same replica (another replica's prefix cache would not help it)."""
+        idx = [self.replica_of(ex) for ex in examples]
+        local = [a if a is not None and idx[a] == idx[i] else None for i, a in enumerate(after)]
+        dispatchers = [Dispatcher(local, self.concurrency) for _ in self.backends]
+        return [Lane(r, self.backends[r], dispatchers[r]) for r in idx]
 
     def describe(self) -> dict[str, Any]:
         """What the run records: the replicas and which one served each document key."""

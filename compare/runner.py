@@ -22,7 +22,7 @@ from typing import Any, Literal
 from compare import metrics as metric_registry
 from compare.backend import Backend, metric_deltas
 from compare.pool import Pool
-from compare.schedule import Gates, Schedule, plan_run
+from compare.schedule import Schedule, plan_run
 from compare.store import Store
 from compare.types import Example, Prediction
 from corpora.base import Corpus
@@ -113,8 +113,9 @@ async def run(
             else:
                 todo.append((ex, pipe, h))
     plan = plan_run(todo, corpus.documents, schedule)
-    todo, gates = list(plan.items), Gates(plan.after)
+    todo = list(plan.items)
     lanes = pool or Pool([backend], concurrency)
+    lane_of = lanes.lanes([ex for ex, _, _ in todo], plan.after)
     total = len(todo)
     if progress:
         progress("preparing pipelines", 0, total)
@@ -132,8 +133,8 @@ async def run(
 
     async def one(i: int, ex: Example, pipe: Pipeline, h: str) -> None:
         nonlocal seq
-        lane = lanes.lane(ex)
-        async with gates.turn(i), lane.slot:
+        lane = lane_of[i]
+        async with lane.turn(i):
             started = datetime.now(UTC).replace(tzinfo=None)
             pred, attempts = await _attempts(pipe, ex, lane.backend, policy)
         async with lock:

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 from collections.abc import AsyncIterator, Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import pairwise
@@ -181,20 +182,64 @@ def plan_run(
     )
 
 
-class Gates:
-    """Per-request completion events: `turn(i)` waits for `after[i]`, then marks `i` done on exit
-    (even when it fails, so a failed leader never blocks its followers forever)."""
+class Dispatcher:
+    """Concurrency slots handed out in plan order to requests whose leader has finished.
 
-    def __init__(self, after: Sequence[int | None]) -> None:
+    A plain semaphore is not enough: a follower that waited for its leader would queue behind
+    every request already waiting, so a document's later questions would run after all the
+    other documents' first ones (evicting it from a small cache). Here every request registers
+    at once; a free slot goes to the earliest request in the plan whose `after` is done. A
+    request that fails still counts as done, so a failed leader never blocks its followers.
+    """
+
+    def __init__(self, after: Sequence[int | None], slots: int) -> None:
+        if slots < 1:
+            raise ValueError(f"need at least one slot, got {slots}")
         self.after = list(after)
-        self._done = [asyncio.Event() for _ in self.after]
+        self.free = slots
+        self._done = [False] * len(self.after)
+        self._ready: list[int] = []  # heap of waiting requests whose leader is done
+        self._blocked: dict[int, list[int]] = {}  # leader -> its waiting followers
+        self._waiting: dict[int, asyncio.Future[None]] = {}
+
+    def _eligible(self, i: int) -> bool:
+        w = self.after[i]
+        return w is None or self._done[w]
+
+    def _grant(self) -> None:
+        while self.free > 0 and self._ready:
+            i = heapq.heappop(self._ready)
+            fut = self._waiting.pop(i, None)
+            if fut is not None and not fut.done():
+                self.free -= 1
+                fut.set_result(None)
+
+    def _release(self) -> None:
+        self.free += 1
+        self._grant()
 
     @contextlib.asynccontextmanager
     async def turn(self, i: int) -> AsyncIterator[None]:
-        w = self.after[i]
-        if w is not None:
-            await self._done[w].wait()
+        if self.free > 0 and self._eligible(i) and not (self._ready and self._ready[0] < i):
+            self.free -= 1
+        else:
+            fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._waiting[i] = fut
+            if self._eligible(i):
+                heapq.heappush(self._ready, i)
+            else:
+                self._blocked.setdefault(self.after[i], []).append(i)  # type: ignore[arg-type]
+            try:
+                await fut
+            except asyncio.CancelledError:
+                self._waiting.pop(i, None)
+                if fut.done() and not fut.cancelled():
+                    self._release()  # granted a slot just as we were cancelled: hand it on
+                raise
         try:
             yield
         finally:
-            self._done[i].set()
+            self._done[i] = True
+            for j in self._blocked.pop(i, []):
+                heapq.heappush(self._ready, j)
+            self._release()

@@ -52,11 +52,18 @@ def test_lane_affinity_by_documents_and_workload() -> None:
     pool = Pool([Backend("http://127.0.0.1:1", "m"), Backend("http://127.0.0.1:2", "m")], 2)
     route = pool.plan(exs, docs)
     assert set(route) == {"d1", "d2"}
-    lanes = [pool.lane(ex) for ex in exs]
+    lanes = pool.lanes(exs, [None, None, 0, 0])
     assert lanes[0].index == lanes[2].index == lanes[3].index
-    assert lanes[0].slot is lanes[2].slot and lanes[0].slot._value == 2  # per-replica slots
+    d = lanes[0].dispatcher
+    assert lanes[2].dispatcher is d and d.free == 2  # per-replica slots
+    assert d.after == [None, None, 0, 0]  # same replica: q2, q3 wait for q0
+    assert lanes[1].dispatcher is not d or lanes[1].index == lanes[0].index
+    # A leader on another replica warms nothing here: no wait across replicas.
+    cross = pool.lanes([exs[1], exs[0]], [None, 0])
+    if cross[0].index != cross[1].index:
+        assert cross[1].dispatcher.after == [None, None]
     unplanned = Example("q9", ("d3",), "?", ("a",))
-    assert pool.lane(unplanned).index == pool.lane(unplanned).index
+    assert pool.replica_of(unplanned) == pool.replica_of(unplanned)
     info = pool.describe()
     assert info["replicas"] == ["http://127.0.0.1:1", "http://127.0.0.1:2"]
     assert info["affinity"][doc_key(exs[0])] == lanes[0].name

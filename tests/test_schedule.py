@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from compare.schedule import Gates, Plan, common_prefix_len, plan, plan_run
+from compare.schedule import Dispatcher, Plan, common_prefix_len, plan, plan_run
 from compare.types import Document, Example
 
 BOOK = "".join(f"Sentence {i} of the book goes here. " for i in range(400))  # ~14k chars
@@ -134,20 +134,50 @@ def test_plan_run_uses_documents_and_gates_only_long_context() -> None:
     assert p.after == (None, 0, 0, None, None, None)
 
 
-async def test_gates_release_followers_after_the_leader_even_if_it_fails() -> None:
-    gates = Gates([None, 0, 0])
-    log: list[str] = []
+async def _run_dispatched(after: list[int | None], slots: int, fail: set[int] = frozenset(),  # type: ignore[assignment]
+                          dur: float = 0.01) -> list[int]:
+    """Start every request at once (as the runner does); return the order they got a slot."""
+    d = Dispatcher(after, slots)
+    started: list[int] = []
 
-    async def leader() -> None:
-        async with gates.turn(0):
+    async def req(i: int) -> None:
+        async with d.turn(i):
+            started.append(i)
+            await asyncio.sleep(dur)
+            if i in fail:
+                raise RuntimeError("failed request")
+
+    await asyncio.gather(*(req(i) for i in range(len(after))), return_exceptions=True)
+    return started
+
+
+async def test_dispatcher_gives_a_freed_slot_to_the_earliest_ready_request() -> None:
+    # Plan: doc A leader 0, followers 1, 2; doc B leader 3, follower 4; a RAG request 5.
+    after: list[int | None] = [None, 0, 0, None, 3, None]
+    # One slot: exactly the plan order (a semaphore would run 3 and 5 before the followers).
+    assert await _run_dispatched(after, 1) == [0, 1, 2, 3, 4, 5]
+    # Two slots: A's leader and B's leader first, then the followers before the RAG request.
+    order = await _run_dispatched(after, 2)
+    assert order[:2] == [0, 3] and order.index(1) < order.index(5) and order.index(4) < order.index(5)
+
+
+async def test_dispatcher_releases_followers_after_a_failed_leader() -> None:
+    assert await _run_dispatched([None, 0, 0], 2, fail={0}) == [0, 1, 2]
+
+
+async def test_dispatcher_hands_on_the_slot_of_a_cancelled_waiter() -> None:
+    d = Dispatcher([None, None, None], 1)
+    started: list[int] = []
+
+    async def req(i: int) -> None:
+        async with d.turn(i):
+            started.append(i)
             await asyncio.sleep(0.02)
-            log.append("leader")
-            raise RuntimeError("failed request")
 
-    async def follower(i: int) -> None:
-        async with gates.turn(i):
-            log.append(f"f{i}")
-
-    results = await asyncio.gather(follower(1), leader(), follower(2), return_exceptions=True)
-    assert isinstance(results[1], RuntimeError)
-    assert log[0] == "leader" and sorted(log[1:]) == ["f1", "f2"]
+    tasks = [asyncio.ensure_future(req(i)) for i in range(3)]
+    await asyncio.sleep(0.005)
+    tasks[1].cancel()  # waiting for the slot held by 0
+    await asyncio.gather(*tasks, return_exceptions=True)
+    assert started == [0, 2] and d.free == 1
+    with pytest.raises(ValueError):
+        Dispatcher([None], 0)
