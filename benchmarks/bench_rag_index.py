@@ -16,14 +16,14 @@ import argparse
 import json
 import os
 import statistics
-import tempfile
 import time
 from pathlib import Path
 
+from benchmarks.index_build import time_builds
 from compare.types import Document
 from corpora.books import data_dir, load_book
 from pipelines.chunking import chunk_document
-from pipelines.index import build_index, embed_texts, embedder_tokenizer, load_embedder
+from pipelines.index import embed_texts, embedder_tokenizer, load_embedder
 
 
 def main() -> None:
@@ -42,19 +42,7 @@ def main() -> None:
     n_tokens = sum(len(tok(t)) for t in texts)
     embed_texts(model, texts[:8])  # warm-up: first call pays lazy initialisation
 
-    cold, cached, direct = [], [], []
-    for _ in range(args.repeats):
-        t0 = time.perf_counter()
-        embed_texts(model, texts, batch_size=32)
-        direct.append(time.perf_counter() - t0)
-        with tempfile.TemporaryDirectory() as tmp:
-            t0 = time.perf_counter()
-            _, first = build_index([doc], chunk_size=200, chunk_overlap=20, cache_dir=Path(tmp))
-            cold.append(time.perf_counter() - t0)
-            t0 = time.perf_counter()
-            _, again = build_index([doc], chunk_size=200, chunk_overlap=20, cache_dir=Path(tmp))
-            cached.append(time.perf_counter() - t0)
-            assert not first.cache_hit and again.cache_hit
+    cold, cached, direct = time_builds(doc, texts, model, args.repeats)
 
     sweep = []
     for threads in (1, 2):

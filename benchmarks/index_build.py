@@ -22,17 +22,17 @@ from pipelines.chunking import chunk_document
 from pipelines.index import build_index, embed_texts, embedder_tokenizer, load_embedder
 
 
-def bench_index(*, chars: int, repeats: int) -> tuple[list[Row], dict[str, Any]]:
-    text = load_book("les_miserables", data_dir())
-    doc = Document("lm", text[200_000 : 200_000 + chars])
-    model = load_embedder()
-    chunks = [c.text for c in chunk_document(doc, 200, 20, embedder_tokenizer(model))]
-    embed_texts(model, chunks[:8])  # the first call pays lazy initialisation: not a build cost
+def time_builds(
+    doc: Document, chunks: list[str], model: Any, repeats: int, note: bool = False
+) -> tuple[list[float], list[float], list[float]]:
+    """Seconds per repetition of (cold build, cached rerun, raw encode), each cold build in a
+    fresh cache directory: one measurement shared by both index benchmarks."""
     cold: list[float] = []
     cached: list[float] = []
     direct: list[float] = []
     for i in range(repeats):
-        print(f"  (c) repetition {i + 1}/{repeats}: {len(chunks)} chunks ...", flush=True)
+        if note:
+            print(f"  (c) repetition {i + 1}/{repeats}: {len(chunks)} chunks ...", flush=True)
         t0 = time.perf_counter()
         embed_texts(model, chunks, batch_size=32)
         direct.append(time.perf_counter() - t0)
@@ -44,6 +44,16 @@ def bench_index(*, chars: int, repeats: int) -> tuple[list[Row], dict[str, Any]]
             _, again = build_index([doc], chunk_size=200, chunk_overlap=20, cache_dir=Path(tmp))
             cached.append(time.perf_counter() - t0)
             assert not first.cache_hit and again.cache_hit
+    return cold, cached, direct
+
+
+def bench_index(*, chars: int, repeats: int) -> tuple[list[Row], dict[str, Any]]:
+    text = load_book("les_miserables", data_dir())
+    doc = Document("lm", text[200_000 : 200_000 + chars])
+    model = load_embedder()
+    chunks = [c.text for c in chunk_document(doc, 200, 20, embedder_tokenizer(model))]
+    embed_texts(model, chunks[:8])  # the first call pays lazy initialisation: not a build cost
+    cold, cached, direct = time_builds(doc, chunks, model, repeats, note=True)
     details = {"chars": chars, "chunks": len(chunks), "cold_s": cold, "cached_s": cached, "encode_s": direct}
     rows = [
         ratio_row("c_index", "index build throughput", "raw encode of the same chunks",
