@@ -169,7 +169,8 @@ def execute(
             )
         except ServerDown as exc:
             if server is None:
-                raise
+                return _fail_over(spec, store, split_urls(url), info, exc, say=say, data_dir=data_dir,
+                                  progress=progress)
             # A managed server that died is restarted once; the failed rows are then redone.
             say(f"{exc}; restarting the managed vLLM once and retrying the failed rows")
             server.restart()
@@ -180,3 +181,44 @@ def execute(
                     progress=progress,
                 )
             )
+
+
+def _fail_over(
+    spec: RunSpec,
+    store: Store,
+    urls: list[str],
+    info: dict[str, Any],
+    exc: ServerDown,
+    *,
+    say: Callable[[str], None],
+    data_dir: Path | None,
+    progress: Progress | None,
+) -> RunResult:
+    """Replicas we do not manage: drop the dead ones and go on with the rest, as long as one
+    answers. Consistent hashing moves only the dead replicas' documents (their caches are gone
+    anyway); finished rows stay, the failed ones are redone, and the run records who failed."""
+    failed: list[str] = list(info.get("failed_over", []))
+    while True:
+        alive = [u for u, ok in zip(urls, asyncio.run(_health(urls)), strict=True) if ok]
+        dead = [u for u in urls if u not in alive]
+        if not alive or not dead:  # nothing to fail over to, or nobody died (a bad request)
+            raise exc
+        failed += dead
+        say(f"{exc}; replica(s) {', '.join(dead)} down: going on with {', '.join(alive)}")
+        info = {**info, "base_url": alive, "failed_over": failed, "failover_reason": str(exc)}
+        urls = alive
+        try:
+            return asyncio.run(
+                execute_async(spec, store, urls, info, data_dir=data_dir, retry_errors=True,
+                              progress=progress)
+            )
+        except ServerDown as again:
+            exc = again
+
+
+async def _health(urls: Sequence[str]) -> list[bool]:
+    async def one(url: str) -> bool:
+        async with Backend(url, "health-check") as b:
+            return await b.health()
+
+    return list(await asyncio.gather(*(one(u) for u in urls)))

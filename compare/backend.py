@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,6 +41,12 @@ SERVER_COUNTERS: tuple[str, ...] = (
     "vllm:request_prefill_kv_computed_tokens_sum",
     "vllm:num_preemptions",
 )
+
+
+# Called once when the request running in this context receives its first token, i.e. when its
+# prompt has been prefilled (and, with prefix caching, is reusable by requests sent after it).
+# A context variable rather than an argument, so pipelines need not thread it through.
+first_token_hook: ContextVar[Callable[[], None] | None] = ContextVar("first_token_hook", default=None)
 
 
 class BackendError(RuntimeError):
@@ -192,7 +199,15 @@ class Backend:
                 stream=True,
                 stream_options={"include_usage": True},
             )
-            timed = [(time.perf_counter(), chunk_from_openai(c)) async for c in _aiter(stream)]
+            hook = first_token_hook.get()
+            timed: list[tuple[float, StreamChunk]] = []
+            async for raw in _aiter(stream):
+                ts = time.perf_counter()
+                chunk = chunk_from_openai(raw)
+                timed.append((ts, chunk))
+                if hook is not None and chunk.text:
+                    hook()
+                    hook = None
         except openai.APIError as exc:
             raise BackendError(f"{type(exc).__name__}: {exc}") from exc
         return collect_stream(start, timed)

@@ -120,4 +120,8 @@ MIGRATIONS: tuple[str, ...] = (
         build_s DOUBLE
     );
     """,
+    # Which replica served the request (its base URL): affinity and failover are visible per row.
+    "ALTER TABLE predictions ADD COLUMN replica VARCHAR;",
+    # A multi-request answer's requests, each with its own timing (routers' fallbacks).
+    "ALTER TABLE predictions ADD COLUMN steps JSON;",
 )

@@ -60,8 +60,8 @@ def store_rows(db: Path, rows: Sequence[Row], corpus: str, corpus_params: dict[s
     now = datetime.now(UTC).replace(tzinfo=None)
     with Store(db) as store:
         store.con.execute("DELETE FROM retrieval_eval WHERE eval_id = ?", [eval_id])
-        store.con.executemany(
-            "INSERT INTO retrieval_eval VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        store.insert_rows(
+            "retrieval_eval",
             [
                 [eval_id, now, corpus, json.dumps(corpus_params, default=str), r["config"],
                  r.get("params_hash") or params_hash({"config": r["config"]}),

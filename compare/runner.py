@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 from compare import metrics as metric_registry
-from compare.backend import Backend, metric_deltas
+from compare.backend import Backend, first_token_hook, metric_deltas
 from compare.pool import Pool
 from compare.schedule import Schedule, plan_run
 from compare.store import Store
@@ -136,12 +136,16 @@ async def run(
         lane = lane_of[i]
         async with lane.turn(i):
             started = datetime.now(UTC).replace(tzinfo=None)
-            pred, attempts = await _attempts(pipe, ex, lane.backend, policy)
+            hook = first_token_hook.set(lambda: lane.dispatcher.prefilled(i))
+            try:
+                pred, attempts = await _attempts(pipe, ex, lane.backend, policy)
+            finally:
+                first_token_hook.reset(hook)
         async with lock:
             await _off_loop(
                 store.add_prediction, run_id, ex.id, pipe.name, h, pipe.params(), pred,
                 seq=seq, resumed=resumed, started_at=started, attempts=attempts,
-                scores=metric_registry.score(metrics, ex, pred),
+                scores=metric_registry.score(metrics, ex, pred), replica=lane.name,
             )
             seq += 1
             result.done += 1

@@ -2,7 +2,7 @@
 
 A long-context prompt starts with its document, so two prompts over documents that share a
 prefix can share that prefix's prefill (vLLM's automatic prefix caching). The saving is only
-realised if the request that computes the shared prefix has *finished* it before the next one
+realised if the request that computes the shared prefix has *prefilled* it before the next one
 starts: siblings sent at the same moment each compute the prefix themselves, and siblings sent
 far apart may find it evicted. So the plan orders and gates:
 
@@ -21,11 +21,12 @@ far apart may find it evicted. So the plan orders and gates:
 - Inside a family the key whose shared prefix reaches deepest goes first (its leader: for a
   needle grid the document whose needle sits deepest into the longest shared haystack), so once
   it has run every other member finds its whole shared prefix cached.
-- `after[i]` names the request whose completion request `i` waits for before it takes a
-  concurrency slot: the leader of its key (same document, later question) or the earliest
-  request with the longest prefix in common. With concurrency 1 the order alone does it; with
-  more, gating stops siblings from prefilling the same prefix in parallel, while unrelated
-  requests (other families, RAG prompts that do not start with the document) fill the slots.
+- `after[i]` names the request whose prefill (its first token, or its end if it fails) request
+  `i` waits for before it takes a concurrency slot: the leader of its key (same document, later
+  question) or the earliest request with the longest prefix in common. With concurrency 1 the
+  order alone does it; with more, gating stops siblings from prefilling the same prefix in
+  parallel, while unrelated requests (other families, RAG prompts that do not start with the
+  document) fill the slots.
 
 For a serial run with a cache larger than the grid the order does not change the total prefill
 (each trie node is computed once, whatever the order); it matters when the cache holds only a
@@ -183,13 +184,14 @@ def plan_run(
 
 
 class Dispatcher:
-    """Concurrency slots handed out in plan order to requests whose leader has finished.
+    """Concurrency slots handed out in plan order to requests whose leader has been prefilled.
 
     A plain semaphore is not enough: a follower that waited for its leader would queue behind
     every request already waiting, so a document's later questions would run after all the
     other documents' first ones (evicting it from a small cache). Here every request registers
     at once; a free slot goes to the earliest request in the plan whose `after` is done. A
-    request that fails still counts as done, so a failed leader never blocks its followers.
+    request that fails still counts as done, so a failed leader never blocks its followers. A
+follower may start once its leader has its first token (`prefilled`), not only when it ends.
     """
 
     def __init__(self, after: Sequence[int | None], slots: int) -> None:
@@ -205,6 +207,18 @@ class Dispatcher:
     def _eligible(self, i: int) -> bool:
         w = self.after[i]
         return w is None or self._done[w]
+
+    def prefilled(self, i: int) -> None:
+        """Request i's prompt is in the cache (first token, or it ended): its followers may go.
+
+        Releasing followers at the leader's first token rather than its last lets their prefill
+        overlap the leader's decode; the shared blocks are already cached by then."""
+        if self._done[i]:
+            return
+        self._done[i] = True
+        for j in self._blocked.pop(i, []):
+            heapq.heappush(self._ready, j)
+        self._grant()
 
     def _grant(self) -> None:
         while self.free > 0 and self._ready:
@@ -239,7 +253,5 @@ class Dispatcher:
         try:
             yield
         finally:
-            self._done[i] = True
-            for j in self._blocked.pop(i, []):
-                heapq.heappush(self._ready, j)
+            self.prefilled(i)  # a failed leader never blocks its followers
             self._release()

@@ -66,6 +66,26 @@ class Completion:
 
 
 @dataclass(frozen=True)
+class Step:
+    """One request of a multi-request answer (a router's RAG try, then its long-context
+    fallback): kept apart so each step's own speed survives the summed row."""
+
+    route: str
+    completion: Completion
+    context_tokens: int
+
+    def as_dict(self) -> dict[str, object]:
+        c = self.completion
+        tpot = c.tpot_s
+        return {
+            "route": self.route, "context_tokens": self.context_tokens,
+            "prompt_tokens": c.prompt_tokens, "cached_tokens": c.cached_tokens,
+            "output_tokens": c.output_tokens, "ttft_ms": c.ttft_s * 1e3, "e2e_ms": c.e2e_s * 1e3,
+            "tpot_ms": tpot * 1e3 if tpot is not None else None, "finish_reason": c.finish_reason,
+        }
+
+
+@dataclass(frozen=True)
 class Prediction:
     answer: str
     completion: Completion | None
@@ -75,6 +95,7 @@ class Prediction:
     route: str | None = None
     error: str | None = None
     truncated_tokens: int = 0
+    steps: tuple[Step, ...] = ()  # only when the answer took more than one request
 
     @property
     def ok(self) -> bool:

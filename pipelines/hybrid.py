@@ -11,13 +11,13 @@ point is cost: most questions are answered from a short prompt, and long context
 where retrieval failed.
 
 Accounting of a fallback row (RAG asked, then long context): the Prediction is frozen and shared,
-so the two requests are folded into one honest Completion rather than a new field:
+so the two requests are folded into one honest Completion (plus `steps`, each request alone):
 - prompt, cached and output tokens, and `context_tokens`, are SUMS over both requests (what was
   paid);
 - `e2e_s` = step-1 E2E + step-2 E2E and `ttft_s` = step-1 E2E + step-2 TTFT: the user waits for
   the whole first request before the first token of the answer they get;
-- `itl_s` is the final request's, so E2E - TTFT == sum(ITL) still holds, but TPOT (computed by
-  the store from summed output tokens) is not a decode speed for these rows;
+- `itl_s` is the final request's, so E2E - TTFT == sum(ITL) still holds; `steps` keeps each
+  request's own tokens and times (stored as JSON), and the row's TPOT is the final request's;
 - `retrieved` is what the retriever returned (so evidence recall measures the retriever that
   made the routing decision), even when the final prompt held the whole document.
 """
@@ -41,15 +41,14 @@ from pydantic import (
     field_validator,
 )
 
-from compare.types import Completion, Document, Example, Prediction
-from pipelines.prompts import UNANSWERABLE, build_messages, join_passages
+from compare.types import Completion, Document, Example, Prediction, Step
+from pipelines.prompts import UNANSWERABLE, build_messages
 
 # compare/spec.py imports the spec classes below: the engine (openai client, RAG's torch) is
 # imported only when a router actually runs, so the CLI does not pay for it on every command.
 if TYPE_CHECKING:
     from compare.backend import Backend
     from pipelines.base import Pipeline
-    from pipelines.index import Chunk
     from pipelines.long_context import LongContextPipeline
     from pipelines.rag import RagPipeline
 
@@ -150,39 +149,36 @@ class SelfRoutePipeline:
         await self.rag.prepare(documents, backend)
         await self.long_context.prepare(documents, backend)
 
-    def _top_score(self, question: str, chunks: list[Chunk]) -> float:
-        """Best cosine similarity of the retrieved chunks, recomputed with the same embedder
-        (RagPipeline does not expose its scores; the vectors are normalised, so dot = cosine)."""
-        from pipelines.index import embed_texts, load_embedder
-
-        if not chunks:
-            return -1.0
-        model = load_embedder(str(self.rag.params()["embedder"]))
-        vecs = embed_texts(model, [question, *(c.text for c in chunks)])
-        return float((vecs[1:] @ vecs[0]).max())
-
     async def answer(self, example: Example, backend: Backend) -> Prediction:
         from compare.backend import BackendError
 
         t0 = time.perf_counter()
         try:
-            chunks = await asyncio.to_thread(self.rag.retrieve, example)
+            self.rag.check_indexed(example)
         except KeyError as exc:
             return Prediction(answer="", completion=None, context_tokens=0, route="rag",
-                              error=f"not indexed (prepare first): {exc}")
-        top = None
-        if self.score_threshold is not None:
-            top = await asyncio.to_thread(self._top_score, example.question, chunks)
+                              error=str(exc.args[0]))
+        try:
+            # The same selection plain RAG makes (rank order kept for MRR, budget counted by the
+            # server), so the router's RAG step is exactly the RAG pipeline's prompt.
+            sel = await self.rag.select(
+                example, backend.tokenize if self.rag.budget_tokens is not None else None
+            )
+        except BackendError as exc:
+            return Prediction(answer="", completion=None, context_tokens=0, route="rag",
+                              retrieval_s=time.perf_counter() - t0, error=str(exc))
         retrieval_s = time.perf_counter() - t0
-        retrieved = tuple(c.span() for c in chunks)
-        if top is not None and self.score_threshold is not None and top < self.score_threshold:
+        retrieved = tuple(c.span() for c in sel.ranked)
+        top = max(sel.scores, default=-1.0)
+        if self.score_threshold is not None and top < self.score_threshold:
             final = await self.long_context.answer(example, backend)
             return replace(final, retrieved=retrieved, retrieval_s=retrieval_s, route="long_context")
-        context = join_passages([c.text for c in chunks])
         try:
-            context_tokens = await backend.tokenize(context)
+            context_tokens = sel.counted_tokens
+            if context_tokens is None:
+                context_tokens = await backend.tokenize(sel.context)
             first = await backend.complete(
-                self_route_messages(context, example.question),
+                self_route_messages(sel.context, example.question),
                 max_tokens=self._max_tokens,
             )
         except BackendError as exc:
@@ -193,7 +189,8 @@ class SelfRoutePipeline:
                               retrieved=retrieved, retrieval_s=retrieval_s, route="rag")
         final = await self.long_context.answer(example, backend)
         if final.completion is None:  # the fallback failed: an error row, on the route it failed on
-            return replace(final, retrieved=retrieved, retrieval_s=retrieval_s, route="long_context")
+            return replace(final, retrieved=retrieved, retrieval_s=retrieval_s, route="long_context",
+                           steps=(Step("rag", first, context_tokens),))
         return replace(
             final,
             completion=combine(first, final.completion),
@@ -201,6 +198,8 @@ class SelfRoutePipeline:
             retrieved=retrieved,
             retrieval_s=retrieval_s,
             route="long_context",
+            steps=(Step("rag", first, context_tokens),
+                   Step("long_context", final.completion, final.context_tokens)),
         )
 
 

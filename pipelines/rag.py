@@ -170,6 +170,10 @@ class RagPipeline:
             raise KeyError(f"not indexed (prepare first): {missing}")
         return [self._indexes[k] for k in keys]
 
+    def check_indexed(self, example: Example) -> None:
+        """KeyError naming what is missing when the example's index was never built."""
+        self._scope(example.doc_ids)
+
     def _position(self, doc_ids: Sequence[str]) -> Callable[[Chunk], tuple[int, int, int]]:
         """Reading order: the example's documents in its order, then the rest of the corpus."""
         own = {d: i for i, d in enumerate(doc_ids)}
@@ -273,7 +277,7 @@ class RagPipeline:
 
     async def answer(self, example: Example, backend: Backend) -> Prediction:
         try:
-            self._scope(example.doc_ids)
+            self.check_indexed(example)
         except KeyError as exc:
             return Prediction(answer="", completion=None, context_tokens=0, error=str(exc.args[0]))
         t0 = time.perf_counter()

@@ -164,3 +164,38 @@ async def test_real_leval_document_through_both_pipelines(backend: Backend, tmp_
     assert lc_n == rag_n == lc_scored == rag_scored == 3  # every reply scored as a letter choice
     assert lc_ctx > 2000 > rag_ctx
     assert lc_warm >= 2  # at least the 2nd and 3rd question reuse the cached document (prefix cache)
+
+
+async def test_followers_start_at_the_leaders_first_token(backend: Backend, tmp_path: Path) -> None:
+    """Prefix schedule, two slots: the document's second question is sent once the first has
+    its first token (its prompt is cached then), not after the first has finished decoding."""
+    from compare.runner import run
+    from compare.types import Document
+    from corpora.base import Corpus
+    from corpora.needle import book_text
+
+    doc = Document("d", book_text("les_miserables", "BOOK FIRST—A JUST MAN", None)[:4000])
+    exs = [Example(f"q{i}", ("d",), q, ("x",)) for i, q in
+           enumerate(["List every person named in the text, one per line, with a sentence on each."] * 2)]
+    db = tmp_path / "gate.duckdb"
+    with Store(db) as store:
+        res = await run(
+            run_id="gate", corpus=Corpus("c", {"d": doc}, exs),
+            pipelines=[LongContextPipeline(max_tokens=48)], backend=backend, store=store,
+            run_meta={"model": backend.model, "base_url": backend.base_url, "spec": {},
+                      "corpus_params": {}, "server": {}},
+            metric_names=["contains"], concurrency=2, schedule="prefix",
+        )
+    assert res.done == 2 and res.errors == 0
+    with duckdb.connect(str(db), read_only=True) as con:
+        (lead_start, lead_e2e, lead_out, replicas), (fol_start, fol_cached) = (
+            con.execute("SELECT started_at, e2e_ms, output_tokens, (SELECT list(DISTINCT replica) "
+                        "FROM predictions) FROM predictions WHERE example_id = 'q0'").fetchone(),
+            con.execute("SELECT started_at, cached_tokens FROM predictions "
+                        "WHERE example_id = 'q1'").fetchone(),
+        )
+    assert replicas == [backend.base_url]  # every row names the replica that served it
+    assert lead_out > 8  # the leader decoded for a while after its first token ...
+    follower_sent_s = (fol_start - lead_start).total_seconds()
+    assert follower_sent_s < lead_e2e / 1e3  # ... and the follower was sent before that ended
+    assert fol_cached and fol_cached > 500  # and found the document in the cache

@@ -7,6 +7,7 @@ top_k=1 (checked on the prediction's retrieved spans before anything else is ass
 
 from __future__ import annotations
 
+import json
 import os
 from datetime import datetime
 from pathlib import Path
@@ -243,12 +244,26 @@ async def test_self_route_falls_back_when_retrieval_misses(server_url: str, tmp_
         recall = dict(con.execute("SELECT example_id, value FROM scores WHERE metric = 'evidence_recall'")
                       .fetchall())
         n_index = con.execute("SELECT count(*) FROM index_stats WHERE pipeline = 'self_route'").fetchone()
+        steps = dict(con.execute("SELECT example_id, steps FROM predictions").fetchall())
+        tpot = con.execute("SELECT tpot_ms FROM predictions WHERE example_id = 'decoy'").fetchone()
     # Precondition: the retriever missed the needle in the decoy document and found it in the plain one.
     assert recall == {"decoy": 0.0, "plain": 1.0}
     route, answer, prompt, ctx, out, ttft, e2e, _, contains = rows["decoy"]
     assert route == "long_context" and "4827163" in answer and contains == 1.0
     # Both requests are paid: the prompt holds the RAG prompt plus the whole document.
     assert prompt > ctx > doc_tokens and out >= 2 and e2e > ttft > 0
+    # ... and each request is kept on its own: the row's sums are exactly the two steps'.
+    first, second = json.loads(steps["decoy"])
+    assert (first["route"], second["route"]) == ("rag", "long_context")
+    assert first["prompt_tokens"] + second["prompt_tokens"] == prompt
+    assert first["output_tokens"] + second["output_tokens"] == out
+    assert first["e2e_ms"] + second["e2e_ms"] == pytest.approx(e2e)
+    assert second["context_tokens"] > doc_tokens - 5 and first["context_tokens"] < 300
+    # The row's TPOT is the answering request's decode speed (None if it gave one token).
+    assert (tpot[0] is None) == (second["tpot_ms"] is None)
+    if tpot[0] is not None:
+        assert tpot[0] == pytest.approx(second["tpot_ms"])
+    assert steps["plain"] is None  # one request, no steps
     route, answer, prompt, ctx, *_ , contains = rows["plain"]
     assert route == "rag" and contains == 1.0 and prompt < 300
     assert n_index == (2,)

@@ -181,3 +181,29 @@ async def test_dispatcher_hands_on_the_slot_of_a_cancelled_waiter() -> None:
     assert started == [0, 2] and d.free == 1
     with pytest.raises(ValueError):
         Dispatcher([None], 0)
+
+
+async def test_dispatcher_starts_followers_at_the_leaders_first_token() -> None:
+    # The leader's prompt is cached once it has its first token: a follower with a free slot
+    # starts then (its prefill overlapping the leader's decode), not when the leader ends.
+    d = Dispatcher([None, 0], 2)
+    events: list[str] = []
+    first_token = asyncio.Event()
+
+    async def leader() -> None:
+        async with d.turn(0):
+            events.append("leader start")
+            await asyncio.sleep(0.01)
+            d.prefilled(0)
+            first_token.set()
+            await asyncio.sleep(0.05)  # decoding
+            events.append("leader end")
+
+    async def follower() -> None:
+        async with d.turn(1):
+            events.append("follower start")
+
+    await asyncio.gather(leader(), follower())
+    assert events == ["leader start", "follower start", "leader end"]
+    # Without the signal the follower waits for the end (the failure path relies on it too).
+    assert await _run_dispatched([None, 0], 2) == [0, 1]

@@ -23,6 +23,8 @@ class FaultProxy:
         self.port = 0
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._open: list[asyncio.StreamWriter] = []
+        self._server: asyncio.Server
 
     @property
     def url(self) -> str:
@@ -46,10 +48,20 @@ class FaultProxy:
 
     def _serve(self) -> None:
         asyncio.set_event_loop(self.loop)
-        server = self.loop.run_until_complete(asyncio.start_server(self._handle, "127.0.0.1", 0))
-        self.port = server.sockets[0].getsockname()[1]
+        self._server = self.loop.run_until_complete(asyncio.start_server(self._handle, "127.0.0.1", 0))
+        self.port = self._server.sockets[0].getsockname()[1]
         self._ready.set()
         self.loop.run_forever()
+
+    def kill(self) -> None:
+        """The replica dies (from any thread): no more connections, open ones cut mid-stream."""
+
+        async def die() -> None:
+            self._server.close()
+            for w in self._open:
+                w.transport.abort()
+
+        asyncio.run_coroutine_threadsafe(die(), self.loop).result(10)
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -57,6 +69,7 @@ class FaultProxy:
         except OSError:
             writer.close()
             return
+        self._open.extend((writer, up_w))
         first = await reader.read(65536)
         chat = b"/chat/completions" in first.split(b"\r\n", 1)[0]
         if chat and self.mode == "stall":

@@ -89,3 +89,41 @@ async def test_dead_external_server_stops_the_run_as_server_down(tmp_path: Path)
         await execute_async(_spec(retries=0), store, url, {"managed": False})  # type: ignore[arg-type]
     # Either the corpus build (tokenize) or the first request finds the server gone: clear error.
     assert isinstance(info.value, ServerDown) or "tokenize" in str(info.value)
+
+
+def test_a_dead_replica_fails_over_to_the_others(server_url: str, tmp_path: Path) -> None:
+    """Two replicas (the real server, and the same server behind a proxy that then dies): the
+    dead replica's in-flight and remaining documents go to the live one; nothing is lost."""
+    import json
+
+    from compare.app import execute
+    from tests.test_pool import _corpus_dir
+
+    spec = validate_spec({
+        "corpus": {"kind": "jsonl", "path": str(_corpus_dir(tmp_path))},
+        "pipelines": [{"kind": "long_context", "max_tokens": 4}],
+        "concurrency": 1, "retries": 0, "timeout_s": 30.0,
+    })
+    db = tmp_path / "failover.duckdb"
+    said: list[str] = []
+    with FaultProxy(int(urlparse(server_url).port or 0)) as proxy:
+
+        def progress(_msg: str, done: int, _total: int) -> None:
+            if done == 6:
+                proxy.kill()
+
+        res = execute(spec, db, say=said.append, base_url=[server_url, proxy.url], progress=progress)
+        dead = proxy.url
+    with duckdb.connect(str(db), read_only=True) as con:
+        rows = con.execute("SELECT resumed, replica, error FROM predictions").fetchall()
+        server, status = con.execute("SELECT server, status FROM runs").fetchone() or ("{}", "")
+    live = server_url.rstrip("/")
+    assert len(rows) == 12 and all(err is None for _, _, err in rows) and status == "done"
+    assert res.errors == 0
+    before = [rep for resumed, rep, _ in rows if not resumed]
+    after = [rep for resumed, rep, _ in rows if resumed]
+    assert dead in before and live in before  # both replicas served until one died
+    assert after and set(after) == {live}  # what was left (and what failed) went to the live one
+    info = json.loads(server)
+    assert info["failed_over"] == [dead] and info["base_url"] == [live]
+    assert any("down" in s and dead in s for s in said)
