@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import Row, computed_tokens, reset_cache, server, server_work
+from benchmarks.common import BLOCK, Row, bounded_server, computed_tokens, reset_cache, server_work
 from compare import models
 from compare.backend import Backend
 from compare.runner import run
@@ -28,7 +28,6 @@ from corpora.base import Corpus
 from corpora.needle import book_text, prefix_with_tokens
 
 WINDOW = 2048
-BLOCK = 128  # vLLM's CPU block size
 QUESTIONS = ("Who is mentioned first?", "What place is described?", "What happens at the end?",
              "Which object is named?", "Who speaks?")
 
@@ -74,9 +73,8 @@ async def _arms(url: str, docs: int, questions: int, doc_tokens: int) -> list[di
 
 
 def bench_bounded(*, docs: int, questions: int, doc_tokens: int = 1700) -> tuple[list[Row], dict[str, Any]]:
-    blocks = WINDOW // BLOCK + 1  # vLLM keeps one block aside (the null block)
-    with server(None, window=WINDOW, kv_cache_gib=1,
-                extra_args=("--num-gpu-blocks-override", str(blocks))) as url:
+    blocks = WINDOW // BLOCK + 1
+    with bounded_server(WINDOW) as url:
         arms = asyncio.run(_arms(url, docs, questions, doc_tokens))
     naive, sched = arms
     same = sum(sched["answers"].get(k) == v for k, v in naive["answers"].items())

@@ -98,6 +98,17 @@ def server(base_url: str | None, window: int = BENCH_WINDOW, kv_cache_gib: int =
         yield srv.base_url
 
 
+BLOCK = 128  # vLLM's CPU KV block size (tokens)
+
+
+def bounded_server(window: int) -> contextlib.AbstractContextManager[str]:
+    """A managed vLLM whose KV cache holds about one `window`-token prompt: the regime of long
+    documents on a GPU, where the cache holds a handful of them and order decides what is reused."""
+    blocks = window // BLOCK + 1  # vLLM keeps one block aside (the null block)
+    return server(None, window=window, kv_cache_gib=1,
+                  extra_args=("--num-gpu-blocks-override", str(blocks)))
+
+
 def reset_cache(base_url: str) -> bool:
     """Empty the server's prefix cache (dev mode only); False when the server does not allow it."""
     for _ in range(10):

@@ -5,8 +5,10 @@
 (a) overhead: long-context pipeline request vs a bare `openai` streamed call (goal <= 1.05x)
 (b) concurrency: QA-set throughput at 1, 2, 4 requests in flight (goal >= 1.5x at 4)
 (c) RAG index: build_index vs raw encode, cached rerun vs cold build (goals >= 0.9x, >= 20x)
-(d) needle grid: prefix schedule vs naive serial order, same answers (goal >= 1.8x)
-(e) bounded cache: the same comparison where the KV cache holds ~one document
+(d) needle grid: prefix schedule vs naive serial order, same answers (goal >= 1.8x), first with
+    a cache that holds the whole grid, then (d2) with one that holds ~one document; each
+    prints the ceiling of prefix reuse on its grid (prompt tokens / fewest prefilled tokens)
+(e) bounded cache: a QA set (several questions per document, interleaved) under that cache
 
 Without --base-url a managed vLLM with a 16k window is started for (a), (b), (d) (in dev mode,
 so each arm can empty the prefix cache); (e) always starts its own small-cache server. The
@@ -43,6 +45,7 @@ SIZES: dict[str, dict[str, dict[str, Any]]] = {
         "b": {"docs": 1, "questions": 6, "levels": [1, 2, 4]},
         "c": {"chars": 20_000, "repeats": 1},
         "d": {"lengths": [1000, 2000], "depths": [0.1, 0.5, 0.9], "concurrency": 2, "serial_prefix": False},
+        "d2": {"lengths": [800, 1600], "depths": [0.1, 0.3, 0.5, 0.7, 0.9], "concurrency": 2},
         "e": {"docs": 2, "questions": 2},
     },
     "default": {
@@ -50,6 +53,7 @@ SIZES: dict[str, dict[str, dict[str, Any]]] = {
         "b": {"docs": 2, "questions": 6, "levels": [1, 2, 4]},
         "c": {"chars": 40_000, "repeats": 2},
         "d": {"lengths": [1000, 2000], "depths": [0.1, 0.5, 0.9], "concurrency": 2, "serial_prefix": True},
+        "d2": {"lengths": [800, 1600], "depths": [round(0.1 * i, 1) for i in range(11)], "concurrency": 4},
         "e": {"docs": 3, "questions": 3},
     },
     "full": {
@@ -58,6 +62,8 @@ SIZES: dict[str, dict[str, dict[str, Any]]] = {
         "c": {"chars": 100_000, "repeats": 3},
         "d": {"lengths": [2000, 4000, 8000], "depths": [0.1, 0.5, 0.9], "concurrency": 4,
               "serial_prefix": True},
+        "d2": {"lengths": [400, 800, 1200, 1600], "depths": [round(0.05 * i, 2) for i in range(21)],
+               "concurrency": 4},
         "e": {"docs": 4, "questions": 4},
     },
 }
@@ -96,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     only = {x.strip() for x in args.only.split(",") if x.strip()}
     rows: list[Row] = []
     results: dict[str, Any] = {
-        "preset": preset, "sizes": {k: v for k, v in sizes.items() if k in only},
+        "preset": preset, "sizes": {k: v for k, v in sizes.items() if k[0] in only},
         "started_at": datetime.now(UTC).isoformat(timespec="seconds"), "cpus": os.cpu_count(),
         "python": platform.python_version(), "load_avg_1m_start": load_avg(), "base_url": args.base_url,
     }
@@ -121,6 +127,10 @@ def main(argv: list[str] | None = None) -> int:
                 from benchmarks.needle_grid import bench_needle_grid
 
                 _guarded("d_needle_grid", lambda: bench_needle_grid(url, **sizes["d"]), results, rows)
+    if "d" in only:
+        from benchmarks.needle_grid import bench_needle_grid_bounded
+
+        _guarded("d2_needle_grid_bounded", lambda: bench_needle_grid_bounded(**sizes["d2"]), results, rows)
     if "e" in only:
         from benchmarks.bounded_cache import bench_bounded
 

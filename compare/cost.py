@@ -27,7 +27,8 @@ Rules, stated once:
   client's clock while keeping each request's own measurement; without server stats k = 1.
   Busy seconds charge a request as if it had the hardware alone: exact at concurrency 1, an
   overcount of batched work above it (flagged).
-- RAG's index build (index_stats.build_s, once per document) and retrieval seconds (per query:
+- RAG's index build (index_stats.build_s, once per document; a whole-corpus index split evenly
+  over the documents asked about) and retrieval seconds (per query:
   question embedding + search) are CPU seconds priced at the sheet's index/local hourly rate.
 - Routers (any other pipeline kind) pay their measured mean per query plus any index they
   built: their cold/warm mix is the run's own, not extrapolated in q (flagged).
@@ -58,6 +59,7 @@ from compare.prices import (
     sheet_json,
 )
 from compare.summary import pipeline_labels
+from compare.types import CORPUS_INDEX
 
 __all__ = [  # the price-sheet names stay importable from here, where callers first met them
     "BREAK_EVEN_COLUMNS", "DEFAULT_CURVE_Q", "VIEWS", "WARM_FRACTION", "ApiPrices", "PriceSheet",
@@ -138,9 +140,18 @@ WITH doc AS (
     SELECT DISTINCT run_id, pipeline, params_hash, doc_key,
         unnest(from_json(doc_key, '["VARCHAR"]')) AS doc_id
     FROM cost_requests
+), doc_keys AS (
+    SELECT DISTINCT run_id, pipeline, params_hash, doc_key FROM cost_requests
 ), idx AS (
-    SELECT d.run_id, d.pipeline, d.params_hash, d.doc_key, sum(i.build_s) AS index_s
-    FROM doc_ids d JOIN index_stats i USING (run_id, pipeline, params_hash, doc_id) GROUP BY ALL
+    SELECT run_id, pipeline, params_hash, doc_key, sum(build_s) AS index_s FROM (
+        SELECT d.run_id, d.pipeline, d.params_hash, d.doc_key, i.build_s
+        FROM doc_ids d JOIN index_stats i USING (run_id, pipeline, params_hash, doc_id)
+        UNION ALL  -- one whole-corpus index: each asked-about document carries an equal share
+        SELECT k.run_id, k.pipeline, k.params_hash, k.doc_key,
+            i.build_s / count(*) OVER (PARTITION BY k.run_id, k.pipeline, k.params_hash)
+        FROM doc_keys k JOIN index_stats i USING (run_id, pipeline, params_hash)
+        WHERE i.doc_id = $corpus_index
+    ) GROUP BY ALL
 ), lat AS (
     SELECT run_id, pipeline, params_hash, any_value(kind) AS kind, any_value(concurrency) AS concurrency,
         count(*) AS n, count(*) FILTER (WHERE cache_unreported) AS cache_unreported,
@@ -259,7 +270,7 @@ def cost_table(
         return []
     con.register("cost_requests", requests)
     try:
-        per_pipe = con.execute(_PER_PIPELINE).df()
+        per_pipe = con.execute(_PER_PIPELINE, {"corpus_index": CORPUS_INDEX}).df()
     finally:
         con.unregister("cost_requests")
     labels = pipeline_labels(con, runs)

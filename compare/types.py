@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Literal
 
 Modality = Literal["text", "video"]
+CORPUS_INDEX = "(corpus)"  # the doc_id of a whole-corpus RAG index in `index_stats`
 
 
 @dataclass(frozen=True)

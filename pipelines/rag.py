@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from compare.backend import Backend, BackendError
-from compare.types import Document, Example, Prediction, Span
+from compare.types import CORPUS_INDEX, Document, Example, Prediction, Span
 from pipelines.chunking import SPLITTERS, Chunk, Splitter
 from pipelines.faiss_kinds import IndexConfig, IndexKind
 from pipelines.index import (
@@ -43,7 +43,6 @@ from pipelines.prompts import build_messages, join_passages
 Order = Literal["relevance", "document"]
 Scope = Literal["document", "corpus"]
 Counter = Callable[[str], Awaitable[int]]
-CORPUS_INDEX = "(corpus)"  # the key of the whole-corpus index in `index_stats`
 
 
 @dataclass(frozen=True)

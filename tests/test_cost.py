@@ -326,3 +326,24 @@ def test_cost_report_rows_columns_and_errors(db: Path) -> None:
         cost_report(db.with_name("absent.duckdb"), None, PRICES / "example-api.toml", [1])
     with pytest.raises(ValueError, match="integers >= 1"):
         cost_report(db, None, PRICES / "example-api.toml", [0])
+
+
+def test_a_whole_corpus_index_is_shared_by_the_documents_asked_about(tmp_path: Path) -> None:
+    # One index over the corpus, built in 0.6 s, serving questions on three documents: each
+    # document's one-time cost carries 0.6 / 3 = 0.2 s of local CPU ($1e-4/s -> $2e-5).
+    from compare.types import CORPUS_INDEX
+
+    db = tmp_path / "corpus.duckdb"
+    corpus_rag = ("rag", "h-crag", {**RAG[2], "scope": "corpus"})
+    with Store(db) as s:
+        exs = [Example(f"{d}-q1", (d,), "question?", ("a",)) for d in ("d1", "d2", "d3")]
+        _start(s, "corpus-run", exs)
+        for i, ex in enumerate(exs):
+            _add(s, "corpus-run", ex.id, corpus_rag, _pred(330, 0, 300, 0.5, 1.5, retr=0.05), i)
+        s.add_index_stats("corpus-run", "rag", "h-crag",
+                          {CORPUS_INDEX: {"build_s": 0.6, "n_chunks": 15, "bytes": 300, "cache_hit": False}})
+        s.finish_run("corpus-run", "done")
+    with duckdb.connect(str(db), read_only=True) as c:
+        (row,) = [r for r in cost_table(c, ["corpus-run"], SHEET, (1,)) if r["view"] == "api"]
+    assert row["one_time_usd_per_doc"] == pytest.approx(0.2 * 1e-4)
+    assert row["marginal_usd_per_query"] == pytest.approx((330 + 40) / 1e6 + 0.05 * 1e-4)
