@@ -102,6 +102,12 @@ def server_for(
         yield server.base_url, server.describe(), server
 
 
+def _content_sha(spec: RunSpec, corpus: Corpus) -> str | None:
+    """The files' content hash for corpora the spec names only by path."""
+    sha = corpus.params.get("sha256")
+    return str(sha) if isinstance(spec.corpus, JsonlCorpusSpec) and sha else None
+
+
 async def execute_async(
     spec: RunSpec,
     store: Store,
@@ -123,7 +129,7 @@ async def execute_async(
         server_info |= pool.describe()
         pipelines = [build_pipeline(p) for p in spec.pipelines]
         return await run(
-            run_id=spec.run_id(),
+            run_id=spec.run_id(_content_sha(spec, corpus)),
             corpus=corpus,
             pipelines=pipelines,
             backend=backend,

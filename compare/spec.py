@@ -189,10 +189,16 @@ class RunSpec(_Strict):
             data = {**data, "corpus": {"kind": "needle", **data["corpus"]}}
         return data
 
-    def run_id(self) -> str:
-        """Stable id of what the run measures (not where the server happens to be)."""
+    def run_id(self, corpus_sha256: str | None = None) -> str:
+        """Stable id of what the run measures (not where the server happens to be).
+
+        A corpus read from files (jsonl) is named by its path in the spec; its content hash,
+        when given, joins the id, so editing the files starts a new run instead of resuming
+        the old one with answers to other questions."""
         data = self.model_dump(mode="json", exclude=set(NOT_IN_RUN_ID))
         data["server"].pop("base_url", None)
+        if corpus_sha256 is not None:
+            data["corpus"]["sha256"] = corpus_sha256
         if data.get("schedule") == "given":  # runs from before the field existed ran in corpus order
             data.pop("schedule")
         blob = json.dumps(data, sort_keys=True)

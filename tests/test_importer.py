@@ -156,3 +156,17 @@ def test_single_leval_style_file(tmp_path: Path) -> None:
 def test_spec_kind_jsonl(tmp_path: Path) -> None:
     spec = validate_spec({"corpus": {"kind": "jsonl", "path": str(tmp_path)}})
     assert isinstance(spec.corpus, JsonlCorpusSpec) and spec.corpus.path == str(tmp_path)
+
+
+def test_jsonl_run_id_follows_the_files_content(tmp_path: Path) -> None:
+    """Editing the corpus files must start a new run, never resume the old one's answers."""
+    from compare.app import _content_sha
+
+    root = _good(tmp_path)
+    spec = validate_spec({"corpus": {"kind": "jsonl", "path": str(root)}})
+    first = spec.run_id(_content_sha(spec, load_jsonl_dir(root)))
+    assert first == spec.run_id(_content_sha(spec, load_jsonl_dir(root)))  # stable
+    (root / "texts" / "b.txt").write_text("Beta file text. The river is called Drava.\n")
+    assert spec.run_id(_content_sha(spec, load_jsonl_dir(root))) != first
+    needle = validate_spec({})
+    assert _content_sha(needle, load_jsonl_dir(root)) is None  # generated corpora: the spec says all
