@@ -15,6 +15,7 @@ import asyncio
 import hashlib
 import json
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -129,7 +130,7 @@ async def run(
 
     before = await lanes.metrics()
     seq = store.next_seq(run_id)
-    lock = asyncio.Lock()
+    writer = RowWriter()
 
     async def one(i: int, ex: Example, pipe: Pipeline, h: str) -> None:
         nonlocal seq
@@ -141,17 +142,16 @@ async def run(
                 pred, attempts = await _attempts(pipe, ex, lane.backend, policy)
             finally:
                 first_token_hook.reset(hook)
-        async with lock:
-            await _off_loop(
-                store.add_prediction, run_id, ex.id, pipe.name, h, pipe.params(), pred,
-                seq=seq, resumed=resumed, started_at=started, attempts=attempts,
-                scores=metric_registry.score(metrics, ex, pred), replica=lane.name,
-            )
-            seq += 1
-            result.done += 1
-            result.errors += 0 if pred.ok else 1
-            if progress:
-                progress(f"{pipe.name} {ex.id}", result.done, total)
+        label = f"{pipe.name} {ex.id}"
+        writer.submit(
+            (lambda: progress(label, writer.written, total)) if progress else None,
+            store.add_prediction, run_id, ex.id, pipe.name, h, pipe.params(), pred,
+            seq=seq, resumed=resumed, started_at=started, attempts=attempts,
+            scores=metric_registry.score(metrics, ex, pred), replica=lane.name,
+        )
+        seq += 1
+        result.done += 1
+        result.errors += 0 if pred.ok else 1
         if pred.ok:
             return
         if retryable(pred) and health is not None and not await health():
@@ -174,6 +174,7 @@ async def run(
         status = "interrupted"
         raise
     finally:
+        writer.close()  # every answered row is on disk before the run is marked, even on Ctrl-C
         after = await _safe_metrics(lanes)
         if before and after:
             result.server_deltas = metric_deltas(before, after)
@@ -228,16 +229,53 @@ async def _answer(pipe: Pipeline, ex: Example, backend: Backend) -> Prediction:
         )
 
 
-async def _off_loop(fn: Callable[..., None], *args: Any, **kwargs: Any) -> None:
-    """A blocking DuckDB write (~15-80 ms) in a thread: on the loop it would stall the streams
-    in flight and add its duration to their measured TTFT/ITL. If the run is cancelled the write
-    still finishes first: the connection must never be used from two threads at once."""
-    task = asyncio.ensure_future(asyncio.to_thread(fn, *args, **kwargs))
-    try:
-        await asyncio.shield(task)
-    except asyncio.CancelledError:
-        await asyncio.wait({task})
-        raise
+class RowWriter:
+    """Store writes, in order, on one worker thread, while the next request is already out.
+
+    A DuckDB write (~10 ms, more under load) on the event loop would stall the streams in
+    flight and add to their measured TTFT/ITL; awaited in line, it would still delay the next
+    request of a serial run by that much. Queued here, it costs neither. One worker keeps the
+    connection on one thread at a time and the rows in order; `close` waits for the queue, and
+    the main thread touches the store again only after it. A failed write is not swallowed:
+    it is raised by the next `submit` (stopping the run) or by `close`. A process killed with
+    rows still queued loses those rows only; a rerun redoes them (they were never stored).
+    """
+
+    def __init__(self) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ragvslc-store")
+        self._error: BaseException | None = None
+        self.written = 0  # rows on disk (only the worker changes it)
+
+    def submit(
+        self, then: Callable[[], None] | None, fn: Callable[..., None], *args: Any, **kwargs: Any
+    ) -> None:
+        """Queue `fn(*args, **kwargs)`; `then()` runs on the worker once it is stored, so a
+        progress line ("[n/total]") never counts a row that is not on disk yet."""
+        self._raise()
+        self._pool.submit(self._call, then, fn, args, kwargs)
+
+    def _call(
+        self, then: Callable[[], None] | None, fn: Callable[..., None], args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> None:
+        if self._error is not None:  # after a failed write, write nothing more (rows stay in order)
+            return
+        try:
+            fn(*args, **kwargs)
+            self.written += 1
+            if then is not None:
+                then()
+        except BaseException as exc:
+            self._error = exc
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+        self._raise()
+
+    def _raise(self) -> None:
+        if self._error is not None:
+            msg = f"row writer failed (nothing after it was stored): {self._error}"
+            raise RuntimeError(msg) from self._error
 
 
 async def _safe_metrics(backend: Backend | Pool) -> dict[str, float]:

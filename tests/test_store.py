@@ -81,3 +81,41 @@ def test_busy_database_fails_fast_with_clear_message(tmp_path: Path) -> None:
     with Store(db) as s:  # the file is intact once the other writer is gone
         assert s.schema_version() == len(MIGRATIONS)
     duckdb.connect(str(db)).close()
+
+
+def test_row_writer_keeps_order_reports_after_storing_and_never_swallows_a_failure() -> None:
+    import threading
+
+    from compare.runner import RowWriter
+
+    w = RowWriter()
+    stored: list[int] = []
+    seen: list[tuple[int, int]] = []  # (row, rows on disk when its callback ran)
+    threads: set[int] = set()
+
+    def write(i: int) -> None:
+        threads.add(threading.get_ident())
+        stored.append(i)
+
+    for i in range(20):
+        w.submit(lambda i=i: seen.append((i, w.written)), write, i)
+    w.close()
+    assert stored == list(range(20)) and seen == [(i, i + 1) for i in range(20)]
+    assert len(threads) == 1 and threading.get_ident() not in threads  # one worker, not the loop
+
+    w = RowWriter()
+
+    def boom(i: int) -> None:
+        if i == 3:
+            raise OSError("disk full")
+        stored.append(i)
+
+    stored.clear()
+    for i in range(6):
+        try:
+            w.submit(None, boom, i)
+        except RuntimeError:  # a later submit may already see the failure
+            break
+    with pytest.raises(RuntimeError, match="disk full"):
+        w.close()
+    assert stored == [0, 1, 2]  # nothing after the failed row
