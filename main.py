@@ -38,6 +38,9 @@ def run_cmd(
     lengths: Annotated[str | None, typer.Option(help="Needle lengths in tokens, e.g. 2000,4000.")] = None,
     depths: Annotated[str | None, typer.Option(help="Needle depths 0..1, e.g. 0.1,0.5,0.9.")] = None,
     concurrency: Annotated[int | None, typer.Option(help="Requests in flight at once (per server).")] = None,
+    replicas: Annotated[
+        int | None, typer.Option(min=1, help="Managed servers to start, each on its own cores/GPUs.")
+    ] = None,
     schedule: Annotated[
         str | None, typer.Option(help="Request order: prefix (reuse shared prefill) or given (corpus order).")
     ] = None,
@@ -58,6 +61,8 @@ def run_cmd(
             data.setdefault("server", {})["model"] = model
         if concurrency:
             data["concurrency"] = concurrency
+        if replicas:
+            data.setdefault("server", {})["replicas"] = replicas
         if schedule:
             data["schedule"] = schedule
         run_spec = validate_spec(data, source=str(spec or "options"))

@@ -15,6 +15,7 @@ from typing import Any
 from compare import models
 from compare.backend import Backend
 from compare.pool import Pool, split_urls
+from compare.replicas import managed_replicas, replica_configs
 from compare.runner import FailurePolicy, Progress, RunResult, ServerDown, run
 from compare.serve import ManagedServer, ServerConfig, split_args
 from compare.spec import (
@@ -81,12 +82,12 @@ async def build_corpus(spec: RunSpec, backend: Backend, data_dir: Path | None) -
 @contextlib.contextmanager
 def server_for(
     spec: RunSpec, say: Callable[[str], None], base_url: str | Sequence[str] | None = None
-) -> Iterator[tuple[str | list[str], dict[str, Any], ManagedServer | None]]:
-    """Base URL(s) to talk to: the given server(s), or a managed vLLM for the spec's model."""
+) -> Iterator[tuple[str | list[str], dict[str, Any], list[ManagedServer]]]:
+    """Base URL(s) to talk to: the given server(s), or managed vLLM(s) for the spec's model."""
     urls = split_urls(base_url) or split_urls(spec.server.base_url)
     if urls:
         url = urls[0] if len(urls) == 1 else urls
-        yield url, {"managed": False, "base_url": url}, None
+        yield url, {"managed": False, "base_url": url}, []
         return
     path = models.prepare(spec.server.model, progress=say)
     config = ServerConfig(
@@ -96,10 +97,23 @@ def server_for(
         kv_cache_gib=spec.server.kv_cache_gib,
         extra_args=split_args(spec.server.extra_args),
     )
-    say(f"starting vLLM for {spec.server.model} ...")
-    with ManagedServer(config, progress=say) as server:
-        say(f"vLLM ready at {server.base_url} after {server.startup_s:.0f}s")
-        yield server.base_url, server.describe(), server
+    n = spec.server.replicas
+    say(f"starting vLLM for {spec.server.model}" + (f" ({n} replicas)" if n > 1 else "") + " ...")
+    configs = [config] if n == 1 else replica_configs(config, n)
+    with managed_replicas(configs, say) as servers:
+        for s in servers:
+            say(f"vLLM ready at {s.base_url} after {s.startup_s:.0f}s")
+        yield _urls(servers), _describe(servers), servers
+
+
+def _urls(servers: Sequence[ManagedServer]) -> str | list[str]:
+    return servers[0].base_url if len(servers) == 1 else [s.base_url for s in servers]
+
+
+def _describe(servers: Sequence[ManagedServer]) -> dict[str, Any]:
+    if len(servers) == 1:
+        return servers[0].describe()
+    return {"managed": True, "servers": [s.describe() for s in servers]}
 
 
 def _content_sha(spec: RunSpec, corpus: Corpus) -> str | None:
@@ -165,7 +179,7 @@ def execute(
     progress: Progress | None = None,
 ) -> RunResult:
     """Run a spec end to end: server up, corpus built, every request stored, server down."""
-    with Store(db) as store, server_for(spec, say, base_url) as (url, info, server):
+    with Store(db) as store, server_for(spec, say, base_url) as (url, info, servers):
         try:
             return asyncio.run(
                 execute_async(
@@ -174,16 +188,21 @@ def execute(
                 )
             )
         except ServerDown as exc:
-            if server is None:
+            if not servers:
                 return _fail_over(spec, store, split_urls(url), info, exc, say=say, data_dir=data_dir,
                                   progress=progress)
-            # A managed server that died is restarted once; the failed rows are then redone.
-            say(f"{exc}; restarting the managed vLLM once and retrying the failed rows")
-            server.restart()
-            info = {**server.describe(), "restarts": 1, "restart_reason": str(exc)}
+            # Managed servers that died are restarted once; the failed rows are then redone.
+            up = asyncio.run(_health([s.base_url for s in servers]))
+            dead = [s for s, ok in zip(servers, up, strict=True) if not ok]
+            if not dead:
+                raise
+            say(f"{exc}; restarting {len(dead)} managed vLLM(s) once and retrying the failed rows")
+            for s in dead:
+                s.restart()
+            info = {**_describe(servers), "restarts": 1, "restart_reason": str(exc)}
             return asyncio.run(
                 execute_async(
-                    spec, store, server.base_url, info, data_dir=data_dir, retry_errors=True,
+                    spec, store, _urls(servers), info, data_dir=data_dir, retry_errors=True,
                     progress=progress,
                 )
             )

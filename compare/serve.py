@@ -75,6 +75,8 @@ class ServerConfig:
     dtype: str = "bfloat16"
     seed: int = 0
     extra_args: tuple[str, ...] = field(default_factory=tuple)
+    # Set per replica (compare/replicas.py): which cores or GPUs this server may use.
+    env_extra: tuple[tuple[str, str], ...] = ()
 
     def args(self, port: int, cpu: bool) -> list[str]:
         args = [
@@ -106,6 +108,7 @@ class ServerConfig:
                 "TRANSFORMERS_OFFLINE": "1",
             }
         )
+        env.update(dict(self.env_extra))
         return env
 
 
@@ -150,6 +153,7 @@ class ManagedServer:
             "kv_cache_gib": self.config.kv_cache_gib,
             "max_model_len": self.config.max_model_len,
             "startup_s": self.startup_s,
+            **({"env": dict(self.config.env_extra)} if self.config.env_extra else {}),
         }
 
     def start(self) -> ManagedServer:

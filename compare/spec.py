@@ -153,6 +153,15 @@ class ServerSpec(_Strict):
     max_model_len: Annotated[int, Field(ge=256)] = 32768
     kv_cache_gib: PositiveInt = 2
     extra_args: list[str] = []
+    # Managed servers of the model, each on its own cores/GPUs (no base_url): like base_url,
+    # where the servers live is recorded with the run but is not part of its id.
+    replicas: Annotated[int, Field(ge=1, le=64)] = 1
+
+    @model_validator(mode="after")
+    def _replicas_are_managed(self) -> ServerSpec:
+        if self.replicas > 1 and self.base_url:
+            raise ValueError("replicas starts managed servers; with base_url, list every replica's URL")
+        return self
 
 
 def _default_pipelines() -> list[PipelineSpec]:
@@ -197,6 +206,7 @@ class RunSpec(_Strict):
         the old one with answers to other questions."""
         data = self.model_dump(mode="json", exclude=set(NOT_IN_RUN_ID))
         data["server"].pop("base_url", None)
+        data["server"].pop("replicas", None)
         if corpus_sha256 is not None:
             data["corpus"]["sha256"] = corpus_sha256
         if data.get("schedule") == "given":  # runs from before the field existed ran in corpus order

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import duckdb
 import pytest
 
-from compare import models
 from compare.backend import Backend
 from compare.pool import Pool, Ring, assign, doc_key, split_urls, workload
 from compare.types import Document, Example
@@ -80,17 +78,6 @@ def test_split_urls() -> None:
 # --- two real servers -------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def second_server(model_path: Path) -> Iterator[str]:
-    from compare.serve import ManagedServer, ServerConfig
-
-    config = ServerConfig(
-        model_path=str(model_path), served_name=models.DEFAULT_MODEL, max_model_len=2048, kv_cache_gib=1
-    )
-    with ManagedServer(config, progress=lambda m: None) as server:
-        yield server.base_url
-
-
 def _corpus_dir(tmp: Path, n_docs: int = 6, questions: int = 2) -> Path:
     from corpora.needle import book_text
 
@@ -109,54 +96,89 @@ def _corpus_dir(tmp: Path, n_docs: int = 6, questions: int = 2) -> Path:
 
 
 @pytest.mark.slow
-async def test_two_replicas_keep_each_document_on_one_replica(
-    server_url: str, second_server: str, tmp_path: Path
-) -> None:
-    from compare.app import execute_async
+def test_two_managed_replicas_keep_each_document_on_one_replica(tmp_path: Path) -> None:
+    """`replicas = 2`: two real vLLM servers started by the run, each on its own CPU core; every
+    question of a document goes to one of them, and its second question finds the first's cache."""
+    from compare.app import execute
     from compare.spec import validate_spec
-    from compare.store import Store
 
-    urls = [server_url, second_server]
     spec = validate_spec({
         "corpus": {"kind": "jsonl", "path": str(_corpus_dir(tmp_path))},
         "pipelines": [{"kind": "long_context", "max_tokens": 4}],
+        "server": {"replicas": 2, "max_model_len": 2048, "kv_cache_gib": 1},
         "concurrency": 2,
     })
-    backends = [Backend(u, models.DEFAULT_MODEL) for u in urls]
-    before = [await b.metrics() for b in backends]
     db = tmp_path / "pool.duckdb"
-    with Store(db) as store:
-        res = await execute_async(spec, store, urls, {"managed": False})
-    after = [await b.metrics() for b in backends]
-    for b in backends:
-        await b.aclose()
+    said: list[str] = []
+    res = execute(spec, db, say=said.append)
     assert res.done == 12 and res.errors == 0
 
     with duckdb.connect(str(db), read_only=True) as con:
         server, base = con.execute("SELECT server, base_url FROM runs").fetchone() or ("{}", "")
         rows = con.execute(
-            "SELECT example_id, cached_tokens, prompt_tokens FROM predictions ORDER BY example_id"
+            "SELECT example_id, cached_tokens, prompt_tokens, replica FROM predictions ORDER BY example_id"
         ).fetchall()
         stats = dict(con.execute("SELECT name, value FROM server_stats").fetchall())
     info = json.loads(server)
-    assert info["replicas"] == [u.rstrip("/") for u in urls] and base == ",".join(info["replicas"])
+    urls = info["replicas"]
+    assert len(urls) == 2 and base == ",".join(urls)
+    # Each managed server was bound to its own core(s), and that is recorded with the run.
+    binds = [s["env"]["VLLM_CPU_OMP_THREADS_BIND"] for s in info["servers"]]
+    assert len(binds) == 2 and not set(binds[0].split(",")) & set(binds[1].split(","))
     affinity = info["affinity"]
     assert set(affinity) == {f"d{d}" for d in range(6)}
     per_replica = Counter(affinity.values())
     assert len(per_replica) == 2  # both replicas used
 
-    # Each server served exactly the questions of the documents routed to it (2 per document):
-    # the second server is ours alone, so its count is exact; the session one may be shared.
-    done = [a.get("vllm:request_success", 0) - b.get("vllm:request_success", 0)
-            for a, b in zip(after, before, strict=True)]
-    assert done[1] == 2 * per_replica[info["replicas"][1]]
-    assert done[0] >= 2 * per_replica[info["replicas"][0]]
-    assert stats["replica1/vllm:request_success"] == done[1]
-    assert stats["vllm:request_success"] >= 12
+    # Both servers are the run's own: each served exactly its documents' questions (2 each), and
+    # every row names the replica its document is mapped to.
+    for i, url in enumerate(urls):
+        assert stats[f"replica{i}/vllm:request_success"] == 2 * per_replica[url]
+    assert stats["vllm:request_success"] == 12
+    assert all(rep == affinity[ex_id.split("-")[0]] for ex_id, _, _, rep in rows)
 
     # Affinity is what makes the second question warm: it found its document in that cache.
     by_doc: dict[str, list[tuple[int, int]]] = {}
-    for ex_id, cached, prompt in rows:
+    for ex_id, cached, prompt, _ in rows:
         by_doc.setdefault(ex_id.split("-")[0], []).append((cached or 0, prompt))
     for doc, preds in by_doc.items():
         assert max(c for c, _ in preds) >= 0.5 * preds[0][1], doc
+
+
+def test_replica_bindings_split_cores_or_gpus() -> None:
+    from compare.replicas import bindings, devices_per_replica
+    from compare.serve import ServerError
+
+    assert devices_per_replica([]) == 1
+    assert devices_per_replica(["--tensor-parallel-size", "2", "-pp=2"]) == 4
+    with pytest.raises(ServerError, match="whole number"):
+        devices_per_replica(["-tp", "two"])
+    cpu = bindings(2, cpu=True)
+    cores = [set(dict(b)["VLLM_CPU_OMP_THREADS_BIND"].split(",")) for b in cpu]
+    assert len(cores) == 2 and not cores[0] & cores[1] and all(cores)
+    with pytest.raises(ServerError, match="CPU cores"):
+        bindings(10_000, cpu=True)
+    # GPUs: whatever is visible is split into disjoint groups of tp x pp devices.
+    import os
+
+    old = os.environ.get("CUDA_VISIBLE_DEVICES")
+    os.environ["CUDA_VISIBLE_DEVICES"] = "0,1,2,3"
+    try:
+        gpus = [dict(b)["CUDA_VISIBLE_DEVICES"] for b in bindings(2, cpu=False, extra_args=["-tp", "2"])]
+        assert gpus == ["0,1", "2,3"]
+        with pytest.raises(ServerError, match="need 8 GPUs; 4 visible"):
+            bindings(4, cpu=False, extra_args=["-tp", "2"])
+    finally:
+        if old is None:
+            del os.environ["CUDA_VISIBLE_DEVICES"]
+        else:
+            os.environ["CUDA_VISIBLE_DEVICES"] = old
+
+
+def test_replicas_are_for_managed_servers_only() -> None:
+    from compare.spec import SpecError, validate_spec
+
+    with pytest.raises(SpecError, match="replicas"):
+        validate_spec({"server": {"replicas": 2, "base_url": "http://a:8000"}})
+    a, b = validate_spec({}), validate_spec({"server": {"replicas": 3}})
+    assert a.run_id() == b.run_id()  # where the servers live is not what the run measures
