@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 
 from compare.serve import ManagedServer, ServerConfig, ServerError, vllm_build
@@ -86,13 +85,14 @@ def replica_configs(config: ServerConfig, n: int) -> list[ServerConfig]:
 def managed_replicas(
     configs: Sequence[ServerConfig], progress: Callable[[str], None]
 ) -> Iterator[list[ManagedServer]]:
-    """Start every replica at once (start-up is mostly loading: in parallel it takes about as
-    long as one), stop them all on exit; if one fails to start, the others are stopped too."""
+    """Launch every replica at once (they load side by side), then wait for each; stop them
+    all on exit, and all of them if one fails to start. Launched from this thread, not a pool:
+    a server dies with the thread that forked it (PR_SET_PDEATHSIG)."""
     servers = [ManagedServer(c, progress=progress) for c in configs]
     with contextlib.ExitStack() as stack:
         for s in servers:
             stack.callback(s.stop)
-        with ThreadPoolExecutor(max_workers=len(servers)) as pool:
-            for f in [pool.submit(s.start) for s in servers]:
-                f.result()
+            s.launch()
+        for s in servers:
+            s.wait_ready()
         yield servers

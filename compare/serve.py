@@ -131,6 +131,7 @@ class ManagedServer:
         self.log_path = (log_dir or models_dir().parent / "logs") / f"vllm-{self.port}.log"
         self.proc: subprocess.Popen[bytes] | None = None
         self.startup_s: float | None = None
+        self._t0 = time.monotonic()
         build = vllm_build()
         if build is None:
             raise ServerError("vLLM is not installed: run the setup (make setup) or pass --base-url")
@@ -157,23 +158,32 @@ class ManagedServer:
         }
 
     def start(self) -> ManagedServer:
+        self.launch()
+        return self.wait_ready()
+
+    def launch(self) -> None:
+        """Start the process and return at once. Call it from the thread that lives as long as
+        the server should: the parent-death signal fires when the *thread* that forked exits."""
         if port_in_use(self.port):
             # Otherwise /health of whatever holds the port would pass for our server's.
             raise ServerError(f"port {self.port} on 127.0.0.1 is already in use; pick another --port")
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = self.log_path.open("wb")
-        t0 = time.monotonic()
+        self._t0 = time.monotonic()
         self.proc = subprocess.Popen(
             self.command(), stdout=log, stderr=subprocess.STDOUT, env=self.config.env(),
             start_new_session=True, preexec_fn=_die_with_parent,
         )
         log.close()
+
+    def wait_ready(self) -> ManagedServer:
+        """Block until /health answers (stopping the server if it never does)."""
         try:
-            self._wait_ready(t0)
+            self._wait_ready(self._t0)
         except BaseException:
             self.stop()
             raise
-        self.startup_s = time.monotonic() - t0
+        self.startup_s = time.monotonic() - self._t0
         return self
 
     def _wait_ready(self, t0: float) -> None:

@@ -56,7 +56,7 @@ def test_managed_server_killed_mid_run_is_restarted_once(tmp_path: Path) -> None
     t0 = time.monotonic()
     result = execute(spec, db, say=lines.append, progress=progress)
     assert killed, "the managed server was never found to kill"
-    assert any("restarting the managed vLLM once" in line for line in lines)
+    assert any("restarting 1 managed vLLM(s) once" in line for line in lines)
     assert result.errors == 0  # after the restart, the failed rows were redone
     with duckdb.connect(str(db), read_only=True) as con:
         n, ok = con.execute("SELECT count(*), count(*) FILTER (error IS NULL) FROM predictions").fetchone()
