@@ -14,10 +14,12 @@ chunk that fits never gets truncated by it.
 
 from __future__ import annotations
 
+import importlib.metadata
 import re
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from compare.types import Document, Span
 
@@ -42,25 +44,36 @@ class Chunk:
 
 
 def splitter_id(splitter: Splitter) -> str:
-    """Names the splitter and its library version: part of an index's cache key."""
-    from llama_index.core import __version__ as llama_version
-
+    """Names the splitter and its library version: part of an index's cache key. The version
+    comes from the package metadata: importing llama-index (~2 s) only to name a cache hit
+    would cost more than the hit saves on small documents."""
     cls = {"sentence": "SentenceSplitter", "token": "TokenTextSplitter"}[splitter]
-    return f"llama_index.{cls} {llama_version}"
+    return f"llama_index.{cls} {importlib.metadata.version('llama-index-core')}"
+
+
+def _node_parsers() -> Any:
+    """llama-index's node parsers. Its import makes pydantic warn about its own field
+    definitions (`validate_default` on a union member): not ours to fix, and noise in every
+    run's output, so that one warning is silenced for that one import."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*'validate_default' attribute.*")
+        import llama_index.core.node_parser as parsers
+    return parsers
 
 
 def make_splitter(
     splitter: Splitter, chunk_size: int, chunk_overlap: int, tokenizer: Tokenizer
 ) -> _TextSplitter:
     """A llama-index splitter counting with `tokenizer` (never llama-index's tiktoken default)."""
-    from llama_index.core.node_parser import SentenceSplitter, TokenTextSplitter
-
+    parsers = _node_parsers()
     if splitter == "sentence":
-        return SentenceSplitter(chunk_size=chunk_size, chunk_overlap=chunk_overlap, tokenizer=tokenizer)
+        return parsers.SentenceSplitter(
+            chunk_size=chunk_size, chunk_overlap=chunk_overlap, tokenizer=tokenizer
+        )
     if splitter == "token":
         # Newlines are a backup separator, so a chunk may span paragraph breaks: fixed size
         # first, structure second, which is what distinguishes it from the sentence splitter.
-        return TokenTextSplitter(
+        return parsers.TokenTextSplitter(
             chunk_size=chunk_size, chunk_overlap=chunk_overlap, tokenizer=tokenizer,
             separator=" ", backup_separators=["\n"],
         )
