@@ -57,6 +57,14 @@ class Selection:
     counter: str | None = None  # "server" or "embedder": whose tokenizer measured the budget
 
 
+# One question is too small for intra-op parallelism to help, and next to a CPU vLLM whose
+# OpenMP threads hold (and spin on) the cores, a multi-threaded encode waits for them: measured
+# here, a question embedded with 2 threads took 160-500 ms, with 1 thread 12-15 ms, which RAG's
+# retrieval time (and so its measured latency) would otherwise carry. `embed_threads` still
+# sets the threads of index builds, where batches are large.
+QUERY_THREADS = 1
+
+
 class RagPipeline:
     """Answer from retrieved chunks of the example's documents (or of the whole corpus)."""
 
@@ -181,9 +189,7 @@ class RagPipeline:
     def rank(self, question: str, doc_ids: Sequence[str], k: int) -> list[tuple[Chunk, float]]:
         """The k best chunks in scope with their scores, best first (blocking)."""
         indexes = self._scope(doc_ids)
-        query = embed_texts(
-            load_embedder(self.embedder), [question], self.embed_batch_size, self.embed_threads
-        )[0]
+        query = embed_texts(load_embedder(self.embedder), [question], 1, QUERY_THREADS)[0]
         hits = [hit for idx in indexes for hit in idx.search(query, k)]
         pos = self._position(doc_ids)
         # Ties broken by reading position so that the selection is deterministic.
