@@ -17,7 +17,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import BLOCK, Row, bounded_server, computed_tokens, reset_cache, server_work
+from benchmarks.common import (
+    BLOCK,
+    Row,
+    bounded_server,
+    cache_blocks,
+    computed_tokens,
+    reset_cache,
+    server_work,
+)
 from compare import models
 from compare.backend import Backend
 from compare.runner import run
@@ -73,7 +81,7 @@ async def _arms(url: str, docs: int, questions: int, doc_tokens: int) -> list[di
 
 
 def bench_bounded(*, docs: int, questions: int, doc_tokens: int = 1700) -> tuple[list[Row], dict[str, Any]]:
-    blocks = WINDOW // BLOCK + 1
+    blocks = cache_blocks(WINDOW)
     with bounded_server(WINDOW) as url:
         arms = asyncio.run(_arms(url, docs, questions, doc_tokens))
     naive, sched = arms

@@ -101,12 +101,16 @@ def server(base_url: str | None, window: int = BENCH_WINDOW, kv_cache_gib: int =
 BLOCK = 128  # vLLM's CPU KV block size (tokens)
 
 
+def cache_blocks(window: int) -> int:
+    """KV blocks for a cache of about one `window`-token prompt (vLLM keeps one block aside)."""
+    return window // BLOCK + 1
+
+
 def bounded_server(window: int) -> contextlib.AbstractContextManager[str]:
     """A managed vLLM whose KV cache holds about one `window`-token prompt: the regime of long
     documents on a GPU, where the cache holds a handful of them and order decides what is reused."""
-    blocks = window // BLOCK + 1  # vLLM keeps one block aside (the null block)
     return server(None, window=window, kv_cache_gib=1,
-                  extra_args=("--num-gpu-blocks-override", str(blocks)))
+                  extra_args=("--num-gpu-blocks-override", str(cache_blocks(window))))
 
 
 def reset_cache(base_url: str) -> bool:

@@ -180,17 +180,17 @@ def execute(
 ) -> RunResult:
     """Run a spec end to end: server up, corpus built, every request stored, server down."""
     with Store(db) as store, server_for(spec, say, base_url) as (url, info, servers):
+
+        def attempt(urls: str | Sequence[str], info: dict[str, Any], retry: bool) -> RunResult:
+            return asyncio.run(execute_async(
+                spec, store, urls, info, data_dir=data_dir, retry_errors=retry, progress=progress
+            ))
+
         try:
-            return asyncio.run(
-                execute_async(
-                    spec, store, url, info, data_dir=data_dir, retry_errors=retry_errors,
-                    progress=progress,
-                )
-            )
+            return attempt(url, info, retry_errors)
         except ServerDown as exc:
             if not servers:
-                return _fail_over(spec, store, split_urls(url), info, exc, say=say, data_dir=data_dir,
-                                  progress=progress)
+                return _fail_over(split_urls(url), info, exc, say, attempt)
             # Managed servers that died are restarted once; the failed rows are then redone.
             up = asyncio.run(_health([s.base_url for s in servers]))
             dead = [s for s, ok in zip(servers, up, strict=True) if not ok]
@@ -199,25 +199,16 @@ def execute(
             say(f"{exc}; restarting {len(dead)} managed vLLM(s) once and retrying the failed rows")
             for s in dead:
                 s.restart()
-            info = {**_describe(servers), "restarts": 1, "restart_reason": str(exc)}
-            return asyncio.run(
-                execute_async(
-                    spec, store, _urls(servers), info, data_dir=data_dir, retry_errors=True,
-                    progress=progress,
-                )
-            )
+            return attempt(_urls(servers), {**_describe(servers), "restarts": 1, "restart_reason": str(exc)},
+                           True)
 
 
 def _fail_over(
-    spec: RunSpec,
-    store: Store,
     urls: list[str],
     info: dict[str, Any],
     exc: ServerDown,
-    *,
     say: Callable[[str], None],
-    data_dir: Path | None,
-    progress: Progress | None,
+    attempt: Callable[[list[str], dict[str, Any], bool], RunResult],
 ) -> RunResult:
     """Replicas we do not manage: drop the dead ones and go on with the rest, as long as one
     answers. Consistent hashing moves only the dead replicas' documents (their caches are gone
@@ -233,10 +224,7 @@ def _fail_over(
         info = {**info, "base_url": alive, "failed_over": failed, "failover_reason": str(exc)}
         urls = alive
         try:
-            return asyncio.run(
-                execute_async(spec, store, urls, info, data_dir=data_dir, retry_errors=True,
-                              progress=progress)
-            )
+            return attempt(urls, info, True)
         except ServerDown as again:
             exc = again
 

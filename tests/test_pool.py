@@ -145,7 +145,7 @@ def test_two_managed_replicas_keep_each_document_on_one_replica(tmp_path: Path) 
         assert max(c for c, _ in preds) >= 0.5 * preds[0][1], doc
 
 
-def test_replica_bindings_split_cores_or_gpus() -> None:
+def test_replica_bindings_split_cores_or_gpus(monkeypatch: pytest.MonkeyPatch) -> None:
     from compare.replicas import bindings, devices_per_replica
     from compare.serve import ServerError
 
@@ -159,20 +159,11 @@ def test_replica_bindings_split_cores_or_gpus() -> None:
     with pytest.raises(ServerError, match="CPU cores"):
         bindings(10_000, cpu=True)
     # GPUs: whatever is visible is split into disjoint groups of tp x pp devices.
-    import os
-
-    old = os.environ.get("CUDA_VISIBLE_DEVICES")
-    os.environ["CUDA_VISIBLE_DEVICES"] = "0,1,2,3"
-    try:
-        gpus = [dict(b)["CUDA_VISIBLE_DEVICES"] for b in bindings(2, cpu=False, extra_args=["-tp", "2"])]
-        assert gpus == ["0,1", "2,3"]
-        with pytest.raises(ServerError, match="need 8 GPUs; 4 visible"):
-            bindings(4, cpu=False, extra_args=["-tp", "2"])
-    finally:
-        if old is None:
-            del os.environ["CUDA_VISIBLE_DEVICES"]
-        else:
-            os.environ["CUDA_VISIBLE_DEVICES"] = old
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1,2,3")
+    gpus = [dict(b)["CUDA_VISIBLE_DEVICES"] for b in bindings(2, cpu=False, extra_args=["-tp", "2"])]
+    assert gpus == ["0,1", "2,3"]
+    with pytest.raises(ServerError, match="need 8 GPUs; 4 visible"):
+        bindings(4, cpu=False, extra_args=["-tp", "2"])
 
 
 def test_replicas_are_for_managed_servers_only() -> None:
