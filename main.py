@@ -73,7 +73,8 @@ def run_cmd(
 
 
 def _run_and_summarise(
-    run_spec: Any, db: Path, base_url: list[str] | None, data_dir: Path | None, retry_errors: bool
+    run_spec: Any, db: Path, base_url: list[str] | None, data_dir: Path | None, retry_errors: bool,
+    shared: Any = None,
 ) -> str:
     from compare.app import execute
     from compare.models import ModelError
@@ -86,7 +87,7 @@ def _run_and_summarise(
         with console.progress_bar() as progress:
             result = execute(
                 run_spec, db, say=console.say, base_url=base_url, data_dir=data_dir,
-                retry_errors=retry_errors, progress=progress,
+                retry_errors=retry_errors, progress=progress, shared=shared,
             )
     except RunStopped as exc:
         fail(f"{exc}\nfinished rows are saved: fix the cause, then run the same command again "
@@ -261,14 +262,24 @@ def demo_cmd(
     ] = None,
     data_dir: DataOpt = None,
 ) -> None:
-    """A small needle grid (3 lengths x 3 depths) through both pipelines, then the report."""
+    """A needle grid and a real document with several questions, both pipelines, then the report."""
+    from compare import demo
+    from compare.app import serving
+    from compare.models import ModelError
     from compare.report import write_report
-    from compare.spec import RunSpec
+    from compare.serve import ServerError
 
     out.mkdir(parents=True, exist_ok=True)
     db = out / "results.duckdb"
-    run_id = _run_and_summarise(RunSpec(), db, base_url, data_dir, False)
-    files = write_report(db, out / "report", [run_id])
+    specs = demo.demo_specs()
+    console.say(demo.describe())
+    try:
+        with serving(specs[0], console.say, base_url) as srv:  # one server start for both runs
+            run_ids = [_run_and_summarise(s, db, base_url, data_dir, False, shared=srv) for s in specs]
+    except (ServerError, ModelError) as exc:
+        fail(str(exc))
+        return
+    files = write_report(db, out / "report", run_ids)
     console.out.print(f"results: {db}\nreport:  {files.html}")
 
 

@@ -9,6 +9,9 @@
     a cache that holds the whole grid, then (d2) with one that holds ~one document; each
     prints the ceiling of prefix reuse on its grid (prompt tokens / fewest prefilled tokens)
 (e) bounded cache: a QA set (several questions per document, interleaved) under that cache
+(f) CPU roofline: engine prefill FLOP/s over the core's matmul FLOP/s per dtype (goal >= 0.7),
+    all cores vs vLLM's own binding (also with MiniLM beside), auto dtype vs forced bf16, and
+    an emulated AVX2-only CPU (benchmarks/cpu_roofline.py); starts its own servers
 
 Without --base-url a managed vLLM with a 16k window is started for (a), (b), (d) (in dev mode,
 so each arm can empty the prefix cache); (e) always starts its own small-cache server. The
@@ -47,6 +50,7 @@ SIZES: dict[str, dict[str, dict[str, Any]]] = {
         "d": {"lengths": [1000, 2000], "depths": [0.1, 0.5, 0.9], "concurrency": 2, "serial_prefix": False},
         "d2": {"lengths": [800, 1600], "depths": [0.1, 0.3, 0.5, 0.7, 0.9], "concurrency": 2},
         "e": {"docs": 2, "questions": 2},
+        "f": {"lengths": (1024,), "repeats": 1},
     },
     "default": {
         "a": {"doc_tokens": 2000, "repeats": 10, "rows": 8},
@@ -55,6 +59,7 @@ SIZES: dict[str, dict[str, dict[str, Any]]] = {
         "d": {"lengths": [1000, 2000], "depths": [0.1, 0.5, 0.9], "concurrency": 2, "serial_prefix": True},
         "d2": {"lengths": [800, 1600], "depths": [round(0.1 * i, 1) for i in range(11)], "concurrency": 4},
         "e": {"docs": 3, "questions": 3},
+        "f": {"lengths": (1024, 2048), "repeats": 2},
     },
     "full": {
         "a": {"doc_tokens": 4000, "repeats": 20, "rows": 12},
@@ -65,6 +70,7 @@ SIZES: dict[str, dict[str, dict[str, Any]]] = {
         "d2": {"lengths": [400, 800, 1200, 1600], "depths": [round(0.05 * i, 2) for i in range(21)],
                "concurrency": 4},
         "e": {"docs": 4, "questions": 4},
+        "f": {"lengths": (1024, 2048, 4096 - 256), "repeats": 3},
     },
 }
 
@@ -131,6 +137,10 @@ def main(argv: list[str] | None = None) -> int:
         from benchmarks.needle_grid import bench_needle_grid_bounded
 
         _guarded("d2_needle_grid_bounded", lambda: bench_needle_grid_bounded(**sizes["d2"]), results, rows)
+    if "f" in only:
+        from benchmarks.cpu_roofline import bench_cpu_roofline
+
+        _guarded("f_cpu_roofline", lambda: bench_cpu_roofline(**sizes["f"]), results, rows)
     if "e" in only:
         from benchmarks.bounded_cache import bench_bounded
 

@@ -8,13 +8,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sys
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from compare import models
 from compare.backend import Backend
+from compare.heartbeat import Watch
 from compare.pool import Pool, split_urls
+from compare.probe import ModelDims, clock, estimate_s, model_dims, planned_requests, probe
 from compare.replicas import managed_replicas, replica_configs
 from compare.runner import FailurePolicy, Progress, RunResult, ServerDown, run
 from compare.serve import ManagedServer, ServerConfig, split_args
@@ -95,6 +99,7 @@ def server_for(
         served_name=spec.server.model,
         max_model_len=spec.server.max_model_len,
         kv_cache_gib=spec.server.kv_cache_gib,
+        dtype=spec.server.dtype,
         extra_args=split_args(spec.server.extra_args),
     )
     n = spec.server.replicas
@@ -131,6 +136,7 @@ async def execute_async(
     data_dir: Path | None = None,
     retry_errors: bool = False,
     progress: Progress | None = None,
+    say: Callable[[str], None] | None = None,
 ) -> RunResult:
     urls = split_urls(base_url)
     async with Pool.connect(
@@ -138,6 +144,14 @@ async def execute_async(
     ) as pool:
         backend = pool.primary
         server_info = {**server_info, "version": await backend.version()}
+        dims = model_dims(_model_dir(spec, server_info))
+        measured = await probe(backend, dims)
+        server_info["probe"] = measured.describe()
+        if say:
+            say(f"prefill probe: {measured.prompt_tokens} tokens in {measured.ttft_s:.2f} s = "
+                f"{measured.tokens_per_s:.0f} prompt tokens/s"
+                + (f" ({measured.flops_per_s / 1e9:.0f} GFLOP/s)" if measured.flops_per_s else "")
+                + (f", {measured.tpot_s * 1000:.0f} ms per output token" if measured.tpot_s else ""))
         corpus = await build_corpus(spec, backend, data_dir)
         pool.plan(corpus.examples, corpus.documents)  # each document's replica, fixed up front
         server_info |= pool.describe()
@@ -165,7 +179,49 @@ async def execute_async(
             health=pool.health,
             schedule=spec.schedule,
             pool=pool,
+            watch=Watch(
+                say=say if say and not sys.stderr.isatty() else None,  # a terminal has its live bar
+                estimate=(lambda todo: say(_estimate_line(todo, measured, dims))) if say else None,
+            ),
         )
+
+
+def _model_dir(spec: RunSpec, server_info: dict[str, Any]) -> Path | None:
+    """The served model's folder, for its shape: the managed server's, a local path, or the
+    registry's prepared copy of the same name (an external server may serve anything else)."""
+    args = server_info.get("args") or (server_info.get("servers") or [{}])[0].get("args") or []
+    if "--model" in args:
+        return Path(args[args.index("--model") + 1])
+    for candidate in (Path(spec.server.model), models.models_dir() / spec.server.model):
+        if (candidate / "config.json").is_file():
+            return candidate
+    return None
+
+
+def _estimate_line(todo: list[tuple[Any, dict[str, Any]]], measured: Any, dims: ModelDims | None) -> str:
+    requests = planned_requests(todo)
+    secs = estimate_s(requests, measured, dims)
+    prompt = sum(r.prompt_tokens - r.cached_tokens for r in requests)
+    return (f"estimate: {len(requests)} requests, ~{prompt:,} prompt tokens to prefill: about "
+            f"{clock(secs)} of engine time at the probe's rate (plus index builds)")
+
+
+@dataclass
+class Serving:
+    """The server(s) a run talks to, kept up across several runs (the demo runs two specs on
+    one managed server instead of paying its start-up twice)."""
+
+    url: str | list[str]
+    info: dict[str, Any]
+    servers: list[ManagedServer]
+
+
+@contextlib.contextmanager
+def serving(
+    spec: RunSpec, say: Callable[[str], None], base_url: str | Sequence[str] | None = None
+) -> Iterator[Serving]:
+    with server_for(spec, say, base_url) as (url, info, servers):
+        yield Serving(url, info, servers)
 
 
 def execute(
@@ -177,30 +233,36 @@ def execute(
     data_dir: Path | None = None,
     retry_errors: bool = False,
     progress: Progress | None = None,
+    shared: Serving | None = None,
 ) -> RunResult:
-    """Run a spec end to end: server up, corpus built, every request stored, server down."""
-    with Store(db) as store, server_for(spec, say, base_url) as (url, info, servers):
+    """Run a spec end to end: server up (or `shared`), corpus built, every request stored."""
+    with contextlib.ExitStack() as stack:
+        store = stack.enter_context(Store(db))
+        srv = shared or stack.enter_context(serving(spec, say, base_url))
 
         def attempt(urls: str | Sequence[str], info: dict[str, Any], retry: bool) -> RunResult:
             return asyncio.run(execute_async(
-                spec, store, urls, info, data_dir=data_dir, retry_errors=retry, progress=progress
+                spec, store, urls, info, data_dir=data_dir, retry_errors=retry, progress=progress,
+                say=say,
             ))
 
         try:
-            return attempt(url, info, retry_errors)
+            return attempt(srv.url, srv.info, retry_errors)
         except ServerDown as exc:
-            if not servers:
-                return _fail_over(split_urls(url), info, exc, say, attempt)
+            if not srv.servers:
+                return _fail_over(split_urls(srv.url), srv.info, exc, say, attempt)
             # Managed servers that died are restarted once; the failed rows are then redone.
-            up = asyncio.run(_health([s.base_url for s in servers]))
-            dead = [s for s, ok in zip(servers, up, strict=True) if not ok]
+            up = asyncio.run(_health([s.base_url for s in srv.servers]))
+            dead = [s for s, ok in zip(srv.servers, up, strict=True) if not ok]
             if not dead:
                 raise
             say(f"{exc}; restarting {len(dead)} managed vLLM(s) once and retrying the failed rows")
             for s in dead:
                 s.restart()
-            return attempt(_urls(servers), {**_describe(servers), "restarts": 1, "restart_reason": str(exc)},
-                           True)
+            srv.url = _urls(srv.servers)
+            srv.info = {**_describe(srv.servers), "restarts": 1, "restart_reason": str(exc)}
+            return attempt(srv.url, srv.info, True)
+    raise AssertionError("unreachable")  # for mypy: the with-block returns or raises
 
 
 def _fail_over(

@@ -22,6 +22,7 @@ from typing import Any, Literal
 
 from compare import metrics as metric_registry
 from compare.backend import Backend, first_token_hook, metric_deltas
+from compare.heartbeat import InFlight, Watch, heartbeat
 from compare.pool import Pool
 from compare.schedule import Schedule, plan_run
 from compare.store import Store
@@ -89,6 +90,7 @@ async def run(
     health: Callable[[], Awaitable[bool]] | None = None,
     schedule: Schedule = "given",
     pool: Pool | None = None,
+    watch: Watch | None = None,
 ) -> RunResult:
     """Ask every example of every pipeline that the store does not already hold.
 
@@ -120,6 +122,9 @@ async def run(
     lanes = pool or Pool([backend], concurrency)
     lane_of = lanes.lanes([ex for ex, _, _ in todo], plan.after)
     total = len(todo)
+    watch = watch or Watch()
+    if watch.estimate is not None and todo:
+        watch.estimate([(ex, dict(params[id(p)])) for ex, p, _ in todo])
     if progress:
         progress("preparing pipelines", 0, total)
     needed = {id(p) for _, p, _ in todo}
@@ -133,18 +138,26 @@ async def run(
     before = await lanes.metrics()
     seq = store.next_seq(run_id)
     writer = RowWriter()
+    flights = InFlight(total)
 
     async def one(i: int, ex: Example, pipe: Pipeline, h: str) -> None:
         nonlocal seq
         lane = lane_of[i]
+        label = f"{pipe.name} {ex.id}"
         async with lane.turn(i):
             started = datetime.now(UTC).replace(tzinfo=None)
-            hook = first_token_hook.set(lambda: lane.dispatcher.prefilled(i))
+            flights.start(i, label)
+
+            def on_first_token() -> None:
+                flights.first_token(i)
+                lane.dispatcher.prefilled(i)
+
+            hook = first_token_hook.set(on_first_token)
             try:
                 pred, attempts = await _attempts(pipe, ex, lane.backend, policy)
             finally:
                 first_token_hook.reset(hook)
-        label = f"{pipe.name} {ex.id}"
+                flights.end(i)
         writer.submit(
             (lambda: progress(label, writer.written, total)) if progress else None,
             store.add_prediction, run_id, ex.id, pipe.name, h, params[id(pipe)], pred,
@@ -163,11 +176,12 @@ async def run(
 
     status = "failed"
     try:
-        if concurrency == 1 and len(lanes) == 1:
-            for i, item in enumerate(todo):
-                await one(i, *item)
-        else:
-            await _all_or_nothing([one(i, *item) for i, item in enumerate(todo)])
+        async with heartbeat(flights, watch.say, watch.interval_s):
+            if concurrency == 1 and len(lanes) == 1:
+                for i, item in enumerate(todo):
+                    await one(i, *item)
+            else:
+                await _all_or_nothing([one(i, *item) for i, item in enumerate(todo)])
         status = "done"
     except RunStopped as exc:
         status = "server_down" if isinstance(exc, ServerDown) else "stopped"

