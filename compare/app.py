@@ -181,9 +181,13 @@ async def execute_async(
             pool=pool,
             watch=Watch(
                 say=say if say and not sys.stderr.isatty() else None,  # a terminal has its live bar
+                interval_s=HEARTBEAT_S,
                 estimate=(lambda todo: say(_estimate_line(todo, measured, dims))) if say else None,
             ),
         )
+
+
+HEARTBEAT_S = 30.0  # a line per request in flight this often, in logs (not on a terminal)
 
 
 def _model_dir(spec: RunSpec, server_info: dict[str, Any]) -> Path | None:

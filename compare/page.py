@@ -123,6 +123,23 @@ def run_caveats(run: Mapping[str, Any]) -> list[str]:
     return notes
 
 
+def speed_line(server: Mapping[str, Any]) -> str:
+    """CPU, dtype, threads and the probe's rate: without them a latency cannot be compared
+    with one measured on another machine (bf16-native vs AVX2-only differ ~60x in matmul)."""
+    one = server if "dtype" in server or not server.get("servers") else server["servers"][0]
+    cpu = one.get("cpu") or {}
+    probe = server.get("probe") or {}
+    parts = [
+        f"CPU {cpu['model']} ({', '.join(cpu.get('flags', [])) or 'no AVX'}; {cpu.get('cores')} cores)"
+        if cpu else "",
+        f"dtype {one['dtype']} ({one.get('dtype_reason', '')})" if one.get("dtype") else "",
+        f"{one['threads']} engine threads (cores {one.get('bind')})" if one.get("threads") else "",
+        f"probe {probe['tokens_per_s']:.0f} prompt tokens/s on {probe['prompt_tokens']} tokens"
+        if probe.get("tokens_per_s") else "",
+    ]
+    return "; ".join(p for p in parts if p) or "–"
+
+
 def knobs_section(run: Mapping[str, Any], cost_caveats: Sequence[str] = ()) -> str:
     """The knobs of a run, verbatim, so a reader can reproduce or question the numbers."""
 
@@ -138,6 +155,7 @@ def knobs_section(run: Mapping[str, Any], cost_caveats: Sequence[str] = ()) -> s
         f"{k}={server[k]}" for k in ("vllm", "max_model_len", "kv_cache_gib") if k in server
     )
     facts["server flags"] = " ".join(str(a) for a in server.get("args", [])) or "–"
+    facts["speed"] = speed_line(server)
     facts["pipelines"] = "; ".join(json.dumps(p, sort_keys=True) for p in spec.get("pipelines", [])) or "–"
     facts["metrics"] = ", ".join(spec.get("metrics", [])) or "–"
     items = "".join(

@@ -9,12 +9,15 @@ export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 APT_PACKAGES=(git make ffmpeg tesseract-ocr espeak-ng fonts-dejavu-core chromium)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+t_apt=$(date +%s)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "== apt: installing ${missing[*]}"
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}"
 fi
+echo "== phase apt: $(( $(date +%s) - t_apt ))s"
+t_pip=$(date +%s)
 
 # pip names every local index it cannot use; those lines say nothing about this install.
 quiet() {
@@ -47,6 +50,9 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "$want" > "$stamp"
   echo "== python packages installed in $(( $(date +%s) - t0 ))s"
 fi
+echo "== phase pip: $(( $(date +%s) - t_pip ))s"
 
 echo "== embedded model"
+t_model=$(date +%s)
 .venv/bin/ragvslc models prepare
+echo "== phase model: $(( $(date +%s) - t_model ))s"

@@ -40,8 +40,36 @@ def server_url(model_path: Path) -> Iterator[str]:
         kv_cache_gib=1,
     )
     with ManagedServer(config, progress=lambda m: None) as server:
-        print(f"\nvLLM ready at {server.base_url} after {server.startup_s:.0f}s")
+        print(f"\nvLLM ready at {server.base_url} after {server.startup_s:.0f}s ({server.settings_line()})")
         yield server.base_url
+        _print_work(server.base_url)
+
+
+def _print_work(base_url: str) -> None:
+    """What the suite asked of the session server: prompt tokens prefilled, tokens generated and
+    engine seconds; with the probe's rate on another CPU this says how long the suite takes there."""
+    import httpx
+
+    from compare.backend import parse_metrics
+
+    try:
+        m = parse_metrics(httpx.get(f"{base_url}/metrics", timeout=10).text)
+    except httpx.HTTPError:
+        return
+    computed = m.get("vllm:prompt_tokens_by_source:local_compute", m.get("vllm:prompt_tokens", 0.0))
+    _SUMMARY.append(
+        f"session vLLM: {m.get('vllm:request_success', 0):.0f} requests, {computed:,.0f} prompt tokens "
+        f"prefilled, {m.get('vllm:generation_tokens', 0):,.0f} generated, prefill "
+        f"{m.get('vllm:request_prefill_time_seconds_sum', 0):.0f} s, decode "
+        f"{m.get('vllm:request_decode_time_seconds_sum', 0):.0f} s")
+
+
+_SUMMARY: list[str] = []  # filled when the session server stops (the last test's teardown)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    for line in _SUMMARY:
+        terminalreporter.write_line(line)
 
 
 @pytest.fixture

@@ -89,3 +89,17 @@ def test_dtype_auto_keeps_old_run_ids_and_an_explicit_one_changes_them() -> None
     base = validate_spec({})
     assert validate_spec({"server": {"dtype": "auto"}}).run_id() == base.run_id()
     assert validate_spec({"server": {"dtype": "float32"}}).run_id() != base.run_id()
+
+
+def test_report_knobs_show_the_cpu_dtype_threads_and_probe() -> None:
+    from compare.page import speed_line
+
+    server = {"dtype": "float32", "dtype_reason": "no native bf16", "threads": 2, "bind": "0-1",
+              "cpu": {"model": "AMD EPYC 7B12", "flags": ["avx2", "fma"], "cores": 2},
+              "probe": {"tokens_per_s": 104.4, "prompt_tokens": 516}}
+    line = speed_line(server)
+    assert line == ("CPU AMD EPYC 7B12 (avx2, fma; 2 cores); dtype float32 (no native bf16); "
+                    "2 engine threads (cores 0-1); probe 104 prompt tokens/s on 516 tokens")
+    # replicas: the first server's CPU facts; an external server: only what was measured
+    assert speed_line({"servers": [server], "probe": server["probe"]}).startswith("CPU AMD EPYC 7B12")
+    assert speed_line({"managed": False}) == "–"

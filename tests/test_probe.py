@@ -116,3 +116,27 @@ async def test_heartbeat_says_lines_while_the_body_runs_and_stops_after() -> Non
     assert n >= 2 and all(s.startswith("[1/1] long_context d1: ") for s in said)
     await asyncio.sleep(0.1)
     assert len(said) == n  # cancelled with the body
+
+
+@pytest.mark.slow
+async def test_a_run_prints_its_estimate_first_and_heartbeats_in_logs(
+    server_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from compare import app
+    from compare.spec import validate_spec
+    from compare.store import Store
+
+    monkeypatch.setattr(app, "HEARTBEAT_S", 0.05)
+    monkeypatch.setattr(app.sys.stderr, "isatty", lambda: False)  # as in a CI log
+    spec = validate_spec({"corpus": {"kind": "needle", "lengths": [1500], "depths": [0.5], "seed": 5},
+                          "pipelines": [{"kind": "long_context"}]})
+    said: list[str] = []
+    with Store(tmp_path / "r.duckdb") as store:
+        res = await app.execute_async(spec, store, server_url, {"managed": False}, say=said.append)
+        server = store.con.execute("SELECT server FROM runs WHERE run_id = ?", [res.run_id]).fetchone()
+    assert res.done == 1 and res.errors == 0
+    probe_at = next(i for i, s in enumerate(said) if s.startswith("prefill probe: "))
+    estimate_at = next(i for i, s in enumerate(said) if s.startswith("estimate: 1 requests"))
+    beats = [i for i, s in enumerate(said) if s.startswith("[1/1] long_context needle-")]
+    assert probe_at < estimate_at < beats[0]  # the estimate comes before any wait
+    assert json.loads(server[0])["probe"]["prompt_tokens"] > 300
