@@ -15,25 +15,64 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # weight-loading bar
 
 import typer
 
-from cli.common import SUMMARY_COLUMNS, DataOpt, DbOpt, csv_list, fail
+from cli import jsonout
+from cli.common import (
+    INTERRUPTED,
+    RUN_STOPPED,
+    SUMMARY_COLUMNS,
+    BaseUrlOpt,
+    DataOpt,
+    DbOpt,
+    JsonOpt,
+    csv_list,
+    fail,
+    version_text,
+)
 from cli.data import corpora_app, models_app, serve_cmd, video_app
+from cli.judge import judge_cmd
+from cli.results import cost_cmd, export_cmd, recommend_cmd, report_cmd, retrieval_cmd, runs_cmd, score_cmd
 from compare import console
-from compare.spec import SpecError
 
-app = typer.Typer(help="Long context or RAG? Measure both on the same questions.", no_args_is_help=True)
+app = typer.Typer(
+    help="Long context or RAG? Measure both on the same questions.",
+    epilog="Environment: RAGVSLC_HOME (--home), RAGVSLC_DATA (--data-dir), RAGVSLC_DB (--db), "
+    "RAGVSLC_BASE_URL (--base-url), OPENAI_API_KEY (the key sent to a --base-url server). "
+    "Exit codes: 0 ok, 1 run stopped, 2 bad input, 3 no evidence, 130 interrupted.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,  # locals can hold whole documents, or a key
+)
 app.add_typer(models_app, name="models")
 app.add_typer(corpora_app, name="corpora")
 app.add_typer(video_app, name="video")
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        console.out.print(version_text(Path(__file__).resolve().parent), highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool | None,
+        typer.Option("--version", callback=_print_version, is_eager=True, help="Version (and git commit)."),
+    ] = None,
+    home: Annotated[
+        Path | None,
+        typer.Option(envvar="RAGVSLC_HOME", help="Cache root: models, RAG indexes, video timelines "
+                     "(default ~/.cache/ragvslc)."),
+    ] = None,
+) -> None:
+    if home is not None:  # the engine reads the variable where it needs the folder
+        os.environ["RAGVSLC_HOME"] = str(home)
 
 
 @app.command("run")
 def run_cmd(
     spec: Annotated[Path | None, typer.Option(help="Run spec (TOML). Options below override it.")] = None,
     db: DbOpt = Path("results.duckdb"),
-    base_url: Annotated[
-        list[str] | None,
-        typer.Option(help="Use running OpenAI-compatible server(s); repeat or comma-separate for replicas."),
-    ] = None,
+    base_url: BaseUrlOpt = None,
     model: Annotated[str | None, typer.Option(help="Model name (registry name or local HF folder).")] = None,
     lengths: Annotated[str | None, typer.Option(help="Needle lengths in tokens, e.g. 2000,4000.")] = None,
     depths: Annotated[str | None, typer.Option(help="Needle depths 0..1, e.g. 0.1,0.5,0.9.")] = None,
@@ -46,9 +85,13 @@ def run_cmd(
     ] = None,
     data_dir: DataOpt = None,
     retry_errors: Annotated[bool, typer.Option(help="Redo the rows that failed.")] = False,
+    fail_on_error: Annotated[
+        bool, typer.Option("--fail-on-error", help="Exit 1 if any row of the run failed (for CI).")
+    ] = False,
+    as_json: JsonOpt = False,
 ) -> None:
     """Run a comparison; rerunning the same spec resumes it."""
-    from compare.spec import load_spec, validate_spec
+    from compare.spec import SpecError, load_spec, validate_spec
 
     try:
         data = load_spec(spec).model_dump(mode="json") if spec else {}
@@ -69,13 +112,17 @@ def run_cmd(
     except SpecError as exc:
         fail(str(exc))
         return
-    _run_and_summarise(run_spec, db, base_url, data_dir, retry_errors)
+    _run_and_summarise(
+        run_spec, db, base_url, data_dir, retry_errors, as_json=as_json, fail_on_error=fail_on_error
+    )
 
 
 def _run_and_summarise(
     run_spec: Any, db: Path, base_url: list[str] | None, data_dir: Path | None, retry_errors: bool,
-    shared: Any = None,
+    shared: Any = None, *, as_json: bool = False, fail_on_error: bool = False,
 ) -> str:
+    """Run, then print the summary (a table, or with `as_json` the `run` JSON object); exit 1
+    after the summary if `fail_on_error` and any row of the run (also a resumed one) failed."""
     from compare.app import execute
     from compare.models import ModelError
     from compare.runner import RunStopped
@@ -91,7 +138,7 @@ def _run_and_summarise(
             )
     except RunStopped as exc:
         fail(f"{exc}\nfinished rows are saved: fix the cause, then run the same command again "
-             "(--retry-errors also redoes the failed rows)", code=1)
+             "(--retry-errors also redoes the failed rows)", code=RUN_STOPPED)
         raise  # unreachable: fail() exits
     except (StoreBusyError, ServerError, ModelError, FileNotFoundError, ValueError, RuntimeError) as exc:
         # Bad input and unusable tools (corpus, spec, video, OCR, a server that cannot be reached)
@@ -100,156 +147,35 @@ def _run_and_summarise(
         raise  # unreachable: fail() exits
     except KeyboardInterrupt:
         console.say("interrupted: finished rows are saved; run the same command again to resume")
-        raise typer.Exit(130) from None
+        raise typer.Exit(INTERRUPTED) from None
     console.say(
         f"run {result.run_id}: {result.done} requests done, {result.skipped} already stored, "
         f"{result.errors} errors" + (" (resumed)" if result.resumed else "")
     )
     import duckdb
 
+    from compare.metrics import METRICS
+
     with duckdb.connect(str(db), read_only=True) as con:
         rows = pipeline_summary(con, [result.run_id])
-    console.table(rows, SUMMARY_COLUMNS, title=f"{result.run_id} ({db})")
+    if as_json:
+        console.emit_json(jsonout.run_json(result, db, jsonout.summary_json(rows, METRICS)))
+    else:
+        console.table(rows, SUMMARY_COLUMNS, title=f"{result.run_id} ({db})")
+    failed = sum(int(r.get("errors") or 0) for r in rows)
+    if fail_on_error and failed:
+        fail(f"{failed} row(s) of run {result.run_id} failed (see predictions.error)", code=RUN_STOPPED)
     return result.run_id
 
 
-@app.command("runs")
-def runs_cmd(db: DbOpt = Path("results.duckdb")) -> None:
-    """List the runs stored in a database."""
-    from compare.store import Store
-
-    if not db.exists():
-        fail(f"no database at {db}")
-    with Store(db, read_only=True) as store:
-        rows = store.runs()
-    console.table(rows, ["run_id", "created_at", "status", "corpus", "model", "predictions", "errors"])
-
-
-@app.command("report")
-def report_cmd(
-    db: DbOpt = Path("results.duckdb"),
-    out: Annotated[Path, typer.Option(help="Folder for report.html and the chart images.")] = Path("report"),
-    run: Annotated[list[str] | None, typer.Option("--run", help="Run id(s); default the latest.")] = None,
-    price_sheet: Annotated[
-        Path | None, typer.Option(help="Price sheet (TOML); default: the run's stored one, else the example.")
-    ] = None,
-    queries_per_doc: Annotated[str, typer.Option(help="Queries per document, e.g. 1,10,100,1000.")] = (
-        "1,10,100,1000"
-    ),
-    frontier_q: Annotated[int, typer.Option(min=1, help="Queries per document for the frontier.")] = 10,
-    no_images: Annotated[bool, typer.Option("--no-images", help="Write report.html only.")] = False,
-) -> None:
-    """Write report.html (offline, one file) plus PNG and SVG of each chart."""
-    from compare.report import write_report
-
-    if not db.exists():
-        fail(f"no database at {db}")
-    try:
-        files = write_report(
-            db, out, run or None, price_sheet=price_sheet,
-            queries_per_doc=csv_list(queries_per_doc, int) or [1, 10, 100, 1000],
-            frontier_q=frontier_q, images=not no_images,
-        )
-    except ValueError as exc:
-        fail(str(exc))
-        return
-    console.out.print(f"report: {files.html}")
-
-
-@app.command("cost")
-def cost_cmd(
-    price_sheet: Annotated[Path, typer.Option(help="Price sheet (TOML), e.g. prices/example-api.toml.")],
-    db: DbOpt = Path("results.duckdb"),
-    queries_per_doc: Annotated[str, typer.Option(help="Queries per document, e.g. 1,10,100.")] = "1,10,100",
-    run: Annotated[list[str] | None, typer.Option("--run", help="Run id(s); default all.")] = None,
-) -> None:
-    """Cost per query as a function of queries per document, and the break-even points."""
-    from compare import cost
-    from compare.store import Store, StoreBusyError
-
-    try:
-        qs = csv_list(queries_per_doc, int) or [1]
-        rows = cost.cost_report(db, run or None, price_sheet, qs)
-        sheet = cost.load_price_sheet(price_sheet)
-        with Store(db) as store:  # the sheet used is kept with each run it priced
-            for run_id in sorted({str(r["run_id"]) for r in rows}):
-                store.add_price_sheet(run_id, sheet.name, cost.sheet_json(sheet))
-    except (ValueError, StoreBusyError) as exc:
-        fail(str(exc))
-        return
-    columns = [c for c in cost.cost_columns(qs) if c != "caveats"]  # printed below, one per line
-    console.table(rows, columns, title=f"cost per query: {sheet.name} ({sheet.date})")
-    console.table(cost.break_even(rows), cost.BREAK_EVEN_COLUMNS, title="break-even (queries per document)")
-    for caveat in sorted({c for r in rows for c in str(r.get("caveats") or "").split("; ") if c}):
-        console.out.print(f"caveat: {caveat}")
-
-
-@app.command("recommend")
-def recommend_cmd(
-    workload: Annotated[Path, typer.Option("--workload", help="Workload TOML (see workloads/).")],
-    db: DbOpt = Path("results.duckdb"),
-    run: Annotated[list[str] | None, typer.Option("--run", help="Evidence run id(s); default all.")] = None,
-) -> None:
-    """Long context, RAG or a router for this workload, from measured runs (exit 3: no evidence)."""
-    from compare.recommend import recommend_command
-
-    code = recommend_command(db, workload, run or None)
-    if code:
-        raise typer.Exit(code)
-
-
-@app.command("retrieval")
-def retrieval_cmd(
-    spec: Annotated[Path | None, typer.Option(help="Run spec (TOML): its corpus and RAG pipelines.")] = None,
-    lengths: Annotated[str | None, typer.Option(help="Needle lengths in tokens, e.g. 2000,8000.")] = None,
-    k: Annotated[str, typer.Option("--k", help="k values, e.g. 1,2,4,8.")] = "1,2,4,8",
-    budget: Annotated[str | None, typer.Option(help="Token budgets, e.g. 500,2000.")] = None,
-    db: DbOpt = Path("results.duckdb"),
-    data_dir: DataOpt = None,
-) -> None:
-    """Retrieval alone (no LLM): recall@k and MRR from evidence spans, stored for the report."""
-    import asyncio
-
-    from compare.offline import evaluate, store_rows
-    from compare.retrieval import format_rows
-    from compare.spec import load_spec, validate_spec
-
-    try:
-        data = load_spec(spec).model_dump(mode="json") if spec else {}
-        if lengths:
-            data.setdefault("corpus", {"kind": "needle"})["lengths"] = csv_list(lengths, int)
-        run_spec = validate_spec(data, source=str(spec or "options"))
-        rows, corpus, params = asyncio.run(
-            evaluate(run_spec, csv_list(k, int) or [4], csv_list(budget, int) or [], data_dir)
-        )
-        eval_id = store_rows(db, rows, corpus, params)
-    except (SpecError, ValueError, RuntimeError, FileNotFoundError) as exc:
-        fail(str(exc))
-        return
-    console.out.print(format_rows(rows), highlight=False, markup=False)
-    console.out.print(f"stored as {eval_id} in {db}")
-
-
-@app.command("score")
-def score_cmd(
-    db: DbOpt = Path("results.duckdb"),
-    run: Annotated[list[str] | None, typer.Option("--run", help="Run id(s); default all.")] = None,
-    metric: Annotated[list[str] | None, typer.Option("--metric", help="Metric(s); default all.")] = None,
-) -> None:
-    """Recompute scores from stored predictions (no model calls)."""
-    from compare.metrics import METRICS
-    from compare.rescore import rescore
-    from compare.store import Store, StoreBusyError
-
-    if not db.exists():
-        fail(f"no database at {db}")
-    try:
-        with Store(db) as store:
-            n = rescore(store, run or None, metric or list(METRICS))
-    except (StoreBusyError, ValueError) as exc:
-        fail(str(exc))
-        return
-    console.out.print(f"rescored {n} predictions")
+app.command("runs")(runs_cmd)
+app.command("report")(report_cmd)
+app.command("cost")(cost_cmd)
+app.command("recommend")(recommend_cmd)
+app.command("retrieval")(retrieval_cmd)
+app.command("score")(score_cmd)
+app.command("judge")(judge_cmd)
+app.command("export")(export_cmd)
 
 
 @app.command("demo")

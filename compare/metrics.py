@@ -2,7 +2,9 @@
 
 A metric returns None when it does not apply (no evidence spans, a failed request), so that
 averages are taken over the rows where the question makes sense and failures stay visible as
-their own count instead of silently scoring zero.
+their own count instead of silently scoring zero. `headline` is the exception by design: it is
+each question's own metric (its corpus declares which: `primary_metric`), the one number that
+compares pipelines, and there a failed request scores 0.
 """
 
 from __future__ import annotations
@@ -10,21 +12,42 @@ from __future__ import annotations
 import json
 import re
 import string
+import unicodedata
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 
+from compare import choices as choice_parsing
 from compare.types import Example, Prediction
 
 Metric = Callable[[Example, Prediction], float | None]
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
-_PUNCT = str.maketrans("", "", string.punctuation)
+_DECIMAL_POINT = re.compile(r"(?<=\d)\.(?=\d)")
+_KEPT_POINT = "\x00"  # stands for a decimal point while punctuation is removed
+# ASCII punctuation is deleted (SQuAD). Other Unicode punctuation too (curly quotes, ellipsis,
+# guillemets), except the dashes that separate words ("Paris—the capital"): a space.
+_SEPARATING_DASHES = "\u2012\u2013\u2014\u2015\u2e3a\u2e3b"
+_PUNCT = {
+    **dict.fromkeys(map(ord, string.punctuation)),
+    **{cp: None for cp in range(0x80, 0x10000) if unicodedata.category(chr(cp)).startswith("P")},
+    **{ord(c): " " for c in _SEPARATING_DASHES},
+}
+
+
+def _strip_punct(text: str) -> str:
+    """Lower case without punctuation; a decimal point between digits stays ("3.5" is not "35")."""
+    text = _DECIMAL_POINT.sub(_KEPT_POINT, text.lower()).translate(_PUNCT)
+    return text.replace(_KEPT_POINT, ".")
 
 
 def normalize(text: str) -> str:
     """SQuAD-style normalisation: lower case, no punctuation, no articles, single spaces."""
-    text = _ARTICLES.sub(" ", text.lower().translate(_PUNCT))
-    return " ".join(text.split())
+    return " ".join(_ARTICLES.sub(" ", _strip_punct(text)).split())
+
+
+def _light(text: str) -> str:
+    """Case and punctuation only: for a gold that is all article ("A", "The")."""
+    return " ".join(_strip_punct(text).split())
 
 
 def _needs_all(ex: Example) -> bool:
@@ -32,28 +55,43 @@ def _needs_all(ex: Example) -> bool:
     return ex.tags.get("answer_format") == "all"
 
 
+def _findable(answers: Sequence[str]) -> list[str]:
+    """Golds as searched for inside a reply; one that normalises to "" ("The") cannot be found
+    in a reply (every reply "contains" nothing), so it is left out, and a question with no
+    findable gold is not applicable (None) rather than a 0 or a free 1."""
+    return [g for a in answers if (g := normalize(a))]
+
+
 def exact_match(ex: Example, pred: Prediction) -> float | None:
+    """Whole reply equals a gold. A gold that is all article ("A") is compared by case and
+    punctuation only, so an empty reply never equals it."""
     if not pred.ok or _needs_all(ex):
         return None
-    got = normalize(pred.answer)
-    return float(any(got == normalize(a) for a in ex.answers))
+    pairs = [(normalize(pred.answer), g) if (g := normalize(a)) else (_light(pred.answer), _light(a))
+             for a in ex.answers]
+    pairs = [(got, gold) for got, gold in pairs if gold]
+    if not pairs:
+        return None
+    return float(any(got == gold for got, gold in pairs))
 
 
 def contains_answer(ex: Example, pred: Prediction) -> float | None:
     """Any gold answer appears in the reply: robust to a chatty model around a short answer."""
-    if not pred.ok or _needs_all(ex):
+    golds = _findable(ex.answers)
+    if not pred.ok or _needs_all(ex) or not golds:
         return None
     got = f" {normalize(pred.answer)} "
-    return float(any(f" {normalize(a)} " in got for a in ex.answers if normalize(a)))
+    return float(any(f" {g} " in got for g in golds))
 
 
 def token_f1(ex: Example, pred: Prediction) -> float | None:
-    if not pred.ok or _needs_all(ex):
+    golds = _findable(ex.answers)
+    if not pred.ok or _needs_all(ex) or not golds:
         return None
     got = normalize(pred.answer).split()
     best = 0.0
-    for gold in ex.answers:
-        ref = normalize(gold).split()
+    for gold in golds:
+        ref = gold.split()
         common = sum((Counter(got) & Counter(ref)).values())
         if common == 0:
             continue
@@ -64,10 +102,11 @@ def token_f1(ex: Example, pred: Prediction) -> float | None:
 
 def contains_all(ex: Example, pred: Prediction) -> float | None:
     """Fraction of the gold values found in the reply (multi-needle recall, as in Gemini 1.5)."""
-    if not pred.ok or not _needs_all(ex) or not ex.answers:
+    golds = _findable(ex.answers)
+    if not pred.ok or not _needs_all(ex) or not golds:
         return None
     got = f" {normalize(pred.answer)} "
-    return sum(f" {normalize(a)} " in got for a in ex.answers) / len(ex.answers)
+    return sum(f" {g} " in got for g in golds) / len(golds)
 
 
 def _choices(ex: Example) -> dict[str, str]:
@@ -79,38 +118,41 @@ def _choices(ex: Example) -> dict[str, str]:
 
 
 def chosen_letter(reply: str, choices: Mapping[str, str]) -> str | None:
-    """The choice a reply picks: "(B)", "B.", "B) text", "Answer: B", or a choice's own text.
+    """The choice a reply picks (compare/choices.py has the rules)."""
+    return choice_parsing.chosen_letter(reply, choices, normalize)
 
-    A leading "A" followed by a word is the article, not a choice, so a bare letter counts
-    only when punctuation or the end of the reply marks it.
-    """
-    letters = "".join(k for k in sorted(choices) if re.fullmatch(r"[A-Z]", k))
-    if not letters:
-        return None
-    text = reply.strip()
-    for pattern in (
-        rf"^\(?([{letters}])(?:[).:\]]|$)",
-        rf"\b(?i:answer)(?:\s+(?i:is))?\s*[:\-]?\s*\(?([{letters}])\b",
-    ):
-        m = re.search(pattern, text)
-        if m:
-            return m.group(1)
-    marked = set(re.findall(rf"\(([{letters}])\)", text))
-    if len(marked) == 1:
-        return marked.pop()
-    # The choice's words without its letter; a reply cut short by max_tokens still names one.
-    got = normalize(text)
-    texts = {k: normalize(v) for k, v in choices.items()}
-    named = [k for k, v in texts.items() if v and (v in got or (len(got.split()) >= 3 and got in v))]
-    return named[0] if len(named) == 1 else None
+
+MULTI_SELECT = "letters"  # answer_format of a question with several correct choices ("ACD")
 
 
 def choice_accuracy(ex: Example, pred: Prediction) -> float | None:
-    """1 if the reply picks the gold letter; unparseable replies score 0, not None."""
+    """1 if the reply picks a gold letter; unparseable replies score 0, not None.
+    Multi-select questions are scored by choice_set_match instead (None here)."""
     choices = _choices(ex)
-    if not pred.ok or not choices or not ex.answers:
+    if not pred.ok or not choices or not ex.answers or ex.tags.get("answer_format") == MULTI_SELECT:
         return None
-    return float(chosen_letter(pred.answer, choices) == ex.answers[0])
+    return float(chosen_letter(pred.answer, choices) in ex.answers)
+
+
+def _choice_sets(ex: Example, pred: Prediction) -> tuple[frozenset[str], list[frozenset[str]]] | None:
+    choices = _choices(ex)
+    if not pred.ok or not choices or ex.tags.get("answer_format") != MULTI_SELECT:
+        return None
+    golds = [g for a in ex.answers if (g := choice_parsing.gold_letters(a))]
+    return (choice_parsing.chosen_letters(pred.answer, choices), golds) if golds else None
+
+
+def choice_set_match(ex: Example, pred: Prediction) -> float | None:
+    """Multi-select: 1 only for exactly the gold set of letters. Never a substring test: a reply
+    listing every letter ("A, B, C, D") picks every choice and scores 0 unless all are gold."""
+    got = _choice_sets(ex, pred)
+    return None if got is None else float(any(got[0] == g for g in got[1]))
+
+
+def choice_set_f1(ex: Example, pred: Prediction) -> float | None:
+    """Multi-select partial credit (secondary): F1 of the picked letters against the gold set."""
+    got = _choice_sets(ex, pred)
+    return None if got is None else max(choice_parsing.set_f1(got[0], g) for g in got[1])
 
 
 _LABEL = re.compile(r"\b(true|false)\b", re.IGNORECASE)
@@ -149,6 +191,8 @@ METRICS: Mapping[str, Metric] = {
     "token_f1": token_f1,
     "contains_all": contains_all,
     "choice_accuracy": choice_accuracy,
+    "choice_set_match": choice_set_match,
+    "choice_set_f1": choice_set_f1,
     "true_false": true_false,
     "evidence_recall": evidence_recall,
     "request_ok": request_ok,
@@ -254,3 +298,53 @@ def evidence_recall_time(ex: Example, pred: Prediction) -> float | None:
 
 METRICS = {**METRICS, "time_iou": time_iou, "time_hit": time_hit,
            "evidence_recall_time": evidence_recall_time}
+
+
+# --- the headline: each question's own metric ------------------------------------------------
+HEADLINE = "headline"
+# What a corpus declares per question (tag `primary_metric`); by answer format when it does not.
+PRIMARY_BY_FORMAT: Mapping[str, str] = {
+    "letter": "choice_accuracy",  # multiple choice: the picked letter, never "contains 'C'"
+    MULTI_SELECT: "choice_set_match",  # exam-style "ACD": exactly that set
+    "true_false": "true_false",
+    "all": "contains_all",  # multi-needle: share of the values found
+    "time": "time_iou",  # a time interval
+    "free": "token_f1",  # free text (a judge, once there is one)
+    "exact": "contains",  # a short gold said inside a chatty reply (topic retrieval)
+}
+SHORT_ANSWER = "contains"  # no format: a short answer (a needle's number, a bAbI word)
+ANSWER_METRICS = frozenset({*PRIMARY_BY_FORMAT.values(), SHORT_ANSWER, "exact_match", "choice_set_f1",
+                            "time_hit"})
+
+
+def default_primary(tags: Mapping[str, str | float]) -> str:
+    """The metric a question of these tags is judged by, from its answer format."""
+    return PRIMARY_BY_FORMAT.get(str(tags.get("answer_format", "")), SHORT_ANSWER)
+
+
+def check_primary(name: str) -> str:
+    """A declared primary metric must be an answer metric (not itself, not a retrieval one)."""
+    if name not in ANSWER_METRICS:
+        raise ValueError(f"primary_metric {name!r} is not an answer metric; known: {sorted(ANSWER_METRICS)}")
+    return name
+
+
+def primary_metric(ex: Example) -> str:
+    """The example's declared primary metric; an example stored before corpora declared one
+    gets the same default its corpus now declares."""
+    declared = ex.tags.get("primary_metric")
+    return check_primary(declared) if isinstance(declared, str) else default_primary(ex.tags)
+
+
+def headline(ex: Example, pred: Prediction) -> float | None:
+    """The question's own metric, so one mean can cover a mix of question kinds. A failed
+    request scores 0 (it answered nothing; the headline compares pipelines over the same asked
+    questions), unless the metric cannot apply to this question at all (then None for all)."""
+    fn = METRICS[primary_metric(ex)]
+    if pred.ok:
+        return fn(ex, pred)
+    applies = fn(ex, Prediction(answer="", completion=None, context_tokens=0)) is not None
+    return 0.0 if applies else None
+
+
+METRICS = {**METRICS, HEADLINE: headline}

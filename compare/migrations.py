@@ -124,4 +124,21 @@ MIGRATIONS: tuple[str, ...] = (
     "ALTER TABLE predictions ADD COLUMN replica VARCHAR;",
     # A multi-request answer's requests, each with its own timing (routers' fallbacks).
     "ALTER TABLE predictions ADD COLUMN steps JSON;",
+    # The metric each question is judged by in the headline (its corpus declares it).
+    "ALTER TABLE examples ADD COLUMN primary_metric VARCHAR;",
+    # LLM-as-judge verdicts, asked once per row and judge configuration (compare/judge.py).
+    """
+    CREATE TABLE judgements (
+        run_id VARCHAR NOT NULL,
+        example_id VARCHAR NOT NULL,
+        pipeline VARCHAR NOT NULL,
+        params_hash VARCHAR NOT NULL,
+        judge_model VARCHAR NOT NULL,
+        prompt_hash VARCHAR NOT NULL,
+        verdict DOUBLE,
+        raw VARCHAR NOT NULL,
+        judged_at TIMESTAMP NOT NULL,
+        PRIMARY KEY (run_id, example_id, pipeline, params_hash, judge_model, prompt_hash)
+    );
+    """,
 )

@@ -1,9 +1,12 @@
 """The oracle router and the routing section: what routing bought, measured from stored rows.
 
 The oracle is the ceiling any router between the run's own pipelines could reach: per question,
-among the base pipelines' answers (every RAG and long-context configuration in the run) that
-are correct by a chosen metric, take the cheapest (by prompt tokens, or by total latency); when
-none is correct, take the cheapest answer anyway (a router pays for some request either way).
+among the base pipelines' answers (every RAG and long-context configuration in the run), take
+the best by the chosen metric and, among equally good ones, the cheapest (by prompt tokens not
+served from the prefix cache, by prompt tokens, or by total latency). Best first also for
+graded metrics (token F1, time IoU): a ceiling never trades quality for cost. When no answer
+scores, the cheapest is taken anyway (a router pays for some request either way). The metric
+is the headline (each question's own metric) when the runs scored it.
 It is computed in SQL from rows already stored: no model call, so it costs nothing to add to
 any run that measured both pipelines.
 
@@ -11,7 +14,7 @@ Rules, stated once:
 - A row counts when its metric applies: a scored row, or a failed request (quality 0, because
   a failure answers nothing). Rows whose metric does not apply (NULL score, no error) are left
   out of everything.
-- "Correct" is score >= `correct_at` (1.0: the answer was right; lower it for token F1).
+- "Correct" (the accuracy column) is score >= `correct_at` (1.0: the answer was right).
 - Every strategy is compared on the same questions: those every configuration of the run
   answered (a partial run is compared on what all of them finished).
 - Cost of a failed request is unknown (NULL): the oracle never prefers it, means skip it.
@@ -26,9 +29,11 @@ from typing import Literal
 import duckdb
 import pandas as pd
 
-from compare.summary import pipeline_labels
+from compare.summary import headline_metric, pipeline_labels
 
-CostBy = Literal["prompt_tokens", "total_ms"]
+# computed_tokens: prompt tokens the server had to prefill (prompt - cached), the cache-aware cost.
+CostBy = Literal["computed_tokens", "prompt_tokens", "total_ms"]
+COST_BY: tuple[str, ...] = CostBy.__args__  # type: ignore[attr-defined]
 BASE_KINDS = ("rag", "long_context")
 ROUTER_KINDS = ("self_route", "length_rule")
 STRATEGY_COLUMNS = (
@@ -58,12 +63,13 @@ p AS (
     SELECT p.*,
         CASE WHEN p.error IS NOT NULL THEN 0.0 ELSE p.score END AS quality,
         (p.error IS NULL AND p.score >= $correct_at) AS correct,
-        CASE WHEN $cost_by = 'total_ms' THEN p.total_ms ELSE p.prompt_tokens END AS cost
+        CASE $cost_by WHEN 'total_ms' THEN p.total_ms WHEN 'prompt_tokens' THEN p.prompt_tokens
+            ELSE p.prompt_tokens - coalesce(p.cached_tokens, 0) END AS cost
     FROM p JOIN common USING (run_id, example_id)
 ), chosen AS (  -- the oracle's pick per question
     SELECT * FROM oracle_rows WHERE kind IN ('rag', 'long_context')
     QUALIFY row_number() OVER (
-        PARTITION BY run_id, example_id ORDER BY correct DESC, cost ASC NULLS LAST, pipeline, params_hash
+        PARTITION BY run_id, example_id ORDER BY quality DESC, cost ASC NULLS LAST, pipeline, params_hash
     ) = 1
 )
 """
@@ -112,10 +118,12 @@ def _runs(con: duckdb.DuckDBPyConnection, run_ids: Sequence[str] | None) -> list
 
 
 def _query(
-    con: duckdb.DuckDBPyConnection, sql: str, runs: list[str], metric: str, cost_by: CostBy, correct_at: float
+    con: duckdb.DuckDBPyConnection, sql: str, runs: list[str], metric: str | None, cost_by: CostBy,
+    correct_at: float,
 ) -> pd.DataFrame:
-    if cost_by not in ("prompt_tokens", "total_ms"):
-        raise ValueError(f"cost_by must be 'prompt_tokens' or 'total_ms', got {cost_by!r}")
+    if cost_by not in COST_BY:
+        raise ValueError(f"cost_by must be one of {', '.join(COST_BY)}, got {cost_by!r}")
+    metric = metric or headline_metric(con, runs)
     params = {"runs": runs, "metric": metric, "correct_at": correct_at, "cost_by": cost_by}
     return con.execute(sql, params).df()
 
@@ -132,8 +140,8 @@ def strategy_table(
     con: duckdb.DuckDBPyConnection,
     run_ids: Sequence[str] | None = None,
     *,
-    metric: str = "contains",
-    cost_by: CostBy = "prompt_tokens",
+    metric: str | None = None,
+    cost_by: CostBy = "computed_tokens",
     correct_at: float = 1.0,
 ) -> pd.DataFrame:
     """Per run: the oracle, each base configuration (always-RAG, always-LC) and each router,
@@ -153,8 +161,8 @@ def route_table(
     con: duckdb.DuckDBPyConnection,
     run_ids: Sequence[str] | None = None,
     *,
-    metric: str = "contains",
-    cost_by: CostBy = "prompt_tokens",
+    metric: str | None = None,
+    cost_by: CostBy = "computed_tokens",
     correct_at: float = 1.0,
 ) -> pd.DataFrame:
     """Per router (and the oracle): share of questions per route, with each route's quality
@@ -182,8 +190,8 @@ def routing_section(
     con: duckdb.DuckDBPyConnection,
     run_ids: Sequence[str] | None = None,
     *,
-    metric: str = "contains",
-    cost_by: CostBy = "prompt_tokens",
+    metric: str | None = None,
+    cost_by: CostBy = "computed_tokens",
     correct_at: float = 1.0,
 ) -> RoutingSection:
     """Routers vs always-RAG, always-LC and the oracle, per run that measured both paths.
@@ -192,6 +200,7 @@ def routing_section(
     `prompt_tokens_vs_lc` 0.35 means 65% fewer prompt tokens than sending every question with
     the whole document. `quality_vs_oracle` is the quality gap to the ceiling (negative = below).
     """
+    metric = metric or headline_metric(con, _runs(con, run_ids))
     table = strategy_table(con, run_ids, metric=metric, cost_by=cost_by, correct_at=correct_at)
     notes: list[str] = []
     keep = []

@@ -85,7 +85,9 @@ def note(text: str) -> str:
     return f'<p class="note">{html.escape(text)}</p>'
 
 
-_SUMMARY_HEAD = {"run_id": "run", "label": "pipeline", "n": "n", "errors": "errors"}
+_SUMMARY_HEAD = {
+    "run_id": "run", "label": "pipeline", "asked": "asked", "answered": "answered", "errors": "errors",
+}
 _SUMMARY_TAIL = {
     "ttft_p50_ms": "TTFT p50 ms",
     "ttft_p95_ms": "TTFT p95 ms",
@@ -101,7 +103,7 @@ _SUMMARY_TAIL = {
 def summary_table(rows: list[dict[str, Any]]) -> str:
     """Per pipeline: counts, every metric the run scored, latency and token means."""
     metrics = sorted(
-        {k for r in rows for k in r} - {*_SUMMARY_HEAD, *_SUMMARY_TAIL, "pipeline", "params_hash"}
+        {k for r in rows for k in r} - {*_SUMMARY_HEAD, *_SUMMARY_TAIL, "pipeline", "params_hash", "n"}
     )
     cols = {**_SUMMARY_HEAD, **{m: m for m in metrics}, **_SUMMARY_TAIL}
     if len({r["run_id"] for r in rows}) == 1:
@@ -115,8 +117,9 @@ def run_caveats(run: Mapping[str, Any]) -> list[str]:
     server = json.loads(run["server"]) if run["server"] else {}
     notes = [
         f"Concurrency {run['concurrency']}: compare latency only between runs at equal concurrency.",
-        "Failed requests are counted in 'errors' but excluded from latency, token and cost statistics; "
-        "quality means are over the requests where a metric applies.",
+        "Failed requests are counted in 'errors' and excluded from latency and token statistics; they "
+        "score 0 in the quality means (every pipeline over the same asked questions) and cost what they "
+        "spent before failing (a failed request that reported no usage is left out of the cost means).",
     ]
     if "cpu" in str(server.get("vllm", "cpu")).lower():  # unknown build: assume the worst
         notes.insert(0, "CPU build; latency numbers are relative (compare pipelines, not absolute ms).")

@@ -10,19 +10,21 @@ How the numbers are formed, stated once:
 - Each workload length weighs the same (a list may repeat a length to weigh it more); within a
   length every measured example weighs the same. Quality is that weighted mean of the metric
   (a failed request scores 0), with a 95% Wilson interval at the Kish effective sample size.
-- Long context pays the document's prefill once per document: with q questions per document,
-  1/q of its requests are cold and (q-1)/q warm (cold/warm as in compare/cost.py: warm when
-  cached_tokens >= WARM_FRACTION x context_tokens). Measured warm rows are used when the
-  evidence has them; otherwise a warm request is DERIVED from each cold one with the document
-  counted as cached (tokens and $), its latency kept at the cold value (conservative), and the
-  row says so. Routers and RAG are used as measured.
+- Latency and token columns: long context pays the document's prefill once per document, so
+  with q questions per document 1/q of its requests are cold and (q-1)/q warm (warm when
+  cached_tokens >= WARM_FRACTION x context_tokens, as in compare/doc_costs.py). Measured warm
+  rows are used when the evidence has them; otherwise a warm request is DERIVED from each cold
+  one with the document counted as cached (tokens), its latency kept at the cold value
+  (conservative), and the row says so. Routers and RAG are used as measured.
 - Latency is client-side: "ttft" = retrieval + TTFT, "e2e" = retrieval + E2E; p95 is a weighted
   quantile. Utilisation = request rate x mean service time, as if requests were served one at a
   time: >= 1 means the server cannot keep up, so the target is not met whatever the p95.
-- Cost per query: computed (uncached) prompt, cached prompt and output tokens; with a price sheet
-  also $: API prices per token, or self-hosted busy seconds (TTFT + decode, with a warm request's
-  prefill scaled by its computed share) at the hourly rate; RAG's index build per document / q
-  and retrieval seconds at the sheet's local (index) rate.
+- Cost per query: computed (uncached) prompt, cached prompt and output tokens, and $ from the one
+  cost function (compare/doc_costs.py, the same as `ragvslc cost` and the report: per document
+  marginal + one_time / q), each document weighing what its length weighs in the workload. The
+  sheet is the workload's `price_sheet`, else the one stored with the runs, else the shipped
+  example (as the report chooses); the view is the sheet's first (API if it has one) unless
+  `view` is given.
 """
 
 from __future__ import annotations
@@ -39,7 +41,9 @@ import duckdb
 import numpy as np
 import pandas as pd
 
-from compare.cost import WARM_FRACTION, PriceSheet, api_cost, load_price_sheet
+from compare.cost import WARM_FRACTION
+from compare.doc_costs import doc_costs, weighted_usd
+from compare.prices import choose_sheet
 from compare.summary import describe
 from compare.workload import Workload
 
@@ -146,8 +150,8 @@ def _bins(wl: Workload, measured: list[float]) -> tuple[dict[str, tuple[float, l
     return bins, notes
 
 
-def _strategy(df: pd.DataFrame, wl: Workload, bins: dict[str, tuple[float, list[float]]],
-              sheet: PriceSheet | None, index_s: float) -> tuple[dict[str, Any], list[str]]:
+def _strategy(df: pd.DataFrame, wl: Workload, bins: dict[str, tuple[float, list[float]]]
+              ) -> tuple[dict[str, Any], list[str]]:
     """One strategy's expected quality, latency and cost under the workload (see module doc).
 
     Two weightings: `qw` (quality: every distinct question of a length alike, its repeats across
@@ -186,7 +190,7 @@ def _strategy(df: pd.DataFrame, wl: Workload, bins: dict[str, tuple[float, list[
     n_eff = float(qw.sum() ** 2 / (qw**2).sum()) if len(qual) else 0.0
     lo, hi = wilson(quality, n_eff) if len(qual) else (math.nan, math.nan)
     if errors:
-        notes.append(f"{errors} failed requests (scored 0, left out of latency and cost)")
+        notes.append(f"{errors} failed requests (scored 0, left out of latency; cost counts what they spent)")
     head = {"n": len(qrows), "quality": quality, "quality_low": lo, "quality_high": hi,
             "meets_floor": bool(quality >= wl.quality_floor)}
     crows = pd.concat(cparts) if cparts else None
@@ -203,49 +207,48 @@ def _strategy(df: pd.DataFrame, wl: Workload, bins: dict[str, tuple[float, list[
     computed = crows["prompt_tokens"] - crows["cached_tokens"]
     per_q = {k: 1000 * float(np.average(v.to_numpy(float), weights=w)) for k, v in
              {"in": computed, "cached": crows["cached_tokens"], "out": crows["output_tokens"]}.items()}
-    usd = _usd(crows, w, sheet, index_s, q) if sheet else None
     return {**head, "p95_ms": p95, "utilization": util, "input_tokens_per_1k": per_q["in"],
             "cached_tokens_per_1k": per_q["cached"], "output_tokens_per_1k": per_q["out"],
-            "usd_per_1k": None if usd is None else 1000 * usd,
             "meets_target": bool(p95 <= wl.latency.p95_ms and util < 1.0)}, notes
 
 
-def _usd(rows: pd.DataFrame, w: np.ndarray, sheet: PriceSheet, index_s: float, q: int) -> float:
-    """$ per query under the sheet's first view (API if it has one, else self-hosted)."""
-    if sheet.api is not None:
-        api = sheet.api
-        per = [api_cost(api, int(p), int(c), int(o)) for p, c, o in
-               rows[["prompt_tokens", "cached_tokens", "output_tokens"]].itertuples(index=False)]
-        local = api.local_usd_per_hour / 3600
-    else:
-        hosted = sheet.self_hosted
-        assert hosted is not None
-        rate, local = hosted.usd_per_hour / 3600, hosted.index_rate / 3600
-        prefill = rows["ttft_ms"] / 1e3
-        # A derived warm request prefills only what its cold original computed minus the document.
-        computed_share = (rows["prompt_tokens"] - rows["cached_tokens"]) / (
-            rows["prompt_tokens"] - rows["cached_measured"]).clip(lower=1)
-        prefill = prefill.where(~rows["derived"], prefill * computed_share)
-        per = list(((rows["e2e_ms"] - rows["ttft_ms"]) / 1e3 + prefill) * rate)
-    retrieval = float(np.average((rows["retrieval_ms"] / 1e3).to_numpy(float), weights=w))
-    return float(np.average(np.asarray(per, float), weights=w)) + (retrieval + index_s / q) * local
+def _usd(terms: pd.DataFrame, lengths: pd.Series, bins: dict[str, tuple[float, list[float]]], q: int
+         ) -> float:
+    """$ per query at the workload's q from the cost function's per-document terms: each
+    workload length its share, split evenly over the documents (per run) measured near it."""
+    if terms.empty:
+        return math.nan
+    length = (terms["run_id"] + "\x1f" + terms["doc_key"]).map(lengths)
+    weights = np.zeros(len(terms))
+    for share, measured in bins.values():
+        inside = length.isin(measured).to_numpy()
+        if inside.any():
+            weights[inside] += share / inside.sum()
+    return weighted_usd(terms, weights, q)
 
 
-def recommend(db_path: Path | str, workload: Workload, run_ids: Sequence[str] | None = None
-              ) -> Recommendation:
-    """Rank every measured strategy for the workload; say when the evidence does not cover it."""
+def recommend(db_path: Path | str, workload: Workload, run_ids: Sequence[str] | None = None,
+              *, view: str | None = None) -> Recommendation:
+    """Rank every measured strategy for the workload; say when the evidence does not cover it.
+    `view`: the price view to rank by ("api" or "self_hosted"; default the sheet's first)."""
     if not Path(db_path).exists():
         raise ValueError(f"no database at {db_path}")
-    sheet = load_price_sheet(workload.price_sheet) if workload.price_sheet else None
-    sheet_name = f"{sheet.name} @ {sheet.date.isoformat()} ({sheet.views()[0]} view)" if sheet else None
     with duckdb.connect(str(db_path), read_only=True) as con:
         model, runs, notes = _select_runs(con, workload, run_ids)
+        chosen = choose_sheet(con, runs, workload.price_sheet)  # as the report chooses
+        sheet = chosen.sheet
+        view = view or sheet.views()[0]
+        if view not in sheet.views():
+            raise ValueError(f"price sheet {sheet.name!r} has no {view!r} view "
+                             f"(it has: {', '.join(sheet.views())})")
+        sheet_name = f"{sheet.name} @ {sheet.date.isoformat()} ({view} view; {chosen.origin})"
         if not runs:
             return _empty(workload, model, "none", notes, sheet_name)
         ev = con.execute(_EVIDENCE, {"runs": runs, "metric": workload.quality_metric}).df()
-        index = con.execute("SELECT run_id, pipeline, params_hash, doc_id, build_s FROM index_stats "
-                            "WHERE list_contains(?, run_id)", [runs]).df()
+        terms = doc_costs(con, runs, sheet).docs
+    terms = terms[terms["view"] == view] if not terms.empty else terms
     ev = ev[ev["length"].notna()]
+    lengths = ev.assign(key=ev["run_id"] + "\x1f" + ev["doc_ids"]).groupby("key")["length"].first()
     bins, notes = _bins(workload, sorted(set(ev["length"].astype(float))))
     if not bins:
         return _empty(workload, model, "none", notes, sheet_name)
@@ -260,17 +263,16 @@ def recommend(db_path: Path | str, workload: Workload, run_ids: Sequence[str] | 
         if missing:
             excluded.append(f"{label}: no rows near {', '.join(missing)} tokens; left out of the ranking")
             continue
-        docs = {d for ids in df["doc_ids"] for d in json.loads(ids)}
-        idx = index[(index["pipeline"] == pipe) & (index["params_hash"] == h) & index["doc_id"].isin(docs)]
-        index_s = float(idx.groupby("doc_id")["build_s"].mean().mean()) if len(idx) else 0.0
-        stats, row_notes = _strategy(df, workload, bins, sheet, index_s)
+        stats, row_notes = _strategy(df, workload, bins)
+        mine = terms[(terms["pipeline"] == pipe) & (terms["params_hash"] == h)] if len(terms) else terms
+        usd = _usd(mine, lengths, bins, workload.questions_per_doc)
         assumptions += [f"{label}: {n}" for n in row_notes if n.startswith("ASSUMPTION")]
         rows.append({"strategy": label, "kind": df["kind"].iloc[0], "run_ids": sorted(set(df["run_id"])),
-                     **stats, "notes": "; ".join(row_notes)})
+                     **stats, "usd_per_1k": 1000 * usd, "notes": "; ".join(row_notes)})
     if not rows:
         return _empty(workload, model, "none", notes + excluded, sheet_name)
-    rows = _rank(rows, sheet is not None)
-    winner, reasons = _explain(rows, workload, sheet is not None)
+    rows = _rank(rows, True)
+    winner, reasons = _explain(rows, workload, True)
     return Recommendation(
         workload, model, "partial" if notes else "covered", notes, rows, winner, reasons + excluded,
         sorted({r for row in rows for r in row["run_ids"]}), {k: ms for k, (_, ms) in bins.items()},
@@ -284,8 +286,8 @@ def _empty(wl: Workload, model: str | None, coverage: Coverage, notes: list[str]
 
 
 def _cost(row: dict[str, Any], priced: bool) -> float:
-    """The cost the ranking compares: $ with a sheet, else computed prompt + output tokens."""
-    if priced and row["usd_per_1k"] is not None:
+    """The cost the ranking compares: $, else (nothing priced) computed prompt + output tokens."""
+    if priced and row["usd_per_1k"] is not None and not math.isnan(row["usd_per_1k"]):
         return float(row["usd_per_1k"])
     return float(row["input_tokens_per_1k"] + row["output_tokens_per_1k"])
 

@@ -26,7 +26,7 @@ from compare import charts, dashboard, prices, summary
 from compare.cost import BREAK_EVEN_COLUMNS, WARM_FRACTION, cost_columns
 from compare.page import Section, knobs_section, note, render_page, run_picker, summary_table, table
 
-QUALITY_METRICS = ("contains", "exact_match", "token_f1", "request_ok")
+QUALITY_METRICS = ("headline", *summary.FALLBACK_METRICS, "request_ok")
 DEFAULT_QUERIES_PER_DOC = (1, 10, 100, 1000)
 
 
@@ -42,7 +42,8 @@ class ReportFiles:
 
 
 def quality_metric(df: pd.DataFrame | Sequence[dict[str, Any]]) -> str | None:
-    """`contains` when the run scored it, else the next answer metric it did score."""
+    """`headline` (each question's own metric) when the run scored it, else the first answer
+    metric it did score (a run from before the headline existed)."""
     frame = pd.DataFrame(df) if not isinstance(df, pd.DataFrame) else df
     return next((m for m in QUALITY_METRICS if m in frame.columns and frame[m].notna().any()), None)
 
@@ -68,6 +69,7 @@ class _Builder:
         sec = Section("Quality", before=[summary_table(self.rows)])
         lengths = summary.by_length(self.con, self.run_ids)
         metric = quality_metric(lengths)
+        sec.before.append(note(_headline_note(metric, summary.primary_metrics(self.con, self.run_ids))))
         if metric:
             self.charts["quality_vs_length"] = charts.quality_chart(lengths, metric, self.multi)
             sec.charts.append("quality_vs_length")
@@ -79,7 +81,26 @@ class _Builder:
             sec.charts.append("needle_heatmap")
         else:
             self.omit(sec, "needle_heatmap", "no needle length/depth tags in these runs")
+        self._judge(sec)
         self.sections.append(sec)
+
+    def _judge(self, sec: Section) -> None:
+        """The LLM judge's verdicts beside token F1, when `ragvslc judge` stored some."""
+        from compare import judge
+
+        asked = judge.judges(self.con, self.run_ids)
+        if not asked:
+            return
+        agree = judge.agreement(self.con, self.run_ids)
+        labels = summary.pipeline_labels(self.con, self.run_ids)
+        rows = agree.merge(labels, on=["run_id", "pipeline", "params_hash"]).to_dict("records")
+        who = "; ".join(f"{m} (prompt {h}, {n} verdicts)" for m, h, n in asked)
+        sec.after.append("<h3>LLM judge vs token F1 (free-text questions)</h3>")
+        sec.after.append(note(f"Judge: {who}. Agreement: share of rows where token F1 >= 0.5 and the "
+                              "judge's CORRECT say the same; correlation: Pearson of the two."))
+        sec.after.append(table(_records(rows), {"label": "pipeline", "n": "n", "judge_mean": "judge",
+                                                "token_f1_mean": "token F1", "agreement": "agreement",
+                                                "correlation": "correlation"}, left=("label",)))
 
     def latency(self) -> None:
         sec = Section("Latency")
@@ -241,6 +262,16 @@ class _Builder:
         elif strategies or notes:
             sec.after.append(note("No route shares to draw."))
         self.sections.append(sec)
+
+
+def _headline_note(metric: str | None, primaries: dict[str, int]) -> str:
+    """What the quality number is: the headline's make-up, or why another metric stands in."""
+    if metric == "headline":
+        made_of = ", ".join(f"{m} ({n} question{'s' * (n != 1)})" for m, n in primaries.items())
+        return ("Quality is the headline: each question scored by its own metric, as its corpus "
+                f"declares it{': ' + made_of if made_of else ''}; a failed request scores 0.")
+    return (f"These runs have no headline scores; quality is {metric or 'not scored'} "
+            "(`ragvslc score` adds the headline to stored runs).")
 
 
 def _records(obj: Any) -> list[dict[str, Any]]:

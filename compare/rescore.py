@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 
+from compare import judge
 from compare import metrics as metric_registry
 from compare.store import Store
 from compare.types import Example, Prediction, Span
@@ -19,8 +20,9 @@ def _spans(raw: str) -> tuple[Span, ...]:
 
 
 def rescore(store: Store, run_ids: Sequence[str] | None, metric_names: Sequence[str]) -> int:
-    """Replace the named metrics' rows for every stored prediction; returns rows rescored."""
-    metrics = metric_registry.resolve(metric_names)
+    """Replace the named metrics' rows for every stored prediction; returns rows rescored.
+    Judge scores are restored from the stored verdicts (never by asking the judge again)."""
+    metrics = metric_registry.resolve([m for m in metric_names if m != judge.JUDGE_METRIC])
     where = "" if not run_ids else f"WHERE p.run_id IN ({', '.join('?' * len(run_ids))})"
     rows = store.con.execute(
         f"""
@@ -30,15 +32,23 @@ def rescore(store: Store, run_ids: Sequence[str] | None, metric_names: Sequence[
         """,
         list(run_ids or []),
     ).fetchall()
+    primaries: dict[tuple[str, str], str] = {}
     for run_id, ex_id, pipe, h, answer, error, ctx, retrieved, doc_ids, q, answers, ev, tags in rows:
         ex = Example(
             id=ex_id, doc_ids=tuple(json.loads(doc_ids)), question=q,
             answers=tuple(json.loads(answers)), evidence=_spans(ev), tags=json.loads(tags),
         )
+        primaries[(run_id, ex_id)] = metric_registry.primary_metric(ex)
         pred = Prediction(
             answer=answer, completion=None, context_tokens=ctx, retrieved=_spans(retrieved), error=error
         )
-        store.replace_scores(
-            (run_id, ex_id, pipe, h), metric_registry.score(metrics, ex, pred), only=list(metrics)
-        )
+        if metrics:
+            store.replace_scores(
+                (run_id, ex_id, pipe, h), metric_registry.score(metrics, ex, pred), only=list(metrics)
+            )
+    # Examples stored before corpora declared a primary metric get the one the headline used.
+    for (run_id, ex_id), name in primaries.items():
+        store.con.execute("UPDATE examples SET primary_metric = ? WHERE run_id = ? AND example_id = ? "
+                          "AND primary_metric IS NULL", [name, run_id, ex_id])
+    judge.restore_scores(store, run_ids)
     return len(rows)

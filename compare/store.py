@@ -17,6 +17,7 @@ from typing import Any
 
 import duckdb
 
+from compare.metrics import primary_metric
 from compare.migrations import MIGRATIONS
 from compare.types import Example, Prediction, Span
 
@@ -36,15 +37,26 @@ def _spans_json(spans: Sequence[Span]) -> str:
     return json.dumps([asdict(s) for s in spans])
 
 
+CHECKOUT = Path(__file__).resolve().parent.parent  # where ragvslc's own code lives
+
+
 def git_sha(cwd: Path | None = None) -> str | None:
-    """The checkout's commit, so a result can be traced to the code that produced it."""
+    """ragvslc's own commit, so a result can be traced to the code that produced it: read from
+    the folder this code lives in (never the user's current directory, which is their project),
+    and only when that folder is itself the top of a git checkout (an installed copy inside a
+    user's repository has no commit of its own: None)."""
+    root = cwd or CHECKOUT
     try:
         out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, check=True
+            ["git", "rev-parse", "--show-toplevel", "HEAD"], cwd=root, capture_output=True, text=True,
+            check=True,
         )
     except (OSError, subprocess.CalledProcessError):
         return None
-    return out.stdout.strip() or None
+    lines = out.stdout.split()
+    if len(lines) != 2 or Path(lines[0]).resolve() != root.resolve():
+        return None
+    return lines[1]
 
 
 class Store:
@@ -170,7 +182,8 @@ class Store:
     def add_examples(
         self, run_id: str, examples: Sequence[Example], doc_tokens: Mapping[str, int] | None = None
     ) -> None:
-        """Record the questions a run asks (once; a resumed run keeps the first copy)."""
+        """Record the questions a run asks (once; a resumed run keeps the first copy, and gains
+        the primary metric if it was stored before examples had one)."""
         rows = [
             [
                 run_id,
@@ -181,10 +194,12 @@ class Store:
                 _spans_json(ex.evidence),
                 json.dumps(dict(ex.tags)),
                 sum(doc_tokens[d] for d in ex.doc_ids) if doc_tokens else None,
+                primary_metric(ex),
             ]
             for ex in examples
         ]
-        self.insert_rows("examples", rows, conflict="ON CONFLICT DO NOTHING")
+        self.insert_rows("examples", rows, conflict="ON CONFLICT DO UPDATE SET primary_metric = "
+                         "coalesce(examples.primary_metric, excluded.primary_metric)")
 
     # predictions ------------------------------------------------------------------------
     def prediction_keys(self, run_id: str, *, errors: bool | None = None) -> set[PredictionKey]:

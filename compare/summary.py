@@ -1,9 +1,10 @@
 """SQL over the store that the report (and the CLI) read: one row per pipeline, per length.
 
 Scores are long in the store (one row per metric), so every metric a run recorded becomes a
-column here without the report knowing metric names in advance. Failed requests are counted
-but kept out of latency and token statistics: a request that never produced a token has no
-TTFT, and averaging its zero context into a mean would flatter the pipeline that failed.
+column here without the report knowing metric names in advance. Failed requests score 0 in the
+quality means (every pipeline over the same asked questions) but are kept out of latency and
+token statistics: a request that never produced a token has no TTFT, and averaging its zero
+context into a mean would flatter the pipeline that failed.
 """
 
 from __future__ import annotations
@@ -36,6 +37,36 @@ def _runs(con: duckdb.DuckDBPyConnection, run_ids: list[str] | None) -> list[str
     return [str(r[0]) for r in con.execute("SELECT run_id FROM runs ORDER BY created_at").fetchall()]
 
 
+# Before the headline existed (or with a spec that left it out), the report read these instead.
+FALLBACK_METRICS = ("contains", "exact_match", "token_f1")
+
+
+def headline_metric(con: duckdb.DuckDBPyConnection, run_ids: list[str] | None) -> str:
+    """`headline` (each question's own metric) when the runs scored it, else the first answer
+    metric they did: old runs stay readable, and `ragvslc score` adds the headline to them."""
+    runs = _runs(con, run_ids)
+    scored = {str(r[0]) for r in con.execute(
+        "SELECT DISTINCT metric FROM scores WHERE list_contains(?, run_id) AND value IS NOT NULL", [runs]
+    ).fetchall()}
+    return next((m for m in ("headline", *FALLBACK_METRICS) if m in scored), "headline")
+
+
+def primary_metrics(con: duckdb.DuckDBPyConnection, run_ids: list[str] | None) -> dict[str, int]:
+    """Questions per primary metric in these runs (what the headline is made of); empty for a
+    store from before the column existed (read-only connections are not migrated)."""
+    has_column = con.execute(
+        "SELECT count(*) FROM information_schema.columns WHERE table_name = 'examples' "
+        "AND column_name = 'primary_metric'"
+    ).fetchone()
+    if not has_column or not has_column[0]:
+        return {}
+    rows = con.execute(
+        "SELECT coalesce(primary_metric, 'undeclared'), count(*) FROM examples "
+        "WHERE list_contains(?, run_id) GROUP BY 1 ORDER BY 2 DESC, 1", [_runs(con, run_ids)]
+    ).fetchall()
+    return {str(m): int(n) for m, n in rows}
+
+
 def describe(pipeline: str, params: dict[str, Any]) -> str:
     """A legend-sized name: the knobs a reader compares, not every parameter."""
     if params.get("kind", pipeline) == "rag":
@@ -63,16 +94,30 @@ def pipeline_labels(con: duckdb.DuckDBPyConnection, run_ids: list[str] | None) -
     return df
 
 
-def _metric_means(con: duckdb.DuckDBPyConnection, runs: list[str], per_length: bool) -> pd.DataFrame:
-    """Mean of every metric as its own column (NULL scores, i.e. not applicable, are skipped)."""
+def _metric_means(
+    con: duckdb.DuckDBPyConnection, runs: list[str], per_length: bool, answered_only: bool = False
+) -> pd.DataFrame:
+    """Mean of every metric as its own column, over the asked questions: a failed request scores
+    0 on every answer metric that applies to its question (some row of the run scored it),
+    so each pipeline is compared on the same questions; retrieval metrics (evidence_*) keep their
+    value. NULL scores (not applicable) are skipped. `answered_only`: the second, named view,
+    over the requests that answered."""
     length = f", {LENGTH_SQL} AS length" if per_length else ""
     long = con.execute(
         f"""
-        SELECT s.run_id, s.pipeline, s.params_hash{length}, s.metric, avg(s.value) AS mean
-        FROM scores s JOIN examples e USING (run_id, example_id)
-        WHERE list_contains(?, s.run_id) GROUP BY ALL
+        WITH s AS (
+            SELECT s.*, p.error IS NOT NULL AS failed,
+                bool_or(s.value IS NOT NULL) OVER (PARTITION BY s.run_id, s.example_id, s.metric) AS applies
+            FROM scores s JOIN predictions p USING (run_id, example_id, pipeline, params_hash)
+            WHERE list_contains(?, s.run_id)
+        )
+        SELECT s.run_id, s.pipeline, s.params_hash{length}, s.metric,
+            avg(CASE WHEN s.failed AND s.applies AND NOT starts_with(s.metric, 'evidence')
+                THEN 0.0 ELSE s.value END) AS mean
+        FROM s JOIN examples e USING (run_id, example_id)
+        WHERE NOT (? AND s.failed) GROUP BY ALL
         """,
-        [runs],
+        [runs, answered_only],
     ).df()
     index = [*_KEY, "length"] if per_length else _KEY
     if long.empty:
@@ -82,13 +127,17 @@ def _metric_means(con: duckdb.DuckDBPyConnection, runs: list[str], per_length: b
     return wide
 
 
-def pipeline_summary(con: duckdb.DuckDBPyConnection, run_ids: list[str] | None) -> list[dict[str, Any]]:
-    """Per pipeline configuration: counts, quality means, latency percentiles, token means."""
+def pipeline_summary(
+    con: duckdb.DuckDBPyConnection, run_ids: list[str] | None, *, answered_only: bool = False
+) -> list[dict[str, Any]]:
+    """Per pipeline configuration: questions asked and answered, quality means (over the asked
+    questions; `answered_only`: over the answered ones), latency percentiles, token means."""
     runs = _runs(con, run_ids)
     ok = "FILTER (WHERE error IS NULL)"
     stats = con.execute(
         f"""
-        SELECT run_id, pipeline, params_hash, count(*) AS n, count(error) AS errors,
+        SELECT run_id, pipeline, params_hash, count(*) AS n, count(*) AS asked,
+            count(*) - count(error) AS answered, count(error) AS errors,
             quantile_cont(ttft_ms, 0.5) {ok} AS ttft_p50_ms, quantile_cont(ttft_ms, 0.95) {ok} AS ttft_p95_ms,
             quantile_cont(e2e_ms, 0.5) {ok} AS e2e_p50_ms, quantile_cont(e2e_ms, 0.95) {ok} AS e2e_p95_ms,
             quantile_cont(total_ms, 0.5) {ok} AS total_p50_ms,
@@ -98,7 +147,7 @@ def pipeline_summary(con: duckdb.DuckDBPyConnection, run_ids: list[str] | None) 
         """,
         [runs],
     ).df()
-    means = _metric_means(con, runs, per_length=False)
+    means = _metric_means(con, runs, per_length=False, answered_only=answered_only)
     df = pipeline_labels(con, runs).merge(stats, on=_KEY).merge(means, on=_KEY, how="left")
     df = df.sort_values(["run_id", "label"]).astype(object)
     return [{k: (None if pd.isna(v) else v) for k, v in row.items()} for row in df.to_dict("records")]

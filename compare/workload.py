@@ -57,7 +57,7 @@ class Workload(_Strict):
     questions_per_doc: PositiveInt
     requests_per_s: PositiveFloat
     latency: LatencyTarget
-    quality_metric: str = "contains"
+    quality_metric: str = "headline"  # each question's own metric (compare/metrics.py)
     quality_floor: Annotated[float, Field(ge=0.0, le=1.0)]
     price_sheet: Path | None = None
     length_tolerance: Annotated[float, Field(gt=0.0, le=1.0)] = 0.25

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from compare.metrics import normalize
+from compare.metrics import default_primary, normalize
 from compare.types import Document, Example, Span
 from corpora.base import Corpus
 from corpora.books import data_dir
@@ -132,7 +132,7 @@ def build_activitynet_corpus(
             evidence=tuple(Span(doc_id, c.start, c.end) for c in evidence),
             tags={**base_tags, "task": f"anet-{task}", "video_id": p.video, "video_start_s": p.start,
                   "video_end_s": p.end, "video_s": placed[-1].end, "doc_chars": float(len(timeline.text)),
-                  **tags},
+                  "primary_metric": default_primary(tags), **tags},
         ))
 
     where = {p.video: p for p in placed}
@@ -149,7 +149,7 @@ def build_activitynet_corpus(
             t = min(max(t, c.start), c.end)
             covering = [c] + [o for o in captions if o is not c and o.start <= t <= o.end]
             add("what", i, f"What happens at {clock(t)}?", [o.text for o in covering], [c],
-                where[c.video], at_s=t)
+                where[c.video], at_s=t, primary_metric="token_f1")  # gold: a caption sentence
     if "qa" in tasks:
         found = []
         for p in placed:

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from compare.metrics import SHORT_ANSWER
 from compare.types import Document, Example, Span
 from corpora.base import Corpus
 from corpora.books import data_dir
@@ -139,6 +140,7 @@ async def build_babi_corpus(
                 "first_fact_depth": min(where),
                 "supporting_depths": json.dumps(where),
                 "story": f"{split}:{story.index}",
+                "primary_metric": SHORT_ANSWER,  # one word or a yes/no
             }
             if length == "full":
                 tags["length"] = "full"

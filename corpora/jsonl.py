@@ -9,15 +9,20 @@ documents.jsonl, one object per line:
     `path` is relative to the corpus directory and may not leave it; files are UTF-8.
 questions.jsonl, one object per line:
     {"id": "q1", "doc_ids": ["d1"], "question": "...", "answers": ["..."],
-     "choices": {"A": "...", "B": "..."} or ["...", "..."] (labelled A, B, ...; answers are letters),
+     "choices": {"A": "...", "B": "..."} or ["...", "..."] (labelled A, B, ...; answers are letters:
+        ["B"] one correct choice, ["A", "C"] either counts, ["ACD"] or ["A, C, D"] a multi-select
+        question whose answer is exactly that set),
      "evidence": [["d1", start, end], ...]   (character offsets into that document's text),
      "tags": {"topic": "x", "year": 2020}}
+    A question's headline metric follows its format (choices: choice accuracy or the exact set;
+    otherwise `contains`); `"tags": {"primary_metric": "token_f1"}` declares another one.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 import statistics
 from collections.abc import Callable
 from dataclasses import replace
@@ -26,6 +31,7 @@ from typing import Annotated, Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, model_validator
 
+from compare.metrics import MULTI_SELECT, check_primary, default_primary
 from compare.types import Document, Example, Span
 from corpora.base import Corpus
 from corpora.needle import Counter
@@ -150,8 +156,17 @@ def _check_question(q: QuestionRecord, where: str, texts: dict[str, str | None],
         seen.add(d)
     choices = q.labelled_choices()
     for a in q.answers if choices else ():
-        if a not in choices:
+        labels = _labels(a)
+        if not labels or not set(labels) <= set(choices):
             problems.append(f"{where}: answer {a!r} is not a choice label ({', '.join(choices)})")
+        elif len(set(labels)) != len(labels):
+            problems.append(f"{where}: answer {a!r} names a choice twice")
+    declared = (q.tags or {}).get("primary_metric")
+    if declared is not None:
+        try:
+            check_primary(str(declared))
+        except ValueError as exc:
+            problems.append(f"{where}: tags.{exc}")
     for i, (doc, start, end) in enumerate(q.evidence or ()):
         if doc not in q.doc_ids:
             problems.append(f"{where}: evidence[{i}] names {doc!r}, not one of this question's doc_ids")
@@ -204,16 +219,29 @@ def load_jsonl_dir(path: Path | str) -> Corpus:
     return Corpus(name=path.name, documents=documents, examples=examples, params=params)
 
 
+_LABEL_LIST = re.compile(r"\s*[A-Z](?:\s*(?:,|;|&|\band\b)?\s*[A-Z])*\s*")
+
+
+def _labels(answer: str) -> list[str]:
+    """Choice labels of one answer: "B" -> [B]; "ACD", "A, C and D" -> [A, C, D]; else []."""
+    return re.findall(r"[A-Z]", answer) if _LABEL_LIST.fullmatch(answer) else []
+
+
 def _example(q: QuestionRecord) -> Example:
     tags: dict[str, str | float] = dict(q.tags or {})
     choices = q.labelled_choices()
+    answers = tuple(q.answers)
     if choices:
-        tags |= {"answer_format": "letter", "choices": json.dumps(choices)}
+        multi = any(len(_labels(a)) > 1 for a in answers)
+        if multi:  # every answer is then a set of letters, stored sorted ("ACD")
+            answers = tuple("".join(sorted(_labels(a))) for a in answers)
+        tags |= {"answer_format": MULTI_SELECT if multi else "letter", "choices": json.dumps(choices)}
+    tags.setdefault("primary_metric", default_primary(tags))
     return Example(
         id=q.id,
         doc_ids=tuple(q.doc_ids),
         question=q.question,
-        answers=tuple(q.answers),
+        answers=answers,
         evidence=tuple(Span(d, s, e) for d, s, e in q.evidence or ()),
         tags=tags,
     )

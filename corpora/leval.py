@@ -5,12 +5,15 @@ format is read off each question rather than assumed per file, so a user's L-Eva
 file gets the same treatment, and a test pins that every real subset parses as expected:
 - multiple choice (quality, tpo): choices inline in the question, one per line, marked
   "(A) ..." (quality) or "A. ..." (tpo); the output starts with the letter ("(B) text" / "B");
+- multi-select (L-Eval's exam-style subsets such as coursera): the same inline choices, and an
+  output of several letters ("ACD", "A, C"): gold stored as the sorted letters, scored as a set;
 - true/false (sci_fi): the output is "True [fact: False]": the label asked about is the
   document's world, the bracket the real-world fact. Two of the 64 statements lack the
   "True or False?" prompt the others carry; it is appended so the model knows the format;
 - exact topic (topic_retrieval_longchat) and free text (the rest): the output as is.
 Questions are otherwise kept verbatim (the choices must reach the model); gold letters, labels and the
-parsed choices go to the example's answers and tags, where the metrics look for them.
+parsed choices go to the example's answers and tags, where the metrics look for them, with
+the metric each question is judged by (`primary_metric`, from its format: compare/metrics.py).
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
-from compare.metrics import normalize
+from compare.metrics import MULTI_SELECT, default_primary, normalize
 from compare.types import Document, Example
 from corpora.base import Corpus
 from corpora.books import data_dir
@@ -42,6 +45,7 @@ EXPECTED_FORMAT = {
 }
 _CHOICE = re.compile(r"(?m)^[ \t]*\(?([A-Z])[).][ \t]*")
 _LETTER = re.compile(r"^\s*\(?([A-Z])(?:[).:]|\s*$)")
+_LETTER_SET = re.compile(r"[\s(]*[A-Z](?:[\s,;&/+()]*(?:and\s+)?[\s(]*[A-Z])+[\s).]*")
 _LABEL = re.compile(r"^\s*(True|False)\b(?:\s*\[fact:\s*(True|False)\])?", re.IGNORECASE)
 
 
@@ -75,9 +79,12 @@ Gold = tuple[tuple[str, ...], dict[str, str | float]]
 
 
 def classify(question: str, output: str, exact: bool = False) -> Gold:
-    """Gold answers and tags for one question: letter, true/false, exact or free text."""
+    """Gold answers and tags for one question: letter, letters, true/false, exact or free text."""
     choices = parse_choices(question)
     if choices:
+        picked = set(re.findall(r"[A-Z]", output)) if _LETTER_SET.fullmatch(output.strip()) else set()
+        if len(picked) >= 2 and picked <= set(choices):
+            return ("".join(sorted(picked)),), {"answer_format": MULTI_SELECT, "choices": json.dumps(choices)}
         m = _LETTER.match(output)
         letter = m.group(1) if m and m.group(1) in choices else None
         if letter is None:  # an output that repeats a choice's text instead of its letter
@@ -127,6 +134,7 @@ def load_leval_file(
         for j, (question, output) in enumerate(pairs):
             answers, tags = classify(question, output, exact)
             tags = {"task": task or name, **tags, "doc_index": float(i), "line": float(line)}
+            tags["primary_metric"] = default_primary(tags)
             if rec.evaluation:
                 tags["evaluation"] = rec.evaluation
             examples.append(

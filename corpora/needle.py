@@ -29,6 +29,7 @@ from itertools import zip_longest
 from pathlib import Path
 from typing import Literal
 
+from compare.metrics import default_primary
 from compare.types import Document, Example, Span
 from corpora.base import Corpus
 from corpora.books import data_dir, load_book
@@ -317,6 +318,7 @@ async def build_needle_corpus(
                 tags["length"] = "full"
             if variant == "multi":
                 tags["depths"] = json.dumps([round(s / len(doc.text), 4) for s, _ in asked])
+            tags["primary_metric"] = default_primary(tags)  # contains; multi: contains_all
             examples.append(
                 Example(
                     id=doc_id, doc_ids=(doc_id,), question=cell.question, answers=cell.answers,

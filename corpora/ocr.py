@@ -1,5 +1,9 @@
 """On-screen text with Debian's tesseract CLI: exact words, spaces kept, noise dropped.
 
+The `ocr_engine = "tesseract"` option of video ingest. Tesseract is a page OCR: it reads slides
+and clean frames, but text over colourful, moving content (captions, signs, burned-in subtitles)
+it mostly misses, which is why scene-text OCR (corpora/scene_ocr.py) is the default.
+
 Frames are OCR'd in batches through ONE tesseract process (a list file of images), which
 amortises its ~0.3 s model load: starting tesseract per frame costs several times more than
 recognising the frame. Natural images make tesseract "read" texture as text ("i ——— ae a", a
@@ -11,7 +15,9 @@ letters or digits: real on-screen text reads at 90+, texture at 0-60.
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -38,6 +44,20 @@ def tesseract_version() -> str:
     out = subprocess.run([exe, "--version"], capture_output=True, text=True, check=False)
     first = (out.stdout or out.stderr).splitlines()
     return first[0].strip() if first else "tesseract (unknown version)"
+
+
+@functools.lru_cache(maxsize=4)
+def tesseract_model(lang: str) -> dict[str, str]:
+    """The traineddata file tesseract reads for `lang`, with its sha256 (recorded with timelines)."""
+    exe = shutil.which("tesseract")
+    if exe is None:
+        raise OcrError("tesseract is not installed (Debian: apt-get install tesseract-ocr)")
+    out = subprocess.run([exe, "--list-langs"], capture_output=True, text=True, check=False)
+    m = re.search(r'languages in "([^"]+)"', out.stdout + out.stderr)
+    path = Path(m.group(1)) / f"{lang}.traineddata" if m else None
+    if path is None or not path.is_file():
+        return {f"{lang}.traineddata": "not found"}
+    return {path.name: "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()[:16]}
 
 
 def write_pgm(path: Path, image: Gray) -> None:

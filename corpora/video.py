@@ -1,8 +1,11 @@
 """Video -> timestamped timeline: what is seen (OCR of sampled frames) and heard (speech).
 
 Frames are decoded with PyAV and sampled at `fps` and/or on scene cuts; a sampled frame
-nearly identical to the last OCR'd one is not OCR'd again (it keeps that frame's text), and
-consecutive frames with the same text become one `(screen)` line spanning their times.
+nearly identical to the last OCR'd one is not OCR'd again (it keeps that frame's text), and the
+rest are OCR'd in batches: scene-text OCR (PP-OCRv4 via rapidocr-onnxruntime, corpora/scene_ocr.py)
+by default, tesseract (corpora/ocr.py) on request. Each text line is followed on its own: the
+consecutive samples that show the same line become one `(screen)` line spanning their times, so a
+caption that stays up while a clock beside it ticks is one line, not one per tick.
 Speech comes from faster-whisper (tiny.en from PyPI, VAD on). The timeline is cached on disk
 by the file's sha256 plus every setting that changes its text (fps, scene threshold, OCR
 engine and version, ASR model and versions), so a second ingest of the same file is free.
@@ -19,18 +22,21 @@ import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
 from compare.types import Document
 from corpora.asr import asr_description, transcribe
-from corpora.ocr import Gray, ocr_frames, tesseract_version
+from corpora.ocr import Gray, ocr_frames, tesseract_model, tesseract_version
+from corpora.scene_ocr import Image, rapidocr_description, scene_ocr_frames
 from corpora.timeline import Entry, Timeline, render
 
 # stage ("decode+ocr" | "asr"), seconds of media done, seconds in total
 Progress = Callable[[str, float, float], None]
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: screen lines followed one by one (1: one line per distinct frame text)
+OcrEngine = Literal["rapidocr", "tesseract"]
+OCR_ENGINES: tuple[OcrEngine, ...] = ("rapidocr", "tesseract")
 _THUMB = (64, 36)
 
 
@@ -50,8 +56,11 @@ class IngestSettings:
     # the last OCR'd frame is a near-duplicate: it keeps that frame's text, no OCR
     dedup_threshold: float = 0.0005
     ocr: bool = True
+    ocr_engine: OcrEngine = "rapidocr"  # scene text; "tesseract" reads clean page-like frames only
     ocr_lang: str = "eng"
-    ocr_min_conf: float = 60.0
+    ocr_min_conf: float = 60.0  # tesseract: word confidence 0-100
+    ocr_min_score: float = 0.6  # rapidocr: a box's mean character confidence 0-1
+    ocr_det_side: int = 960  # rapidocr: detection sees the frame at most this long (never upscaled)
     ocr_max_width: int = 1280
     ocr_psm: int = 3  # tesseract page segmentation: 3 is 5-8x faster and cleaner than 6 or 11
     asr: bool = True
@@ -62,11 +71,19 @@ class IngestSettings:
             raise ValueError("OCR needs frames: set fps and/or scene_threshold")
         if self.fps is not None and not 0 < self.fps <= 30:
             raise ValueError(f"fps must be in (0, 30], got {self.fps}")
+        if self.ocr_engine not in OCR_ENGINES:
+            raise ValueError(f"ocr_engine must be one of {OCR_ENGINES}, got {self.ocr_engine!r}")
 
     def describe(self) -> dict[str, object]:
         """The settings plus the engines that ran, as recorded with every result."""
         out: dict[str, object] = asdict(self)
-        out["ocr_engine"] = tesseract_version() if self.ocr else None
+        out["ocr_version"], out["ocr_models"] = None, None
+        if self.ocr and self.ocr_engine == "tesseract":
+            out["ocr_version"] = tesseract_version()
+            out["ocr_models"] = tesseract_model(self.ocr_lang)
+        elif self.ocr:
+            desc = rapidocr_description()
+            out["ocr_version"], out["ocr_models"] = desc["engine"], desc["models"]
         out["asr_model"] = asr_description(self.asr_beam_size) if self.asr else None
         return out
 
@@ -129,11 +146,12 @@ class _Sampler:
     settings: IngestSettings
     batch: int = 24
     times: list[float] = field(default_factory=list)
-    texts: list[str | None] = field(default_factory=list)  # None: same as previous OCR'd frame
-    pending: list[tuple[int, Gray]] = field(default_factory=list)
+    # a sample's text lines; None: same as the previous OCR'd frame (a near-duplicate, skipped)
+    texts: list[tuple[str, ...] | None] = field(default_factory=list)
+    pending: list[tuple[int, Image]] = field(default_factory=list)
     stats: dict[str, float] = field(
         default_factory=lambda: {"frames_decoded": 0, "frames_sampled": 0, "frames_ocr": 0,
-                                 "scene_cuts": 0, "ocr_s": 0.0}
+                                 "frames_skipped": 0, "scene_cuts": 0, "ocr_s": 0.0, "ocr_batches": 0}
     )
 
     def flush(self) -> None:
@@ -141,12 +159,18 @@ class _Sampler:
             return
         t0 = time.perf_counter()
         s = self.settings
-        texts = ocr_frames([g for _, g in self.pending], lang=s.ocr_lang, min_conf=s.ocr_min_conf,
-                           psm=s.ocr_psm)
+        images = [g for _, g in self.pending]
+        if s.ocr_engine == "tesseract":
+            lines = [text.splitlines() for text in
+                     ocr_frames(images, lang=s.ocr_lang, min_conf=s.ocr_min_conf, psm=s.ocr_psm)]
+        else:
+            lines = scene_ocr_frames(images, min_score=s.ocr_min_score, det_side=s.ocr_det_side,
+                                     lang=s.ocr_lang, timings=self.stats)
         self.stats["ocr_s"] += time.perf_counter() - t0
-        for (i, _), text in zip(self.pending, texts, strict=True):
-            self.texts[i] = " / ".join(text.splitlines())
+        for (i, _), found in zip(self.pending, lines, strict=True):
+            self.texts[i] = tuple(dict.fromkeys(" ".join(ln.split()) for ln in found if ln.strip()))
         self.stats["frames_ocr"] += len(self.pending)
+        self.stats["ocr_batches"] += 1
         self.pending = []
 
     def run(self, container: Any, duration: float, progress: Progress | None) -> None:
@@ -181,37 +205,42 @@ class _Sampler:
             self.stats["frames_sampled"] += 1
             self.times.append(t)
             if not s.ocr:
-                self.texts.append("")
+                self.texts.append(())
                 continue
             w = min(frame.width, s.ocr_max_width)
             h = max(round(frame.height * w / frame.width / 2) * 2, 2)
             gray = frame.reformat(width=w, height=h, format="gray").to_ndarray()
             if last_ocr is not None and _changed(gray, last_ocr) < s.dedup_threshold:
                 self.texts.append(None)
+                self.stats["frames_skipped"] += 1
             else:
                 last_ocr = gray
-                self.texts.append("")
-                self.pending.append((len(self.texts) - 1, gray))
+                self.texts.append(())
+                # scene text is read in colour (red on green is one gray); tesseract reads gray
+                image = gray if s.ocr_engine == "tesseract" else frame.reformat(
+                    width=w, height=h, format="bgr24").to_ndarray()
+                self.pending.append((len(self.texts) - 1, image))
                 if len(self.pending) >= self.batch:
                     self.flush()
         self.flush()
 
     def entries(self, duration: float) -> list[Entry]:
-        """Runs of consecutive samples with the same non-empty text, one entry each."""
-        resolved: list[str] = []
+        """Each text line's runs of consecutive samples showing it, one entry per run (from the
+        first sample showing it to the first sample that no longer does)."""
+        resolved: list[tuple[str, ...]] = []
         for text in self.texts:
-            resolved.append(resolved[-1] if text is None and resolved else text or "")
+            resolved.append(resolved[-1] if text is None and resolved else text or ())
         out: list[Entry] = []
-        i = 0
-        while i < len(resolved):
-            j = i
-            while j + 1 < len(resolved) and resolved[j + 1] == resolved[i]:
-                j += 1
-            if resolved[i]:
-                end = self.times[j + 1] if j + 1 < len(self.times) else max(duration, self.times[j])
-                out.append(Entry(self.times[i], end, "screen", resolved[i]))
-            i = j + 1
-        return out
+        open_at: dict[str, int] = {}  # line -> index of the sample where its current run began
+        for i, lines in enumerate([*resolved, ()]):
+            now = set(lines)
+            for line in [ln for ln in open_at if ln not in now]:
+                start = open_at.pop(line)
+                end = self.times[i] if i < len(self.times) else max(duration, self.times[-1])
+                out.append(Entry(self.times[start], end, "screen", line))
+            for line in lines:
+                open_at.setdefault(line, i)
+        return sorted(out, key=lambda e: e.start)
 
 
 def _changed(a: Gray, b: Gray) -> float:

@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 
+from compare.metrics import default_primary
 from compare.types import Document, Example, Span
 from corpora.base import Corpus
 from corpora.books import data_dir
@@ -332,6 +333,7 @@ def _example(doc_id: str, got: Ingested, placed: list[VideoNeedle], depths: list
         question = f"What are the secret words for {listed}? Give each word."
         tags |= {"answer_format": "all", "n_needles": float(len(placed)),
                  "needles": json.dumps([asdict(n) for n in placed])}
+    tags["primary_metric"] = default_primary(tags)  # contains; multi: contains_all
     return Example(
         id=doc_id, doc_ids=(doc_id,), question=question, answers=tuple(n.value for n in placed),
         evidence=tuple(Span(doc_id, n.start_s, n.end_s) for n in placed), tags=tags,

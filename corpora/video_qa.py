@@ -17,6 +17,7 @@ from typing import Annotated
 
 from pydantic import Field, StrictFloat, StrictInt
 
+from compare.metrics import check_primary, default_primary
 from compare.types import Document, Example, Span
 from corpora.base import Corpus
 from corpora.jsonl import CorpusError, NonBlank, StrictRecord, read_jsonl
@@ -103,6 +104,7 @@ def build_video_qa_corpus(
                              f"({got.duration_s:.1f} s)")
         tags: dict[str, str | float] = {"task": "video-qa", "video_s": round(got.duration_s, 3),
                                         **video_tags({doc_id: got.timeline}), **(q.tags or {})}
+        tags["primary_metric"] = check_primary(str(tags.get("primary_metric", default_primary(tags))))
         examples.append(Example(id=qid, doc_ids=(doc_id,), question=q.question, answers=tuple(q.answers),
                                 evidence=evidence, tags=tags))
     docs: dict[str, Document] = {d: g.document(d) for d, g in ingested.items()}

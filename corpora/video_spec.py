@@ -19,8 +19,8 @@ from corpora.video_needle import CLIPS, build_video_needle_corpus
 from corpora.video_qa import build_video_qa_corpus
 
 # What a video run should score: answers, multi-needle recall, time replies, retrieval in seconds.
-VIDEO_METRICS = ["contains", "contains_all", "token_f1", "time_iou", "time_hit", "evidence_recall_time",
-                 "request_ok"]
+VIDEO_METRICS = ["headline", "contains", "contains_all", "token_f1", "time_iou", "time_hit",
+                 "evidence_recall_time", "request_ok"]
 Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
 
 
@@ -34,13 +34,19 @@ class VideoIngestSpec(_Strict):
     fps: Annotated[float, Field(gt=0, le=30)] | None = 1.0
     scene_threshold: Annotated[float, Field(gt=0, le=255)] | None = None
     ocr: bool = True
-    ocr_min_conf: Annotated[float, Field(ge=0, le=100)] = 60.0
+    # Part of every video run's id (a run made with tesseract before this field is not resumed
+    # with another engine's timelines).
+    ocr_engine: Literal["rapidocr", "tesseract"] = "rapidocr"
+    ocr_min_conf: Annotated[float, Field(ge=0, le=100)] = 60.0  # tesseract
+    ocr_min_score: Annotated[float, Field(ge=0, le=1)] = 0.6  # rapidocr
     asr: bool = True
     asr_beam_size: Annotated[int, Field(ge=1, le=10)] = 1
 
     def settings(self) -> IngestSettings:
         return IngestSettings(fps=self.fps, scene_threshold=self.scene_threshold, ocr=self.ocr,
-                              ocr_min_conf=self.ocr_min_conf, asr=self.asr, asr_beam_size=self.asr_beam_size)
+                              ocr_engine=self.ocr_engine, ocr_min_conf=self.ocr_min_conf,
+                              ocr_min_score=self.ocr_min_score, asr=self.asr,
+                              asr_beam_size=self.asr_beam_size)
 
 
 class VideoNeedleCorpusSpec(_Strict):
@@ -106,14 +112,22 @@ def ingest_report(got: Ingested) -> str:
     """What `ragvslc video ingest FILE` prints: a header of facts and costs, then the timeline."""
     s, cfg = got.stats, got.settings
     cached = " [cached]" if got.cache_hit else ""
+    ocr = "off"
+    if cfg.get("ocr"):
+        models = cfg.get("ocr_models") or {}
+        files = ", ".join(f"{n} {d}" for n, d in models.items()) if isinstance(models, dict) else ""
+        ocr = f"{cfg.get('ocr_engine')}: {cfg.get('ocr_version')}" + (f" [{files}]" if files else "")
+    split = (f" (detect {s['ocr_det_s']:.1f}, recognise {s.get('ocr_rec_s', 0):.1f})"
+             if "ocr_det_s" in s else "")
     head = [
         f"# {got.path} ({got.duration_s:.1f} s, sha256 {got.sha256[:12]}){cached}",
-        f"# fps {cfg['fps']}, scene {cfg['scene_threshold']}, OCR {cfg['ocr_engine']}, "
-        f"ASR {cfg['asr_model']}",
+        f"# fps {cfg['fps']}, scene {cfg['scene_threshold']}, OCR {ocr}",
+        f"# ASR {cfg['asr_model']}",
         f"# frames: {int(s.get('frames_decoded', 0))} decoded, {int(s.get('frames_sampled', 0))} sampled, "
-        f"{int(s.get('frames_ocr', 0))} OCR'd; {int(s.get('scene_cuts', 0))} cuts; "
+        f"{int(s.get('frames_ocr', 0))} OCR'd in {int(s.get('ocr_batches', 0))} batches, "
+        f"{int(s.get('frames_skipped', 0))} skipped as near-duplicates; {int(s.get('scene_cuts', 0))} cuts; "
         f"audio {'yes' if s.get('has_audio') else 'none'}",
-        f"# seconds: decode {s.get('decode_s', 0):.1f}, OCR {s.get('ocr_s', 0):.1f}, "
+        f"# seconds: decode {s.get('decode_s', 0):.1f}, OCR {s.get('ocr_s', 0):.1f}{split}, "
         f"ASR {s.get('asr_s', 0):.1f}{' (when first ingested)' if got.cache_hit else ''}",
     ]
     return "\n".join(head) + "\n" + (got.timeline.text or "(nothing seen or heard)") + "\n"

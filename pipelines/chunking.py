@@ -9,7 +9,12 @@ chunk that fits never gets truncated by it.
 - sentence: llama-index `SentenceSplitter`, chunks end at sentence ends where possible
   (the default: whole sentences embed better than fragments);
 - token: llama-index `TokenTextSplitter`, fixed-size windows cut at word boundaries
-  regardless of sentences (the classic baseline chunker of RAG papers).
+  regardless of sentences (the classic baseline chunker of RAG papers);
+- lines: whole lines packed up to `chunk_size`, the overlap in whole lines too. For video
+  timelines (`[00:02:31] (screen) ...` per line): a chunk never starts mid-line, so every line
+  it holds keeps its time stamp and its seconds map back exactly. llama-index has no line
+  packer (its sentence splitter cuts inside a line when sentences run across it); a line
+  longer than `chunk_size` alone is cut by the token splitter, its first piece keeping the stamp.
 """
 
 from __future__ import annotations
@@ -23,8 +28,9 @@ from typing import Any, Literal, Protocol
 
 from compare.types import Document, Span
 
-Splitter = Literal["sentence", "token"]
-SPLITTERS: tuple[Splitter, ...] = ("sentence", "token")
+Splitter = Literal["sentence", "token", "lines"]
+SPLITTERS: tuple[Splitter, ...] = ("sentence", "token", "lines")
+LINES_VERSION = 1  # of `chunk_lines`: part of an index's cache key
 Tokenizer = Callable[[str], Sequence[int]]
 
 
@@ -47,8 +53,11 @@ def splitter_id(splitter: Splitter) -> str:
     """Names the splitter and its library version: part of an index's cache key. The version
     comes from the package metadata: importing llama-index (~2 s) only to name a cache hit
     would cost more than the hit saves on small documents."""
+    version = importlib.metadata.version("llama-index-core")
+    if splitter == "lines":
+        return f"ragvslc.lines {LINES_VERSION} (llama_index.TokenTextSplitter {version} for long lines)"
     cls = {"sentence": "SentenceSplitter", "token": "TokenTextSplitter"}[splitter]
-    return f"llama_index.{cls} {importlib.metadata.version('llama-index-core')}"
+    return f"llama_index.{cls} {version}"
 
 
 def _node_parsers() -> Any:
@@ -70,7 +79,7 @@ def make_splitter(
         return parsers.SentenceSplitter(
             chunk_size=chunk_size, chunk_overlap=chunk_overlap, tokenizer=tokenizer
         )
-    if splitter == "token":
+    if splitter in ("token", "lines"):
         # Newlines are a backup separator, so a chunk may span paragraph breaks: fixed size
         # first, structure second, which is what distinguishes it from the sentence splitter.
         return parsers.TokenTextSplitter(
@@ -96,20 +105,41 @@ def locate(text: str, piece: str, start: int) -> tuple[int, int] | None:
     return (match.start(), match.end()) if match else None
 
 
-def chunk_document(
-    doc: Document,
-    chunk_size: int,
-    chunk_overlap: int,
-    tokenizer: Tokenizer,
-    splitter: Splitter = "sentence",
-) -> list[Chunk]:
-    """Chunks of one document with exact character spans; an empty document has none."""
-    if not doc.text.strip():
-        return []
-    parser = make_splitter(splitter, chunk_size, chunk_overlap, tokenizer)
-    # split_text rather than get_nodes_from_documents: the node path only adds the same
-    # str.find that `locate` starts with (leaving spans unset when it fails) and prints a
-    # warning to stdout for small chunk sizes.
+def chunk_lines(doc: Document, chunk_size: int, chunk_overlap: int, tokenizer: Tokenizer) -> list[Chunk]:
+    """Whole lines packed up to chunk_size tokens; the next chunk repeats the previous one's last
+    lines that fit in chunk_overlap tokens (and always adds at least one new line)."""
+    spans: list[tuple[int, int, int]] = []  # char start, char end, tokens
+    pos = 0
+    for line in doc.text.split("\n"):
+        if line.strip():
+            spans.append((pos, pos + len(line), len(tokenizer(line))))
+        pos += len(line) + 1
+    chunks: list[Chunk] = []
+    i = 0
+    while i < len(spans):
+        start, end, n = spans[i]
+        if n > chunk_size:  # one over-long line: token windows, the first keeps the stamp
+            long_line = Document(doc.id, doc.text[start:end])
+            for c in _split_chunks(long_line, make_splitter("token", chunk_size, chunk_overlap, tokenizer)):
+                chunks.append(Chunk(doc.id, start + c.start_char, start + c.end_char, c.text))
+            i += 1
+            continue
+        j = i + 1
+        while j < len(spans) and n + spans[j][2] <= chunk_size:
+            n += spans[j][2]
+            j += 1
+        chunks.append(Chunk(doc.id, start, spans[j - 1][1], doc.text[start:spans[j - 1][1]]))
+        if j >= len(spans):
+            break
+        back, kept = j, 0  # overlap: whole lines from the end of this chunk, never all of it
+        while back - 1 > i and kept + spans[back - 1][2] <= min(chunk_overlap, chunk_size - spans[j][2]):
+            back -= 1
+            kept += spans[back][2]
+        i = back
+    return chunks
+
+
+def _split_chunks(doc: Document, parser: _TextSplitter) -> list[Chunk]:
     chunks: list[Chunk] = []
     prev = -1
     for piece in parser.split_text(doc.text):
@@ -123,3 +153,21 @@ def chunk_document(
         chunks.append(Chunk(doc.id, s, e, doc.text[s:e]))
         prev = s
     return chunks
+
+
+def chunk_document(
+    doc: Document,
+    chunk_size: int,
+    chunk_overlap: int,
+    tokenizer: Tokenizer,
+    splitter: Splitter = "sentence",
+) -> list[Chunk]:
+    """Chunks of one document with exact character spans; an empty document has none."""
+    if not doc.text.strip():
+        return []
+    if splitter == "lines":
+        return chunk_lines(doc, chunk_size, chunk_overlap, tokenizer)
+    # split_text rather than get_nodes_from_documents: the node path only adds the same
+    # str.find that `locate` starts with (leaving spans unset when it fails) and prints a
+    # warning to stdout for small chunk sizes.
+    return _split_chunks(doc, make_splitter(splitter, chunk_size, chunk_overlap, tokenizer))

@@ -160,14 +160,11 @@ class SelfRoutePipeline:
                               error=str(exc.args[0]))
         try:
             # The same selection plain RAG makes (rank order kept for MRR, budget counted by the
-            # server), so the router's RAG step is exactly the RAG pipeline's prompt.
-            sel = await self.rag.select(
-                example, backend.tokenize if self.rag.budget_tokens is not None else None
-            )
+            # server, its /tokenize time left out), so the router's RAG step is exactly RAG's.
+            sel, retrieval_s = await self.rag.timed_select(example, backend)
         except BackendError as exc:
             return Prediction(answer="", completion=None, context_tokens=0, route="rag",
                               retrieval_s=time.perf_counter() - t0, error=str(exc))
-        retrieval_s = time.perf_counter() - t0
         retrieved = tuple(c.span() for c in sel.ranked)
         top = max(sel.scores, default=-1.0)
         if self.score_threshold is not None and top < self.score_threshold:

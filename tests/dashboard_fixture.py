@@ -6,7 +6,8 @@ percentiles, the cold/warm split, the break-even and the frontier predictable.
 Run "run-a" (concurrency 1), needle-tagged documents d1 (1000 tokens) and d2 (4000), five
 questions each (depth 0.1 .. 0.9), asked of four pipelines:
   long_context  prompt = context + 50; q1 cold (nothing cached), q2/q3 warm (context cached),
-                q4 exactly WARM_FRACTION of the context cached (warm: the rule is >=), q5 40% (cold).
+                q4 exactly WARM_FRACTION of the context cached (warm: the rule is >=), q5 40%
+                (cold: asked after q1, a re-prefill).
                 TTFT: q1 L/1000 s, q5 0.6 L/1000 s, q2..q4 0.2/0.3/0.4 s; E2E = TTFT + 0.5 s.
   rag k=2 cs=200 / k=4 cs=200 / k=4 cs=400: context 400 / 600 / 1200 (+30 prompt), nothing
                 cached, TTFT 0.3 + 0.1 i + context/2000 s, E2E = TTFT + 0.5 s, retrieval 0.05 s,
@@ -15,18 +16,21 @@ questions each (depth 0.1 .. 0.9), asked of four pipelines:
 Run "run-b" (concurrency 2): long_context only, document d1, one cold and one warm question.
 
 Priced with SHEET (api: $1 / $0.1 cached / $4 out per 1M tokens, local $0.36/h; self-hosted
-$3.6/h; no server stats, so busy s = E2E; 10 output tokens each), per document then averaged:
-  long_context api: cold q1/q5 1090/730 e-6 (d1), 4090/2650 e-6 (d2); warm q2,q3/q4 190/280 e-6
-                (d1: 900 cached), 490/850 e-6 (d2: 3600 cached) -> one-time = mean(cold - warm)
-                = (690 + 2760) / 2 = 1725e-6, marginal = (220 + 610) / 2 = 415e-6.
-  long_context self-hosted: busy cold 1.3 / 3.7 s, warm 0.8 s -> one-time 1.7e-3, marginal 0.8e-3.
+$3.6/h; no server stats, so busy s = E2E; 10 output tokens each), per document then averaged
+(compare/doc_costs.py: one-time = from nothing - warm, marginal = the questions after the first):
+  long_context api: from nothing (q1) 1090 / 4090 e-6; warm q2,q3/q4 190/280 e-6 (d1: 900 cached),
+                490/850 e-6 (d2: 3600 cached), mean 220 / 610; q5 (40% cached: a re-prefill) 730 /
+                2650 e-6 -> one-time = (870 + 3480) / 2 = 2175e-6, marginal = mean of q2..q5 =
+                ((190+190+280+730)/4 + (490+490+850+2650)/4) / 2 = (347.5 + 1120) / 2 = 733.75e-6.
+  long_context self-hosted: busy q1 1.5 / 4.5 s, warm mean 0.8 s, q2..q5 mean 0.875 / 1.325 s ->
+                one-time (0.7 + 3.7) / 2 = 2.2e-3, marginal 1.1e-3.
   rag api: one-time 0.2 s index = 20e-6; marginal (context + 70) e-6 + 0.05 s retrieval 5e-6
                 = 475 / 675 / 1275 e-6. self-hosted: one-time 0.2e-3; marginal (1.1 + context/2000
                 + 0.05) s = 1.35 / 1.45 / 1.75 e-3.
-So in both views long context's curve crosses each rag's once, q* = (one-time difference) /
-(marginal difference): api 1705/60 = 28.4, 1705/260 = 6.56, 1705/860 = 1.98; self-hosted 1.5/0.55
-= 2.73, 1.5/0.65 = 2.31, 1.5/0.95 = 1.58. At q=10 (api) long context (587.5e-6, contains 1.0) is
-cheaper than both k=4 configs, leaving rag k=2 (477e-6, 0.6) and long context on the frontier.
+q* = (one-time difference) / (marginal difference): api: long context's marginal is above rag
+k=2's and k=4 cs=200's (no crossing: rag is cheaper at every q), 2155/541.25 = 3.98 for k=4
+cs=400; self-hosted 2.0/0.25 = 8, 2.0/0.35 = 5.71, 2.0/0.65 = 3.08. At q=10 (api) long context
+costs 951.25e-6 (contains 1.0): only rag k=4 cs=400 (1277e-6, 0.6) is off the frontier.
 """
 
 from __future__ import annotations

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.metadata
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -35,6 +37,9 @@ def test_run_runs_report(server_url: str, tmp_path: Path) -> None:
     assert again.exit_code == 0 and "0 requests done, 2 already stored" in again.output
     listed = _cli("runs", "--db", str(db))
     assert listed.returncode == 0 and "needle" in listed.stdout and "done" in listed.stdout
+    as_json = _cli("runs", "--db", str(db), "--json")
+    assert as_json.returncode == 0, as_json.stderr
+    assert [r["predictions"] for r in json.loads(as_json.stdout)["runs"]] == [2]
     out = tmp_path / "rep"
     rep = _cli("report", "--db", str(db), "--out", str(out))
     assert rep.returncode == 0, rep.stderr
@@ -75,7 +80,7 @@ def test_corpora_import_reports_every_problem_with_file_and_line(tmp_path: Path)
         "not json\n"
     )
     bad = _cli("corpora", "import", str(good))
-    assert bad.returncode == 1 and "Traceback" not in bad.stderr
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr  # bad input
     for line in (2, 3):  # each problem names its file and line
         assert f"questions.jsonl:{line}" in bad.stderr
     assert "d9" in bad.stderr
@@ -89,3 +94,118 @@ def test_recommend_without_evidence_says_so_and_exits_3(tmp_path: Path) -> None:
     res = _cli("recommend", "--workload", str(ROOT / "workloads" / "demo.toml"), "--db", str(db))
     assert res.returncode == 3, res.stdout + res.stderr
     assert "Traceback" not in res.stderr
+
+
+@pytest.mark.slow
+def test_run_json_and_fail_on_error(server_url: str, tmp_path: Path) -> None:
+    """A needle longer than the server's window is an error row (truncation = "error"): the run
+    still finishes (exit 0), unless --fail-on-error asks CI to fail on it (exit 1)."""
+    window = json.loads(subprocess.run(
+        ["curl", "-s", f"{server_url}/v1/models"], capture_output=True, text=True, timeout=30
+    ).stdout)["data"][0]["max_model_len"]
+    spec = tmp_path / "err.toml"
+    spec.write_text(f'[corpus]\nkind = "needle"\nlengths = [300, {window + 500}]\ndepths = [0.5]\n'
+                    '[[pipelines]]\nkind = "long_context"\n')
+    db = tmp_path / "err.duckdb"
+    args = ["run", "--spec", str(spec), "--base-url", server_url, "--db", str(db), "--json"]
+    first = _cli(*args, "--fail-on-error")
+    assert first.returncode == 1, first.stderr
+    data = json.loads(first.stdout)  # the summary is printed before the exit
+    assert (data["done"], data["errors"]) == (2, 1)
+    [pipe] = data["pipelines"]
+    assert (pipe["pipeline"], pipe["n"], pipe["errors"]) == ("long_context", 2, 1)
+    assert pipe["metrics"]["request_ok"] == 0.5 and "1 row(s)" in first.stderr
+    again = _cli(*args)  # resumed: nothing to do, and without the flag an error row is data
+    assert again.returncode == 0, again.stderr
+    assert (json.loads(again.stdout)["skipped"], json.loads(again.stdout)["errors"]) == (2, 0)
+
+
+def test_version_help_and_environment_variables(tmp_path: Path) -> None:
+    version = _cli("--version")
+    assert version.returncode == 0
+    assert version.stdout.startswith(f"ragvslc {importlib.metadata.version('ragvslc')}")
+    sha = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True)
+    if sha.returncode == 0:  # a checkout: the commit is named
+        assert f"(git {sha.stdout.strip()[:12]}" in version.stdout
+    from cli.data import corpora_app, models_app, video_app
+
+    assert not any(a.pretty_exceptions_show_locals for a in (app, models_app, corpora_app, video_app))
+    root_help = runner.invoke(app, ["--help"]).output
+    assert "RAGVSLC_HOME" in root_help and "OPENAI_API_KEY" in root_help and "130" in root_help
+    run_help = runner.invoke(app, ["run", "--help"], terminal_width=200).output
+    for var in ("RAGVSLC_DB", "RAGVSLC_DATA", "RAGVSLC_BASE_URL"):
+        assert var in run_help, var
+    assert "--fail-on-error" in run_help and "--json" in run_help
+    retrieval_help = runner.invoke(app, ["retrieval", "--help"], terminal_width=200).output
+    assert "--top-k" in retrieval_help and "--budget-tokens" in retrieval_help
+    assert "--k " not in retrieval_help and "--budget " not in retrieval_help  # hidden old names
+
+    # The variables are read: RAGVSLC_DB picks the database, RAGVSLC_HOME (or --home) the cache.
+    from compare.store import Store
+
+    db = tmp_path / "env.duckdb"
+    Store(db).close()
+    res = runner.invoke(app, ["runs", "--json"], env={"RAGVSLC_DB": str(db)})
+    assert res.exit_code == 0 and json.loads(res.stdout) == {"db": str(db), "runs": []}
+    for args, env in ((["--home", str(tmp_path)], {}), ([], {"RAGVSLC_HOME": str(tmp_path)})):
+        res = runner.invoke(app, [*args, "models", "list", "--json"], env=env)
+        assert res.exit_code == 0, res.output
+        assert not any(m["prepared"] for m in json.loads(res.stdout)["models"])  # empty cache
+
+
+def test_interrupt_exits_130() -> None:
+    import typer
+
+    from cli.common import interruptible
+
+    tiny = typer.Typer()
+
+    @tiny.command()
+    def work() -> None:
+        with interruptible():
+            raise KeyboardInterrupt
+
+    res = runner.invoke(tiny, [])
+    assert res.exit_code == 130 and "interrupted" in res.output
+
+
+@pytest.mark.slow
+def test_retrieval_top_k_and_its_old_name(tmp_path: Path) -> None:
+    """No server: the model's tokenizer builds a 300-token needle; --k still means --top-k."""
+    outs = []
+    for flag in ("--top-k", "--k"):
+        res = runner.invoke(app, ["retrieval", "--lengths", "300", flag, "1,3",
+                                  "--db", str(tmp_path / "r.duckdb"), "--json"])
+        assert res.exit_code == 0, res.output
+        outs.append(json.loads(res.stdout))
+    assert [r["k"] for r in outs[0]["rows"]] == [r["k"] for r in outs[1]["rows"]] == [1, 3]
+    assert [r["recall"] for r in outs[0]["rows"]] == [r["recall"] for r in outs[1]["rows"]]
+    assert outs[1]["rows"][0]["cache_hit"]  # the second time the index came from the cache
+    for row in outs[0]["rows"]:  # one length x the default 3 depths, each needle with evidence
+        assert 0.0 <= row["recall"] <= 1.0 and row["n_examples"] == 3
+
+
+def test_wheel_ships_the_data_read_at_run_time(tmp_path: Path) -> None:
+    """A non-editable install (`pip install .`) must hold prices/: the report's default price
+    sheet is read from beside the packages (compare/prices.py)."""
+    import shutil
+    import zipfile
+
+    from compare.prices import DEFAULT_SHEET
+
+    src = tmp_path / "src"  # a copy: building in the checkout would leave build/ behind
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md", "main.py"):
+        shutil.copy(ROOT / name, src / name)
+    for folder in ("cli", "compare", "pipelines", "corpora", "prices"):
+        shutil.copytree(ROOT / folder, src / folder, ignore=shutil.ignore_patterns("__pycache__"))
+    built = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
+         str(tmp_path / "dist"), str(src)], capture_output=True, text=True, timeout=300,
+    )
+    assert built.returncode == 0, built.stderr
+    [wheel] = (tmp_path / "dist").glob("ragvslc-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    assert DEFAULT_SHEET.relative_to(ROOT).as_posix() in names
+    assert {f"prices/{p.name}" for p in (ROOT / "prices").glob("*.toml")} <= names
+    assert {"main.py", "cli/results.py", "compare/export.py"} <= names

@@ -150,10 +150,12 @@ def test_cold_warm_counts_latency_and_failed_request_left_out(con: duckdb.DuckDB
     rows = _rows(con, RUN)
     lc, rag = rows[(LC_LABEL, "api")], rows[(RAG_LABEL, "api")]
     assert (lc["n"], lc["docs"], lc["cold"], lc["warm"], lc["warm_basis"]) == (6, 2, 2, 4, "measured")
+    assert (lc["failed"], lc["unpriced"]) == (1, 1)  # the timeout reported no usage: spend unknown
     assert (rag["n"], rag["cold"], rag["warm"], rag["warm_basis"]) == (6, 6, 0, "n/a")
     assert (lc["cold_total_p50_ms"], lc["warm_total_p50_ms"]) == (pytest.approx(3000), pytest.approx(1200))
     assert rag["cold_total_p50_ms"] == pytest.approx(1550) and rag["warm_total_p50_ms"] is None
-    assert lc["caveats"] == "" and rows[(LC_LABEL, "self_hosted")]["caveats"] == ""  # calibrated, conc. 1
+    unknown = "1 requests with no usage reported: left out of the means (spend unknown)"
+    assert lc["caveats"] == rows[(LC_LABEL, "self_hosted")]["caveats"] == unknown  # calibrated, conc. 1
 
 
 def test_api_view_by_hand(con: duckdb.DuckDBPyConnection) -> None:
@@ -316,7 +318,7 @@ def test_cost_report_rows_columns_and_errors(db: Path) -> None:
     rows = cost_report(db, [RUN], PRICES / "example-api.toml", [1, 10, 100])
     assert [(r["label"], r["view"]) for r in rows] == [(LC_LABEL, "api"), (RAG_LABEL, "api")]
     cols = cost_columns([1, 10, 100])
-    assert all(c in rows[0] for c in cols) and cols[8:11] == ["usd_per_query_q1", "usd_per_query_q10",
+    assert all(c in rows[0] for c in cols) and cols[9:12] == ["usd_per_query_q1", "usd_per_query_q10",
                                                                 "usd_per_query_q100"]
     assert rows[0]["price_sheet"] == "example-api (illustrative) @ 2026-11-23"
     assert len(cost_report(db, None, PRICES / "cpu-2core.toml", [5])) == 2 + 4  # both runs, self-hosted only

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from compare.cpu import CpuInfo, bind_spec, choose_dtype, cpu_env, engine_cores, parse_cpuinfo
@@ -103,3 +105,24 @@ def test_report_knobs_show_the_cpu_dtype_threads_and_probe() -> None:
     # replicas: the first server's CPU facts; an external server: only what was measured
     assert speed_line({"servers": [server], "probe": server["probe"]}).startswith("CPU AMD EPYC 7B12")
     assert speed_line({"managed": False}) == "–"
+
+
+def test_git_sha_is_ragvslcs_own_commit_not_the_current_directorys(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import subprocess
+
+    from compare.store import CHECKOUT, git_sha
+
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    subprocess.run(["git", "-C", str(tmp_path), "-c", "user.email=u@x", "-c", "user.name=u", "commit", "-q",
+                    "--allow-empty", "-m", "user's project"], check=True)
+    user_head = subprocess.run(["git", "-C", str(tmp_path), "rev-parse", "HEAD"], capture_output=True,
+                               text=True, check=True).stdout.strip()
+    monkeypatch.chdir(tmp_path)  # the user runs ragvslc from inside their own repository
+    ours = subprocess.run(["git", "-C", str(CHECKOUT), "rev-parse", "HEAD"], capture_output=True, text=True)
+    assert git_sha() != user_head
+    assert git_sha() == (ours.stdout.strip() or None)
+    # a copy of the code inside someone else's checkout has no commit of its own
+    (tmp_path / "vendored").mkdir()
+    assert git_sha(tmp_path / "vendored") is None

@@ -145,21 +145,23 @@ def test_break_even_marks_are_cost_break_even(con: duckdb.DuckDBPyConnection) ->
     for m in got:  # the marker sits where both curves meet
         at_a, at_b = (dashboard.usd_at(table[(m[k], m["view"])], m["break_even_q"]) for k in ("a", "b"))
         assert m["usd_per_query"] == pytest.approx(at_a) == pytest.approx(at_b)
-    # By hand (one-time / marginal per doc, see dashboard_fixture): api long_context 1725e-6 / 415e-6,
-    # rag 20e-6 / 475e-6, 675e-6, 1275e-6; self-hosted long_context 1.7e-3 / 0.8e-3, rag 0.2e-3 /
-    # 1.35e-3, 1.45e-3, 1.75e-3. q* = (one-time difference) / (marginal difference), per rag config.
+    # By hand (one-time / marginal per doc, see dashboard_fixture): api long_context 2175e-6 /
+    # 733.75e-6, rag 20e-6 / 475e-6, 675e-6, 1275e-6; self-hosted long_context 2.2e-3 / 1.1e-3, rag
+    # 0.2e-3 / 1.35e-3, 1.45e-3, 1.75e-3. q* = (one-time difference) / (marginal difference): in the
+    # api view rag k=2 and k=4 cs=200 have the smaller marginal too (no crossing), k=4 cs=400 crosses.
     rags = [RAG_LABELS[k] for k in ("k2", "k4", "k4big")]
-    for view, want in (
-        ("api", [1705 / 60, 1705 / 260, 1705 / 860]),
-        ("self_hosted", [1.5 / 0.55, 1.5 / 0.65, 1.5 / 0.95]),
+    for view, pairs, want in (
+        ("api", rags[2:], [2155 / 541.25]),
+        ("self_hosted", rags, [2.0 / 0.25, 2.0 / 0.35, 2.0 / 0.65]),
     ):
         marks = data.marks[data.marks["view"] == view]
-        assert list(zip(marks["a"], marks["b"], strict=True)) == [(LC_LABEL, r) for r in rags]
+        assert list(zip(marks["a"], marks["b"], strict=True)) == [(LC_LABEL, r) for r in pairs]
         assert marks["break_even_q"].tolist() == pytest.approx(want)
     for text in (
-        "api: rag k=2 cs=200 relevance cheaper below q=28.4 queries/doc, long_context above",
-        "api: rag k=4 cs=400 relevance cheaper below q=1.98 queries/doc, long_context above",
-        "self-hosted: rag k=4 cs=400 relevance cheaper below q=1.58 queries/doc, long_context above",
+        "api: rag k=2 cs=200 relevance cheaper than long_context at every q >= 1",
+        "api: rag k=4 cs=400 relevance cheaper below q=3.98 queries/doc, long_context above",
+        "self-hosted: rag k=2 cs=200 relevance cheaper below q=8 queries/doc, long_context above",
+        "self-hosted: rag k=4 cs=400 relevance cheaper below q=3.08 queries/doc, long_context above",
     ):
         assert text in data.verdicts, text
     assert all("long_context" in v for v in data.verdicts)  # rag-vs-rag pairs stay in the table only
@@ -185,20 +187,20 @@ def test_quality_cost_frontier(con: duckdb.DuckDBPyConnection) -> None:
     rows = summary.pipeline_summary(con, [RUN_A])
     pts = dashboard.frontier(rows, _cost(con), 10, "contains")
     api = pts[pts["view"] == "api"].set_index("label")
-    # cheapest first at q=10: rag k=2 477e-6 (0.6), long_context 587.5e-6 (1.0), rag k=4 cs=200
-    # 677e-6 (0.8), rag k=4 cs=400 1277e-6 (0.6); long context is cheaper and better than both k=4
-    assert list(api.index) == [RAG_LABELS["k2"], LC_LABEL, RAG_LABELS["k4"], RAG_LABELS["k4big"]]
+    # cheapest first at q=10: rag k=2 477e-6 (0.6), rag k=4 cs=200 677e-6 (0.8), long_context
+    # 733.75e-6 + 217.5e-6 = 951.25e-6 (1.0), rag k=4 cs=400 1277e-6 (0.6): only the last is dominated
+    assert list(api.index) == [RAG_LABELS["k2"], RAG_LABELS["k4"], LC_LABEL, RAG_LABELS["k4big"]]
     assert api["on_frontier"].to_dict() == {
         RAG_LABELS["k2"]: True,
         LC_LABEL: True,
-        RAG_LABELS["k4"]: False,
+        RAG_LABELS["k4"]: True,
         RAG_LABELS["k4big"]: False,
     }
-    assert api.loc[LC_LABEL, "usd_per_query"] == pytest.approx(415e-6 + 1725e-6 / 10)
+    assert api.loc[LC_LABEL, "usd_per_query"] == pytest.approx(733.75e-6 + 2175e-6 / 10)
     assert api.loc[RAG_LABELS["k2"], "usd_per_query"] == pytest.approx(475e-6 + 20e-6 / 10)
-    assert api["quality"].tolist() == pytest.approx([0.6, 1.0, 0.8, 0.6])
+    assert api["quality"].tolist() == pytest.approx([0.6, 0.8, 1.0, 0.6])
     # Two runs: run-b's long context (one cheap warm question in two) beats every run-a config, but
-    # within run-a the same two stay on its own frontier (what the chart shows when run-a is picked).
+    # within run-a the same three stay on its own frontier (what the chart shows when run-a is picked).
     both = summary.pipeline_summary(con, [RUN_A, RUN_B])
     pts = dashboard.frontier(both, _cost(con, [RUN_A, RUN_B]), 10, "contains")
     api = pts[pts["view"] == "api"].set_index("label")
@@ -207,6 +209,7 @@ def test_quality_cost_frontier(con: duckdb.DuckDBPyConnection) -> None:
         "long_context @run-b",
         f"{LC_LABEL} @run-a",
         f"{RAG_LABELS['k2']} @run-a",
+        f"{RAG_LABELS['k4']} @run-a",
     }
 
 
@@ -266,7 +269,7 @@ def test_report_has_every_chart_images_and_tables(db: Path, tmp_path: Path, shee
         "hand-made for tests",
         "TTFT p99 ms",
         "E2E incl. retrieval p95 ms",
-        "crosses at q=1.98",  # api: long_context vs rag k=4 cs=400
+        "crosses at q=3.98",  # api: long_context vs rag k=4 cs=400
         "--enable-prefix-caching",
         "$/query q=100",
         "on frontier",
@@ -276,7 +279,7 @@ def test_report_has_every_chart_images_and_tables(db: Path, tmp_path: Path, shee
         assert text in page, text
     assert 'id="run-picker"' not in page  # one run: no selector
     svg = files.svg["cost_vs_queries"].read_text()
-    assert "q*=1.98" in svg and "self-hosted" in svg and "API-equivalent" in svg
+    assert "q*=3.98" in svg and "self-hosted" in svg and "API-equivalent" in svg
 
 
 def test_price_sheet_default_then_stored(db: Path, tmp_path: Path) -> None:

@@ -66,3 +66,54 @@ def test_run_id_is_stable_and_ignores_server_location(tmp_path: Path) -> None:
     spec = load_spec(f)
     assert spec.concurrency == 2 and spec.corpus.lengths == [500]
     assert spec.pipelines[0].kind == "long_context"
+
+
+# metric defects (issue 14, item 6): each value below is worked out by hand ----------------------
+def _ex(*answers: str, **tags: str | float) -> Example:
+    return Example("e", ("d",), "q", answers, (), tags)
+
+
+def test_exact_match_never_credits_an_empty_reply() -> None:
+    em = METRICS["exact_match"]
+    # "A" and "The" are all article: SQuAD normalisation leaves "", so "" == "" used to score 1.
+    for gold in ("A", "The"):
+        assert em(_ex(gold), _pred("")) == 0.0, gold
+        assert em(_ex(gold), _pred(f"{gold}.")) == 1.0, gold  # compared by case and punctuation only
+        assert em(_ex(gold), _pred("B")) == 0.0, gold
+    assert em(_ex("..."), _pred("")) is None  # a gold with no characters to compare: not applicable
+
+
+def test_decimal_point_is_kept() -> None:
+    em, f1 = METRICS["exact_match"], METRICS["token_f1"]
+    assert normalize("3.5") == "3.5" and normalize("35") == "35"
+    assert em(_ex("3.5"), _pred("35")) == 0.0
+    assert em(_ex("3.5"), _pred("3.5.")) == 1.0  # the full stop after the number still goes
+    assert f1(_ex("3.5 kg"), _pred("35 kg")) == 0.5  # 1 of 2 tokens in common: p = r = 1/2
+    assert normalize("1,000 francs") == "1000 francs"  # thousands separators still go
+
+
+def test_unicode_quotes_and_dashes_are_punctuation() -> None:
+    assert normalize("“Cosette”") == "cosette"
+    assert normalize("don’t") == normalize("don't") == "dont"
+    assert normalize("Paris—the capital") == "paris capital"  # an em dash separates words
+    assert normalize("1990–1995") == "1990 1995"
+    assert METRICS["exact_match"](_ex("Cosette"), _pred("“Cosette.”")) == 1.0
+    assert METRICS["contains"](_ex("Valjean"), _pred("It was ‘Valjean’…")) == 1.0
+
+
+def test_choice_text_fallback_matches_whole_words_only() -> None:
+    choices = '{"A": "10", "B": "20", "C": "30", "D": "40"}'
+    ex = _ex("A", answer_format="letter", choices=choices)
+    acc = METRICS["choice_accuracy"]
+    assert acc(ex, _pred("There are 100 of them")) == 0.0  # "10" is inside "100", not said
+    assert acc(ex, _pred("There are 10 of them")) == 1.0
+
+
+def test_contains_all_ignores_golds_without_content() -> None:
+    f = METRICS["contains_all"]
+    ex = _ex("4827163", "The", answer_format="all")
+    # "The" normalises to "": it cannot be looked for in a reply, so only 4827163 counts.
+    assert f(ex, _pred("")) == 0.0
+    assert f(ex, _pred("4827163")) == 1.0
+    assert f(_ex("The", "a", answer_format="all"), _pred("")) is None
+    assert METRICS["contains"](_ex("The"), _pred("")) is None

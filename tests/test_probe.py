@@ -139,4 +139,7 @@ async def test_a_run_prints_its_estimate_first_and_heartbeats_in_logs(
     estimate_at = next(i for i, s in enumerate(said) if s.startswith("estimate: 1 requests"))
     beats = [i for i, s in enumerate(said) if s.startswith("[1/1] long_context needle-")]
     assert probe_at < estimate_at < beats[0]  # the estimate comes before any wait
-    assert json.loads(server[0])["probe"]["prompt_tokens"] > 300
+    recorded = json.loads(server[0])
+    assert recorded["probe"]["prompt_tokens"] > 300
+    assert {"ragvslc", "torch", "transformers", "sentence-transformers", "faiss-cpu",
+            "llama-index-core"} <= recorded["packages"].keys()

@@ -126,16 +126,26 @@ def test_more_questions_per_document_moves_the_choice_to_long_context(real_db: A
 
 
 @pytest.mark.slow
-def test_a_tighter_latency_target_moves_the_choice_to_the_faster_strategy(real_db: Any) -> None:
+def test_a_tighter_latency_target_moves_the_choice_to_the_faster_strategy(
+    real_db: Any, tmp_path: Path
+) -> None:
     db, ids = real_db
     runs = [ids["A"], ids["B"]]
-    loose = recommend(db, workload(questions_per_doc=10), runs)
+    # A provider that bills no cached tokens: at 10 questions per document long context then pays
+    # ~1/10 of a cold prompt per question plus the question's own ~60 computed tokens, below RAG's
+    # ~270-token prompt. (At $0.10 per cached 1M, its ~1200 cached tokens make it dearer than RAG
+    # until ~20 questions per document.)
+    sheet = tmp_path / "free-cache.toml"
+    sheet.write_text((ROOT / "prices" / "example-api.toml").read_text().replace(
+        "cached_input_usd_per_mtok = 0.10", "cached_input_usd_per_mtok = 0.0", 1))
+    loose = recommend(db, workload(questions_per_doc=10, price_sheet=sheet), runs)
     assert loose.rows[0]["kind"] == "long_context"  # cheaper at 10 questions per document
     lc, rag = by_kind(loose)["long_context"], by_kind(loose)["rag"]
     # 1 request in 10 is cold, so long context's p95 TTFT is a cold prefill of the whole document.
     assert lc["p95_ms"] > rag["p95_ms"]
     target = (lc["p95_ms"] + rag["p95_ms"]) / 2
-    tight = recommend(db, workload(questions_per_doc=10, latency={"metric": "ttft", "p95_ms": target}), runs)
+    tight = recommend(db, workload(questions_per_doc=10, latency={"metric": "ttft", "p95_ms": target},
+                                   price_sheet=sheet), runs)
     assert tight.rows[0]["kind"] == "rag" and tight.winner == rag["strategy"]
     assert not by_kind(tight)["long_context"]["meets_target"]
     assert any("over the target" in r for r in tight.reasons)

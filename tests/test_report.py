@@ -82,7 +82,8 @@ def test_pipeline_summary_numbers(db: Path) -> None:
     lc, rag = rows["long_context"], rows["rag k=4 cs=200 relevance"]
     assert (lc["n"], lc["errors"], rag["n"], rag["errors"]) == (6, 0, 6, 1)
     assert lc["contains"] == pytest.approx(1.0)
-    assert rag["contains"] == pytest.approx(2 / 5)  # hits at depth 0.1 of both lengths; error not scored
+    # hits at depth 0.1 of both lengths; the failed request scores 0 over the 6 asked (issue #14)
+    assert rag["contains"] == pytest.approx(2 / 6) and (rag["asked"], rag["answered"]) == (6, 5)
     assert rag["request_ok"] == pytest.approx(5 / 6)
     # rag TTFTs of the 5 successes: 200, 600, 1000, 200, 600 ms -> median 600, p95 interpolated
     assert rag["ttft_p50_ms"] == pytest.approx(600)
@@ -92,6 +93,9 @@ def test_pipeline_summary_numbers(db: Path) -> None:
     lc_ttfts = sorted(t * d * 10_000 / 1000 for t in LENGTHS for d in DEPTHS)
     assert lc["ttft_p50_ms"] == pytest.approx((lc_ttfts[2] + lc_ttfts[3]) / 2)
     assert lc["cached_tokens_mean"] == pytest.approx(sum((t + 30) // 2 for t in LENGTHS) / 2)
+    with duckdb.connect(str(db), read_only=True) as con:
+        answered = {r["label"]: r for r in summary.pipeline_summary(con, None, answered_only=True)}
+    assert answered["rag k=4 cs=200 relevance"]["contains"] == pytest.approx(2 / 5)  # the named second view
 
 
 def test_by_length_and_grid(db: Path) -> None:
@@ -101,7 +105,7 @@ def test_by_length_and_grid(db: Path) -> None:
     rag = df[df["pipeline"] == "rag"].set_index("length")
     assert list(rag.index) == [1000.0, 4000.0]
     assert rag.loc[1000.0, "contains"] == pytest.approx(1 / 3)
-    assert rag.loc[4000.0, "contains"] == pytest.approx(1 / 2)
+    assert rag.loc[4000.0, "contains"] == pytest.approx(1 / 3)  # 1 hit of 3 asked, the failed one scores 0
     assert (rag.loc[4000.0, "n"], rag.loc[4000.0, "errors"]) == (3, 1)
     assert rag.loc[4000.0, "doc_tokens"] == pytest.approx(4007)  # the measured tag, not the target
     assert len(grid) == 2 * len(LENGTHS) * len(DEPTHS)

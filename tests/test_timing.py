@@ -12,12 +12,16 @@ import pytest
 
 from compare.backend import (
     Backend,
+    BackendError,
     EmptyStreamError,
+    MissingUsageError,
     StreamChunk,
+    TruncatedStreamError,
     collect_stream,
     metric_deltas,
     parse_metrics,
 )
+from compare.types import Document, Example
 
 DELAYS = (0.30, 0.05, 0.10, 0.05)  # before each token chunk
 TOKENS = ("The", " answer", " is", " 42")
@@ -49,6 +53,14 @@ class _Scripted(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        if self.path == "/tokenize":  # a pipeline measures its prompt before it streams
+            body = json.dumps({"count": 12, "max_model_len": 4096}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+            return
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream")
         self.end_headers()
@@ -61,6 +73,15 @@ class _Scripted(BaseHTTPRequestHandler):
                 self.wfile.flush()
             self.wfile.write(_chunk("", "stop"))
             self.wfile.write(_usage(120, 96, len(TOKENS)))
+        elif self.script == "cut":  # two tokens, then the connection closes: no finish, no [DONE]
+            for tok in TOKENS[:2]:
+                self.wfile.write(_chunk(tok))
+            self.wfile.flush()
+            return
+        elif self.script == "no_usage":  # a complete answer, but the server sends no usage chunk
+            for tok in TOKENS:
+                self.wfile.write(_chunk(tok))
+            self.wfile.write(_chunk("", "stop"))
         else:
             self.wfile.write(_chunk("", "length"))
         self.wfile.write(b"data: [DONE]\n\n")
@@ -112,8 +133,52 @@ def test_collect_stream_pure() -> None:
     assert c.e2e_s == pytest.approx(1.0)  # ends at the last token chunk, not the usage chunk
     assert c.itl_s == pytest.approx((0.2, 0.3))
     assert c.cached_tokens is None
-    single = collect_stream(0.0, [(0.4, StreamChunk("x"))])
+    single = collect_stream(0.0, [(0.4, StreamChunk("x", finish_reason="length")),
+                                  (0.5, StreamChunk("", prompt_tokens=5, cached_tokens=0, output_tokens=1))])
     assert single.tpot_s is None and single.output_tokens == 1
+
+
+# stream hygiene (issue 14, item 9) ----------------------------------------------------------------
+USAGE = StreamChunk("", prompt_tokens=10, cached_tokens=0, output_tokens=2)
+
+
+def test_a_stream_cut_before_its_finish_reason_is_a_failure() -> None:
+    cut = [(1.0, StreamChunk("The")), (1.2, StreamChunk(" answer")), (1.3, USAGE)]
+    with pytest.raises(TruncatedStreamError, match="without a finish reason"):
+        collect_stream(0.0, cut)
+    done = collect_stream(0.0, [*cut[:2], (1.25, StreamChunk("", finish_reason="stop")), (1.3, USAGE)])
+    assert done.text == "The answer" and done.finish_reason == "stop"
+
+
+def test_a_stream_without_usage_is_never_priced() -> None:
+    chunks = [(1.0, StreamChunk("The")), (1.2, StreamChunk(" answer", finish_reason="stop"))]
+    with pytest.raises(MissingUsageError, match="usage"):
+        collect_stream(0.0, chunks)
+    assert issubclass(MissingUsageError, BackendError) and issubclass(TruncatedStreamError, BackendError)
+
+
+async def test_scripted_cut_and_usage_less_streams_fail(scripted: tuple[str, type[_Scripted]]) -> None:
+    url, handler = scripted
+    async with Backend(url, "m") as b:
+        handler.script = "cut"
+        with pytest.raises(TruncatedStreamError):
+            await b.complete([{"role": "user", "content": "q"}], max_tokens=8)
+        handler.script = "no_usage"
+        with pytest.raises(MissingUsageError):
+            await b.complete([{"role": "user", "content": "q"}], max_tokens=8)
+
+
+async def test_a_cut_stream_becomes_an_error_row(scripted: tuple[str, type[_Scripted]]) -> None:
+    """Through a real pipeline: the failure is a row with its error, not a half answer."""
+    from pipelines.long_context import LongContextPipeline
+
+    url, handler = scripted
+    handler.script = "cut"
+    async with Backend(url, "m") as b:
+        pipe = LongContextPipeline()
+        await pipe.prepare({"d": Document("d", "The answer is 42.")}, b)
+        pred = await pipe.answer(Example("e", ("d",), "q?", ("42",)), b)
+    assert not pred.ok and pred.completion is None and "finish reason" in str(pred.error)
 
 
 def test_parse_metrics_sums_labels_and_strips_total() -> None:

@@ -1,0 +1,281 @@
+"""Scene-text OCR of video frames: PP-OCRv4 text detection + recognition (rapidocr-onnxruntime).
+
+Why not tesseract: it is a page OCR. On colour bars, film or a caption band over a busy frame
+it finds nothing or fragments (issue #19: `ET WO` for a legible `SECRET WORD PELICAN`). PP-OCR's
+detector finds text boxes on any background and its recogniser reads each box; the ONNX models
+ship inside the rapidocr-onnxruntime wheel (offline) and run on onnxruntime's CPU build.
+
+Spaces: the recogniser (a Chinese + English model) often glues English words together
+(`SECRETWORDPELICAN`). Boxes on one line are joined with a space, and inside a box the glued
+runs are split where two signals agree: the recogniser's character positions (its CTC columns)
+leave more room between two characters than their glyphs need (expected distance between two
+character centres = the mean of their advance widths in DejaVu Sans, scaled by the box's median
+ratio of measured to expected, so it does not depend on the text's size), and the split is a
+likely one under wordninja's English word frequencies. No library does this for rapidocr: its
+`return_word_box` groups characters on a fixed column gap, which splits every letter of large
+text and none of small text, and wordninja alone splits `lighthouse` as readily as `secretword`.
+
+Batching: detection runs per frame (one image per ONNX call); the crops of a whole batch of
+frames go through the recogniser together, in width-sorted batches of `rec_batch_num`.
+Detection sees the frame at its own size up to `det_side` pixels on its longer side (the
+library's default instead upscales a 640x360 frame to 1308x736: 10x slower here, and no better).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import importlib.metadata
+import itertools
+import math
+import statistics
+import string
+import time
+from collections.abc import MutableMapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from corpora.ocr import OcrError
+
+Image = NDArray[np.uint8]  # BGR (h, w, 3) or gray (h, w)
+THREADS = 1  # one core per ONNX session: the machine is shared with a CPU vLLM
+# DejaVu Sans advance widths (1/100 em) of '!'..'~'; characters outside get AVG_WIDTH.
+_ADVANCE = dict(zip(
+    "".join(chr(c) for c in range(33, 127)),
+    (40, 46, 84, 64, 95, 78, 27, 39, 39, 50, 84, 32, 36, 32, 34, 64, 64, 64, 64, 64, 64, 64, 64, 64, 64, 34,
+     34, 84, 84, 84, 53, 100, 68, 69, 70, 77, 63, 58, 77, 75, 29, 29, 66, 56, 86, 75, 79, 60, 79, 69, 63, 61,
+     73, 68, 99, 69, 61, 69, 39, 34, 39, 84, 50, 50, 61, 63, 55, 63, 62, 35, 63, 63, 28, 28, 58, 28, 97, 63,
+     61, 63, 63, 41, 52, 39, 63, 59, 82, 59, 59, 52, 64, 34, 64, 84),
+    strict=True,
+))
+POSTPROCESS = 1  # version of the line and space rules below: recorded, so part of cache keys
+SPACE_WIDTH = 32
+AVG_WIDTH = 60
+# Where the recogniser dropped spaces, a run of characters is split by `segment`: word costs plus
+# GAP_WEIGHT x (gap evidence - SPACE_SHARE) per cut. Measured on 75 lines drawn in 5 fonts at
+# 16-40 px over testsrc: 69/75 read word for word (69/75 letter for letter; the other 6 are
+# misread letters), against 40/75 with the recogniser's own spaces and 56/75 with gaps alone.
+SPACE_SHARE = 0.45
+GAP_WEIGHT = 12.0  # cost per space of gap evidence, against word costs of 2.5 ("the") to 14 (rare)
+NUMBER_COST = 6.0  # a run of digits is one token ("2024", not "20 24")
+UNKNOWN_COST = 4.0  # + 2 per character: a word the model does not know (a name, a misread)
+MAX_WORD = 24
+PAD = 16
+_PUNCT = string.punctuation
+
+
+def _package_dir() -> Path:
+    import rapidocr_onnxruntime
+
+    return Path(rapidocr_onnxruntime.__file__).parent
+
+
+@functools.lru_cache(maxsize=1)
+def rapidocr_description() -> dict[str, object]:
+    """Engine, versions and the model files (with their sha256): recorded with every timeline."""
+    try:
+        version = importlib.metadata.version("rapidocr-onnxruntime")
+    except importlib.metadata.PackageNotFoundError as exc:
+        raise OcrError("rapidocr-onnxruntime is not installed (pip install rapidocr-onnxruntime)") from exc
+    models = {}
+    for path in sorted((_package_dir() / "models").glob("*.onnx")):
+        if "_cls_" in path.name:
+            continue  # the angle classifier is not used (video text is upright)
+        models[path.name] = "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+    return {
+        "engine": f"rapidocr-onnxruntime {version} (onnxruntime {importlib.metadata.version('onnxruntime')}, "
+                  f"ragvslc lines+spaces {POSTPROCESS})",
+        "models": models,
+    }
+
+
+@functools.lru_cache(maxsize=2)
+def _engine(det_side: int) -> Any:
+    try:
+        from rapidocr_onnxruntime import RapidOCR
+    except ImportError as exc:
+        raise OcrError("rapidocr-onnxruntime is not installed (pip install rapidocr-onnxruntime)") from exc
+    return RapidOCR(
+        det_limit_type="max", det_limit_side_len=det_side, det_intra_op_num_threads=THREADS,
+        rec_intra_op_num_threads=THREADS, cls_intra_op_num_threads=THREADS,
+        det_inter_op_num_threads=1, rec_inter_op_num_threads=1, cls_inter_op_num_threads=1,
+    )
+
+
+def _width(ch: str) -> int:
+    return _ADVANCE.get(ch, AVG_WIDTH)
+
+
+def gap_evidence(chars: Sequence[str], cols: Sequence[int]) -> list[float]:
+    """Per gap between characters j and j+1: the room beyond what the two glyphs need, in spaces
+    (about 1 at a word gap, about 0 inside a word; CTC columns make it +-0.6 noisy)."""
+    pairs = [
+        (cols[j + 1] - cols[j]) / ((_width(chars[j]) + _width(chars[j + 1])) / 2)
+        for j in range(len(chars) - 1) if chars[j] != " " and chars[j + 1] != " "
+    ]
+    if len(pairs) < 3:
+        return [0.0] * max(len(chars) - 1, 0)
+    scale = statistics.median(pairs)  # columns per 1/100 em
+    return [
+        (cols[j + 1] - cols[j] - scale * (_width(chars[j]) + _width(chars[j + 1])) / 2)
+        / (scale * SPACE_WIDTH)
+        for j in range(len(chars) - 1)
+    ]
+
+
+def _word_cost(token: str) -> float:
+    """-log P(token) under wordninja's Zipf model of English Wikipedia unigrams."""
+    costs = _wordcosts()
+    low = token.lower()
+    if low in costs:
+        return costs[low]
+    if low.isdigit():
+        return NUMBER_COST
+    core = low.strip(_PUNCT)
+    if core and core != low and (core in costs or core.isdigit()):
+        return costs.get(core, NUMBER_COST) + len(low) - len(core)
+    return UNKNOWN_COST + 2.0 * len(token)
+
+
+@functools.lru_cache(maxsize=1)
+def _wordcosts() -> dict[str, float]:
+    import wordninja
+
+    return wordninja.DEFAULT_LANGUAGE_MODEL._wordcost  # type: ignore[no-any-return]
+
+
+def segment(run: str, evidence: Sequence[float]) -> str:
+    """A glued run of characters split into words: the cheapest split under word frequencies
+    (wordninja's model) plus what the gaps say (`GAP_WEIGHT` per space of evidence for or against
+    a cut). Neither alone is enough: the gaps are coarse (1 CTC column is a third of a space) and
+    word frequencies split `lighthouse` as happily as `secretword`; together they agree."""
+    n = len(run)
+    if n < 2:
+        return run
+    best = [0.0] + [math.inf] * n
+    back = [0] * (n + 1)
+    for i in range(1, n + 1):
+        for k in range(1, min(i, MAX_WORD) + 1):
+            start = i - k
+            cut = GAP_WEIGHT * (SPACE_SHARE - evidence[start - 1]) if start > 0 else 0.0
+            c = best[start] + cut + _word_cost(run[start:i])
+            if c < best[i]:
+                best[i], back[i] = c, start
+    words: list[str] = []
+    i = n
+    while i > 0:
+        words.append(run[back[i]:i])
+        i = back[i]
+    return " ".join(reversed(words))
+
+
+def spaced(chars: Sequence[str], cols: Sequence[int]) -> str:
+    """The recognised characters with the spaces the recogniser dropped put back."""
+    evidence = gap_evidence(chars, cols)
+    out, run, run_ev = [], "", []  # type: ignore[var-annotated]
+    for j, ch in enumerate(chars):
+        if ch == " ":
+            out.append(segment(run, run_ev))
+            run, run_ev = "", []
+            continue
+        if run:
+            run_ev.append(evidence[j - 1])
+        run += ch
+    out.append(segment(run, run_ev))
+    return " ".join(w for w in out if w)
+
+
+def _is_cjk(ch: str) -> bool:
+    return "\u2e80" <= ch <= "\u9fff" or "\uac00" <= ch <= "\ud7af" or "\uf900" <= ch <= "\ufaff"
+
+
+def _lines(boxes: Sequence[NDArray[np.float32]], texts: Sequence[str]) -> list[str]:
+    """Boxes on one row (overlapping in height by half the smaller one) and close enough side by
+    side (a gap under 1.5 line heights) as one line each, rows top to bottom."""
+    items = [(float(b[:, 1].min()), float(b[:, 1].max()), float(b[:, 0].min()), float(b[:, 0].max()), t)
+             for b, t in zip(boxes, texts, strict=True)]
+    rows: list[list[tuple[float, float, float, float, str]]] = []
+    for it in sorted(items, key=lambda i: (i[0] + i[1]) / 2):
+        for row in rows:
+            top, bottom = min(r[0] for r in row), max(r[1] for r in row)
+            if min(bottom, it[1]) - max(top, it[0]) >= 0.5 * min(bottom - top, it[1] - it[0]):
+                row.append(it)
+                break
+        else:
+            rows.append([it])
+    out = []
+    for row in rows:
+        row.sort(key=lambda r: r[2])
+        words = [row[0][4]]
+        for prev, it in itertools.pairwise(row):
+            if it[2] - prev[3] < 1.5 * min(it[1] - it[0], prev[1] - prev[0]):
+                words.append(it[4])
+            else:
+                out.append(" ".join(words))
+                words = [it[4]]
+        out.append(" ".join(words))
+    return out
+
+
+def _keep(text: str, lang: str) -> str:
+    """A box's text without other scripts' look-alikes (stripes read as CJK by the ch+en model)."""
+    if lang == "eng":
+        text = "".join(ch for ch in text if not _is_cjk(ch))
+    return " ".join(text.split())
+
+
+def scene_ocr_frames(
+    frames: Sequence[Image],
+    *,
+    min_score: float = 0.6,
+    det_side: int = 960,
+    lang: str = "eng",
+    timings: MutableMapping[str, float] | None = None,
+) -> list[list[str]]:
+    """The text lines of each frame, top to bottom (an empty list when nothing legible).
+
+    A box is kept when the recogniser's mean character confidence is at least `min_score`; a
+    line needs two letters or digits (a lone glyph on a busy frame is noise, as with tesseract).
+    """
+    if not frames:
+        return []
+    import cv2
+
+    eng = _engine(det_side)
+    t0 = time.perf_counter()
+    crops: list[Image] = []
+    owners: list[tuple[int, NDArray[np.float32]]] = []
+    for i, frame in enumerate(frames):
+        rgb = np.repeat(frame[:, :, None], 3, axis=2) if frame.ndim == 2 else frame
+        # text touching the frame's edge (drawtext's default x=0:y=0) is misread unless it has
+        # room around it. On 19 frames with a needle in the top-left corner, read whole: 7 as
+        # they are, 18 with a 16 px black border, 13 with the edge repeated, 17 with 32 px black.
+        img = cv2.copyMakeBorder(np.ascontiguousarray(rgb), PAD, PAD, PAD, PAD, cv2.BORDER_CONSTANT,
+                                 value=(0, 0, 0))
+        boxes, _ = eng.text_det(img)
+        if boxes is None or len(boxes) == 0:
+            continue
+        boxes = eng.sorted_boxes(boxes)
+        crops += eng.get_crop_img_list(img, boxes)
+        owners += [(i, np.asarray(b, dtype=np.float32)) for b in boxes]
+    t1 = time.perf_counter()
+    recognised, _ = eng.text_rec(crops, True) if crops else ([], 0.0)
+    t2 = time.perf_counter()
+    if timings is not None:
+        timings["ocr_det_s"] = timings.get("ocr_det_s", 0.0) + t1 - t0
+        timings["ocr_rec_s"] = timings.get("ocr_rec_s", 0.0) + t2 - t1
+        timings["ocr_boxes"] = timings.get("ocr_boxes", 0.0) + len(crops)
+    per_frame: list[tuple[list[NDArray[np.float32]], list[str]]] = [([], []) for _ in frames]
+    for (i, box), (text, score, info) in zip(owners, recognised, strict=True):
+        if not text or float(score) < min_score:
+            continue
+        chars = [c for word in info[1] for c in word]
+        cols = [c for word in info[2] for c in word]
+        kept = _keep(spaced(chars, cols) if len(chars) == len(cols) else text, lang)
+        if kept:
+            per_frame[i][0].append(box)
+            per_frame[i][1].append(kept)
+    return [[ln for ln in _lines(bs, ts) if sum(ch.isalnum() for ch in ln) >= 2] for bs, ts in per_frame]
