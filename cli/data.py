@@ -90,6 +90,9 @@ def video_ingest(
     scene: Annotated[float | None, typer.Option(help="Also sample on scene cuts above this.")] = None,
     no_ocr: Annotated[bool, typer.Option("--no-ocr", help="Skip on-screen text.")] = False,
     no_asr: Annotated[bool, typer.Option("--no-asr", help="Skip speech.")] = False,
+    ocr: Annotated[
+        str, typer.Option("--ocr", help="OCR engine: rapidocr (scene text) or tesseract.")
+    ] = "rapidocr",
 ) -> None:
     """Turn a video into the timeline both pipelines read (cached by file hash + settings)."""
     from corpora.asr import AsrError
@@ -97,7 +100,12 @@ def video_ingest(
     from corpora.video import IngestSettings, VideoError, ingest
     from corpora.video_spec import ingest_report
 
-    settings = IngestSettings(fps=fps, scene_threshold=scene, ocr=not no_ocr, asr=not no_asr)
+    try:
+        settings = IngestSettings(fps=fps, scene_threshold=scene, ocr=not no_ocr, asr=not no_asr,
+                                  ocr_engine=ocr)  # type: ignore[arg-type]  # checked by IngestSettings
+    except ValueError as exc:
+        fail(str(exc))
+        return
     try:
         with interruptible():
             got = ingest(file, settings, progress=lambda stage, done, total: console.say(

@@ -15,10 +15,18 @@ from pathlib import Path
 from typing import Any
 
 from compare import models
-from compare.backend import Backend
+from compare.backend import Backend, BackendError
 from compare.heartbeat import Watch
 from compare.pool import Pool, split_urls
-from compare.probe import ModelDims, clock, estimate_s, model_dims, planned_requests, probe
+from compare.probe import (
+    ModelDims,
+    ProbeResult,
+    clock,
+    estimate_s,
+    model_dims,
+    planned_requests,
+    probe,
+)
 from compare.replicas import managed_replicas, replica_configs
 from compare.runner import FailurePolicy, Progress, RunResult, ServerDown, run
 from compare.serve import ManagedServer, ServerConfig, split_args
@@ -145,13 +153,7 @@ async def execute_async(
         backend = pool.primary
         server_info = {**server_info, "version": await backend.version(), "packages": package_versions()}
         dims = model_dims(_model_dir(spec, server_info))
-        measured = await probe(backend, dims)
-        server_info["probe"] = measured.describe()
-        if say:
-            say(f"prefill probe: {measured.prompt_tokens} tokens in {measured.ttft_s:.2f} s = "
-                f"{measured.tokens_per_s:.0f} prompt tokens/s"
-                + (f" ({measured.flops_per_s / 1e9:.0f} GFLOP/s)" if measured.flops_per_s else "")
-                + (f", {measured.tpot_s * 1000:.0f} ms per output token" if measured.tpot_s else ""))
+        measured = await _probe(backend, dims, server_info, say)
         corpus = await build_corpus(spec, backend, data_dir)
         pool.plan(corpus.examples, corpus.documents)  # each document's replica, fixed up front
         server_info |= pool.describe()
@@ -182,7 +184,8 @@ async def execute_async(
             watch=Watch(
                 say=say if say and not sys.stderr.isatty() else None,  # a terminal has its live bar
                 interval_s=HEARTBEAT_S,
-                estimate=(lambda todo: say(_estimate_line(todo, measured, dims))) if say else None,
+                estimate=(lambda todo: say(_estimate_line(todo, measured, dims)))
+                if say and measured else None,
             ),
         )
 
@@ -201,6 +204,27 @@ def package_versions() -> dict[str, str]:
         with contextlib.suppress(importlib.metadata.PackageNotFoundError):
             out[name] = importlib.metadata.version(name)
     return out
+
+
+async def _probe(
+    backend: Backend, dims: ModelDims | None, server_info: dict[str, Any], say: Callable[[str], None] | None
+) -> ProbeResult | None:
+    """The prefill probe, best effort: a server that cannot answer it (stalled, cut, gone) must
+    fail the run where the run itself meets it, as a clear error or an error row, not here."""
+    try:
+        measured = await probe(backend, dims)
+    except BackendError as exc:
+        server_info["probe"] = {"error": str(exc)}
+        if say:
+            say(f"prefill probe failed ({exc}); no duration estimate")
+        return None
+    server_info["probe"] = measured.describe()
+    if say:
+        say(f"prefill probe: {measured.prompt_tokens} tokens in {measured.ttft_s:.2f} s = "
+            f"{measured.tokens_per_s:.0f} prompt tokens/s"
+            + (f" ({measured.flops_per_s / 1e9:.0f} GFLOP/s)" if measured.flops_per_s else "")
+            + (f", {measured.tpot_s * 1000:.0f} ms per output token" if measured.tpot_s else ""))
+    return measured
 
 
 HEARTBEAT_S = 30.0  # a line per request in flight this often, in logs (not on a terminal)
