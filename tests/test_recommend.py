@@ -178,7 +178,11 @@ def test_price_sheets_add_dollars(real_db: Any) -> None:
                for q in (1, 50)}
         for q in (1, 50):
             assert all(r["usd_per_1k"] > 0 for r in usd[q].values()), sheet
-        assert usd[50]["long_context"]["usd_per_1k"] < usd[1]["long_context"]["usd_per_1k"] / 3, sheet
+        lc50, lc1 = usd[50]["long_context"]["usd_per_1k"], usd[1]["long_context"]["usd_per_1k"]
+        if sheet == "example-api.toml":  # priced by tokens: the cold prefill amortises by >3x
+            assert lc50 < lc1 / 3, sheet
+        else:  # priced by measured busy seconds (load-dependent): amortising never costs more
+            assert lc50 <= lc1, sheet
 
 
 @pytest.mark.slow
