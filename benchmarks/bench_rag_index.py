@@ -23,7 +23,7 @@ from benchmarks.index_build import time_builds
 from compare.types import Document
 from corpora.books import data_dir, load_book
 from pipelines.chunking import chunk_document
-from pipelines.index import embed_texts, embedder_tokenizer, load_embedder
+from pipelines.embedder import embed_texts, embedder_tokenizer, load_embedder
 
 
 def main() -> None:

@@ -111,7 +111,7 @@ async def _prefill(url: str, tokens: int, dims: ModelDims, repeats: int) -> dict
 @contextlib.contextmanager
 def _embedding_beside() -> Iterator[dict[str, int]]:
     """MiniLM encoding on one thread, non-stop, as RAG questions are embedded next to vLLM."""
-    from pipelines.index import load_embedder, torch_threads
+    from pipelines.embedder import load_embedder, torch_threads
 
     model = load_embedder()
     stop = threading.Event()

@@ -19,7 +19,8 @@ from benchmarks.common import Row, median, ratio_row
 from compare.types import Document
 from corpora.books import data_dir, load_book
 from pipelines.chunking import chunk_document
-from pipelines.index import build_index, embed_texts, embedder_tokenizer, load_embedder
+from pipelines.embedder import embed_texts, embedder_tokenizer, load_embedder
+from pipelines.index import build_index
 
 
 def time_builds(

@@ -80,7 +80,7 @@ def index_progress() -> Iterator[None]:
 
 @contextmanager
 def _embedding_task(bar: Progress) -> Iterator[None]:
-    from pipelines.index import embed_progress  # lazy: faiss and torch load only for a build
+    from pipelines.embedder import embed_progress  # lazy: faiss and torch load only for a build
 
     task = bar.add_task("embedding", total=None, visible=False)
 
@@ -98,7 +98,7 @@ def _embedding_task(bar: Progress) -> Iterator[None]:
 def _embedding_lines(every_s: float = 5.0, quiet_s: float = 2.0) -> Iterator[None]:
     """Logs get a line every `every_s` while a build goes and one at its end; builds shorter
     than `quiet_s` (a needle haystack: one batch) stay silent."""
-    from pipelines.index import embed_progress
+    from pipelines.embedder import embed_progress
 
     started = last = 0.0
 

@@ -29,15 +29,9 @@ from typing import Any, Literal
 from compare.backend import Backend, BackendError
 from compare.types import CORPUS_INDEX, Document, Example, Prediction, Span
 from pipelines.chunking import SPLITTERS, Chunk, Splitter
+from pipelines.embedder import DEFAULT_EMBEDDER, embed_texts, embedder_tokenizer, load_embedder
 from pipelines.faiss_kinds import IndexConfig, IndexKind
-from pipelines.index import (
-    DEFAULT_EMBEDDER,
-    DocIndex,
-    build_index,
-    embed_texts,
-    embedder_tokenizer,
-    load_embedder,
-)
+from pipelines.index import DocIndex, build_index
 from pipelines.prompts import build_messages, join_passages
 
 Order = Literal["relevance", "document"]

@@ -13,7 +13,8 @@ import pytest
 from compare import console
 from compare.types import Document
 from corpora.books import load_book
-from pipelines.index import build_index, embed_progress, embed_texts, load_embedder
+from pipelines.embedder import embed_progress, embed_texts, load_embedder
+from pipelines.index import build_index
 
 DATA = Path(os.environ.get("RAGVSLC_DATA", "/work/shared/data"))
 pytestmark = pytest.mark.skipif(not (DATA / "books" / "les_miserables.txt").is_file(), reason="no book")

@@ -27,8 +27,9 @@ from compare.runner import params_hash
 from compare.types import Document, Example
 from pipelines.base import Pipeline
 from pipelines.chunking import chunk_document, locate
+from pipelines.embedder import embedder_tokenizer, load_embedder
 from pipelines.faiss_kinds import IndexConfig, IndexKind, auto_nlist
-from pipelines.index import build_index, embedder_tokenizer, load_embedder
+from pipelines.index import build_index
 from pipelines.prompts import join_passages
 from pipelines.rag import CORPUS_INDEX, RagPipeline
 

