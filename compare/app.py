@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -152,7 +152,7 @@ async def execute_async(
     ) as pool:
         backend = pool.primary
         server_info = {**server_info, "version": await backend.version(), "packages": package_versions()}
-        dims = model_dims(_model_dir(spec, server_info))
+        dims = model_dims(_model_dir(spec))
         measured = await _probe(backend, dims, server_info, say)
         corpus = await build_corpus(spec, backend, data_dir)
         pool.plan(corpus.examples, corpus.documents)  # each document's replica, fixed up front
@@ -230,19 +230,18 @@ async def _probe(
 HEARTBEAT_S = 30.0  # a line per request in flight this often, in logs (not on a terminal)
 
 
-def _model_dir(spec: RunSpec, server_info: dict[str, Any]) -> Path | None:
-    """The served model's folder, for its shape: the managed server's, a local path, or the
-    registry's prepared copy of the same name (an external server may serve anything else)."""
-    args = server_info.get("args") or (server_info.get("servers") or [{}])[0].get("args") or []
-    if "--model" in args:
-        return Path(args[args.index("--model") + 1])
-    for candidate in (Path(spec.server.model), models.models_dir() / spec.server.model):
+def _model_dir(spec: RunSpec) -> Path | None:
+    """The served model's folder, for its shape: where `models.prepare` puts (or finds) it, which
+    is also what a managed server serves; None when no such folder is here (an external server
+    serving a model we do not have: the estimate is then linear in tokens)."""
+    for candidate in (Path(spec.server.model).expanduser(), models.models_dir() / spec.server.model):
         if (candidate / "config.json").is_file():
             return candidate
     return None
 
 
-def _estimate_line(todo: list[tuple[Any, dict[str, Any]]], measured: Any, dims: ModelDims | None) -> str:
+def _estimate_line(todo: Sequence[tuple[Any, Mapping[str, Any]]], measured: ProbeResult,
+                   dims: ModelDims | None) -> str:
     requests = planned_requests(todo)
     secs = estimate_s(requests, measured, dims)
     prompt = sum(r.prompt_tokens - r.cached_tokens for r in requests)
@@ -280,9 +279,8 @@ def execute(
     shared: Serving | None = None,
 ) -> RunResult:
     """Run a spec end to end: server up (or `shared`), corpus built, every request stored."""
-    with contextlib.ExitStack() as stack:
-        store = stack.enter_context(Store(db))
-        srv = shared or stack.enter_context(serving(spec, say, base_url))
+    up_for_run = contextlib.nullcontext(shared) if shared else serving(spec, say, base_url)
+    with Store(db) as store, up_for_run as srv:
 
         def attempt(urls: str | Sequence[str], info: dict[str, Any], retry: bool) -> RunResult:
             return asyncio.run(execute_async(
@@ -306,7 +304,6 @@ def execute(
             srv.url = _urls(srv.servers)
             srv.info = {**_describe(srv.servers), "restarts": 1, "restart_reason": str(exc)}
             return attempt(srv.url, srv.info, True)
-    raise AssertionError("unreachable")  # for mypy: the with-block returns or raises
 
 
 def _fail_over(

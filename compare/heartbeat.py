@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -86,4 +86,4 @@ class Watch:
 
     say: Callable[[str], None] | None = None
     interval_s: float = 30.0
-    estimate: Callable[[list[tuple[Any, dict[str, Any]]]], None] | None = None
+    estimate: Callable[[Sequence[tuple[Any, Mapping[str, Any]]]], None] | None = None

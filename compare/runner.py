@@ -124,7 +124,7 @@ async def run(
     total = len(todo)
     watch = watch or Watch()
     if watch.estimate is not None and todo:
-        watch.estimate([(ex, dict(params[id(p)])) for ex, p, _ in todo])
+        watch.estimate([(ex, params[id(p)]) for ex, p, _ in todo])
     if progress:
         progress("preparing pipelines", 0, total)
     needed = {id(p) for _, p, _ in todo}

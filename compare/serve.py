@@ -279,7 +279,9 @@ class ManagedServer:
 
 
 def parse_id_list(spec: str) -> list[int]:
-    """'0-3,6' -> [0, 1, 2, 3, 6] (vLLM's core-list syntax, '|' between ranks)."""
+    """'0-3,6' -> [0, 1, 2, 3, 6] (vLLM's core-list syntax, '|' between ranks). Written here
+    rather than calling vllm.utils.cpu_resource_utils.parse_id_list: importing vllm costs ~3 s
+    in the client (measured here) for four lines, and a --base-url client may have no vllm."""
     ids: list[int] = []
     for part in spec.replace("|", ",").split(","):
         lo, _, hi = part.strip().partition("-")
