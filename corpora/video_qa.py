@@ -79,6 +79,12 @@ def build_video_qa_corpus(
         for i, (a, b) in enumerate(q.evidence or ()):
             if not seconds(a) < seconds(b):
                 problems.append(f"{where}: evidence[{i}] needs start < end, got [{a}, {b}]")
+        declared = (q.tags or {}).get("primary_metric")
+        if declared is not None:  # checked before any video is ingested (minutes of OCR and ASR)
+            try:
+                check_primary(str(declared))
+            except ValueError as exc:
+                problems.append(f"{where}: tags.{exc}")
     ids = [q.id or f"q{n}" for n, q in rows]
     dupes = sorted({i for i in ids if ids.count(i) > 1})
     if dupes:
@@ -104,7 +110,7 @@ def build_video_qa_corpus(
                              f"({got.duration_s:.1f} s)")
         tags: dict[str, str | float] = {"task": "video-qa", "video_s": round(got.duration_s, 3),
                                         **video_tags({doc_id: got.timeline}), **(q.tags or {})}
-        tags["primary_metric"] = check_primary(str(tags.get("primary_metric", default_primary(tags))))
+        tags.setdefault("primary_metric", default_primary(tags))
         examples.append(Example(id=qid, doc_ids=(doc_id,), question=q.question, answers=tuple(q.answers),
                                 evidence=evidence, tags=tags))
     docs: dict[str, Document] = {d: g.document(d) for d, g in ingested.items()}

@@ -140,6 +140,17 @@ def test_unreadable_video_is_a_clear_error_naming_the_file(tmp_path: Path) -> No
     assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").iterdir())
 
 
+def test_a_bad_declared_metric_is_a_problem_found_before_any_ingest(tmp_path: Path) -> None:
+    """The video here is unreadable: only a check made before ingest names the metric."""
+    (tmp_path / "talk.mp4").write_bytes(b"this is not a video\n" * 100)
+    qfile = tmp_path / "q.jsonl"
+    qfile.write_text(json.dumps({"video": "talk.mp4", "question": "q", "answers": ["a"],
+                                 "tags": {"primary_metric": "evidence_recall"}}) + "\n")
+    with pytest.raises(CorpusError, match=r"q\.jsonl:1: tags\.primary_metric 'evidence_recall'"):
+        build_video_qa_corpus(qfile, cache_dir=tmp_path / "cache")
+    assert not (tmp_path / "cache").exists()  # nothing was ingested
+
+
 @pytest.mark.slow
 def test_silent_and_audio_less_videos_give_an_empty_speech_track(tmp_path: Path) -> None:
     silent = tmp_path / "silent.mp4"
