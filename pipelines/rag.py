@@ -29,7 +29,7 @@ from typing import Any, Literal
 from compare.backend import Backend, BackendError
 from compare.types import CORPUS_INDEX, Document, Example, Prediction, Span
 from pipelines.chunking import SPLITTERS, Chunk, Splitter
-from pipelines.embedder import DEFAULT_EMBEDDER, embed_texts, embedder_tokenizer, load_embedder
+from pipelines.embedder import DEFAULT_EMBEDDER, embed_device, embed_texts, embedder_tokenizer, load_embedder
 from pipelines.faiss_kinds import IndexConfig, IndexKind
 from pipelines.index import DocIndex, build_index
 from pipelines.prompts import build_messages, join_passages
@@ -149,6 +149,9 @@ class RagPipeline:
             # only when not the default: the params hash (the resume key) of every run made
             # before the option stays as it was (text documents are chunked as before either way)
             **({"timeline_chunking": self.timeline_chunking} if self.timeline_chunking != "lines" else {}),
+            # where the embedder ran: CUDA vectors differ slightly from CPU ones; on the CPU (every
+            # run so far) it is left out, so those params hashes stay as they were
+            **({"embed_device": device} if (device := embed_device()) != "cpu" else {}),
         }
 
     def splitter_for(self, docs: Sequence[Document]) -> Splitter:

@@ -126,3 +126,12 @@ def test_git_sha_is_ragvslcs_own_commit_not_the_current_directorys(
     # a copy of the code inside someone else's checkout has no commit of its own
     (tmp_path / "vendored").mkdir()
     assert git_sha(tmp_path / "vendored") is None
+
+
+def test_the_embedder_device_is_recorded_where_it_is_not_the_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pipelines import rag
+
+    cpu_params = rag.RagPipeline().params()
+    assert "embed_device" not in cpu_params  # every CPU run keeps its params hash
+    monkeypatch.setattr(rag, "embed_device", lambda: "cuda")
+    assert rag.RagPipeline().params() == {**cpu_params, "embed_device": "cuda"}
