@@ -111,7 +111,6 @@ def run_cmd(
         run_spec = validate_spec(data, source=str(spec or "options"))
     except SpecError as exc:
         fail(str(exc))
-        return
     _run_and_summarise(
         run_spec, db, base_url, data_dir, retry_errors, as_json=as_json, fail_on_error=fail_on_error
     )
@@ -139,12 +138,10 @@ def _run_and_summarise(
     except RunStopped as exc:
         fail(f"{exc}\nfinished rows are saved: fix the cause, then run the same command again "
              "(--retry-errors also redoes the failed rows)", code=RUN_STOPPED)
-        raise  # unreachable: fail() exits
     except (StoreBusyError, ServerError, ModelError, FileNotFoundError, ValueError, RuntimeError) as exc:
         # Bad input and unusable tools (corpus, spec, video, OCR, a server that cannot be reached)
         # are user-facing errors, not crashes: one clear line, no traceback.
         fail(str(exc))
-        raise  # unreachable: fail() exits
     except KeyboardInterrupt:
         console.say("interrupted: finished rows are saved; run the same command again to resume")
         raise typer.Exit(INTERRUPTED) from None
@@ -204,7 +201,6 @@ def demo_cmd(
             run_ids = [_run_and_summarise(s, db, base_url, data_dir, False, shared=srv) for s in specs]
     except (ServerError, ModelError) as exc:
         fail(str(exc))
-        return
     files = write_report(db, out / "report", run_ids)
     console.out.print(f"results: {db}\nreport:  {files.html}")
 

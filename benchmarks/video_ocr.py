@@ -220,12 +220,11 @@ def bench_video_ocr(
             "g", f"OCR s per video minute, rapidocr @{f:g} fps", "tesseract", old["ocr_s_per_video_min"],
             new["ocr_s_per_video_min"], "s/min", higher_is_better=False,
         ))
-    by_kind: dict[str, dict[str, list[int]]] = {}
+    by_kind: dict[str, list[int]] = {}  # exact hits per engine and needle property
     for rec in needles_all:
         for dim in ("duration", "style", "position", "size", "font"):
-            cell = by_kind.setdefault(f"{rec['engine']} {dim}={rec[dim]}", {"exact": []})
-            cell["exact"].append(int(rec["exact"]))
-    breakdown = {k: f"{sum(v['exact'])}/{len(v['exact'])}" for k, v in sorted(by_kind.items())}
+            by_kind.setdefault(f"{rec['engine']} {dim}={rec[dim]}", []).append(int(rec["exact"]))
+    breakdown = {k: f"{sum(v)}/{len(v)}" for k, v in sorted(by_kind.items())}
     return rows, {"engines": per, "breakdown": breakdown, "needles": needles_all,
                   "backgrounds": list(backgrounds), "slots": slots, "video_s": seconds}
 

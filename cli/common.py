@@ -7,7 +7,7 @@ import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 
@@ -41,7 +41,7 @@ SUMMARY_COLUMNS = (
 )
 
 
-def fail(msg: str, code: int = BAD_INPUT) -> None:
+def fail(msg: str, code: int = BAD_INPUT) -> NoReturn:
     console.console.print(f"[red]error:[/red] {msg}", highlight=False)
     raise typer.Exit(code)
 

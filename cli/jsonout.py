@@ -69,13 +69,18 @@ def _split(text: Any) -> list[str]:
     return [p for p in str(text or "").split("; ") if p]
 
 
+def caveats(rows: Iterable[Row]) -> list[str]:
+    """Every caveat of the cost rows once (each row holds its own, "; "-joined)."""
+    return sorted({c for r in rows for c in _split(r.get("caveats"))})
+
+
 def summary_json(rows: Iterable[Row], metric_names: Iterable[str]) -> list[dict[str, Any]]:
     """Summary rows with the metric means (one column per metric in the table) nested under
     `metrics`, so the row's keys do not depend on the corpus; a metric that applies to none of
     the pipeline's questions (mean null) is left out."""
     names = set(metric_names)
     return [
-        {**pick(r, SUMMARY_FIELDS[:-1]),
+        {**pick(r, SUMMARY_FIELDS),
          "metrics": {k: v for k, v in r.items() if k in names and v is not None}}
         for r in rows
     ]
@@ -107,7 +112,7 @@ def cost_json(
         "queries_per_doc": list(qs),
         "rows": out_rows,
         "break_even": [pick(b, BREAK_EVEN_FIELDS) for b in break_even],
-        "caveats": sorted({c for r in rows for c in _split(r.get("caveats"))}),
+        "caveats": caveats(rows),
     }
 
 

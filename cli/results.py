@@ -26,7 +26,6 @@ def runs_cmd(db: DbOpt = Path("results.duckdb"), as_json: JsonOpt = False) -> No
             rows = store.runs()
     except StoreBusyError as exc:
         fail(str(exc))
-        return
     if as_json:
         console.emit_json({"db": str(db), "runs": [jsonout.pick(r, jsonout.RUN_FIELDS) for r in rows]})
         return
@@ -60,7 +59,6 @@ def report_cmd(
             )
     except ValueError as exc:
         fail(str(exc))
-        return
     console.out.print(f"report: {files.html}")
 
 
@@ -84,7 +82,6 @@ def cost_cmd(
                 store.add_price_sheet(run_id, sheet.name, cost.sheet_json(sheet))
     except (ValueError, StoreBusyError) as exc:
         fail(str(exc))
-        return
     even = cost.break_even(rows)
     if as_json:
         console.emit_json(jsonout.cost_json(rows, even, sheet, price_sheet, qs))
@@ -92,7 +89,7 @@ def cost_cmd(
     columns = [c for c in cost.cost_columns(qs) if c != "caveats"]  # printed below, one per line
     console.table(rows, columns, title=f"cost per query: {sheet.name} ({sheet.date})")
     console.table(even, cost.BREAK_EVEN_COLUMNS, title="break-even (queries per document)")
-    for caveat in sorted({c for r in rows for c in str(r.get("caveats") or "").split("; ") if c}):
+    for caveat in jsonout.caveats(rows):
         console.out.print(f"caveat: {caveat}")
 
 
@@ -103,22 +100,18 @@ def recommend_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """Long context, RAG or a router for this workload, from measured runs (exit 3: no evidence)."""
-    from compare.recommend import recommend, recommend_command
-
-    if not as_json:
-        code = recommend_command(db, workload, run or None)
-        if code:
-            raise typer.Exit(code)
-        return
     from compare.cost import PriceSheetError
+    from compare.recommend import print_recommendation, recommend
     from compare.workload import WorkloadError, load_workload
 
-    try:  # the same errors, hence exit codes, as recommend_command
+    try:
         rec = recommend(db, load_workload(workload), run or None)
     except (WorkloadError, PriceSheetError, ValueError) as exc:
         fail(str(exc))
-        return
-    console.emit_json(jsonout.recommendation_json(rec))
+    if as_json:
+        console.emit_json(jsonout.recommendation_json(rec))
+    else:
+        print_recommendation(rec)
     if rec.coverage != "covered":
         raise typer.Exit(NO_EVIDENCE)
 
@@ -155,7 +148,6 @@ def retrieval_cmd(
         eval_id = store_rows(db, rows, corpus, params)
     except (SpecError, ValueError, RuntimeError, FileNotFoundError) as exc:
         fail(str(exc))
-        return
     if as_json:
         console.emit_json({"eval_id": eval_id, "db": str(db),
                            "rows": [jsonout.pick(r, jsonout.RETRIEVAL_FIELDS) for r in rows]})
@@ -181,7 +173,6 @@ def score_cmd(
             n = rescore(store, run or None, metric or list(METRICS))
     except (StoreBusyError, ValueError) as exc:
         fail(str(exc))
-        return
     console.out.print(f"rescored {n} predictions")
 
 
@@ -198,13 +189,11 @@ def export_cmd(
     chosen = next((f for f in FORMATS if f == fmt), None)
     if chosen is None:
         fail(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
-        return
     try:
         with interruptible():
             done = export_tables(db, out, chosen)
     except (ValueError, StoreBusyError) as exc:
         fail(str(exc))
-        return
     rows = [{"table": e.table, "path": str(e.path), "rows": e.rows} for e in done]
     if as_json:
         console.emit_json({"db": str(db), "format": fmt, "out": str(out), "tables": rows})

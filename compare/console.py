@@ -48,16 +48,15 @@ def progress_bar() -> Iterator[ProgressFn]:
     """A progress callback for the runner: a bar on a terminal, one line per request elsewhere
     (logs, CI, a supervising process that watches how far a run got). Index builds inside the
     block show their embedding progress too (see `index_progress`)."""
-    if not console.is_terminal:
+    with index_progress() as bar:
+        if bar is None:
 
-        def line(label: str, done: int, total: int) -> None:
-            if done:
-                console.print(f"[{done}/{total}] {label}", highlight=False, markup=False)
+            def line(label: str, done: int, total: int) -> None:
+                if done:
+                    console.print(f"[{done}/{total}] {label}", highlight=False, markup=False)
 
-        with _embedding_lines():
             yield line
-        return
-    with _bar() as bar, _embedding_task(bar):
+            return
         task = bar.add_task("requests", total=None)
 
         def update(label: str, done: int, total: int) -> None:
@@ -67,15 +66,16 @@ def progress_bar() -> Iterator[ProgressFn]:
 
 
 @contextmanager
-def index_progress() -> Iterator[None]:
+def index_progress() -> Iterator[Progress | None]:
     """Embedding progress of the RAG indexes built inside the block (minutes per book on a CPU),
-    for commands without a run's progress bar (`ragvslc retrieval`)."""
+    for commands without a run's progress bar (`ragvslc retrieval`): on a terminal a bar (given
+    to the block, which may add its own tasks to it), elsewhere log lines (and None)."""
     if not console.is_terminal:
         with _embedding_lines():
-            yield
+            yield None
         return
     with _bar() as bar, _embedding_task(bar):
-        yield
+        yield bar
 
 
 @contextmanager

@@ -153,10 +153,10 @@ def priced_requests(
         per = cold.groupby(keys)[["prefill_s", "computed"]].sum()
         s_tok = (per["prefill_s"] / per["computed"].where(per["computed"] > 0)).rename("s_tok")
         rate = rate.fillna(req.join(s_tok, on=keys)["s_tok"])
-    req["busy_cold_s"] = req["busy_s"] + rate.fillna(0.0) * req["cached"]
+    req["busy_s_cold"] = req["busy_s"] + rate.fillna(0.0) * req["cached"]
     left = (req["prompt"] - req["doc_cached"]) / (req["prompt"] - req["cached"]).where(lambda s: s > 0)
     derived = req["decode_s"] + req["prefill_s"] * left.fillna(0.0)
-    req["busy_warm_s"] = req["busy_s"].where(req["warm"], derived)
+    req["busy_s_warm"] = req["busy_s"].where(req["warm"], derived)
     return req, rows
 
 
@@ -170,7 +170,7 @@ def _api_columns(req: pd.DataFrame, sheet: PriceSheet) -> None:
         measured.append(api_cost(api, prompt, cached, out))
         cold.append(api_cost(api, prompt, 0, out))
         warm.append(measured[-1] if is_warm else api_cost(api, prompt, doc_cached, out))
-    req["api_usd"], req["api_cold_usd"], req["api_warm_usd"] = measured, cold, warm
+    req["api_usd"], req["api_usd_cold"], req["api_usd_warm"] = measured, cold, warm
 
 
 def _index_s(con: duckdb.DuckDBPyConnection, runs: Sequence[str], keys: pd.DataFrame) -> pd.Series:
@@ -206,7 +206,8 @@ def _mean_where(values: pd.Series, mask: pd.Series, by: list[pd.Series]) -> pd.S
 
 
 def _prefix_terms(req: pd.DataFrame, by: list[pd.Series], col: str) -> pd.DataFrame:
-    """Per long-context document in one view: cold, warm and later (module docstring)."""
+    """Per long-context document in one view (`col`, with its `_cold` and `_warm` counterparts):
+    cold, warm and later (module docstring)."""
     doc = req.groupby(by)
     # Cold's least derived basis: the requests that computed the most of the document themselves.
     any_nothing = doc["from_nothing"].transform("any")
@@ -251,8 +252,6 @@ def doc_costs(con: duckdb.DuckDBPyConnection, runs: Sequence[str], sheet: PriceS
     if req.empty:
         return Costed(pd.DataFrame(), counts)
     _api_columns(req, sheet)
-    req = req.rename(columns={"busy_cold_s": "busy_s_cold", "busy_warm_s": "busy_s_warm",
-                              "api_cold_usd": "api_usd_cold", "api_warm_usd": "api_usd_warm"})
     cost_cols = ["busy_s", *(["api_usd"] if sheet.api else [])]
     per_row = req.groupby([*PIPE_KEY, "example_id"])[cost_cols].sum()
     rows = rows[rows["priced"]].join(per_row, on=[*PIPE_KEY, "example_id"])

@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -36,6 +36,7 @@ TEMPLATE = (
     "fine; a wrong, missing or contradicting fact is not. Reply with one word: CORRECT or INCORRECT."
 )
 PROMPT_HASH = hashlib.sha256(f"{SYSTEM}\0{TEMPLATE}".encode()).hexdigest()[:12]
+MAX_TOKENS = 8  # one word is asked for; fixed, like the rubric, so stored verdicts stay comparable
 _VERDICT = re.compile(r"\b(incorrect|correct)\b", re.IGNORECASE)
 
 
@@ -72,10 +73,7 @@ def _where(run_ids: Sequence[str] | None, alias: str = "") -> tuple[str, list[st
     return f"{alias}run_id IN ({', '.join('?' * len(run_ids))})", list(run_ids)
 
 
-async def judge_runs(
-    store: Store, backend: Backend, run_ids: Sequence[str] | None = None, *, max_tokens: int = 8,
-    progress: Callable[[int, int], None] | None = None,
-) -> JudgeResult:
+async def judge_runs(store: Store, backend: Backend, run_ids: Sequence[str] | None = None) -> JudgeResult:
     """Ask `backend`'s model for a verdict on every answered free-text row not yet judged by it
     with this prompt; store each verdict, then refresh the `judge` scores of these runs."""
     cond, args = _where(run_ids, "p.")
@@ -88,20 +86,16 @@ async def judge_runs(
         f"AND j.prompt_hash = ? WHERE p.error IS NULL {'AND ' + cond if cond else ''} ORDER BY p.seq",
         [backend.model, PROMPT_HASH, *args],
     ).fetchall()
-    todo = []
+    counts = {"asked": 0, "reused": 0, "unparsed": 0, "failed": 0}
     for run_id, ex_id, pipe, h, answer, question, answers, tags, done in rows:
         ex = Example(ex_id, (), question, tuple(json.loads(answers)), (), json.loads(tags))
-        if applies(ex):
-            todo.append(((run_id, ex_id, pipe, h), ex, answer, bool(done)))
-    counts = {"asked": 0, "reused": 0, "unparsed": 0, "failed": 0}
-    for i, (key, ex, answer, done) in enumerate(todo):
-        if progress:
-            progress(i, len(todo))
+        if not applies(ex):
+            continue
         if done:
             counts["reused"] += 1
             continue
         try:
-            reply = await backend.complete(messages(ex, answer), max_tokens=max_tokens, temperature=0.0)
+            reply = await backend.complete(messages(ex, answer), max_tokens=MAX_TOKENS, temperature=0.0)
         except BackendError:
             counts["failed"] += 1
             continue
@@ -110,7 +104,8 @@ async def judge_runs(
         counts["unparsed"] += verdict is None
         store.con.execute(
             "INSERT OR REPLACE INTO judgements VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [*key, backend.model, PROMPT_HASH, verdict, reply.text, datetime.now(UTC).replace(tzinfo=None)],
+            [run_id, ex_id, pipe, h, backend.model, PROMPT_HASH, verdict, reply.text,
+             datetime.now(UTC).replace(tzinfo=None)],
         )
     restore_scores(store, run_ids)
     return JudgeResult(backend.model, PROMPT_HASH, **counts)

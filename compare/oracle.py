@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, get_args
 
 import duckdb
 import pandas as pd
@@ -33,7 +33,7 @@ from compare.summary import headline_metric, pipeline_labels
 
 # computed_tokens: prompt tokens the server had to prefill (prompt - cached), the cache-aware cost.
 CostBy = Literal["computed_tokens", "prompt_tokens", "total_ms"]
-COST_BY: tuple[str, ...] = CostBy.__args__  # type: ignore[attr-defined]
+COST_BY: tuple[str, ...] = get_args(CostBy)
 BASE_KINDS = ("rag", "long_context")
 ROUTER_KINDS = ("self_route", "length_rule")
 STRATEGY_COLUMNS = (

@@ -41,8 +41,7 @@ import duckdb
 import numpy as np
 import pandas as pd
 
-from compare.cost import WARM_FRACTION
-from compare.doc_costs import doc_costs, weighted_usd
+from compare.doc_costs import WARM_FRACTION, doc_costs, weighted_usd
 from compare.prices import choose_sheet
 from compare.summary import describe
 from compare.workload import Workload
@@ -164,7 +163,6 @@ def _strategy(df: pd.DataFrame, wl: Workload, bins: dict[str, tuple[float, list[
     for key, (weight, lengths) in bins.items():
         share = weight / total
         rows = df[df["length"].isin(lengths)].assign(derived=False)
-        rows["cached_measured"] = rows["cached_tokens"]
         errors += int(rows["error"].notna().sum())
         scored = rows[rows["score"].notna() | rows["error"].notna()]
         per_q = scored.assign(s=scored["score"].fillna(0.0)).groupby(["example_id", "question"])["s"].mean()
@@ -271,8 +269,8 @@ def recommend(db_path: Path | str, workload: Workload, run_ids: Sequence[str] | 
                      **stats, "usd_per_1k": 1000 * usd, "notes": "; ".join(row_notes)})
     if not rows:
         return _empty(workload, model, "none", notes + excluded, sheet_name)
-    rows = _rank(rows, True)
-    winner, reasons = _explain(rows, workload, True)
+    rows = _rank(rows)
+    winner, reasons = _explain(rows, workload)
     return Recommendation(
         workload, model, "partial" if notes else "covered", notes, rows, winner, reasons + excluded,
         sorted({r for row in rows for r in row["run_ids"]}), {k: ms for k, (_, ms) in bins.items()},
@@ -285,33 +283,33 @@ def _empty(wl: Workload, model: str | None, coverage: Coverage, notes: list[str]
                           "not cover this workload"], [], price_sheet=sheet)
 
 
-def _cost(row: dict[str, Any], priced: bool) -> float:
+def _cost(row: dict[str, Any]) -> float:
     """The cost the ranking compares: $, else (nothing priced) computed prompt + output tokens."""
-    if priced and row["usd_per_1k"] is not None and not math.isnan(row["usd_per_1k"]):
+    if row["usd_per_1k"] is not None and not math.isnan(row["usd_per_1k"]):
         return float(row["usd_per_1k"])
     return float(row["input_tokens_per_1k"] + row["output_tokens_per_1k"])
 
 
-def _rank(rows: list[dict[str, Any]], priced: bool) -> list[dict[str, Any]]:
+def _rank(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Both constraints met first (cheapest first), then floor only, target only, neither
     (best quality first): the top row is the answer, the rest explain what it beat."""
     def key(r: dict[str, Any]) -> tuple[int, float, float]:
         group = 0 if r["meets_floor"] and r["meets_target"] else 1 if r["meets_floor"] else \
             2 if r["meets_target"] else 3
-        return (group, _cost(r, priced) if group == 0 else -r["quality"], _cost(r, priced))
+        return (group, _cost(r) if group == 0 else -r["quality"], _cost(r))
     ranked = sorted(rows, key=key)
     for i, r in enumerate(ranked, 1):
         r["rank"] = i
     return ranked
 
 
-def _explain(rows: list[dict[str, Any]], wl: Workload, priced: bool) -> tuple[str | None, list[str]]:
-    unit = "$ per 1k queries" if priced else "computed prompt + output tokens per 1k queries"
+def _explain(rows: list[dict[str, Any]], wl: Workload) -> tuple[str | None, list[str]]:
+    unit = "$ per 1k queries"
     lat, tgt = f"p95 {wl.latency.metric}", f"{wl.latency.p95_ms:,.0f} ms"
     best = rows[0]
 
     def money(r: dict[str, Any]) -> str:
-        return f"{_cost(r, priced):.4g}" if priced else f"{_cost(r, priced):,.0f}"
+        return f"{_cost(r):.4g}"
 
     def why_not(r: dict[str, Any]) -> str:
         bits = []

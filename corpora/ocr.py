@@ -35,12 +35,22 @@ class OcrError(RuntimeError):
     pass
 
 
-@functools.lru_cache(maxsize=1)
-def tesseract_version() -> str:
-    """`tesseract 5.3.0`: recorded with every timeline (a different OCR gives a different text)."""
+def _tesseract() -> str:
     exe = shutil.which("tesseract")
     if exe is None:
         raise OcrError("tesseract is not installed (Debian: apt-get install tesseract-ocr)")
+    return exe
+
+
+def model_digest(path: Path) -> str:
+    """A model file's short sha256, as recorded with timelines (another model reads other text)."""
+    return "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+
+@functools.lru_cache(maxsize=1)
+def tesseract_version() -> str:
+    """`tesseract 5.3.0`: recorded with every timeline (a different OCR gives a different text)."""
+    exe = _tesseract()
     out = subprocess.run([exe, "--version"], capture_output=True, text=True, check=False)
     first = (out.stdout or out.stderr).splitlines()
     return first[0].strip() if first else "tesseract (unknown version)"
@@ -49,15 +59,13 @@ def tesseract_version() -> str:
 @functools.lru_cache(maxsize=4)
 def tesseract_model(lang: str) -> dict[str, str]:
     """The traineddata file tesseract reads for `lang`, with its sha256 (recorded with timelines)."""
-    exe = shutil.which("tesseract")
-    if exe is None:
-        raise OcrError("tesseract is not installed (Debian: apt-get install tesseract-ocr)")
+    exe = _tesseract()
     out = subprocess.run([exe, "--list-langs"], capture_output=True, text=True, check=False)
     m = re.search(r'languages in "([^"]+)"', out.stdout + out.stderr)
     path = Path(m.group(1)) / f"{lang}.traineddata" if m else None
     if path is None or not path.is_file():
         return {f"{lang}.traineddata": "not found"}
-    return {path.name: "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()[:16]}
+    return {path.name: model_digest(path)}
 
 
 def write_pgm(path: Path, image: Gray) -> None:
@@ -95,9 +103,7 @@ def ocr_frames(
     """The text of each frame (empty string when nothing legible), one tesseract process."""
     if not frames:
         return []
-    exe = shutil.which("tesseract")
-    if exe is None:
-        raise OcrError("tesseract is not installed (Debian: apt-get install tesseract-ocr)")
+    exe = _tesseract()
     with tempfile.TemporaryDirectory(prefix="ragvslc-ocr-") as tmp:
         paths = []
         for i, frame in enumerate(frames):

@@ -24,7 +24,6 @@ library's default instead upscales a 640x360 frame to 1308x736: 10x slower here,
 from __future__ import annotations
 
 import functools
-import hashlib
 import importlib.metadata
 import itertools
 import math
@@ -38,7 +37,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from corpora.ocr import OcrError
+from corpora.ocr import OcrError, model_digest
 
 Image = NDArray[np.uint8]  # BGR (h, w, 3) or gray (h, w)
 THREADS = 1  # one core per ONNX session: the machine is shared with a CPU vLLM
@@ -84,7 +83,7 @@ def rapidocr_description() -> dict[str, object]:
     for path in sorted((_package_dir() / "models").glob("*.onnx")):
         if "_cls_" in path.name:
             continue  # the angle classifier is not used (video text is upright)
-        models[path.name] = "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+        models[path.name] = model_digest(path)
     return {
         "engine": f"rapidocr-onnxruntime {version} (onnxruntime {importlib.metadata.version('onnxruntime')}, "
                   f"ragvslc lines+spaces {POSTPROCESS})",
@@ -175,7 +174,9 @@ def segment(run: str, evidence: Sequence[float]) -> str:
 def spaced(chars: Sequence[str], cols: Sequence[int]) -> str:
     """The recognised characters with the spaces the recogniser dropped put back."""
     evidence = gap_evidence(chars, cols)
-    out, run, run_ev = [], "", []  # type: ignore[var-annotated]
+    out: list[str] = []
+    run_ev: list[float]
+    run, run_ev = "", []  # the current glued run and the gap evidence inside it
     for j, ch in enumerate(chars):
         if ch == " ":
             out.append(segment(run, run_ev))

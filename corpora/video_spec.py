@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from corpora.activitynet import build_activitynet_corpus
 from corpora.base import Corpus
-from corpora.video import Ingested, IngestSettings, Progress
+from corpora.video import Ingested, IngestSettings, OcrEngine, Progress
 from corpora.video_needle import CLIPS, build_video_needle_corpus
 from corpora.video_qa import build_video_qa_corpus
 
@@ -36,7 +36,7 @@ class VideoIngestSpec(_Strict):
     ocr: bool = True
     # Part of every video run's id (a run made with tesseract before this field is not resumed
     # with another engine's timelines).
-    ocr_engine: Literal["rapidocr", "tesseract"] = "rapidocr"
+    ocr_engine: OcrEngine = "rapidocr"
     ocr_min_conf: Annotated[float, Field(ge=0, le=100)] = 60.0  # tesseract
     ocr_min_score: Annotated[float, Field(ge=0, le=1)] = 0.6  # rapidocr
     asr: bool = True

@@ -79,7 +79,7 @@ def make_splitter(
         return parsers.SentenceSplitter(
             chunk_size=chunk_size, chunk_overlap=chunk_overlap, tokenizer=tokenizer
         )
-    if splitter in ("token", "lines"):
+    if splitter == "token":
         # Newlines are a backup separator, so a chunk may span paragraph breaks: fixed size
         # first, structure second, which is what distinguishes it from the sentence splitter.
         return parsers.TokenTextSplitter(
@@ -115,12 +115,14 @@ def chunk_lines(doc: Document, chunk_size: int, chunk_overlap: int, tokenizer: T
             spans.append((pos, pos + len(line), len(tokenizer(line))))
         pos += len(line) + 1
     chunks: list[Chunk] = []
+    windows: _TextSplitter | None = None  # made for the first over-long line only (imports llama-index)
     i = 0
     while i < len(spans):
         start, end, n = spans[i]
         if n > chunk_size:  # one over-long line: token windows, the first keeps the stamp
-            long_line = Document(doc.id, doc.text[start:end])
-            for c in _split_chunks(long_line, make_splitter("token", chunk_size, chunk_overlap, tokenizer)):
+            if windows is None:
+                windows = make_splitter("token", chunk_size, chunk_overlap, tokenizer)
+            for c in _split_chunks(Document(doc.id, doc.text[start:end]), windows):
                 chunks.append(Chunk(doc.id, start + c.start_char, start + c.end_char, c.text))
             i += 1
             continue

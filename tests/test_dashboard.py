@@ -7,7 +7,6 @@ import json
 import re
 import sys
 import xml.etree.ElementTree as ET
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,22 +20,19 @@ from compare.prices import ChosenSheet, PriceSheetError
 from compare.report import write_report
 from compare.store import Store
 from compare.types import Example, Prediction
-from tests.dashboard_fixture import LC_LABEL, RAG_LABELS, RUN_A, RUN_B, SHEET, fill, lc_timing, rag_ttft
+from tests.dashboard_fixture import (
+    LC_LABEL,
+    RAG_LABELS,
+    RUN_A,
+    RUN_B,
+    SHEET,
+    SHEET_TOML,
+    fill,
+    lc_timing,
+    rag_ttft,
+)
+from tests.store_fixtures import store_fixtures
 
-SHEET_TOML = """name = "test sheet"
-date = 2026-11-23
-source = "hand-made for tests"
-note = "test rates"
-[api]
-input_usd_per_mtok = 1.0
-cached_input_usd_per_mtok = 0.1
-output_usd_per_mtok = 4.0
-local_usd_per_hour = 0.36
-[self_hosted]
-hardware = "test box"
-device = "cpu"
-usd_per_device_hour = 3.6
-"""
 ALL_CHARTS = {
     "quality_vs_length",
     "needle_heatmap",
@@ -48,17 +44,7 @@ ALL_CHARTS = {
 }
 
 
-@pytest.fixture(scope="module")
-def db(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("dash") / "runs.duckdb"
-    fill(path)
-    return path
-
-
-@pytest.fixture
-def con(db: Path) -> Iterator[duckdb.DuckDBPyConnection]:
-    with duckdb.connect(str(db), read_only=True) as c:
-        yield c
+db, con = store_fixtures(fill, "dash")
 
 
 @pytest.fixture

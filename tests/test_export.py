@@ -12,23 +12,19 @@ import json
 from pathlib import Path
 
 import duckdb
-import pytest
 from typer.testing import CliRunner
 
 from compare.export import export_tables
 from main import app
 from tests.dashboard_fixture import fill
+from tests.store_fixtures import store_fixtures
 
 runner = CliRunner()
 BY_HAND = {"runs": 2, "examples": 12, "predictions": 40 + 2, "scores": 10 + 3 * 10 * 2 + 2,
            "index_stats": 6, "server_stats": 0}
 
 
-@pytest.fixture(scope="module")
-def db(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("export") / "fixture.duckdb"
-    fill(path)
-    return path
+db, _ = store_fixtures(fill, "export")  # the read-only `con` is not used here
 
 
 def _tables(con: duckdb.DuckDBPyConnection) -> list[str]:

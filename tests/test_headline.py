@@ -7,7 +7,6 @@ except the last test, which runs a real corpus through the real server.
 from __future__ import annotations
 
 import json
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -15,32 +14,20 @@ import duckdb
 import pytest
 
 from compare import summary
-from compare.metrics import METRICS, primary_metric, score
+from compare.metrics import METRICS, primary_metric
 from compare.oracle import strategy_table
 from compare.recommend import recommend
 from compare.report import quality_metric
 from compare.store import Store
-from compare.types import Completion, Example, Prediction
+from compare.types import Example
 from compare.workload import Workload
 from corpora.jsonl import CorpusError, load_jsonl_dir
 from corpora.leval import load_leval
+from tests.headline_fixture import FAILED, store_rows
+from tests.headline_fixture import pred as _pred
+from tests.headline_fixture import tpo as _tpo
 
-NOW = datetime(2026, 1, 1)
 HEADLINE = METRICS["headline"]
-
-
-def _pred(text: str, prompt: int = 100, cached: int = 0, total_ms: float = 500.0) -> Prediction:
-    e2e = (total_ms - 10) / 1e3
-    comp = Completion(text, prompt, cached, 4, ttft_s=e2e / 2, e2e_s=e2e, itl_s=(e2e / 6,) * 3,
-                      finish_reason="stop")
-    return Prediction(text, comp, context_tokens=prompt - 20, retrieval_s=0.01)
-
-
-FAILED = Prediction("", None, 0, error="context_overflow: too long")
-
-
-def _tpo(gold: str) -> Example:
-    return next(e for e in load_leval("tpo", max_docs=1).examples if e.answers == (gold,))
 
 
 # item 5: the corpus declares it, the headline uses it --------------------------------------------
@@ -127,27 +114,11 @@ def test_jsonl_directory_multi_select_and_declared_metric(tmp_path: Path) -> Non
 
 
 # the store: queryable in SQL; summary and report read the headline ------------------------------
-def _store(db: Path, rows: dict[str, list[tuple[Example, Prediction]]]) -> None:
-    """One run "r"; per pipeline, (example, prediction) pairs scored by every metric."""
-    configs: dict[str, dict[str, Any]] = {"long_context": {"kind": "long_context"},
-                                          "rag": {"kind": "rag", "top_k": 2}}
-    with Store(db) as s:
-        s.start_run("r", corpus="hand", model="m", base_url=None, concurrency=1, spec={},
-                    corpus_params={}, server={})
-        s.add_examples("r", list({ex.id: ex for pairs in rows.values() for ex, _ in pairs}.values()))
-        seq = 0
-        for pipe, pairs in rows.items():
-            for ex, pred in pairs:
-                s.add_prediction("r", ex.id, pipe, pipe[:6], configs[pipe], pred, seq=seq, resumed=False,
-                                 started_at=NOW, scores=score(METRICS, ex, pred))
-                seq += 1
-
-
 def test_summary_and_report_use_the_headline(tmp_path: Path) -> None:
     c, a = _tpo("C"), _tpo("A")
     nq = load_leval("natural_question", max_docs=1).examples[0]
     db = tmp_path / "h.duckdb"
-    _store(db, {
+    store_rows(db, {
         # LC: C wrong ("Not C, it is D"), A right, nq F1 4/7 -> headline (0 + 1 + 4/7) / 3 = 11/21.
         "long_context": [(c, _pred("Not C, it is D")), (a, _pred("A")), (nq, _pred("It started April 25"))],
         # RAG: C right, A failed (0), nq exact (F1 1) -> (1 + 0 + 1) / 3 = 2/3.
@@ -170,7 +141,7 @@ def test_old_examples_gain_their_primary_metric_on_rescore(tmp_path: Path) -> No
 
     c = _tpo("C")
     db = tmp_path / "old.duckdb"
-    _store(db, {"long_context": [(c, _pred("Not C, it is D"))]})
+    store_rows(db, {"long_context": [(c, _pred("Not C, it is D"))]})
     with Store(db) as s:  # as written before the column existed
         s.con.execute("UPDATE examples SET primary_metric = NULL, tags = json_object('answer_format', "
                       "'letter', 'choices', json_extract_string(tags, '$.choices'))")
@@ -189,7 +160,7 @@ def _free(i: int) -> Example:
 def test_oracle_takes_the_best_graded_answer_before_the_cheapest(tmp_path: Path) -> None:
     db = tmp_path / "o.duckdb"
     f1, f2 = _free(1), _free(2)
-    _store(db, {
+    store_rows(db, {
         # f1: LC F1 = 2 (2/2)(2/3) / (1 + 2/3) = 0.8 at 1000 tokens; RAG wrong (0) at 200 tokens.
         # f2: both exact (1.0): the cheaper RAG.
         "long_context": [(f1, _pred("jean valjean", prompt=1000)), (f2, _pred("Jean Valjean, mayor", 1000))],
@@ -211,7 +182,7 @@ def test_oracle_cost_is_cache_aware_and_defaults_to_the_headline(tmp_path: Path)
     f1 = _free(1)
     # Both exact. LC is warm: 1000 prompt tokens, 950 from the prefix cache -> 50 computed; RAG
     # computes all of its 200. Cache-aware, LC is cheaper; by raw prompt tokens RAG would be.
-    _store(db, {"long_context": [(f1, _pred("jean valjean mayor", prompt=1000, cached=950))],
+    store_rows(db, {"long_context": [(f1, _pred("jean valjean mayor", prompt=1000, cached=950))],
                 "rag": [(f1, _pred("jean valjean mayor", prompt=200))]})
     with duckdb.connect(str(db), read_only=True) as con:
         default = strategy_table(con, ["r"]).set_index("kind").loc["oracle"]
@@ -229,7 +200,7 @@ def test_recommend_judges_quality_by_the_headline(tmp_path: Path) -> None:
     db = tmp_path / "rec.duckdb"
     # LC: "Not C, it is D" (0), "B" (0): headline 0, though contains finds the C (1.0; the A
     # question has no findable gold, so contains leaves it out). RAG: "C", "A": headline 1.
-    _store(db, {"long_context": [(c, _pred("Not C, it is D", 1000)), (a, _pred("B", 1000))],
+    store_rows(db, {"long_context": [(c, _pred("Not C, it is D", 1000)), (a, _pred("B", 1000))],
                 "rag": [(c, _pred("C", 200)), (a, _pred("A", 200))]})
     wl: dict[str, Any] = {"documents": {"tokens": [1000]}, "questions_per_doc": 1, "requests_per_s": 0.001,
                           "latency": {"p95_ms": 1e7}, "quality_floor": 0.5}

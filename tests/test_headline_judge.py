@@ -15,7 +15,9 @@ from compare.report import write_report
 from compare.rescore import rescore
 from compare.store import Store
 from compare.types import Example
-from tests.test_headline import FAILED, _pred, _store, _tpo
+from tests.headline_fixture import FAILED, store_rows
+from tests.headline_fixture import pred as _pred
+from tests.headline_fixture import tpo as _tpo
 
 
 def test_verdicts_are_the_first_word_said() -> None:
@@ -46,7 +48,7 @@ def _judged(store: Store, i: int, verdict: float | None, model: str = "j", at: s
 
 def test_agreement_with_token_f1_and_restoring_without_asking(tmp_path: Path) -> None:
     db = tmp_path / "j.duckdb"
-    _store(db, {"long_context": [(_free(i), _pred(r)) for i, r in REPLIES.items()]})
+    store_rows(db, {"long_context": [(_free(i), _pred(r)) for i, r in REPLIES.items()]})
     with Store(db) as s:
         got = dict(s.con.execute("SELECT example_id, value FROM scores WHERE metric = 'token_f1'").fetchall())
         assert got == pytest.approx({f"f{i}": v for i, v in F1.items()})
@@ -79,7 +81,7 @@ def test_agreement_with_token_f1_and_restoring_without_asking(tmp_path: Path) ->
 async def test_the_served_model_judges_once(tmp_path: Path, backend: Any) -> None:
     db = tmp_path / "real.duckdb"
     c = _tpo("C")
-    _store(db, {"long_context": [(_free(1), _pred(REPLIES[1])), (_free(2), _pred(REPLIES[2])),
+    store_rows(db, {"long_context": [(_free(1), _pred(REPLIES[1])), (_free(2), _pred(REPLIES[2])),
                                  (_free(3), FAILED), (c, _pred("C"))]})
     with Store(db) as s:
         first = await judge.judge_runs(s, backend, ["r"])

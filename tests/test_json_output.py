@@ -22,21 +22,12 @@ from typer.testing import CliRunner
 from cli import jsonout
 from compare.console import emit_json, jsonable
 from main import app
-from tests.dashboard_fixture import RUN_A, fill
+from tests.dashboard_fixture import RUN_A, SHEET_API_TOML, fill
+from tests.store_fixtures import store_fixtures
 
 ROOT = Path(__file__).resolve().parent.parent
 runner = CliRunner()
 
-SHEET_TOML = """name = "test sheet"
-date = 2026-11-23
-source = "hand-made"
-note = "test rates"
-[api]
-input_usd_per_mtok = 1.0
-cached_input_usd_per_mtok = 0.1
-output_usd_per_mtok = 4.0
-local_usd_per_hour = 0.36
-"""
 WORKLOAD_TOML = """name = "fixture"
 model = "tiny"
 questions_per_doc = 5
@@ -51,11 +42,7 @@ p95_ms = 100000
 """
 
 
-@pytest.fixture(scope="module")
-def db(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("json") / "fixture.duckdb"
-    fill(path)
-    return path
+db, _ = store_fixtures(fill, "json")  # the read-only `con` is not used here
 
 
 def _json(*args: str, code: int = 0) -> Any:
@@ -105,7 +92,7 @@ def test_models_and_corpora_list_json() -> None:
 
 def test_cost_json_prices_by_queries_per_doc(db: Path, tmp_path: Path) -> None:
     sheet = tmp_path / "sheet.toml"
-    sheet.write_text(SHEET_TOML)
+    sheet.write_text(SHEET_API_TOML)
     data = _json("cost", "--db", str(db), "--price-sheet", str(sheet), "--run", RUN_A,
                  "--queries-per-doc", "1,10", "--json")
     assert set(data) == set(jsonout.TOP_LEVEL["cost"])

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import json
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import pytest
 
@@ -22,27 +20,10 @@ from compare.backend import (
     parse_metrics,
 )
 from compare.types import Document, Example
+from tests.sse_server import send_json, serve, sse_chunk, sse_usage
 
 DELAYS = (0.30, 0.05, 0.10, 0.05)  # before each token chunk
 TOKENS = ("The", " answer", " is", " 42")
-
-
-def _chunk(content: str | None, finish: str | None = None) -> bytes:
-    body = {
-        "id": "x", "object": "chat.completion.chunk", "created": 0, "model": "m",
-        "choices": [{"index": 0, "delta": {"content": content} if content is not None else {},
-                     "finish_reason": finish}],
-    }
-    return f"data: {json.dumps(body)}\n\n".encode()
-
-
-def _usage(prompt: int, cached: int, out: int) -> bytes:
-    body = {
-        "id": "x", "object": "chat.completion.chunk", "created": 0, "model": "m", "choices": [],
-        "usage": {"prompt_tokens": prompt, "completion_tokens": out, "total_tokens": prompt + out,
-                  "prompt_tokens_details": {"cached_tokens": cached}},
-    }
-    return f"data: {json.dumps(body)}\n\n".encode()
 
 
 class _Scripted(BaseHTTPRequestHandler):
@@ -54,36 +35,31 @@ class _Scripted(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         self.rfile.read(int(self.headers.get("Content-Length", 0)))
         if self.path == "/tokenize":  # a pipeline measures its prompt before it streams
-            body = json.dumps({"count": 12, "max_model_len": 4096}).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+            send_json(self, {"count": 12, "max_model_len": 4096})
             return
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream")
         self.end_headers()
-        self.wfile.write(_chunk(None))  # role-only chunk: carries no token, must not start TTFT
+        self.wfile.write(sse_chunk(None))  # role-only chunk: carries no token, must not start TTFT
         self.wfile.flush()
         if self.script == "normal":
             for delay, tok in zip(DELAYS, TOKENS, strict=True):
                 time.sleep(delay)
-                self.wfile.write(_chunk(tok))
+                self.wfile.write(sse_chunk(tok))
                 self.wfile.flush()
-            self.wfile.write(_chunk("", "stop"))
-            self.wfile.write(_usage(120, 96, len(TOKENS)))
+            self.wfile.write(sse_chunk("", "stop"))
+            self.wfile.write(sse_usage(120, 96, len(TOKENS)))
         elif self.script == "cut":  # two tokens, then the connection closes: no finish, no [DONE]
             for tok in TOKENS[:2]:
-                self.wfile.write(_chunk(tok))
+                self.wfile.write(sse_chunk(tok))
             self.wfile.flush()
             return
         elif self.script == "no_usage":  # a complete answer, but the server sends no usage chunk
             for tok in TOKENS:
-                self.wfile.write(_chunk(tok))
-            self.wfile.write(_chunk("", "stop"))
+                self.wfile.write(sse_chunk(tok))
+            self.wfile.write(sse_chunk("", "stop"))
         else:
-            self.wfile.write(_chunk("", "length"))
+            self.wfile.write(sse_chunk("", "length"))
         self.wfile.write(b"data: [DONE]\n\n")
         self.wfile.flush()
 
@@ -91,11 +67,8 @@ class _Scripted(BaseHTTPRequestHandler):
 @pytest.fixture
 def scripted() -> Iterator[tuple[str, type[_Scripted]]]:
     handler = type("H", (_Scripted,), {})
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=srv.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{srv.server_address[1]}", handler
-    srv.shutdown()
+    with serve(handler) as url:
+        yield url, handler
 
 
 async def test_stream_timing_follows_vllm_rules(scripted: tuple[str, type[_Scripted]]) -> None:

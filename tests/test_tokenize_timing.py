@@ -12,10 +12,9 @@ from __future__ import annotations
 
 import json
 import os
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
@@ -28,7 +27,7 @@ from compare.types import Document, Example
 from pipelines.hybrid import SelfRoutePipeline
 from pipelines.long_context import LongContextPipeline
 from pipelines.rag import RagPipeline
-from tests.test_timing import _chunk, _usage
+from tests.sse_server import send_json, serve, sse_chunk, sse_usage
 
 DELAY_S = 0.5  # per /tokenize call: far above a question's embedding + search (~15 ms here)
 SENTENCES = [f"Fact number {i} says that the colour of box {i} is shade {i * 7 % 13}." for i in range(60)]
@@ -42,36 +41,27 @@ class _Server(BaseHTTPRequestHandler):
     def log_message(self, *args: object) -> None:
         pass
 
-    def _json(self, body: dict[str, object]) -> None:
-        data = json.dumps(body).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
     def do_POST(self) -> None:
         body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
         if self.path == "/tokenize":
             type(self).tokenize_calls += 1
             time.sleep(DELAY_S)
             text = body.get("prompt") or json.dumps(body.get("messages"))
-            self._json({"count": len(str(text).split()), "max_model_len": 100_000})
+            send_json(self, {"count": len(str(text).split()), "max_model_len": 100_000})
             return
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream")
         self.end_headers()
-        self.wfile.write(_chunk("shade") + _chunk(" 8", "stop") + _usage(120, 0, 2) + b"data: [DONE]\n\n")
+        body = sse_chunk("shade") + sse_chunk(" 8", "stop") + sse_usage(120, 0, 2)
+        self.wfile.write(body + b"data: [DONE]\n\n")
         self.wfile.flush()
 
 
 @pytest.fixture
 def server() -> Iterator[tuple[str, type[_Server]]]:
     handler = type("H", (_Server,), {"tokenize_calls": 0})
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{srv.server_address[1]}", handler
-    srv.shutdown()
+    with serve(handler) as url:
+        yield url, handler
 
 
 def _rag(tmp_path: Path) -> RagPipeline:
