@@ -10,4 +10,4 @@ test: setup
 	.venv/bin/python -m pytest
 
 lint:
-	.venv/bin/ruff check . && .venv/bin/mypy .
+	.venv/bin/ruff check . && .venv/bin/mypy . && .venv/bin/lint-imports

@@ -5,17 +5,13 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Annotated, Any
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # weight-loading bars drown the run's own
-
 import typer
 
-from cli import jsonout
+from cli import console, jsonout
 from cli.common import (
     INTERRUPTED,
     RUN_STOPPED,
@@ -31,7 +27,6 @@ from cli.common import (
 from cli.data import corpora_app, models_app, serve_cmd, video_app
 from cli.judge import judge_cmd
 from cli.results import cost_cmd, export_cmd, recommend_cmd, report_cmd, retrieval_cmd, runs_cmd, score_cmd
-from compare import console
 
 app = typer.Typer(
     help="Long context or RAG? Measure both on the same questions.",
@@ -64,6 +59,12 @@ def _root(
                      "(default ~/.cache/ragvslc)."),
     ] = None,
 ) -> None:
+    # Set when a command runs, not when main is imported (importing it changes nothing).
+    from compare.core.offline import offline_defaults
+
+    offline_defaults()
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
     if home is not None:  # the engine reads the variable where it needs the folder
         os.environ["RAGVSLC_HOME"] = str(home)
 
@@ -91,7 +92,7 @@ def run_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """Run a comparison; rerunning the same spec resumes it."""
-    from compare.spec import SpecError, load_spec, validate_spec
+    from compare.run.spec import SpecError, load_spec, validate_spec
 
     try:
         data = load_spec(spec).model_dump(mode="json") if spec else {}
@@ -122,12 +123,12 @@ def _run_and_summarise(
 ) -> str:
     """Run, then print the summary (a table, or with `as_json` the `run` JSON object); exit 1
     after the summary if `fail_on_error` and any row of the run (also a resumed one) failed."""
-    from compare.app import execute
-    from compare.models import ModelError
-    from compare.runner import RunStopped
-    from compare.serve import ServerError
-    from compare.store import StoreBusyError
-    from compare.summary import pipeline_summary
+    from compare.analysis.summary import pipeline_summary
+    from compare.run.execute import execute
+    from compare.run.runner import RunStopped
+    from compare.serving.server import ServerError
+    from compare.serving.weights import ModelError
+    from compare.store.db import StoreBusyError
 
     try:
         with console.progress_bar() as progress:
@@ -151,7 +152,7 @@ def _run_and_summarise(
     )
     import duckdb
 
-    from compare.metrics import METRICS
+    from compare.core.metrics import METRICS
 
     with duckdb.connect(str(db), read_only=True) as con:
         rows = pipeline_summary(con, [result.run_id])
@@ -186,11 +187,11 @@ def demo_cmd(
     data_dir: DataOpt = None,
 ) -> None:
     """A needle grid and a real document with several questions, both pipelines, then the report."""
-    from compare import demo
-    from compare.app import serving
-    from compare.models import ModelError
-    from compare.report import write_report
-    from compare.serve import ServerError
+    from compare.report.assemble import write_report
+    from compare.run import demo
+    from compare.run.execute import serving
+    from compare.serving.server import ServerError
+    from compare.serving.weights import ModelError
 
     out.mkdir(parents=True, exist_ok=True)
     db = out / "results.duckdb"
@@ -212,8 +213,6 @@ def _sigterm_as_interrupt(signum: int, frame: object) -> None:
     """SIGTERM takes the same clean path as Ctrl-C: rows flushed, managed server stopped."""
     raise KeyboardInterrupt
 
-
-signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
 
 if __name__ == "__main__":
     sys.exit(app())

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from benchmarks.index_build import time_builds
-from compare.types import Document
+from compare.core.types import Document
 from corpora.books import data_dir, load_book
 from pipelines.chunking import chunk_document
 from pipelines.embedder import embed_texts, embedder_tokenizer, load_embedder

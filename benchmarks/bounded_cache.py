@@ -26,13 +26,12 @@ from benchmarks.common import (
     reset_cache,
     server_work,
 )
-from compare import models
-from compare.backend import Backend
-from compare.runner import run
-from compare.schedule import Schedule
-from compare.store import Store
-from compare.types import Document, Example
-from corpora.base import Corpus
+from compare.core.types import Corpus, Document, Example
+from compare.run.runner import run
+from compare.serving import weights as models
+from compare.serving.client import HttpBackend
+from compare.serving.schedule import Schedule
+from compare.store.db import Store
 from corpora.needle import book_text, prefix_with_tokens
 
 WINDOW = 2048
@@ -40,7 +39,7 @@ QUESTIONS = ("Who is mentioned first?", "What place is described?", "What happen
              "Which object is named?", "Who speaks?")
 
 
-async def _corpus(backend: Backend, docs: int, questions: int, doc_tokens: int) -> Corpus:
+async def _corpus(backend: HttpBackend, docs: int, questions: int, doc_tokens: int) -> Corpus:
     book = book_text("les_miserables", "BOOK FIRST—A JUST MAN", None)
     documents: dict[str, Document] = {}
     for d in range(docs):
@@ -54,7 +53,7 @@ async def _corpus(backend: Backend, docs: int, questions: int, doc_tokens: int) 
 
 async def _arms(url: str, docs: int, questions: int, doc_tokens: int) -> list[dict[str, Any]]:
     out = []
-    async with Backend(url, models.DEFAULT_MODEL, timeout_s=1800) as backend:
+    async with HttpBackend(url, models.DEFAULT_MODEL, timeout_s=1800) as backend:
         corpus = await _corpus(backend, docs, questions, doc_tokens)
         from pipelines.long_context import LongContextPipeline
 

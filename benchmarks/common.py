@@ -18,8 +18,8 @@ from typing import Any
 
 import httpx
 
-from compare import models
-from compare.backend import metric_deltas, parse_metrics
+from compare.serving import weights as models
+from compare.serving.client import metric_deltas, parse_metrics
 
 BENCH_WINDOW = 16384
 PREFILL_KEYS = (
@@ -86,7 +86,7 @@ def server(base_url: str | None, window: int = BENCH_WINDOW, kv_cache_gib: int =
     if base_url:
         yield base_url.rstrip("/")
         return
-    from compare.serve import ManagedServer, ServerConfig
+    from compare.serving.server import ManagedServer, ServerConfig
 
     os.environ["VLLM_SERVER_DEV_MODE"] = "1"  # ServerConfig.env() passes the environment on
     path = models.prepare(models.DEFAULT_MODEL)

@@ -17,12 +17,12 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import Row, computed_tokens, ratio_row, server_work
-from compare import models
-from compare.backend import Backend
-from compare.runner import run
-from compare.schedule import Schedule
-from compare.store import Store
-from corpora.base import Corpus
+from compare.core.types import Corpus
+from compare.run.runner import run
+from compare.serving import weights as models
+from compare.serving.client import HttpBackend
+from compare.serving.schedule import Schedule
+from compare.store.db import Store
 from corpora.leval import load_leval
 from pipelines.long_context import LongContextPipeline
 
@@ -30,7 +30,7 @@ from pipelines.long_context import LongContextPipeline
 async def _measure(base_url: str, docs: int, questions: int, levels: list[int]) -> list[dict[str, Any]]:
     corpus = load_leval("tpo", max_docs=docs, max_questions_per_doc=questions)
     out: list[dict[str, Any]] = []
-    async with Backend(base_url, models.DEFAULT_MODEL, timeout_s=1800) as backend:
+    async with HttpBackend(base_url, models.DEFAULT_MODEL, timeout_s=1800) as backend:
         pipe = LongContextPipeline()
         await pipe.prepare(corpus.documents, backend)
         t0 = time.perf_counter()

@@ -6,9 +6,9 @@ Each arm starts its own managed vLLM (window 4096) and, in the same environment 
 same thread count, times torch matmuls of the model's shape (512x896 @ 896x4864) in fp32 and
 in bf16. The engine's prefill is timed on cold prompts of 1k and 2k tokens (a nonce first: no
 cache hit) and turned into FLOP/s with the model's shape (2 x parameters per token plus
-attention, compare/probe.py). Arms:
+attention, compare/serving/probe.py). Arms:
 
-- auto, all cores: the default (compare/cpu.py picks the dtype and binds every core);
+- auto, all cores: the default (compare/serving/cpu.py picks the dtype and binds every core);
 - auto, vLLM's binding: the engine on vLLM's own choice of cores (it keeps one for its scheduler);
   also measured with MiniLM encoding on one thread beside it, as RAG questions are embedded;
 - forced bf16 vs auto on this CPU (identical where the CPU has native bf16);
@@ -30,10 +30,10 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import Row, load_avg, ratio_row
-from compare import models
-from compare.backend import Backend
-from compare.cpu import bind_spec, cpu_info
-from compare.probe import ModelDims, model_dims
+from compare.serving import weights as models
+from compare.serving.client import HttpBackend
+from compare.serving.cpu import bind_spec, cpu_info
+from compare.serving.probe import ModelDims, model_dims
 
 WINDOW = 4096
 SHORT = 128  # the length at which forced bf16 is compared: seconds even where bf16 is emulated
@@ -78,7 +78,7 @@ def matmul_flops(threads: int, env: Mapping[str, str]) -> dict[str, float]:
 
 @contextlib.contextmanager
 def arm_server(dtype: str, env: Mapping[str, str]) -> Iterator[tuple[str, dict[str, object]]]:
-    from compare.serve import ManagedServer, ServerConfig
+    from compare.serving.server import ManagedServer, ServerConfig
 
     path = models.prepare(models.DEFAULT_MODEL)
     config = ServerConfig(model_path=str(path), served_name=models.DEFAULT_MODEL, max_model_len=WINDOW,
@@ -96,7 +96,7 @@ def _prompt(tokens: int, nonce: str) -> str:
 
 async def _prefill(url: str, tokens: int, dims: ModelDims, repeats: int) -> dict[str, float]:
     ttfts, n = [], 0
-    async with Backend(url, models.DEFAULT_MODEL, timeout_s=3600) as b:
+    async with HttpBackend(url, models.DEFAULT_MODEL, timeout_s=3600) as b:
         await b.complete([{"role": "user", "content": _prompt(64, f"warm {time.time_ns()}")}], max_tokens=1)
         for _ in range(repeats):
             c = await b.complete([{"role": "user", "content": _prompt(tokens, f"cold {time.time_ns()}")}],

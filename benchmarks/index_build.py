@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import Row, median, ratio_row
-from compare.types import Document
+from compare.core.types import Document
 from corpora.books import data_dir, load_book
 from pipelines.chunking import chunk_document
 from pipelines.embedder import embed_texts, embedder_tokenizer, load_embedder

@@ -1,7 +1,7 @@
 """(d) A needle grid through the real runner: prefix-sharing schedule vs naive order.
 
 Every arm starts from an emptied prefix cache (vLLM dev mode's /reset_prefix_cache) and runs
-the same grid with the long-context pipeline at temperature 0 through `compare.runner.run`,
+the same grid with the long-context pipeline at temperature 0 through `compare.run.runner.run`,
 storing rows in a throwaway DuckDB file, so what is timed is what a user's run does. The
 baseline is the issue's: the grid run serially in a naive order (shuffled). The prefill the
 server really did comes from its /metrics (`prompt_tokens_by_source`), and answers must be
@@ -31,12 +31,12 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import Row, bounded_server, computed_tokens, reset_cache, server_work
-from compare import models
-from compare.backend import Backend
-from compare.runner import run
-from compare.schedule import Schedule
-from compare.store import Store
-from corpora.base import Corpus
+from compare.core.types import Corpus
+from compare.run.runner import run
+from compare.serving import weights as models
+from compare.serving.client import HttpBackend
+from compare.serving.schedule import Schedule
+from compare.store.db import Store
 from corpora.needle import build_needle_corpus
 from pipelines.long_context import LongContextPipeline
 
@@ -57,7 +57,7 @@ async def _arm(
         schedule = "given"
     grid = Corpus(corpus.name, corpus.documents, examples, corpus.params)
     cold = reset_cache(base_url)
-    async with Backend(base_url, models.DEFAULT_MODEL, timeout_s=1800) as backend:
+    async with HttpBackend(base_url, models.DEFAULT_MODEL, timeout_s=1800) as backend:
         with Store(db) as store, server_work(base_url) as work:
             t0 = time.perf_counter()
             res = await run(
@@ -85,7 +85,7 @@ async def _arm(
 
 async def _grid(base_url: str, lengths: list[int], depths: list[float], arms: list[Arm],
                 seed: int) -> tuple[list[dict[str, Any]], int]:
-    async with Backend(base_url, models.DEFAULT_MODEL) as backend:
+    async with HttpBackend(base_url, models.DEFAULT_MODEL) as backend:
         corpus = await build_needle_corpus(backend.tokenize, lengths=lengths, depths=depths, seed=seed)
     out = []
     with tempfile.TemporaryDirectory() as tmp:

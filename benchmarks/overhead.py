@@ -21,12 +21,11 @@ from typing import Any
 import openai
 
 from benchmarks.common import Row, median, ratio_row
-from compare import models
-from compare.backend import Backend
-from compare.runner import run
-from compare.store import Store
-from compare.types import Document, Example
-from corpora.base import Corpus
+from compare.core.types import Corpus, Document, Example
+from compare.run.runner import run
+from compare.serving import weights as models
+from compare.serving.client import HttpBackend
+from compare.store.db import Store
 from corpora.needle import book_text, prefix_with_tokens
 from pipelines.long_context import LongContextPipeline
 from pipelines.prompts import build_messages
@@ -52,10 +51,10 @@ async def _bare(client: openai.AsyncOpenAI, messages: list[dict[str, str]], max_
 
 
 class _EngineClock:
-    """Sums the time spent inside Backend.complete (the engine call, streamed to the end), so
+    """Sums the time spent inside HttpBackend.complete (the engine call, streamed to the end), so
     the time outside it, which is ours, can be measured in the same calls despite load noise."""
 
-    def __init__(self, backend: Backend) -> None:
+    def __init__(self, backend: HttpBackend) -> None:
         self.total = 0.0
         inner = backend.complete
 
@@ -70,7 +69,7 @@ class _EngineClock:
 
 
 async def _measure(base_url: str, doc_tokens: int, repeats: int, rows_n: int) -> list[Row]:
-    async with Backend(base_url, models.DEFAULT_MODEL) as backend:
+    async with HttpBackend(base_url, models.DEFAULT_MODEL) as backend:
         text = await prefix_with_tokens(
             book_text("les_miserables", "BOOK FIRST—A JUST MAN", None), doc_tokens, backend.tokenize
         )

@@ -11,7 +11,7 @@ from typing import Annotated, Any, NoReturn
 
 import typer
 
-from compare import console
+from cli import console
 
 # Exit codes, the same for every command (README "Exit codes").
 OK, RUN_STOPPED, BAD_INPUT, NO_EVIDENCE, INTERRUPTED = 0, 1, 2, 3, 130

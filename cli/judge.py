@@ -1,5 +1,5 @@
 """`ragvslc judge`: grade stored free-text answers with a judge model (parsing only; the work is
-compare/judge.py)."""
+compare/run/judge.py)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from typing import Annotated
 
 import typer
 
+from cli import console
 from cli.common import DbOpt, fail
-from compare import console
 
 
 def judge_cmd(
@@ -26,11 +26,12 @@ def judge_cmd(
 ) -> None:
     """Ask a judge model whether each free-text answer is correct (once per row and judge;
     `ragvslc score` reuses the stored verdicts), then print its agreement with token F1."""
-    from compare.app import server_for
-    from compare.backend import Backend
-    from compare.judge import agreement, judge_runs
-    from compare.spec import validate_spec
-    from compare.store import Store, StoreBusyError
+    from compare.analysis.judgements import agreement
+    from compare.run.execute import server_for
+    from compare.run.judge import judge_runs
+    from compare.run.spec import validate_spec
+    from compare.serving.client import HttpBackend
+    from compare.store.db import Store, StoreBusyError
 
     if not db.exists():
         fail(f"no database at {db}")
@@ -46,7 +47,7 @@ def judge_cmd(
                 first = url if isinstance(url, str) else url[0]
 
                 async def go() -> object:
-                    async with Backend(first, name) as backend:
+                    async with HttpBackend(first, name) as backend:
                         return await judge_runs(store, backend, run or None)
 
                 result = asyncio.run(go())

@@ -8,16 +8,15 @@ from typing import Annotated
 
 import typer
 
-from cli import jsonout
+from cli import console, jsonout
 from cli.common import NO_EVIDENCE, DataOpt, DbOpt, JsonOpt, csv_list, fail, interruptible
-from compare import console
 
 RunOpt = Annotated[list[str] | None, typer.Option("--run", help="Run id(s); repeatable. Default: all.")]
 
 
 def runs_cmd(db: DbOpt = Path("results.duckdb"), as_json: JsonOpt = False) -> None:
     """List the runs stored in a database."""
-    from compare.store import Store, StoreBusyError
+    from compare.store.db import Store, StoreBusyError
 
     if not db.exists():
         fail(f"no database at {db}")
@@ -46,7 +45,7 @@ def report_cmd(
     no_images: Annotated[bool, typer.Option("--no-images", help="Write report.html only.")] = False,
 ) -> None:
     """Write report.html (offline, one file) plus PNG and SVG of each chart."""
-    from compare.report import write_report
+    from compare.report.assemble import write_report
 
     if not db.exists():
         fail(f"no database at {db}")
@@ -70,8 +69,8 @@ def cost_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """Cost per query as a function of queries per document, and the break-even points."""
-    from compare import cost
-    from compare.store import Store, StoreBusyError
+    from compare.analysis import cost
+    from compare.store.db import Store, StoreBusyError
 
     try:
         qs = csv_list(queries_per_doc, int) or [1]
@@ -100,9 +99,10 @@ def recommend_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """Long context, RAG or a router for this workload, from measured runs (exit 3: no evidence)."""
-    from compare.cost import PriceSheetError
-    from compare.recommend import print_recommendation, recommend
-    from compare.workload import WorkloadError, load_workload
+    from cli.recommend import print_recommendation
+    from compare.analysis.cost import PriceSheetError
+    from compare.analysis.recommend import recommend
+    from compare.analysis.workload import WorkloadError, load_workload
 
     try:
         rec = recommend(db, load_workload(workload), run or None)
@@ -132,9 +132,9 @@ def retrieval_cmd(
     """Retrieval alone (no LLM): recall@k and MRR from evidence spans, stored for the report."""
     import asyncio
 
-    from compare.offline import evaluate, store_rows
-    from compare.retrieval import format_rows
-    from compare.spec import SpecError, load_spec, validate_spec
+    from compare.run.retrieval_eval import format_rows
+    from compare.run.retrieval_run import evaluate, store_rows
+    from compare.run.spec import SpecError, load_spec, validate_spec
 
     try:
         data = load_spec(spec).model_dump(mode="json") if spec else {}
@@ -162,9 +162,9 @@ def score_cmd(
     metric: Annotated[list[str] | None, typer.Option("--metric", help="Metric(s); default all.")] = None,
 ) -> None:
     """Recompute scores from stored predictions (no model calls)."""
-    from compare.metrics import METRICS
-    from compare.rescore import rescore
-    from compare.store import Store, StoreBusyError
+    from compare.core.metrics import METRICS
+    from compare.run.rescore import rescore
+    from compare.store.db import Store, StoreBusyError
 
     if not db.exists():
         fail(f"no database at {db}")
@@ -183,8 +183,8 @@ def export_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """Every table (runs, predictions, scores, server_stats, ...) as Parquet or CSV files."""
-    from compare.export import FORMATS, export_tables
-    from compare.store import StoreBusyError
+    from compare.store.db import StoreBusyError
+    from compare.store.export import FORMATS, export_tables
 
     chosen = next((f for f in FORMATS if f == fmt), None)
     if chosen is None:

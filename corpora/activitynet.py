@@ -22,11 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from compare.metrics import default_primary, normalize
-from compare.types import Document, Example, Span
-from corpora.base import Corpus
+from compare.core.metrics import default_primary, normalize
+from compare.core.timeline import Entry, clock, render, video_tags
+from compare.core.types import Corpus, Document, Example, Span
 from corpora.books import data_dir
-from corpora.timeline import Entry, clock, render, video_tags
 
 Task = Literal["when", "what", "qa"]
 QA_TYPES = ("motion", "spatial", "temporal", "yes_no", "color", "object", "location", "number", "other")

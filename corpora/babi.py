@@ -21,13 +21,17 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from compare.metrics import SHORT_ANSWER
-from compare.types import Document, Example, Span
-from corpora.base import Corpus
-from corpora.books import data_dir
-from corpora.needle import Counter, Length, book_text, plant_all, prefix_with_tokens
+from pydantic import Field
+
+from compare.core.config import Strict
+from compare.core.metrics import SHORT_ANSWER
+from compare.core.protocols import BuildContext
+from compare.core.registry import register_corpus
+from compare.core.types import Corpus, Document, Example, Span, TokenCounter
+from corpora.books import BookName, TokenLength, data_dir
+from corpora.needle import Length, book_text, plant_all, prefix_with_tokens
 
 Split = Literal["test", "train"]
 _QUESTION = re.compile(r"^(?P<q>[^\t|]+?)\s*[\t|]\s*(?P<a>[^\t|]+?)\s*[\t|]\s*(?P<ids>[\d ]+)\s*$")
@@ -96,7 +100,7 @@ def last_questions(stories: Sequence[Story]) -> list[Story]:
 
 
 async def build_babi_corpus(
-    count: Counter,
+    count: TokenCounter,
     *,
     tasks: Sequence[int] = (1, 2, 3),
     lengths: Sequence[Length] = (4000,),
@@ -155,3 +159,21 @@ async def build_babi_corpus(
         "seed": seed, "split": split, "book": book, "start_marker": start_marker,
     }
     return Corpus(name="babi", documents=docs, examples=examples, params=params)
+
+
+class BabiCorpusSpec(Strict):
+    kind: Literal["babi"] = "babi"
+    tasks: list[Annotated[int, Field(ge=1, le=20)]] = Field(default=[1, 2, 3], min_length=1)
+    lengths: list[TokenLength] = Field(default=[4000])
+    n_stories: Annotated[int, Field(ge=1, le=1000)] = 5
+    seed: int = 0
+    split: Literal["test", "train"] = "test"
+    book: BookName = "les_miserables"
+
+
+@register_corpus(BabiCorpusSpec)
+async def _build(cs: BabiCorpusSpec, ctx: BuildContext) -> Corpus:
+    return await build_babi_corpus(
+        ctx.tokenize, tasks=cs.tasks, lengths=cs.lengths, n_stories=cs.n_stories,
+        seed=cs.seed, split=cs.split, book=cs.book, root=ctx.data_dir,
+    )

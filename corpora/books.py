@@ -11,6 +11,9 @@ import re
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field
 
 _START = re.compile(r"^\*\*\* ?START OF (THE|THIS) PROJECT GUTENBERG EBOOK.*$", re.M)
 _END = re.compile(r"^\*\*\* ?END OF (THE|THIS) PROJECT GUTENBERG EBOOK.*$", re.M)
@@ -58,3 +61,8 @@ def load_book(name: str, root: Path) -> str:
         )
     raw = path.read_bytes().decode(BOOKS[name].encoding)
     return strip_gutenberg(raw.replace("\r\n", "\n"))
+
+
+# A target length in tokens, or "full": the whole book as one document (run-spec fields).
+TokenLength = Annotated[int, Field(ge=64, le=1_000_000)] | Literal["full"]
+BookName = Literal["les_miserables", "war_and_peace"]

@@ -25,34 +25,22 @@ import json
 import re
 import statistics
 from collections.abc import Callable
-from dataclasses import replace
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, model_validator
+from pydantic import Field, StrictInt, model_validator
 
-from compare.metrics import MULTI_SELECT, check_primary, default_primary
-from compare.types import Document, Example, Span
-from corpora.base import Corpus
-from corpora.needle import Counter
+from compare.core.config import Strict
+from compare.core.metrics import MULTI_SELECT, check_primary, default_primary
+from compare.core.protocols import BuildContext
+from compare.core.registry import register_corpus
+from compare.core.types import Corpus, Document, Example, Span
+from corpora.leval import load_leval_file
+from corpora.records import CorpusError, StrictRecord, read_jsonl, with_doc_tokens
 
-M = TypeVar("M", bound=BaseModel)
 NonBlank = Annotated[str, Field(min_length=1, pattern=r"\S")]
 Label = Annotated[str, Field(pattern=r"^[A-Z]$")]
 ChoiceList = Annotated[list[NonBlank], Field(min_length=2, max_length=26)]
-
-
-class CorpusError(ValueError):
-    """A corpus that cannot be used; `problems` lists every one as "file:line: what"."""
-
-    def __init__(self, source: str, problems: list[str]) -> None:
-        self.problems = problems
-        lines = "\n".join(f"  {p}" for p in problems)
-        super().__init__(f"{source}: {len(problems)} problem(s), nothing imported:\n{lines}")
-
-
-class StrictRecord(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class DocumentRecord(StrictRecord):
@@ -81,44 +69,6 @@ class QuestionRecord(StrictRecord):
         if isinstance(self.choices, list):
             return {chr(ord("A") + i): c for i, c in enumerate(self.choices)}
         return dict(self.choices or {})
-
-
-def read_jsonl(path: Path, model: type[M], problems: list[str]) -> list[tuple[int, M]]:
-    """Validated records with their 1-based line numbers; every problem appended, none raised."""
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        problems.append(f"{path}: file not found")
-        return []
-    except OSError as exc:
-        problems.append(f"{path}: cannot read: {exc.strerror}")
-        return []
-    out: list[tuple[int, M]] = []
-    for n, line_bytes in enumerate(raw.split(b"\n"), start=1):
-        where = f"{path}:{n}"
-        try:
-            line = line_bytes.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            bad = line_bytes[exc.start]
-            problems.append(f"{where}: not UTF-8 (byte 0x{bad:02x} at column {exc.start + 1})")
-            continue
-        if not line.strip():
-            continue
-        try:
-            data = json.loads(line)
-        except json.JSONDecodeError as exc:
-            problems.append(f"{where}: not valid JSON: {exc.msg} (column {exc.colno})")
-            continue
-        if not isinstance(data, dict):
-            problems.append(f"{where}: expected a JSON object, got {type(data).__name__}")
-            continue
-        try:
-            out.append((n, model.model_validate_json(line, strict=True)))
-        except ValidationError as exc:
-            for err in exc.errors():
-                field = ".".join(str(p) for p in err["loc"]) or "(record)"
-                problems.append(f"{where}: {field}: {err['msg']}")
-    return out
 
 
 def _read_text(root: Path, rel: str, where: str, problems: list[str]) -> str | None:
@@ -183,7 +133,6 @@ def load_jsonl_dir(path: Path | str) -> Corpus:
     """A corpus directory (documents.jsonl + questions.jsonl) or a single L-Eval-style file."""
     path = Path(path)
     if path.is_file():
-        from corpora.leval import load_leval_file  # leval builds on this module's reader
 
         return load_leval_file(path)
     if not path.is_dir():
@@ -272,16 +221,13 @@ def import_summary(path: Path | str) -> dict[str, Any]:
     }
 
 
-async def with_doc_tokens(corpus: Corpus, count: Counter) -> Corpus:
-    """Tag each example with its documents' length in the served model's own tokens.
+class JsonlCorpusSpec(Strict):
+    kind: Literal["jsonl"] = "jsonl"
+    path: str  # a directory with documents.jsonl + questions.jsonl, or one L-Eval-style file
+    # A corpus named only by its path: the files' content hash joins the run id.
+    named_by_path: ClassVar[bool] = True
 
-    Loaded corpora (L-Eval, imports) come without lengths; reports plot quality against
-    `doc_tokens`, which must be a measurement. One count per document, not per question.
-    """
-    sizes = {d: await count(doc.text) for d, doc in corpus.documents.items()}
-    examples = [
-        ex if "doc_tokens" in ex.tags
-        else replace(ex, tags={**ex.tags, "doc_tokens": float(sum(sizes[d] for d in ex.doc_ids))})
-        for ex in corpus.examples
-    ]
-    return Corpus(corpus.name, corpus.documents, examples, corpus.params)
+
+@register_corpus(JsonlCorpusSpec)
+async def _build(cs: JsonlCorpusSpec, ctx: BuildContext) -> Corpus:
+    return await with_doc_tokens(load_jsonl_dir(cs.path), ctx.tokenize)

@@ -13,7 +13,7 @@ file gets the same treatment, and a test pins that every real subset parses as e
 - exact topic (topic_retrieval_longchat) and free text (the rest): the output as is.
 Questions are otherwise kept verbatim (the choices must reach the model); gold letters, labels and the
 parsed choices go to the example's answers and tags, where the metrics look for them, with
-the metric each question is judged by (`primary_metric`, from its format: compare/metrics.py).
+the metric each question is judged by (`primary_metric`, from its format: compare/core/metrics.py).
 """
 
 from __future__ import annotations
@@ -24,13 +24,15 @@ import re
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, PositiveInt, model_validator
 
-from compare.metrics import MULTI_SELECT, default_primary, normalize
-from compare.types import Document, Example
-from corpora.base import Corpus
+from compare.core.config import Strict
+from compare.core.metrics import MULTI_SELECT, default_primary, normalize
+from compare.core.protocols import BuildContext
+from compare.core.registry import register_corpus
+from compare.core.types import Corpus, Document, Example
 from corpora.books import data_dir
-from corpora.jsonl import CorpusError, StrictRecord, read_jsonl
+from corpora.records import CorpusError, StrictRecord, read_jsonl, with_doc_tokens
 
 Subset = Literal[
     "quality", "tpo", "sci_fi", "topic_retrieval_longchat", "natural_question", "financial_qa",
@@ -169,3 +171,20 @@ def load_leval(
         max_questions_per_doc=max_questions_per_doc,
     )
     return Corpus(corpus.name, corpus.documents, corpus.examples, {**corpus.params, "subset": subset})
+
+
+class LevalCorpusSpec(Strict):
+    kind: Literal["leval"] = "leval"
+    subset: Literal[
+        "quality", "tpo", "sci_fi", "topic_retrieval_longchat", "natural_question",
+        "financial_qa", "multidoc_qa",
+    ]
+    max_docs: PositiveInt | None = None
+    max_questions_per_doc: PositiveInt | None = None
+
+
+@register_corpus(LevalCorpusSpec)
+async def _build(cs: LevalCorpusSpec, ctx: BuildContext) -> Corpus:
+    corpus = load_leval(cs.subset, max_docs=cs.max_docs, max_questions_per_doc=cs.max_questions_per_doc,
+                        root=ctx.data_dir)
+    return await with_doc_tokens(corpus, ctx.tokenize)

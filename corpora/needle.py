@@ -23,18 +23,21 @@ import bisect
 import json
 import random
 import re
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import zip_longest
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from compare.metrics import default_primary
-from compare.types import Document, Example, Span
-from corpora.base import Corpus
-from corpora.books import data_dir, load_book
+from pydantic import Field, SerializerFunctionWrapHandler, model_serializer, model_validator
 
-Counter = Callable[[str], Awaitable[int]]
+from compare.core.config import Strict
+from compare.core.metrics import default_primary
+from compare.core.protocols import BuildContext
+from compare.core.registry import register_corpus
+from compare.core.types import Corpus, Document, Example, Span, TokenCounter
+from corpora.books import BookName, TokenLength, data_dir, load_book
+
 Length = int | Literal["full"]
 Variant = Literal["single", "multi", "paraphrase", "distractor"]
 
@@ -113,7 +116,7 @@ def snap(bounds: Sequence[int], pos: int) -> int:
     return bounds[max(i, 0)]
 
 
-async def prefix_with_tokens(text: str, target: int, count: Counter) -> str:
+async def prefix_with_tokens(text: str, target: int, count: TokenCounter) -> str:
     """Longest sentence-aligned prefix with at most `target` tokens (measured, not guessed)."""
     bounds = sentence_bounds(text)
     lo, hi = 0, len(bounds) - 1
@@ -184,7 +187,7 @@ async def plant_all(
     book: str,
     length: Length,
     docs: Sequence[tuple[Sequence[str], Sequence[float]]],
-    count: Counter,
+    count: TokenCounter,
 ) -> list[Planted]:
     """Plant each document's sentences into ONE haystack measured for this length.
 
@@ -272,7 +275,7 @@ def _cell(variant: Variant, rng: random.Random, depth: float, k: int) -> Cell:
 
 
 async def build_needle_corpus(
-    count: Counter,
+    count: TokenCounter,
     *,
     lengths: Sequence[Length] = (2000, 4000, 8000),
     depths: Sequence[float] = (0.1, 0.5, 0.9),
@@ -349,3 +352,41 @@ def check_needles(variant: Variant, n_needles: int | None) -> int:
     if not 2 <= k <= len(KEYS):
         raise ValueError(f"variant {variant!r} needs n_needles between 2 and {len(KEYS)} (got {k})")
     return k
+
+
+class NeedleCorpusSpec(Strict):
+    kind: Literal["needle"] = "needle"
+    lengths: list[TokenLength] = Field(default=[2000, 4000, 8000])
+    depths: list[Annotated[float, Field(ge=0.0, le=1.0)]] = Field(default=[0.1, 0.5, 0.9])
+    book: BookName = "les_miserables"
+    seed: int = 0
+    variant: Literal["single", "multi", "paraphrase", "distractor"] = "single"
+    # multi: needles asked for; distractor: the true needle + (n_needles - 1) wrong ones.
+    n_needles: Annotated[int, Field(ge=1, le=50)] | None = None
+
+    @model_validator(mode="after")
+    def _needles_fit_variant(self) -> NeedleCorpusSpec:
+        k = self.n_needles
+        if self.variant in ("single", "paraphrase") and k not in (None, 1):
+            raise ValueError(f"variant {self.variant!r} plants exactly one needle (n_needles={k})")
+        if self.variant in ("multi", "distractor") and k is not None and k < 2:
+            raise ValueError(f"variant {self.variant!r} needs n_needles >= 2")
+        return self
+
+    @model_serializer(mode="wrap")
+    def _omit_new_defaults(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """Leave the classic grid's dump (hence its run id) as it was before the variants."""
+        data: dict[str, Any] = handler(self)
+        if data.get("variant") == "single":
+            data.pop("variant")
+        if data.get("n_needles") is None:
+            data.pop("n_needles", None)
+        return data
+
+
+@register_corpus(NeedleCorpusSpec)
+async def _build(cs: NeedleCorpusSpec, ctx: BuildContext) -> Corpus:
+    return await build_needle_corpus(
+        ctx.tokenize, lengths=cs.lengths, depths=cs.depths, book=cs.book, seed=cs.seed,
+        root=ctx.data_dir, variant=cs.variant, n_needles=cs.n_needles,
+    )

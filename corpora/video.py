@@ -26,11 +26,11 @@ from typing import Any, Literal
 
 import numpy as np
 
-from compare.types import Document
+from compare.core.timeline import Entry, Timeline, render
+from compare.core.types import Document
 from corpora.asr import asr_description, transcribe
 from corpora.ocr import Gray, ocr_frames, tesseract_model, tesseract_version
 from corpora.scene_ocr import Image, rapidocr_description, scene_ocr_frames
-from corpora.timeline import Entry, Timeline, render
 
 # stage ("decode+ocr" | "asr"), seconds of media done, seconds in total
 Progress = Callable[[str, float, float], None]

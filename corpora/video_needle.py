@@ -29,11 +29,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 
-from compare.metrics import default_primary
-from compare.types import Document, Example, Span
-from corpora.base import Corpus
+from compare.core.metrics import default_primary
+from compare.core.timeline import video_tags
+from compare.core.types import Corpus, Document, Example, Span
 from corpora.books import data_dir
-from corpora.timeline import video_tags
 from corpora.video import Ingested, IngestSettings, Progress, file_sha256, ingest, prefixed
 from corpora.video import default_cache_dir as timeline_cache_dir
 

@@ -17,11 +17,10 @@ from typing import Annotated
 
 from pydantic import Field, StrictFloat, StrictInt
 
-from compare.metrics import check_primary, default_primary
-from compare.types import Document, Example, Span
-from corpora.base import Corpus
+from compare.core.metrics import check_primary, default_primary
+from compare.core.timeline import video_tags
+from compare.core.types import Corpus, Document, Example, Span
 from corpora.jsonl import CorpusError, NonBlank, StrictRecord, read_jsonl
-from corpora.timeline import video_tags
 from corpora.video import Ingested, IngestSettings, Progress, VideoError, ingest, prefixed
 
 _CLOCK = re.compile(r"^(?:(\d+):)?(\d{1,2}):(\d{1,2})(\.\d+)?$")

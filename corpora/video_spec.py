@@ -7,13 +7,18 @@ it from a thread in async code.
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
+from compare.core.config import Strict
+from compare.core.protocols import BuildContext
+from compare.core.registry import register_corpus
+from compare.core.types import Corpus
 from corpora.activitynet import build_activitynet_corpus
-from corpora.base import Corpus
+from corpora.records import with_doc_tokens
 from corpora.video import Ingested, IngestSettings, OcrEngine, Progress
 from corpora.video_needle import CLIPS, build_video_needle_corpus
 from corpora.video_qa import build_video_qa_corpus
@@ -24,11 +29,7 @@ VIDEO_METRICS = ["headline", "contains", "contains_all", "token_f1", "time_iou",
 Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class VideoIngestSpec(_Strict):
+class VideoIngestSpec(Strict):
     """How videos become timelines (recorded in the corpus params with the engines' versions)."""
 
     fps: Annotated[float, Field(gt=0, le=30)] | None = 1.0
@@ -49,7 +50,7 @@ class VideoIngestSpec(_Strict):
                               asr_beam_size=self.asr_beam_size)
 
 
-class VideoNeedleCorpusSpec(_Strict):
+class VideoNeedleCorpusSpec(Strict):
     kind: Literal["video_needle"] = "video_needle"
     lengths_s: list[Annotated[float, Field(ge=10, le=36_000)]] = Field(default=[30.0, 60.0], min_length=1)
     depths: list[Fraction] = Field(default=[0.1, 0.5, 0.9], min_length=1)
@@ -61,14 +62,14 @@ class VideoNeedleCorpusSpec(_Strict):
     ingest: VideoIngestSpec = VideoIngestSpec()
 
 
-class VideoQaCorpusSpec(_Strict):
+class VideoQaCorpusSpec(Strict):
     kind: Literal["video_qa"] = "video_qa"
     questions: str  # questions.jsonl (see corpora/video_qa.py); videos relative to its folder
     video: str | None = None  # the video for questions that name none
     ingest: VideoIngestSpec = VideoIngestSpec()
 
 
-class ActivityNetCorpusSpec(_Strict):
+class ActivityNetCorpusSpec(Strict):
     kind: Literal["activitynet"] = "activitynet"
     n_videos: Annotated[int, Field(ge=1, le=1797)] = 20
     n_questions: Annotated[int, Field(ge=1, le=1000)] = 10  # per task
@@ -106,6 +107,15 @@ def build_video_corpus(
             gap_s=spec.gap_s, root=data_dir,
         )
     raise TypeError(f"not a video corpus spec: {spec!r}")
+
+
+@register_corpus(VideoNeedleCorpusSpec)
+@register_corpus(VideoQaCorpusSpec)
+@register_corpus(ActivityNetCorpusSpec)
+async def _build(cs: VideoCorpusSpec, ctx: BuildContext) -> Corpus:
+    # Decoding, OCR and speech recognition are CPU-bound: keep the event loop free.
+    built = await asyncio.to_thread(build_video_corpus, cs, ctx.data_dir)
+    return await with_doc_tokens(built, ctx.tokenize)
 
 
 def ingest_report(got: Ingested) -> str:

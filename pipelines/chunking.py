@@ -26,7 +26,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
-from compare.types import Document, Span
+from compare.core.types import Document, Span
 
 Splitter = Literal["sentence", "token", "lines"]
 SPLITTERS: tuple[Splitter, ...] = ("sentence", "token", "lines")

@@ -26,7 +26,7 @@ import faiss
 import numpy as np
 from numpy.typing import NDArray
 
-from compare.types import Document
+from compare.core.types import Document
 from pipelines.chunking import Chunk, Splitter, chunk_document, splitter_id
 from pipelines.embedder import (
     DEFAULT_EMBEDDER,

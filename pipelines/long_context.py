@@ -9,10 +9,15 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping
-from typing import Literal
+from typing import ClassVar, Literal
 
-from compare.backend import Backend, BackendError
-from compare.types import Document, Example, Prediction
+from pydantic import PositiveInt
+
+from compare.core.config import Strict
+from compare.core.errors import BackendError
+from compare.core.protocols import Backend, Role
+from compare.core.registry import register_pipeline
+from compare.core.types import Document, Example, Prediction
 from pipelines.prompts import build_messages
 
 Truncation = Literal["error", "head", "tail", "middle"]
@@ -29,10 +34,18 @@ def cut(text: str, keep: float, policy: Truncation) -> str:
     return text[:half] + "\n[...]\n" + text[len(text) - (n - half) :]
 
 
+class LongContextSpec(Strict):
+    kind: Literal["long_context"] = "long_context"
+    truncation: Literal["error", "head", "tail", "middle"] = "error"
+    max_tokens: PositiveInt = 32
+
+
+@register_pipeline(LongContextSpec)
 class LongContextPipeline:
     """Answer from the full text of the example's documents."""
 
     name = "long_context"
+    role: ClassVar[Role] = "long_context"
 
     def __init__(self, *, truncation: Truncation = "error", max_tokens: int = 32) -> None:
         self.truncation = truncation

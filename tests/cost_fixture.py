@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import date
 from typing import Any
 
-from compare.cost import ApiPrices, PriceSheet, SelfHosted
+from compare.analysis.cost import ApiPrices, PriceSheet, SelfHosted
 
 Pipe = tuple[str, str, dict[str, Any]]
 LC: Pipe = ("long_context", "h-lc", {"kind": "long_context", "truncation": "error", "max_tokens": 32})

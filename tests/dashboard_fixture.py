@@ -17,7 +17,7 @@ Run "run-b" (concurrency 2): long_context only, document d1, one cold and one wa
 
 Priced with SHEET (api: $1 / $0.1 cached / $4 out per 1M tokens, local $0.36/h; self-hosted
 $3.6/h; no server stats, so busy s = E2E; 10 output tokens each), per document then averaged
-(compare/doc_costs.py: one-time = from nothing - warm, marginal = the questions after the first):
+(compare/analysis/doc_costs.py: one-time = from nothing - warm, marginal = the questions after the first):
   long_context api: from nothing (q1) 1090 / 4090 e-6; warm q2,q3/q4 190/280 e-6 (d1: 900 cached),
                 490/850 e-6 (d2: 3600 cached), mean 220 / 610; q5 (40% cached: a re-prefill) 730 /
                 2650 e-6 -> one-time = (870 + 3480) / 2 = 2175e-6, marginal = mean of q2..q5 =
@@ -39,9 +39,9 @@ from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
-from compare.cost import WARM_FRACTION, ApiPrices, PriceSheet, SelfHosted
-from compare.store import Store
-from compare.types import Completion, Example, Prediction
+from compare.analysis.cost import WARM_FRACTION, ApiPrices, PriceSheet, SelfHosted
+from compare.core.types import Completion, Example, Prediction
+from compare.store.db import Store
 
 RUN_A, RUN_B = "run-a", "run-b"
 LENGTHS = {"d1": 1000, "d2": 4000}

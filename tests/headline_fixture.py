@@ -6,9 +6,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from compare.metrics import METRICS, score
-from compare.store import Store
-from compare.types import Completion, Example, Prediction
+from compare.core.metrics import METRICS, score
+from compare.core.types import Completion, Example, Prediction
+from compare.store.db import Store
 from corpora.leval import load_leval
 
 NOW = datetime(2026, 1, 1)

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from compare.metrics import METRICS, evidence_recall_time, parse_times, time_hit, time_iou, token_f1
-from compare.types import Example, Prediction, Span
+from compare.core.metrics import METRICS, evidence_recall_time, parse_times, time_hit, time_iou, token_f1
+from compare.core.timeline import chars_to_seconds, clock, render, seconds_to_chars, timelines_of
+from compare.core.types import Example, Prediction, Span
 from corpora.activitynet import build_activitynet_corpus, join_videos, timeline_entries
-from corpora.timeline import chars_to_seconds, clock, render, seconds_to_chars, timelines_of
 
 DATA = Path(os.environ.get("RAGVSLC_DATA", "/work/shared/data"))
 needs_data = pytest.mark.skipif(not (DATA / "activitynet" / "caps_val_1.json").is_file(),
@@ -151,7 +151,7 @@ def test_video_specs_join_the_corpus_union_and_are_strict() -> None:
 
     from pydantic import BaseModel, Field, ValidationError
 
-    from compare.spec import BabiCorpusSpec, JsonlCorpusSpec, LevalCorpusSpec, NeedleCorpusSpec
+    from compare.run.spec import BabiCorpusSpec, JsonlCorpusSpec, LevalCorpusSpec, NeedleCorpusSpec
     from corpora.video_spec import ActivityNetCorpusSpec, VideoNeedleCorpusSpec, VideoQaCorpusSpec
 
     class Run(BaseModel):

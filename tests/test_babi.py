@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from compare.spec import BabiCorpusSpec, validate_spec
+from compare.run.spec import BabiCorpusSpec, validate_spec
 from corpora.babi import build_babi_corpus, last_questions, parse_babi, task_file
 from corpora.books import data_dir
 

@@ -87,7 +87,7 @@ def test_corpora_import_reports_every_problem_with_file_and_line(tmp_path: Path)
 
 
 def test_recommend_without_evidence_says_so_and_exits_3(tmp_path: Path) -> None:
-    from compare.store import Store
+    from compare.store.db import Store
 
     db = tmp_path / "empty.duckdb"
     Store(db).close()
@@ -141,7 +141,7 @@ def test_version_help_and_environment_variables(tmp_path: Path) -> None:
     assert "--k " not in retrieval_help and "--budget " not in retrieval_help  # hidden old names
 
     # The variables are read: RAGVSLC_DB picks the database, RAGVSLC_HOME (or --home) the cache.
-    from compare.store import Store
+    from compare.store.db import Store
 
     db = tmp_path / "env.duckdb"
     Store(db).close()
@@ -187,11 +187,11 @@ def test_retrieval_top_k_and_its_old_name(tmp_path: Path) -> None:
 
 def test_wheel_ships_the_data_read_at_run_time(tmp_path: Path) -> None:
     """A non-editable install (`pip install .`) must hold prices/: the report's default price
-    sheet is read from beside the packages (compare/prices.py)."""
+    sheet is read from beside the packages (compare/analysis/prices.py)."""
     import shutil
     import zipfile
 
-    from compare.prices import DEFAULT_SHEET
+    from compare.analysis.prices import DEFAULT_SHEET
 
     src = tmp_path / "src"  # a copy: building in the checkout would leave build/ behind
     src.mkdir()
@@ -208,4 +208,4 @@ def test_wheel_ships_the_data_read_at_run_time(tmp_path: Path) -> None:
     names = set(zipfile.ZipFile(wheel).namelist())
     assert DEFAULT_SHEET.relative_to(ROOT).as_posix() in names
     assert {f"prices/{p.name}" for p in (ROOT / "prices").glob("*.toml")} <= names
-    assert {"main.py", "cli/results.py", "compare/export.py"} <= names
+    assert {"main.py", "cli/results.py", "compare/store/export.py"} <= names

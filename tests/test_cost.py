@@ -25,8 +25,8 @@ from typing import Any
 import duckdb
 import pytest
 
-from compare import cost
-from compare.cost import (
+from compare.analysis import cost
+from compare.analysis.cost import (
     ApiPrices,
     PriceSheet,
     PriceSheetError,
@@ -40,8 +40,8 @@ from compare.cost import (
     load_price_sheet,
     sheet_json,
 )
-from compare.store import Store
-from compare.types import Completion, Example, Prediction
+from compare.core.types import Completion, Example, Prediction
+from compare.store.db import Store
 from tests.cost_fixture import API, LC, LC_LABEL, RAG, RAG_LABEL, SHEET, SR, Pipe
 from tests.store_fixtures import store_fixtures
 
@@ -310,7 +310,7 @@ def test_cost_report_rows_columns_and_errors(db: Path) -> None:
 def test_a_whole_corpus_index_is_shared_by_the_documents_asked_about(tmp_path: Path) -> None:
     # One index over the corpus, built in 0.6 s, serving questions on three documents: each
     # document's one-time cost carries 0.6 / 3 = 0.2 s of local CPU ($1e-4/s -> $2e-5).
-    from compare.types import CORPUS_INDEX
+    from compare.core.types import CORPUS_INDEX
 
     db = tmp_path / "corpus.duckdb"
     corpus_rag = ("rag", "h-crag", {**RAG[2], "scope": "corpus"})

@@ -30,13 +30,14 @@ from typing import Any
 import duckdb
 import pytest
 
-from compare import dashboard, prices, summary
-from compare.cost import PriceSheet, Tier, break_even, cost_report, cost_table
-from compare.prices import ChosenSheet, sheet_json
-from compare.recommend import recommend
-from compare.store import Store
-from compare.types import Completion, Example, Prediction, Step
-from compare.workload import Workload
+from compare.analysis import prices, summary
+from compare.analysis.cost import PriceSheet, Tier, break_even, cost_report, cost_table
+from compare.analysis.prices import ChosenSheet, sheet_json
+from compare.analysis.recommend import recommend
+from compare.analysis.workload import Workload
+from compare.core.types import Completion, Example, Prediction, Step
+from compare.report import data as dashboard
+from compare.store.db import Store
 from tests.cost_fixture import API, LC, LC_LABEL, RAG, RAG_LABEL, SHEET, SR, Pipe
 from tests.store_fixtures import store_fixtures
 

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from compare.cpu import CpuInfo, bind_spec, choose_dtype, cpu_env, engine_cores, parse_cpuinfo
-from compare.serve import ManagedServer, ServerConfig, parse_id_list
-from compare.spec import validate_spec
+from compare.run.spec import validate_spec
+from compare.serving.cpu import CpuInfo, bind_spec, choose_dtype, cpu_env, engine_cores, parse_cpuinfo
+from compare.serving.server import ManagedServer, ServerConfig, parse_id_list
 
 AVX2_EPYC = """processor\t: 0
 vendor_id\t: AuthenticAMD
@@ -94,7 +94,7 @@ def test_dtype_auto_keeps_old_run_ids_and_an_explicit_one_changes_them() -> None
 
 
 def test_report_knobs_show_the_cpu_dtype_threads_and_probe() -> None:
-    from compare.page import speed_line
+    from compare.report.html import speed_line
 
     server = {"dtype": "float32", "dtype_reason": "no native bf16", "threads": 2, "bind": "0-1",
               "cpu": {"model": "AMD EPYC 7B12", "flags": ["avx2", "fma"], "cores": 2},
@@ -112,7 +112,7 @@ def test_git_sha_is_ragvslcs_own_commit_not_the_current_directorys(
 ) -> None:
     import subprocess
 
-    from compare.store import CHECKOUT, git_sha
+    from compare.store.db import CHECKOUT, git_sha
 
     subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
     subprocess.run(["git", "-C", str(tmp_path), "-c", "user.email=u@x", "-c", "user.name=u", "commit", "-q",

@@ -15,11 +15,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from compare import charts, cost, dashboard, oracle, summary
-from compare.prices import ChosenSheet, PriceSheetError
-from compare.report import write_report
-from compare.store import Store
-from compare.types import Example, Prediction
+from compare.analysis import cost, oracle, summary
+from compare.analysis.prices import ChosenSheet, PriceSheetError
+from compare.core.types import Example, Prediction
+from compare.report import charts
+from compare.report import data as dashboard
+from compare.report.assemble import write_report
+from compare.store.db import Store
 from tests.dashboard_fixture import (
     LC_LABEL,
     RAG_LABELS,
@@ -354,6 +356,6 @@ def test_routing_hook_rows_failure_and_absence(
     assert (
         "Routing section failed: KeyError" in files.html.read_text() and "routing_shares" not in files.charts
     )
-    monkeypatch.setitem(sys.modules, "compare.oracle", None)  # the module is absent: import fails
+    monkeypatch.setitem(sys.modules, "compare.analysis.oracle", None)  # the module is absent: import fails
     files = write_report(db, tmp_path / "absent", [RUN_A], images=False)
     assert "<h2>Routing</h2>" not in files.html.read_text() and "routing_shares" not in files.charts

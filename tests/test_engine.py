@@ -7,11 +7,11 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from compare.app import execute_async
-from compare.backend import Backend
-from compare.spec import validate_spec
-from compare.store import Store
-from compare.types import Example
+from compare.core.types import Example
+from compare.run.execute import execute_async
+from compare.run.spec import validate_spec
+from compare.serving.client import HttpBackend
+from compare.store.db import Store
 from pipelines.long_context import LongContextPipeline
 
 pytestmark = pytest.mark.slow
@@ -93,11 +93,11 @@ async def test_rerun_adds_no_rows(server_url: str, run_db: Path) -> None:
         con.close()
 
 
-async def test_overflow_is_an_error_row_and_truncation_is_recorded(backend: Backend) -> None:
+async def test_overflow_is_an_error_row_and_truncation_is_recorded(backend: HttpBackend) -> None:
     window = await backend.max_model_len()
     doc_text = "The bishop walked slowly through the town at dusk. " * (window // 8)
     ex = Example("big", ("big",), "Who walked?", ("the bishop",))
-    from compare.types import Document
+    from compare.core.types import Document
 
     docs = {"big": Document("big", doc_text)}
     strict = LongContextPipeline()
@@ -115,7 +115,7 @@ async def test_overflow_is_an_error_row_and_truncation_is_recorded(backend: Back
 
 
 async def test_rescore_reproduces_stored_scores(server_url: str, run_db: Path) -> None:
-    from compare.rescore import rescore
+    from compare.run.rescore import rescore
 
     with Store(run_db) as s:
         before = s.con.execute("SELECT * FROM scores ORDER BY ALL").fetchall()
@@ -125,10 +125,10 @@ async def test_rescore_reproduces_stored_scores(server_url: str, run_db: Path) -
     assert after == before
 
 
-async def test_real_leval_document_through_both_pipelines(backend: Backend, tmp_path: Path) -> None:
+async def test_real_leval_document_through_both_pipelines(backend: HttpBackend, tmp_path: Path) -> None:
     """Issue 4: the shortest QuALITY document (~2.7k tokens), three questions, both pipelines."""
-    from compare.runner import run
-    from corpora.base import Corpus
+    from compare.core.types import Corpus
+    from compare.run.runner import run
     from corpora.jsonl import with_doc_tokens
     from corpora.leval import load_leval
     from pipelines.rag import RagPipeline
@@ -166,12 +166,11 @@ async def test_real_leval_document_through_both_pipelines(backend: Backend, tmp_
     assert lc_warm >= 2  # at least the 2nd and 3rd question reuse the cached document (prefix cache)
 
 
-async def test_followers_start_at_the_leaders_first_token(backend: Backend, tmp_path: Path) -> None:
+async def test_followers_start_at_the_leaders_first_token(backend: HttpBackend, tmp_path: Path) -> None:
     """Prefix schedule, two slots: the document's second question is sent once the first has
     its first token (its prompt is cached then), not after the first has finished decoding."""
-    from compare.runner import run
-    from compare.types import Document
-    from corpora.base import Corpus
+    from compare.core.types import Corpus, Document
+    from compare.run.runner import run
     from corpora.needle import book_text
 
     doc = Document("d", book_text("les_miserables", "BOOK FIRST—A JUST MAN", None)[:4000])

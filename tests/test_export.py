@@ -14,7 +14,7 @@ from pathlib import Path
 import duckdb
 from typer.testing import CliRunner
 
-from compare.export import export_tables
+from compare.store.export import export_tables
 from main import app
 from tests.dashboard_fixture import fill
 from tests.store_fixtures import store_fixtures

@@ -13,14 +13,14 @@ from typing import Any
 import duckdb
 import pytest
 
-from compare import summary
-from compare.metrics import METRICS, primary_metric
-from compare.oracle import strategy_table
-from compare.recommend import recommend
-from compare.report import quality_metric
-from compare.store import Store
-from compare.types import Example
-from compare.workload import Workload
+from compare.analysis import summary
+from compare.analysis.oracle import strategy_table
+from compare.analysis.recommend import recommend
+from compare.analysis.workload import Workload
+from compare.core.metrics import METRICS, primary_metric
+from compare.core.types import Example
+from compare.report.assemble import quality_metric
+from compare.store.db import Store
 from corpora.jsonl import CorpusError, load_jsonl_dir
 from corpora.leval import load_leval
 from tests.headline_fixture import FAILED, store_rows
@@ -137,7 +137,7 @@ def test_summary_and_report_use_the_headline(tmp_path: Path) -> None:
 
 
 def test_old_examples_gain_their_primary_metric_on_rescore(tmp_path: Path) -> None:
-    from compare.rescore import rescore
+    from compare.run.rescore import rescore
 
     c = _tpo("C")
     db = tmp_path / "old.duckdb"
@@ -214,8 +214,8 @@ def test_recommend_judges_quality_by_the_headline(tmp_path: Path) -> None:
 
 # a real run: importer -> runner -> store -> summary, on the served model -------------------------
 async def test_a_real_exam_run_scores_the_headline(tmp_path: Path, backend: Any) -> None:
-    from compare.runner import run
-    from compare.spec import RunSpec
+    from compare.run.runner import run
+    from compare.run.spec import RunSpec
     from pipelines.long_context import LongContextPipeline
 
     corpus = load_jsonl_dir(_exam_file(tmp_path))

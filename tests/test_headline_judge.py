@@ -10,11 +10,12 @@ from typing import Any
 import duckdb
 import pytest
 
-from compare import judge
-from compare.report import write_report
-from compare.rescore import rescore
-from compare.store import Store
-from compare.types import Example
+from compare.analysis import judgements
+from compare.core.types import Example
+from compare.report.assemble import write_report
+from compare.run import judge
+from compare.run.rescore import rescore
+from compare.store.db import Store
 from tests.headline_fixture import FAILED, store_rows
 from tests.headline_fixture import pred as _pred
 from tests.headline_fixture import tpo as _tpo
@@ -63,8 +64,8 @@ def test_agreement_with_token_f1_and_restoring_without_asking(tmp_path: Path) ->
         scores = dict(s.con.execute("SELECT example_id, value FROM scores WHERE metric = 'judge'").fetchall())
         assert scores == {"f1": 1.0, "f2": 0.0, "f3": 0.0, "f4": 1.0}
     with duckdb.connect(str(db), read_only=True) as con:
-        a = judge.agreement(con, ["r"]).iloc[0]
-        assert judge.judges(con, ["r"]) == [("j", judge.PROMPT_HASH, 4), ("older", judge.PROMPT_HASH, 1)]
+        a = judgements.agreement(con, ["r"]).iloc[0]
+        assert judgements.judges(con, ["r"]) == [("j", judge.PROMPT_HASH, 4), ("older", judge.PROMPT_HASH, 1)]
     assert (a["n"], a["judge_mean"]) == (4, 0.5)
     assert a["token_f1_mean"] == pytest.approx((0.75 + 0 + 0.8 + 0.5) / 4)
     assert a["agreement"] == pytest.approx(3 / 4)

@@ -16,12 +16,12 @@ from typing import Any
 import duckdb
 import pytest
 
-from compare.oracle import routing_section, strategy_table
-from compare.runner import params_hash, run
-from compare.store import Store
-from compare.types import Completion, Document, Example, Prediction, Span
-from corpora.base import Corpus
-from pipelines.hybrid import (
+from compare.analysis.oracle import routing_section, strategy_table
+from compare.core.types import Completion, Corpus, Document, Example, Prediction, Span
+from compare.run.runner import params_hash, run
+from compare.store.db import Store
+from pipelines.long_context import LongContextPipeline
+from pipelines.routers import (
     UNANSWERABLE_INSTRUCTION,
     LengthRulePipeline,
     LengthRuleSpec,
@@ -32,7 +32,6 @@ from pipelines.hybrid import (
     is_unanswerable,
     self_route_messages,
 )
-from pipelines.long_context import LongContextPipeline
 
 BOOK = Path(os.environ.get("RAGVSLC_DATA", "/work/shared/data")) / "books" / "les_miserables.txt"
 NEEDLE = "The special magic number for Lisbon is 4827163."
@@ -214,8 +213,8 @@ def _needle_doc(doc_id: str, decoy: bool) -> tuple[Document, Example]:
 @pytest.mark.slow
 @pytest.mark.skipif(not BOOK.is_file(), reason=f"book not found: {BOOK}")
 async def test_self_route_falls_back_when_retrieval_misses(server_url: str, tmp_path: Path) -> None:
-    from compare.backend import Backend
-    from compare.models import DEFAULT_MODEL
+    from compare.serving.client import HttpBackend
+    from compare.serving.weights import DEFAULT_MODEL
 
     missed_doc, missed = _needle_doc("decoy", decoy=True)
     found_doc, found = _needle_doc("plain", decoy=False)
@@ -225,7 +224,7 @@ async def test_self_route_falls_back_when_retrieval_misses(server_url: str, tmp_
     assert isinstance(router, SelfRoutePipeline)
     corpus = Corpus("needle-decoy", docs, [missed, found])
     db = tmp_path / "route.duckdb"
-    async with Backend(server_url, DEFAULT_MODEL, timeout_s=300) as backend:
+    async with HttpBackend(server_url, DEFAULT_MODEL, timeout_s=300) as backend:
         with Store(db) as store:
             await run(run_id="route", corpus=corpus, pipelines=[router], backend=backend, store=store,
                       run_meta={"model": DEFAULT_MODEL, "base_url": server_url, "spec": {},
@@ -274,10 +273,10 @@ async def test_self_route_falls_back_when_retrieval_misses(server_url: str, tmp_
 @pytest.mark.slow
 @pytest.mark.skipif(not BOOK.is_file(), reason=f"book not found: {BOOK}")
 async def test_length_rule_routes_short_documents_to_long_context(backend: object) -> None:
-    from compare.backend import Backend
+    from compare.serving.client import HttpBackend
     from pipelines.rag import RagPipeline
 
-    assert isinstance(backend, Backend)
+    assert isinstance(backend, HttpBackend)
     short = Document("short", _prose(1500) + " " + NEEDLE)
     long = Document("long", _prose(4000) + " " + NEEDLE)
     n_short, n_long = await backend.tokenize(short.text), await backend.tokenize(long.text)

@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from compare.metrics import METRICS
-from compare.spec import JsonlCorpusSpec, validate_spec
-from compare.types import Completion, Prediction, Span
+from compare.core.metrics import METRICS
+from compare.core.types import Completion, Prediction, Span
+from compare.run.spec import JsonlCorpusSpec, validate_spec
 from corpora.jsonl import CorpusError, import_summary, load_jsonl_dir
 
 
@@ -160,7 +160,7 @@ def test_spec_kind_jsonl(tmp_path: Path) -> None:
 
 def test_jsonl_run_id_follows_the_files_content(tmp_path: Path) -> None:
     """Editing the corpus files must start a new run, never resume the old one's answers."""
-    from compare.app import _content_sha
+    from compare.run.execute import _content_sha
 
     root = _good(tmp_path)
     spec = validate_spec({"corpus": {"kind": "jsonl", "path": str(root)}})

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from compare import console
-from compare.types import Document
+from cli import console
+from compare.core.types import Document
 from corpora.books import load_book
 from pipelines.embedder import embed_progress, embed_texts, load_embedder
 from pipelines.index import build_index

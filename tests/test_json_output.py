@@ -20,7 +20,7 @@ import pytest
 from typer.testing import CliRunner
 
 from cli import jsonout
-from compare.console import emit_json, jsonable
+from cli.console import emit_json, jsonable
 from main import app
 from tests.dashboard_fixture import RUN_A, SHEET_API_TOML, fill
 from tests.store_fixtures import store_fixtures
@@ -72,8 +72,8 @@ def test_runs_json_pipes_into_json_tool_and_nothing_else_is_on_stdout(db: Path) 
 
 
 def test_models_and_corpora_list_json() -> None:
-    from compare import models
-    from compare.spec import CorpusSpec
+    from compare.run.spec import CorpusSpec
+    from compare.serving import weights as models
 
     data = _json("models", "list", "--json")
     assert data["models"][0]["name"] == models.DEFAULT_MODEL

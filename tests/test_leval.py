@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from compare.metrics import METRICS, chosen_letter
-from compare.spec import LevalCorpusSpec, validate_spec
-from compare.types import Completion, Prediction
+from compare.core.metrics import METRICS, chosen_letter
+from compare.core.types import Completion, Prediction
+from compare.run.spec import LevalCorpusSpec, validate_spec
 from corpora.books import data_dir
 from corpora.jsonl import load_jsonl_dir, with_doc_tokens
 from corpora.leval import EXPECTED_FORMAT, SUBSETS, classify, load_leval, parse_choices

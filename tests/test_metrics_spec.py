@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from compare.metrics import METRICS, normalize, resolve, score
-from compare.spec import RunSpec, SpecError, load_spec, validate_spec
-from compare.types import Completion, Example, Prediction, Span
+from compare.core.metrics import METRICS, normalize, resolve, score
+from compare.core.types import Completion, Example, Prediction, Span
+from compare.run.spec import RunSpec, SpecError, load_spec, validate_spec
 
 EX = Example("e", ("d",), "q", ("4827163",), (Span("d", 100, 150),))
 

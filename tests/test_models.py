@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from compare import models
-from compare.models import DEFAULT_MODEL, MODELS, ModelError, join_parts, prepare
+from compare.serving import weights as models
+from compare.serving.weights import DEFAULT_MODEL, MODELS, ModelError, join_parts, prepare
 
 
 def _parts(tmp_path: Path) -> tuple[list[Path], bytes]:

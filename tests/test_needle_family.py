@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from compare.metrics import METRICS
-from compare.spec import NeedleCorpusSpec, RunSpec, SpecError, validate_spec
-from compare.types import Completion, Example, Prediction
+from compare.core.metrics import METRICS
+from compare.core.types import Completion, Example, Prediction
+from compare.run.spec import NeedleCorpusSpec, RunSpec, SpecError, validate_spec
 from corpora.needle import (
     CITIES,
     NAMES,

@@ -9,9 +9,9 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from compare.backend import Backend
-from compare.pool import Pool, Ring, assign, doc_key, split_urls, workload
-from compare.types import Document, Example
+from compare.core.types import Document, Example
+from compare.serving.client import HttpBackend
+from compare.serving.pool import Pool, Ring, assign, doc_key, split_urls, workload
 
 
 def test_ring_walk_visits_each_replica_once_and_is_stable() -> None:
@@ -47,7 +47,7 @@ def test_lane_affinity_by_documents_and_workload() -> None:
     exs = [Example(f"q{i}", (d,), "?", ("a",)) for i, d in enumerate(["d1", "d2", "d1", "d1"])]
     w = workload(exs, docs)
     assert w == {"d1": 5000 + 3 * 1000, "d2": 100 + 1000}
-    pool = Pool([Backend("http://127.0.0.1:1", "m"), Backend("http://127.0.0.1:2", "m")], 2)
+    pool = Pool([HttpBackend("http://127.0.0.1:1", "m"), HttpBackend("http://127.0.0.1:2", "m")], 2)
     route = pool.plan(exs, docs)
     assert set(route) == {"d1", "d2"}
     lanes = pool.lanes(exs, [None, None, 0, 0])
@@ -99,8 +99,8 @@ def _corpus_dir(tmp: Path, n_docs: int = 6, questions: int = 2) -> Path:
 def test_two_managed_replicas_keep_each_document_on_one_replica(tmp_path: Path) -> None:
     """`replicas = 2`: two real vLLM servers started by the run, each on its own CPU core; every
     question of a document goes to one of them, and its second question finds the first's cache."""
-    from compare.app import execute
-    from compare.spec import validate_spec
+    from compare.run.execute import execute
+    from compare.run.spec import validate_spec
 
     spec = validate_spec({
         "corpus": {"kind": "jsonl", "path": str(_corpus_dir(tmp_path))},
@@ -146,8 +146,8 @@ def test_two_managed_replicas_keep_each_document_on_one_replica(tmp_path: Path) 
 
 
 def test_replica_bindings_split_cores_or_gpus(monkeypatch: pytest.MonkeyPatch) -> None:
-    from compare.replicas import bindings, devices_per_replica
-    from compare.serve import ServerError
+    from compare.serving.replicas import bindings, devices_per_replica
+    from compare.serving.server import ServerError
 
     assert devices_per_replica([]) == 1
     assert devices_per_replica(["--tensor-parallel-size", "2", "-pp=2"]) == 4
@@ -167,7 +167,7 @@ def test_replica_bindings_split_cores_or_gpus(monkeypatch: pytest.MonkeyPatch) -
 
 
 def test_replicas_are_for_managed_servers_only() -> None:
-    from compare.spec import SpecError, validate_spec
+    from compare.run.spec import SpecError, validate_spec
 
     with pytest.raises(SpecError, match="replicas"):
         validate_spec({"server": {"replicas": 2, "base_url": "http://a:8000"}})

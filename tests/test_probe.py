@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from compare import models
-from compare.backend import Backend
-from compare.heartbeat import InFlight, heartbeat
-from compare.probe import (
+from compare.core.types import Example
+from compare.run.heartbeat import InFlight, heartbeat
+from compare.serving import weights as models
+from compare.serving.client import HttpBackend
+from compare.serving.probe import (
     ModelDims,
     ProbeResult,
     estimate_s,
@@ -20,7 +21,6 @@ from compare.probe import (
     probe,
     probe_prompt,
 )
-from compare.types import Example
 
 
 def test_model_dims_of_the_default_model_by_hand(model_path: Path) -> None:
@@ -79,7 +79,9 @@ def test_probe_prompts_never_share_a_prefix() -> None:
 
 
 @pytest.mark.slow
-async def test_probe_measures_a_cold_prefill_on_the_real_server(backend: Backend, model_path: Path) -> None:
+async def test_probe_measures_a_cold_prefill_on_the_real_server(
+    backend: HttpBackend, model_path: Path
+) -> None:
     got = await probe(backend, model_dims(model_path))
     assert got.prompt_tokens > 300 and got.cached_tokens == 0
     assert got.ttft_s > 0 and got.tokens_per_s > 0
@@ -122,9 +124,9 @@ async def test_heartbeat_says_lines_while_the_body_runs_and_stops_after() -> Non
 async def test_a_run_prints_its_estimate_first_and_heartbeats_in_logs(
     server_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from compare import app
-    from compare.spec import validate_spec
-    from compare.store import Store
+    from compare.run import execute as app
+    from compare.run.spec import validate_spec
+    from compare.store.db import Store
 
     monkeypatch.setattr(app, "HEARTBEAT_S", 0.05)
     monkeypatch.setattr(app.sys.stderr, "isatty", lambda: False)  # as in a CI log

@@ -22,10 +22,10 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 import llama_index.core
 import torch
 
-from compare.backend import Backend
-from compare.runner import params_hash
-from compare.types import Document, Example
-from pipelines.base import Pipeline
+from compare.core.protocols import Pipeline
+from compare.core.types import Document, Example
+from compare.run.runner import params_hash
+from compare.serving.client import HttpBackend
 from pipelines.chunking import chunk_document, locate
 from pipelines.embedder import embedder_tokenizer, load_embedder
 from pipelines.faiss_kinds import IndexConfig, IndexKind, auto_nlist
@@ -93,7 +93,7 @@ def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 async def prepared(rag: RagPipeline, docs: list[Document]) -> RagPipeline:
     # prepare() never calls the server: a backend on a closed port proves it.
-    async with Backend(f"http://127.0.0.1:{closed_port()}", "unused") as backend:
+    async with HttpBackend(f"http://127.0.0.1:{closed_port()}", "unused") as backend:
         await rag.prepare({d.id: d for d in docs}, backend)
     return rag
 
@@ -259,7 +259,7 @@ async def test_corpus_scope_finds_the_needle_in_another_document(book: str, cach
     assert NEEDLE in found[0].text
     assert all(NEEDLE not in c.text for c in (await per_doc.select(example)).ranked)
 
-    async with Backend(f"http://127.0.0.1:{closed_port()}", "unused", timeout_s=5) as backend:
+    async with HttpBackend(f"http://127.0.0.1:{closed_port()}", "unused", timeout_s=5) as backend:
         pred = await corpus.answer(example, backend)
     assert pred.error and pred.retrieved[0].doc_id == "d1"  # spans carry their document
 
@@ -314,7 +314,7 @@ async def test_document_order_changes_the_prompt_not_the_ranking(book: str, cach
     assert list(by_pos.scores) == sorted(by_pos.scores, reverse=True)
     assert rag.retrieve(ask()) == list(by_pos.prompt)
 
-    async with Backend(f"http://127.0.0.1:{closed_port()}", "unused", timeout_s=5) as backend:
+    async with HttpBackend(f"http://127.0.0.1:{closed_port()}", "unused", timeout_s=5) as backend:
         pred = await rag.answer(ask(), backend)
     assert pred.retrieved == tuple(c.span() for c in by_pos.ranked)  # rank order, for MRR
 
@@ -335,7 +335,7 @@ async def test_empty_short_and_small_documents(tmp_path: Path) -> None:
 async def test_answer_returns_an_error_row_when_the_server_is_down(book: str, cache: Path) -> None:
     rag = RagPipeline(cache_dir=cache, top_k=2)
     doc = Document("book", words(book, 600))
-    async with Backend(f"http://127.0.0.1:{closed_port()}", "unused", timeout_s=5) as backend:
+    async with HttpBackend(f"http://127.0.0.1:{closed_port()}", "unused", timeout_s=5) as backend:
         await rag.prepare({doc.id: doc}, backend)
         pred = await rag.answer(ask(), backend)
         budgeted = RagPipeline(cache_dir=cache, budget_tokens=300)
@@ -383,7 +383,7 @@ def test_params_record_every_result_changing_knob(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-async def test_budget_counted_with_the_server_tokenizer(backend: Backend, book: str, cache: Path) -> None:
+async def test_budget_counted_with_the_server_tokenizer(backend: HttpBackend, book: str, cache: Path) -> None:
     text, _ = with_needle(words(book, 600), at=0.5)
     rag = RagPipeline(budget_tokens=150, chunk_size=64, chunk_overlap=8, max_tokens=8, cache_dir=cache)
     await rag.prepare({"book": Document("book", text)}, backend)

@@ -2,7 +2,7 @@
 
 The fixture database holds three runs over the same needle documents (depths <= 0.3, so no
 document shares half its prefix with another needle document and the first run is cold):
-- A: long context and RAG through `compare.app.execute_async`, as the CLI runs them;
+- A: long context and RAG through `compare.run.execute.execute_async`, as the CLI runs them;
 - B: long context alone on the same documents right after: its requests are warm (prefix cache);
 - C: long context, RAG and Self-Route in one run through the runner (for the routing section).
 """
@@ -16,8 +16,9 @@ from typing import Any
 import duckdb
 import pytest
 
-from compare.recommend import Recommendation, recommend, recommend_command, wilson
-from compare.workload import Workload, WorkloadError, load_workload
+from cli.recommend import recommend_command
+from compare.analysis.recommend import Recommendation, recommend, wilson
+from compare.analysis.workload import Workload, WorkloadError, load_workload
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -60,16 +61,16 @@ async def build_db(server_url: str, db: Path, seed: int) -> dict[str, str]:
 
     A fresh seed per build: a server that has seen an earlier build (RAGVSLC_TEST_BASE_URL)
     would otherwise serve run A's documents from its prefix cache, and A would not be cold."""
-    from compare.app import build_corpus, execute_async
-    from compare.backend import Backend
-    from compare.models import DEFAULT_MODEL
-    from compare.runner import run
-    from compare.spec import validate_spec
-    from compare.store import Store
-    from pipelines.base import Pipeline
-    from pipelines.hybrid import SelfRouteSpec, build_router
+    from compare.core.protocols import Pipeline
+    from compare.run.execute import build_corpus, execute_async
+    from compare.run.runner import run
+    from compare.run.spec import validate_spec
+    from compare.serving.client import HttpBackend
+    from compare.serving.weights import DEFAULT_MODEL
+    from compare.store.db import Store
     from pipelines.long_context import LongContextPipeline
     from pipelines.rag import RagPipeline
+    from pipelines.routers import SelfRouteSpec, build_router
 
     ids = {}
     spec_a, spec_b = specs(seed)
@@ -79,7 +80,7 @@ async def build_db(server_url: str, db: Path, seed: int) -> dict[str, str]:
             await execute_async(s, store, server_url, {"managed": False})
             ids[name] = s.run_id()
         s = validate_spec(spec_a)
-        async with Backend(server_url, DEFAULT_MODEL, timeout_s=300) as backend:
+        async with HttpBackend(server_url, DEFAULT_MODEL, timeout_s=300) as backend:
             corpus = await build_corpus(s, backend, None)
             pipes: list[Pipeline] = [LongContextPipeline(), RagPipeline(chunk_size=120, top_k=2),
                      build_router(SelfRouteSpec(rag={"chunk_size": 120, "top_k": 2}))]
@@ -216,7 +217,7 @@ def test_uncovered_workloads_are_said_not_extrapolated(real_db: Any, tmp_path: P
 
 @pytest.mark.slow
 def test_routing_section_on_a_real_run(real_db: Any) -> None:
-    from compare.oracle import routing_section
+    from compare.analysis.oracle import routing_section
 
     db, ids = real_db
     with duckdb.connect(str(db), read_only=True) as con:

@@ -14,10 +14,10 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from compare import summary
-from compare.report import write_report
-from compare.store import Store
-from compare.types import Completion, Example, Prediction
+from compare.analysis import summary
+from compare.core.types import Completion, Example, Prediction
+from compare.report.assemble import write_report
+from compare.store.db import Store
 
 RUN = "run-test"
 LC = ("long_context", "h-lc", {"kind": "long_context", "truncation": "error", "max_tokens": 32})

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from PIL import Image, ImageStat
 
-from compare.report import ReportFiles, write_report
+from compare.report.assemble import ReportFiles, write_report
 from tests.dashboard_fixture import RUN_A, RUN_B, fill
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

@@ -8,10 +8,9 @@ from typing import Any
 
 import pytest
 
-from compare.metrics import METRICS, evidence_mrr, evidence_recall, resolve
-from compare.retrieval import evaluate_retrieval_async, format_rows, label
-from compare.types import Document, Example, Prediction, Span
-from corpora.base import Corpus
+from compare.core.metrics import METRICS, evidence_mrr, evidence_recall, resolve
+from compare.core.types import Corpus, Document, Example, Prediction, Span
+from compare.run.retrieval_eval import evaluate_retrieval_async, format_rows, label
 from corpora.needle import build_needle_corpus
 from pipelines.embedder import embedder_tokenizer, load_embedder
 from pipelines.rag import RagPipeline

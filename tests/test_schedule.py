@@ -7,8 +7,8 @@ import random
 
 import pytest
 
-from compare.schedule import Dispatcher, Plan, common_prefix_len, plan, plan_run
-from compare.types import Document, Example
+from compare.core.types import Document, Example
+from compare.serving.schedule import Dispatcher, Plan, common_prefix_len, plan, plan_run
 
 BOOK = "".join(f"Sentence {i} of the book goes here. " for i in range(400))  # ~14k chars
 

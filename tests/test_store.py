@@ -10,8 +10,8 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from compare.store import MIGRATIONS, Store, StoreBusyError
-from compare.types import Completion, Example, Prediction, Span
+from compare.core.types import Completion, Example, Prediction, Span
+from compare.store.db import MIGRATIONS, Store, StoreBusyError
 
 EX = Example("e1", ("d1",), "q?", ("42",), (Span("d1", 10, 20),), {"depth": 0.5})
 OK = Prediction("42", Completion("42", 100, 64, 2, 0.5, 0.7, (0.2,)), 90, (Span("d1", 0, 30),))
@@ -86,7 +86,7 @@ def test_busy_database_fails_fast_with_clear_message(tmp_path: Path) -> None:
 def test_row_writer_keeps_order_reports_after_storing_and_never_swallows_a_failure() -> None:
     import threading
 
-    from compare.runner import RowWriter
+    from compare.run.runner import RowWriter
 
     w = RowWriter()
     stored: list[int] = []

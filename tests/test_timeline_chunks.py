@@ -6,8 +6,8 @@ from __future__ import annotations
 import itertools
 import json
 
-from compare.types import Document
-from corpora.timeline import Entry, Timeline, render
+from compare.core.timeline import Entry, Timeline, render
+from compare.core.types import Document
 
 
 def _timeline_doc(n: int = 12) -> tuple[Document, Timeline]:
@@ -48,7 +48,7 @@ def test_timeline_chunks_are_whole_stamped_lines_within_size() -> None:
 
 
 def test_rag_cuts_timelines_on_lines_without_changing_text_runs() -> None:
-    from compare.spec import RagSpec, validate_spec
+    from compare.run.spec import RagSpec, validate_spec
     from pipelines.rag import RagPipeline
 
     doc, _ = _timeline_doc()

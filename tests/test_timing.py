@@ -8,18 +8,9 @@ from http.server import BaseHTTPRequestHandler
 
 import pytest
 
-from compare.backend import (
-    Backend,
-    BackendError,
-    EmptyStreamError,
-    MissingUsageError,
-    StreamChunk,
-    TruncatedStreamError,
-    collect_stream,
-    metric_deltas,
-    parse_metrics,
-)
-from compare.types import Document, Example
+from compare.core.errors import BackendError, EmptyStreamError, MissingUsageError, TruncatedStreamError
+from compare.core.types import Document, Example
+from compare.serving.client import HttpBackend, StreamChunk, collect_stream, metric_deltas, parse_metrics
 from tests.sse_server import send_json, serve, sse_chunk, sse_usage
 
 DELAYS = (0.30, 0.05, 0.10, 0.05)  # before each token chunk
@@ -73,7 +64,7 @@ def scripted() -> Iterator[tuple[str, type[_Scripted]]]:
 
 async def test_stream_timing_follows_vllm_rules(scripted: tuple[str, type[_Scripted]]) -> None:
     url, _ = scripted
-    async with Backend(url, "m") as b:
+    async with HttpBackend(url, "m") as b:
         c = await b.complete([{"role": "user", "content": "q"}], max_tokens=8)
     assert c.text == "The answer is 42"
     assert (c.prompt_tokens, c.cached_tokens, c.output_tokens) == (120, 96, 4)
@@ -88,7 +79,7 @@ async def test_stream_timing_follows_vllm_rules(scripted: tuple[str, type[_Scrip
 async def test_stream_without_token_is_a_failure(scripted: tuple[str, type[_Scripted]]) -> None:
     url, handler = scripted
     handler.script = "empty"
-    async with Backend(url, "m") as b:
+    async with HttpBackend(url, "m") as b:
         with pytest.raises(EmptyStreamError):
             await b.complete([{"role": "user", "content": "q"}], max_tokens=8)
 
@@ -132,7 +123,7 @@ def test_a_stream_without_usage_is_never_priced() -> None:
 
 async def test_scripted_cut_and_usage_less_streams_fail(scripted: tuple[str, type[_Scripted]]) -> None:
     url, handler = scripted
-    async with Backend(url, "m") as b:
+    async with HttpBackend(url, "m") as b:
         handler.script = "cut"
         with pytest.raises(TruncatedStreamError):
             await b.complete([{"role": "user", "content": "q"}], max_tokens=8)
@@ -147,7 +138,7 @@ async def test_a_cut_stream_becomes_an_error_row(scripted: tuple[str, type[_Scri
 
     url, handler = scripted
     handler.script = "cut"
-    async with Backend(url, "m") as b:
+    async with HttpBackend(url, "m") as b:
         pipe = LongContextPipeline()
         await pipe.prepare({"d": Document("d", "The answer is 42.")}, b)
         pred = await pipe.answer(Example("e", ("d",), "q?", ("42",)), b)

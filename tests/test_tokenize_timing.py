@@ -1,7 +1,7 @@
 """One rule for /tokenize time (issue #14, item 10): token counting is outside the measured time
 of every pipeline, recorded in the params of the one pipeline whose measurement it changed.
 
-Below the pipelines sits a loopback server (the real Backend talks to it over HTTP) whose
+Below the pipelines sits a loopback server (the real HttpBackend talks to it over HTTP) whose
 /tokenize takes DELAY_S per call and whose chat completion streams one token at once; the RAG
 pipeline above it is real (MiniLM, FAISS, the budget fill). Before the fix, RAG's budget mode
 counted its /tokenize round trips as retrieval time (retrieval_s >= calls * DELAY_S) while long
@@ -22,11 +22,11 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-from compare.backend import Backend
-from compare.types import Document, Example
-from pipelines.hybrid import SelfRoutePipeline
+from compare.core.types import Document, Example
+from compare.serving.client import HttpBackend
 from pipelines.long_context import LongContextPipeline
 from pipelines.rag import RagPipeline
+from pipelines.routers import SelfRoutePipeline
 from tests.sse_server import send_json, serve, sse_chunk, sse_usage
 
 DELAY_S = 0.5  # per /tokenize call: far above a question's embedding + search (~15 ms here)
@@ -86,7 +86,7 @@ async def test_rag_budget_counting_is_outside_retrieval_time(
 ) -> None:
     url, handler = server
     rag = _rag(tmp_path)
-    async with Backend(url, "m", timeout_s=30) as backend:
+    async with HttpBackend(url, "m", timeout_s=30) as backend:
         pred = await rag.answer(EX, backend)
     assert pred.ok and pred.answer == "shade 8"
     calls = handler.tokenize_calls
@@ -104,7 +104,7 @@ async def test_router_rag_step_and_long_context_follow_the_same_rule(
     router = SelfRoutePipeline(_rag(tmp_path), LongContextPipeline())
     lc = LongContextPipeline()
     await lc.prepare({"d1": DOC}, None)  # type: ignore[arg-type]  # prepare only keeps the documents
-    async with Backend(url, "m", timeout_s=30) as backend:
+    async with HttpBackend(url, "m", timeout_s=30) as backend:
         routed = await router.answer(EX, backend)
         before = handler.tokenize_calls
         long = await lc.answer(EX, backend)

@@ -16,12 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from compare.metrics import evidence_recall_time
-from compare.types import Example, Prediction, Span
-from corpora.base import Corpus
-from corpora.jsonl import CorpusError
-from corpora.ocr import ocr_frames, parse_tsv
-from corpora.timeline import (
+from compare.core.metrics import evidence_recall_time
+from compare.core.timeline import (
     Entry,
     Timeline,
     chars_to_seconds,
@@ -31,6 +27,9 @@ from corpora.timeline import (
     seconds_to_chars,
     video_tags,
 )
+from compare.core.types import Corpus, Example, Prediction, Span
+from corpora.jsonl import CorpusError
+from corpora.ocr import ocr_frames, parse_tsv
 from corpora.video import IngestSettings, VideoError, ingest
 from corpora.video_needle import build_video_needle_corpus
 from corpora.video_qa import build_video_qa_corpus
@@ -299,7 +298,7 @@ def test_user_questions_file_over_an_own_video(tmp_path: Path, needle_corpus) ->
 async def test_both_pipelines_answer_over_the_timeline(needle_corpus, backend) -> None:  # type: ignore[no-untyped-def]
     """Unchanged pipelines on a video: long context reads the timeline, RAG retrieves lines of
     it, and RAG's evidence recall is computed in seconds."""
-    from compare.metrics import contains_all
+    from compare.core.metrics import contains_all
     from pipelines.long_context import LongContextPipeline
     from pipelines.rag import RagPipeline
 
@@ -321,7 +320,7 @@ async def test_both_pipelines_answer_over_the_timeline(needle_corpus, backend) -
 async def test_long_video_needle_is_found_by_both_pipelines(tmp_path: Path, backend) -> None:  # type: ignore[no-untyped-def]
     """A 2-minute video (the clips looped) with a caption needle past its middle: scene-text OCR
     puts it in the timeline, long context reads it there and RAG retrieves the line holding it."""
-    from compare.metrics import contains_answer
+    from compare.core.metrics import contains_answer
     from pipelines.long_context import LongContextPipeline
     from pipelines.rag import RagPipeline
 

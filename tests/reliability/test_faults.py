@@ -8,10 +8,10 @@ from urllib.parse import urlparse
 import duckdb
 import pytest
 
-from compare.app import execute_async
-from compare.runner import RunStopped
-from compare.spec import validate_spec
-from compare.store import Store
+from compare.run.execute import execute_async
+from compare.run.runner import RunStopped
+from compare.run.spec import validate_spec
+from compare.store.db import Store
 from tests.reliability.proxy import FaultProxy
 
 pytestmark = pytest.mark.slow
@@ -81,8 +81,8 @@ async def test_cut_stream_is_an_error_row_and_stop_policy_stops(server_url: str,
 
 
 async def test_dead_external_server_stops_the_run_as_server_down(tmp_path: Path) -> None:
-    from compare.runner import ServerDown
-    from compare.serve import free_port
+    from compare.run.runner import ServerDown
+    from compare.serving.server import free_port
 
     url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     with Store(tmp_path / "dead.duckdb") as store, pytest.raises(Exception) as info:
@@ -96,7 +96,7 @@ def test_a_dead_replica_fails_over_to_the_others(server_url: str, tmp_path: Path
     dead replica's in-flight and remaining documents go to the live one; nothing is lost."""
     import json
 
-    from compare.app import execute
+    from compare.run.execute import execute
     from tests.test_pool import _corpus_dir
 
     spec = validate_spec({

@@ -16,8 +16,8 @@ import duckdb
 import psutil
 import pytest
 
-from compare.app import execute
-from compare.spec import validate_spec
+from compare.run.execute import execute
+from compare.run.spec import validate_spec
 
 pytestmark = pytest.mark.slow
 

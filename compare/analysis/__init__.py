@@ -1,0 +1,3 @@
+"""What the stored rows mean: summaries, cost, prices, the oracle router, workloads and
+recommendations. Reads the store; never calls a model.
+"""

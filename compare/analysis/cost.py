@@ -1,0 +1,234 @@
+"""The cost table: what a query costs as a function of queries per document (sheets: prices.py).
+
+Long context pays for the whole document on the first question (its cold prefill) and, while
+the prefix cache holds it, little for the next ones; RAG pays for an index once per document and
+a short prompt per question. Cost per query at q questions per document is therefore
+
+    cost(q) = (one_time_per_doc + q * marginal_per_query) / q = marginal + one_time / q
+
+for every pipeline, with one_time and marginal built only from measured tokens and seconds by
+the one cost function, compare/analysis/doc_costs.py (its docstring states the rules: cold = the
+document prefilled from nothing, warm = served from the cache, failed rows count what they
+spent, router steps priced apart), and averaged here over documents so each document weighs the
+same whatever its question count. Two views price the same measurements: API-equivalent ($ per
+token, cached tokens cheaper, tiers by prompt length, optional cache storage) and self-hosted
+($ per hour of busy hardware).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+from itertools import combinations
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pandas as pd
+
+from compare.analysis.doc_costs import PIPE_KEY, doc_costs
+from compare.analysis.prices import (
+    VIEWS,
+    ApiPrices,
+    PriceSheet,
+    PriceSheetError,
+    SelfHosted,
+    Tier,
+    api_cost,
+    load_price_sheet,
+    sheet_json,
+)
+from compare.analysis.summary import pipeline_labels
+from compare.store.views import WARM_FRACTION
+
+__all__ = [  # the price-sheet names stay importable from here, where callers first met them
+    "BREAK_EVEN_COLUMNS", "DEFAULT_CURVE_Q", "VIEWS", "WARM_FRACTION", "ApiPrices", "PriceSheet",
+    "PriceSheetError", "SelfHosted", "Tier", "api_cost", "break_even", "cost_columns", "cost_curve_frame",
+    "cost_report", "cost_table", "load_price_sheet", "sheet_json",
+]
+
+DEFAULT_CURVE_Q = (1, 2, 3, 5, 7, 10, 15, 20, 30, 50, 70, 100, 150, 200, 300, 500, 700, 1000)
+BREAK_EVEN_COLUMNS = ("view", "a", "b", "break_even_q", "cheaper_below", "cheaper_above", "status")
+_Q_KEY = re.compile(r"^usd_per_query_q(\d+)$")
+
+_LATENCY = """
+SELECT run_id, pipeline, params_hash, quantile_cont(total_ms, 0.5) AS total_p50_ms,
+    quantile_cont(total_ms, 0.5) FILTER (WHERE NOT warm) AS cold_total_p50_ms,
+    quantile_cont(total_ms, 0.5) FILTER (WHERE warm) AS warm_total_p50_ms
+FROM request_rows WHERE list_contains($runs, run_id) AND error IS NULL AND total_ms IS NOT NULL
+GROUP BY ALL
+"""
+
+
+def _run_ids(con: duckdb.DuckDBPyConnection, run_ids: Sequence[str] | None) -> list[str]:
+    if run_ids is not None:
+        return list(run_ids)
+    return [str(r[0]) for r in con.execute("SELECT run_id FROM runs ORDER BY created_at").fetchall()]
+
+
+def _num(v: Any) -> float | None:
+    """NaN/NULL (a quantity the data cannot give) as None, so tables print '-' and JSON null."""
+    return None if v is None or pd.isna(v) else float(v)
+
+
+def _per_pipeline(docs: pd.DataFrame) -> pd.DataFrame:
+    """Per (pipeline config, view): document means of the terms, sums of the counts."""
+    return docs.groupby([*PIPE_KEY, "view"], as_index=False, sort=False).agg(
+        kind=("kind", "first"), role=("role", "first"), concurrency=("concurrency", "first"),
+        n=("n", "sum"),
+        docs=("doc_key", "size"),
+        cold=("cold", "sum"), warm=("warm", "sum"), cache_unreported=("cache_unreported", "sum"),
+        calibrated=("calibrated", "all"), docs_warm_derived=("warm_derived", "sum"),
+        docs_cold_derived=("cold_derived", "sum"), storage=("storage_usd", "max"),
+        one_time=("one_time_usd", "mean"), marginal=("marginal_usd", "mean"), paid=("run_paid_usd", "mean"))
+
+
+def _notes(p: dict[str, Any], sheet: PriceSheet) -> tuple[str, list[str]]:
+    """How the long-context terms were obtained (its warm basis), and what the reader must know."""
+    notes = []
+    if p["cache_unreported"]:
+        notes.append(f"no cached_tokens reported for {p['cache_unreported']} requests: counted as uncached")
+    if p["failed_priced"]:
+        notes.append(f"{p['failed_priced']} failed requests priced at what they spent before failing")
+    if p["unpriced"]:
+        notes.append(f"{p['unpriced']} requests with no usage reported: left out of the means "
+                     "(spend unknown)")
+    if p["role"] == "router":  # a mix of both paths
+        notes.append("priced at the run's own mix of cold/warm requests: not extrapolated in q")
+    if p["view"] == "api" and p["storage"] and sheet.api is not None:
+        notes.append(f"cache storage {sheet.api.cache_hold_hours:g} h per document included")
+    if p["view"] == "self_hosted":
+        if not p["calibrated"]:
+            notes.append("busy s = client TTFT + decode time (no server prefill/decode stats)")
+        if p["concurrency"] > 1:
+            notes.append(f"concurrency {p['concurrency']}: per-request busy s overcounts batched work")
+    if p["role"] != "long_context":
+        return "n/a", notes
+    docs, dw, dc = int(p["docs"]), int(p["docs_warm_derived"]), int(p["docs_cold_derived"])
+    if dw:
+        notes.append(f"warm cost DERIVED for {dw}/{docs} docs (no warm request: cold, context cached)")
+    if dc:
+        notes.append(f"cold cost DERIVED for {dc}/{docs} docs (no request prefilled the document from "
+                     "nothing: its cached tokens priced as computed)")
+    basis = "measured" if not dw else "derived" if dw == docs else f"derived {dw}/{docs} docs"
+    return basis, notes
+
+
+def cost_table(
+    con: duckdb.DuckDBPyConnection,
+    run_ids: Sequence[str] | None,
+    sheet: PriceSheet,
+    queries_per_doc: Sequence[int],
+) -> list[dict[str, Any]]:
+    """One row per (pipeline, view): one-time and marginal $, $ per query at each q, what the run
+    paid per query, latency p50."""
+    if not queries_per_doc or any(q < 1 for q in queries_per_doc):
+        raise ValueError(f"queries per document must be integers >= 1, got {list(queries_per_doc)}")
+    runs = _run_ids(con, run_ids)
+    costed = doc_costs(con, runs, sheet)
+    if costed.docs.empty:
+        return []
+    per_pipe = _per_pipeline(costed.docs).merge(costed.counts, on=PIPE_KEY, how="left")
+    latency = con.execute(_LATENCY, {"runs": runs}).df()  # doc_costs installed the views
+    per_pipe = per_pipe.merge(latency, on=PIPE_KEY, how="left")
+    per_pipe = pipeline_labels(con, runs).merge(per_pipe, on=PIPE_KEY)
+    rows = []
+    order = {v: i for i, v in enumerate(sheet.views())}
+    records = per_pipe.to_dict("records")
+    for p in sorted(records, key=lambda r: (r["run_id"], r["label"], order[r["view"]])):
+        basis, notes = _notes(p, sheet)
+        one_time, marginal = float(p["one_time"]), float(p["marginal"])
+        row: dict[str, Any] = {
+            "run_id": p["run_id"], "pipeline": p["pipeline"], "params_hash": p["params_hash"],
+            "label": p["label"], "kind": p["kind"], "role": p["role"], "view": p["view"], "n": int(p["n"]),
+            "failed": int(p["failed"]), "unpriced": int(p["unpriced"]),
+            "docs": int(p["docs"]), "cold": int(p["cold"]), "warm": int(p["warm"]), "warm_basis": basis,
+            "one_time_usd_per_doc": _num(one_time), "marginal_usd_per_query": _num(marginal),
+        }
+        for q in queries_per_doc:
+            row[f"usd_per_query_q{q}"] = _num(marginal + one_time / q)
+        row["run_paid_usd_per_query"] = _num(p["paid"])
+        row |= {k: _num(p[k]) for k in ("total_p50_ms", "cold_total_p50_ms", "warm_total_p50_ms")}
+        row["price_sheet"] = f"{sheet.name} @ {sheet.date.isoformat()}"
+        row["caveats"] = "; ".join(notes)
+        rows.append(row)
+    return rows
+
+
+def cost_columns(queries_per_doc: Sequence[int]) -> list[str]:
+    """The order in which `ragvslc cost` prints a cost_table row."""
+    return [
+        "label", "view", "n", "failed", "cold", "warm", "warm_basis", "one_time_usd_per_doc",
+        "marginal_usd_per_query", *(f"usd_per_query_q{q}" for q in queries_per_doc),
+        "run_paid_usd_per_query", "cold_total_p50_ms", "warm_total_p50_ms", "caveats",
+    ]
+
+
+def break_even(table: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Where each pair of pipelines (same view) costs the same per query.
+
+    Both curves are marginal + one_time / q, so they cross once at most, in closed form:
+    q* = (one_time_a - one_time_b) / (marginal_b - marginal_a). Below q* the pipeline with the
+    smaller one-time cost is cheaper, above it the one with the smaller marginal cost.
+    """
+    qs = sorted({int(m.group(1)) for r in table for k in r if (m := _Q_KEY.match(k))})
+    lo, hi = (qs[0], qs[-1]) if qs else (1, math.inf)
+    out = []
+    for view in dict.fromkeys(r["view"] for r in table):
+        rows = [r for r in table if r["view"] == view and r["marginal_usd_per_query"] is not None
+                and r["one_time_usd_per_doc"] is not None]
+        for a, b in combinations(rows, 2):
+            fa, ma = a["one_time_usd_per_doc"], a["marginal_usd_per_query"]
+            fb, mb = b["one_time_usd_per_doc"], b["marginal_usd_per_query"]
+            entry = {"view": view, "a": a["label"], "b": b["label"], "break_even_q": None}
+            if math.isclose(ma, mb, rel_tol=1e-9, abs_tol=1e-15):
+                same = math.isclose(fa, fb, rel_tol=1e-9, abs_tol=1e-15)
+                cheaper = None if same else (a if fa < fb else b)["label"]
+                entry |= {"cheaper_below": cheaper, "cheaper_above": cheaper,
+                          "status": "identical" if same else "never (parallel curves)"}
+            else:
+                q_star = (fa - fb) / (mb - ma)
+                low_fixed, low_marginal = (a if fa < fb else b)["label"], (a if ma < mb else b)["label"]
+                if q_star <= 1:
+                    entry |= {"cheaper_below": low_marginal, "cheaper_above": low_marginal,
+                              "status": "never for q >= 1"}
+                else:
+                    where = "" if lo <= q_star <= hi else f", outside {lo}..{hi}"
+                    entry |= {"break_even_q": q_star, "cheaper_below": low_fixed,
+                              "cheaper_above": low_marginal, "status": f"crosses at q={q_star:.3g}{where}"}
+            out.append(entry)
+    return out
+
+
+def cost_curve_frame(
+    con: duckdb.DuckDBPyConnection,
+    run_ids: Sequence[str] | None,
+    sheet: PriceSheet,
+    queries_per_doc: Sequence[int] = DEFAULT_CURVE_Q,
+) -> pd.DataFrame:
+    """Long format for a chart: x = queries_per_doc (log), y = usd_per_query, colour = pipeline."""
+    table = cost_table(con, run_ids, sheet, queries_per_doc)
+    records = [
+        (r["label"], q, r["view"], r[f"usd_per_query_q{q}"]) for r in table for q in queries_per_doc
+    ]
+    return pd.DataFrame(records, columns=["pipeline", "queries_per_doc", "view", "usd_per_query"])
+
+
+def cost_report(
+    db_path: Path | str, run_ids: Sequence[str] | None, sheet_path: Path | str, queries_per_doc: Sequence[int]
+) -> list[dict[str, Any]]:
+    """What `ragvslc cost` prints (in cost_columns order); errors are ValueErrors worth showing."""
+    sheet = load_price_sheet(sheet_path)
+    if not Path(db_path).exists():
+        raise ValueError(f"no database at {db_path}")
+    with duckdb.connect(str(db_path), read_only=True) as con:
+        if run_ids:
+            known = {str(r[0]) for r in con.execute("SELECT run_id FROM runs").fetchall()}
+            unknown = sorted(set(run_ids) - known)
+            if unknown:
+                raise ValueError(f"unknown run ids: {', '.join(unknown)}")
+        rows = cost_table(con, run_ids, sheet, queries_per_doc)
+    if not rows:
+        raise ValueError("no successful predictions to price in the selected runs")
+    return rows

@@ -1,0 +1,338 @@
+"""Workload -> strategy: rank the measured pipelines for a stated workload, citing the evidence.
+
+A workload (compare/analysis/workload.py: TOML, strict) states document sizes, questions per document,
+request rate, a p95 latency target and a quality floor. The evidence is the stored rows of the
+same model at the nearest measured document lengths (within a relative tolerance); nothing is
+extrapolated: a workload length without measurements near it makes the verdict `partial` or
+`none`, and the CLI exits non-zero.
+
+How the numbers are formed, stated once:
+- Each workload length weighs the same (a list may repeat a length to weigh it more); within a
+  length every measured example weighs the same. Quality is that weighted mean of the metric
+  (a failed request scores 0), with a 95% Wilson interval at the Kish effective sample size.
+- Latency and token columns: long context pays the document's prefill once per document, so
+  with q questions per document 1/q of its requests are cold and (q-1)/q warm (warm when
+  cached_tokens >= WARM_FRACTION x context_tokens, as in compare/analysis/doc_costs.py). Measured warm
+  rows are used when the evidence has them; otherwise a warm request is DERIVED from each cold
+  one with the document counted as cached (tokens), its latency kept at the cold value
+  (conservative), and the row says so. Routers and RAG are used as measured.
+- Latency is client-side: "ttft" = retrieval + TTFT, "e2e" = retrieval + E2E; p95 is a weighted
+  quantile. Utilisation = request rate x mean service time, as if requests were served one at a
+  time: >= 1 means the server cannot keep up, so the target is not met whatever the p95.
+- Cost per query: computed (uncached) prompt, cached prompt and output tokens, and $ from the one
+  cost function (compare/analysis/doc_costs.py, the same as `ragvslc cost` and the report: per document
+  marginal + one_time / q), each document weighing what its length weighs in the workload. The
+  sheet is the workload's `price_sheet`, else the one stored with the runs, else the shipped
+  example (as the report chooses); the view is the sheet's first (API if it has one) unless
+  `view` is given.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import duckdb
+import numpy as np
+import pandas as pd
+
+from compare.analysis.doc_costs import doc_costs, weighted_usd
+from compare.analysis.prices import choose_sheet
+from compare.analysis.summary import describe
+from compare.analysis.workload import Workload
+from compare.store import views
+
+Coverage = Literal["covered", "partial", "none"]
+COLUMNS = (
+    "rank", "strategy", "n", "quality", "quality_low", "quality_high", "p95_ms", "utilization",
+    "input_tokens_per_1k", "cached_tokens_per_1k", "output_tokens_per_1k", "usd_per_1k",
+    "meets_floor", "meets_target", "notes",
+)
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    workload: Workload
+    model: str | None
+    coverage: Coverage
+    coverage_notes: list[str]
+    rows: list[dict[str, Any]]  # ranked, COLUMNS plus run_ids and kind
+    winner: str | None
+    reasons: list[str]
+    run_ids: list[str]
+    lengths_used: dict[str, list[float]] = field(default_factory=dict)  # workload length -> measured
+    assumptions: list[str] = field(default_factory=list)
+    price_sheet: str | None = None
+
+
+_EVIDENCE = """
+SELECT p.run_id, p.example_id, p.pipeline, p.params_hash, p.params,
+    p.kind, p.role, e.doc_ids,
+    coalesce(e.doc_length, max(p.context_tokens) FILTER (WHERE p.role = 'long_context')
+        OVER (PARTITION BY p.run_id, p.example_id)) AS length,
+    p.error, p.prompt_tokens, coalesce(p.cached_tokens, 0) AS cached_tokens, p.output_tokens,
+    p.context_tokens, p.ttft_ms, p.e2e_ms, p.retrieval_ms, e.question, s.value AS score
+FROM request_rows p JOIN example_rows e USING (run_id, example_id) JOIN runs r USING (run_id)
+LEFT JOIN scores s ON s.run_id = p.run_id AND s.example_id = p.example_id AND s.pipeline = p.pipeline
+    AND s.params_hash = p.params_hash AND s.metric = $metric
+WHERE list_contains($runs, p.run_id)
+"""
+
+
+def wilson(p: float, n: float, z: float = 1.959964) -> tuple[float, float]:
+    """95% Wilson score interval of a proportion p seen over n (possibly effective) trials."""
+    if n <= 0:
+        return 0.0, 1.0
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(max(p * (1 - p), 0.0) / n + z * z / (4 * n * n)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def weighted_quantile(values: np.ndarray, weights: np.ndarray, q: float) -> float:
+    """Smallest value whose cumulative weight reaches q (inverse CDF of the weighted sample)."""
+    order = np.argsort(values)
+    cum = np.cumsum(weights[order])
+    idx = int(np.searchsorted(cum, q * cum[-1] - 1e-12))
+    return float(values[order][min(idx, len(values) - 1)])
+
+
+def _select_runs(con: duckdb.DuckDBPyConnection, wl: Workload, run_ids: Sequence[str] | None
+                 ) -> tuple[str | None, list[str], list[str]]:
+    """(model, run ids with predictions for it, coverage notes when there are none)."""
+    rows = con.execute("SELECT run_id, model, corpus FROM runs r WHERE EXISTS (SELECT 1 FROM "
+                       "predictions p WHERE p.run_id = r.run_id) ORDER BY created_at").fetchall()
+    rows = [r for r in rows if run_ids is None or r[0] in run_ids]
+    models = sorted({str(r[1]) for r in rows})
+    if wl.model is None and len(models) != 1:
+        return None, [], [f"the database holds runs of {len(models)} models ({', '.join(models) or 'none'}); "
+                          "name one with `model = ...` in the workload"]
+    model = wl.model or models[0]
+    runs = [str(r[0]) for r in rows if r[1] == model and str(r[2]).startswith(wl.corpus or "")]
+    if not runs:
+        where = f" on corpus {wl.corpus!r}" if wl.corpus else ""
+        return model, [], [f"no runs of model {model!r}{where}; runs in the database are of: "
+                           f"{', '.join(models) or 'nothing'}"]
+    return model, runs, []
+
+
+def _bins(wl: Workload, measured: list[float]) -> tuple[dict[str, tuple[float, list[float]]], list[str]]:
+    """Workload lengths -> (weight, measured lengths used); a note per length not covered.
+
+    A list: each listed length (repeats add weight) uses the measured lengths within tolerance.
+    A range: both ends must have measurements within tolerance; then everything measured between
+    the widened ends is used, each example weighing the same.
+    """
+    tol, d, notes = wl.length_tolerance, wl.documents, []
+
+    def near(t: int) -> list[float]:
+        found = [m for m in measured if abs(m - t) <= tol * t]
+        if not found:
+            nearest = sorted(sorted(measured, key=lambda m: abs(m - t))[:3])
+            notes.append(f"no measurements within {tol:.0%} of {t} tokens (nearest measured: "
+                         f"{', '.join(f'{m:.0f}' for m in nearest) or 'none'})")
+        return found
+
+    if d.tokens is None:
+        lo, hi = int(d.min_tokens or 0), int(d.max_tokens or 0)
+        ends = [near(lo), near(hi)]
+        if not all(ends):
+            return {}, notes
+        inside = [m for m in measured if lo * (1 - tol) <= m <= hi * (1 + tol)]
+        return {f"{lo}-{hi}": (1.0, inside)}, notes
+    bins = {str(t): (float(c), found) for t, c in Counter(d.tokens).items() if (found := near(t))}
+    return bins, notes
+
+
+def _strategy(df: pd.DataFrame, wl: Workload, bins: dict[str, tuple[float, list[float]]]
+              ) -> tuple[dict[str, Any], list[str]]:
+    """One strategy's expected quality, latency and cost under the workload (see module doc).
+
+    Two weightings: `qw` (quality: every distinct question of a length alike, its repeats across
+    runs averaged, so asking twice is not twice the evidence) and `cw` (cost and latency: for
+    long context, 1/q cold and (q-1)/q warm requests)."""
+    q, lc = wl.questions_per_doc, df["role"].iloc[0] == "long_context"
+    notes: list[str] = []
+    qparts, cparts, errors = [], [], 0
+    total = sum(w for w, _ in bins.values())
+    for key, (weight, lengths) in bins.items():
+        share = weight / total
+        rows = df[df["length"].isin(lengths)].assign(derived=False)
+        errors += int(rows["error"].notna().sum())
+        scored = rows[rows["score"].notna() | rows["error"].notna()]
+        per_q = scored.assign(s=scored["score"].fillna(0.0)).groupby(["example_id", "question"])["s"].mean()
+        qparts.append(pd.DataFrame({"s": per_q.to_numpy(float), "qw": share / max(len(per_q), 1)}))
+        ok = rows[rows["error"].isna()]
+        if not len(ok):
+            continue
+        warm = views.is_warm(ok["cached_tokens"], ok["context_tokens"])
+        if not lc:
+            cparts.append(ok.assign(cw=share / len(ok)))
+            continue
+        cold, hot = ok[~warm], ok[warm]
+        if not len(hot):  # derive warm from cold: the document counted as cached
+            hot = cold.assign(derived=True, cached_tokens=np.minimum(
+                cold["prompt_tokens"], np.maximum(cold["cached_tokens"], cold["context_tokens"])))
+        elif not len(cold):
+            cold = hot
+            notes.append(f"~{key} tokens: no cold request measured; cost and latency are optimistic")
+        cparts += [cold.assign(cw=share / q / len(cold)), hot.assign(cw=share * (q - 1) / q / len(hot))]
+    qrows = pd.concat(qparts)
+    qual, qw = qrows["s"].to_numpy(float), qrows["qw"].to_numpy(float)
+    quality = float(np.average(qual, weights=qw)) if len(qual) else math.nan
+    n_eff = float(qw.sum() ** 2 / (qw**2).sum()) if len(qual) else 0.0
+    lo, hi = wilson(quality, n_eff) if len(qual) else (math.nan, math.nan)
+    if errors:
+        notes.append(f"{errors} failed requests (scored 0, left out of latency; cost counts what they spent)")
+    head = {"n": len(qrows), "quality": quality, "quality_low": lo, "quality_high": hi,
+            "meets_floor": bool(quality >= wl.quality_floor)}
+    crows = pd.concat(cparts) if cparts else None
+    if crows is None or not (w := crows["cw"].to_numpy(float)).sum() > 0:
+        notes.append("no successful request: no latency or cost")
+        return {**dict.fromkeys(COLUMNS[6:12], math.nan), **head, "meets_target": False}, notes
+    if lc and crows["derived"].any() and q > 1:
+        notes.append("ASSUMPTION: no warm request measured; warm cost = cold request with the document "
+                     "cached, warm latency = cold latency")
+    lat = crows["retrieval_ms"] + (crows["ttft_ms"] if wl.latency.metric == "ttft" else crows["e2e_ms"])
+    p95 = weighted_quantile(lat.to_numpy(float), w, 0.95)
+    service_s = float(np.average((crows["retrieval_ms"] + crows["e2e_ms"]).to_numpy(float), weights=w)) / 1e3
+    util = wl.requests_per_s * service_s
+    computed = crows["prompt_tokens"] - crows["cached_tokens"]
+    per_q = {k: 1000 * float(np.average(v.to_numpy(float), weights=w)) for k, v in
+             {"in": computed, "cached": crows["cached_tokens"], "out": crows["output_tokens"]}.items()}
+    return {**head, "p95_ms": p95, "utilization": util, "input_tokens_per_1k": per_q["in"],
+            "cached_tokens_per_1k": per_q["cached"], "output_tokens_per_1k": per_q["out"],
+            "meets_target": bool(p95 <= wl.latency.p95_ms and util < 1.0)}, notes
+
+
+def _usd(terms: pd.DataFrame, lengths: pd.Series, bins: dict[str, tuple[float, list[float]]], q: int
+         ) -> float:
+    """$ per query at the workload's q from the cost function's per-document terms: each
+    workload length its share, split evenly over the documents (per run) measured near it."""
+    if terms.empty:
+        return math.nan
+    length = (terms["run_id"] + "\x1f" + terms["doc_key"]).map(lengths)
+    weights = np.zeros(len(terms))
+    for share, measured in bins.values():
+        inside = length.isin(measured).to_numpy()
+        if inside.any():
+            weights[inside] += share / inside.sum()
+    return weighted_usd(terms, weights, q)
+
+
+def recommend(db_path: Path | str, workload: Workload, run_ids: Sequence[str] | None = None,
+              *, view: str | None = None) -> Recommendation:
+    """Rank every measured strategy for the workload; say when the evidence does not cover it.
+    `view`: the price view to rank by ("api" or "self_hosted"; default the sheet's first)."""
+    if not Path(db_path).exists():
+        raise ValueError(f"no database at {db_path}")
+    with duckdb.connect(str(db_path), read_only=True) as con:
+        model, runs, notes = _select_runs(con, workload, run_ids)
+        chosen = choose_sheet(con, runs, workload.price_sheet)  # as the report chooses
+        sheet = chosen.sheet
+        view = view or sheet.views()[0]
+        if view not in sheet.views():
+            raise ValueError(f"price sheet {sheet.name!r} has no {view!r} view "
+                             f"(it has: {', '.join(sheet.views())})")
+        sheet_name = f"{sheet.name} @ {sheet.date.isoformat()} ({view} view; {chosen.origin})"
+        if not runs:
+            return _empty(workload, model, "none", notes, sheet_name)
+        views.install(con)
+        ev = con.execute(_EVIDENCE, {"runs": runs, "metric": workload.quality_metric}).df()
+        terms = doc_costs(con, runs, sheet).docs
+    terms = terms[terms["view"] == view] if not terms.empty else terms
+    ev = ev[ev["length"].notna()]
+    lengths = ev.assign(key=ev["run_id"] + "\x1f" + ev["doc_ids"]).groupby("key")["length"].first()
+    bins, notes = _bins(workload, sorted(set(ev["length"].astype(float))))
+    if not bins:
+        return _empty(workload, model, "none", notes, sheet_name)
+    matched = ev[ev["length"].isin({m for _, ms in bins.values() for m in ms})]
+    if matched["score"].isna().all() and matched["error"].isna().all():
+        notes.append(f"no {workload.quality_metric!r} scores in the matching runs (rescore with that metric)")
+        return _empty(workload, model, "none", notes, sheet_name)
+    rows, assumptions, excluded = [], [], []
+    for (pipe, h), df in matched.groupby(["pipeline", "params_hash"], sort=True):
+        label = describe(str(pipe), json.loads(df["params"].iloc[0]))
+        missing = [k for k, (_, ms) in bins.items() if not df["length"].isin(ms).any()]
+        if missing:
+            excluded.append(f"{label}: no rows near {', '.join(missing)} tokens; left out of the ranking")
+            continue
+        stats, row_notes = _strategy(df, workload, bins)
+        mine = terms[(terms["pipeline"] == pipe) & (terms["params_hash"] == h)] if len(terms) else terms
+        usd = _usd(mine, lengths, bins, workload.questions_per_doc)
+        assumptions += [f"{label}: {n}" for n in row_notes if n.startswith("ASSUMPTION")]
+        rows.append({"strategy": label, "kind": df["kind"].iloc[0], "run_ids": sorted(set(df["run_id"])),
+                     **stats, "usd_per_1k": 1000 * usd, "notes": "; ".join(row_notes)})
+    if not rows:
+        return _empty(workload, model, "none", notes + excluded, sheet_name)
+    rows = _rank(rows)
+    winner, reasons = _explain(rows, workload)
+    return Recommendation(
+        workload, model, "partial" if notes else "covered", notes, rows, winner, reasons + excluded,
+        sorted({r for row in rows for r in row["run_ids"]}), {k: ms for k, (_, ms) in bins.items()},
+        assumptions, sheet_name)
+
+
+def _empty(wl: Workload, model: str | None, coverage: Coverage, notes: list[str], sheet: str | None
+           ) -> Recommendation:
+    return Recommendation(wl, model, coverage, notes, [], None, ["no recommendation: the evidence does "
+                          "not cover this workload"], [], price_sheet=sheet)
+
+
+def _cost(row: dict[str, Any]) -> float:
+    """The cost the ranking compares: $, else (nothing priced) computed prompt + output tokens."""
+    if row["usd_per_1k"] is not None and not math.isnan(row["usd_per_1k"]):
+        return float(row["usd_per_1k"])
+    return float(row["input_tokens_per_1k"] + row["output_tokens_per_1k"])
+
+
+def _rank(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Both constraints met first (cheapest first), then floor only, target only, neither
+    (best quality first): the top row is the answer, the rest explain what it beat."""
+    def key(r: dict[str, Any]) -> tuple[int, float, float]:
+        group = 0 if r["meets_floor"] and r["meets_target"] else 1 if r["meets_floor"] else \
+            2 if r["meets_target"] else 3
+        return (group, _cost(r) if group == 0 else -r["quality"], _cost(r))
+    ranked = sorted(rows, key=key)
+    for i, r in enumerate(ranked, 1):
+        r["rank"] = i
+    return ranked
+
+
+def _explain(rows: list[dict[str, Any]], wl: Workload) -> tuple[str | None, list[str]]:
+    unit = "$ per 1k queries"
+    lat, tgt = f"p95 {wl.latency.metric}", f"{wl.latency.p95_ms:,.0f} ms"
+    best = rows[0]
+
+    def money(r: dict[str, Any]) -> str:
+        return f"{_cost(r):.4g}"
+
+    def why_not(r: dict[str, Any]) -> str:
+        bits = []
+        if not r["meets_floor"]:
+            bits.append(f"quality {r['quality']:.2f} below the floor {wl.quality_floor:.2f}")
+        if r["utilization"] >= 1:
+            bits.append(f"cannot keep up with {wl.requests_per_s:g} req/s (utilisation "
+                        f"{r['utilization']:.2f})")
+        elif r["p95_ms"] > wl.latency.p95_ms:
+            bits.append(f"{lat} {r['p95_ms']:,.0f} ms over the target {tgt}")
+        return "; ".join(bits) or f"costs more ({money(r)} vs {money(best)} {unit})"
+
+    if not (best["meets_floor"] and best["meets_target"]):
+        return None, ["no strategy meets both the quality floor and the latency target"] + [
+            f"{r['strategy']}: {why_not(r)}" for r in rows]
+    reasons = [
+        f"{best['strategy']} meets the floor (quality {best['quality']:.2f}, 95% CI "
+        f"{best['quality_low']:.2f}-{best['quality_high']:.2f}, n={best['n']}) and the target "
+        f"({lat} {best['p95_ms']:,.0f} ms <= {tgt}, utilisation {best['utilization']:.2f}) and is the "
+        f"cheapest that does: {money(best)} {unit} at {wl.questions_per_doc} question(s) per document"]
+    if best["quality_low"] < wl.quality_floor:
+        reasons.append(f"caution: the interval's lower end {best['quality_low']:.2f} is below the floor; "
+                       "measure more questions to be sure")
+    reasons += [f"{r['strategy']}: {why_not(r)}" for r in rows[1:]]
+    return str(best["strategy"]), reasons

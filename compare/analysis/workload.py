@@ -1,0 +1,78 @@
+"""A workload: what a deployment will face, stated so `recommend` can match it to evidence.
+
+Validated strictly (a misspelt key is an error, as in run specs and price sheets) because a
+silently ignored `quality_flor` would produce a confident recommendation for the wrong question.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveFloat,
+    PositiveInt,
+    model_validator,
+)
+
+from compare.core.config import read_toml, validate
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DocumentSizes(_Strict):
+    """Either the list of document lengths (tokens) or their range."""
+
+    tokens: list[PositiveInt] | None = None
+    min_tokens: PositiveInt | None = None
+    max_tokens: PositiveInt | None = None
+
+    @model_validator(mode="after")
+    def _one_form(self) -> DocumentSizes:
+        lo, hi = self.min_tokens, self.max_tokens
+        listed = bool(self.tokens) and lo is None and hi is None
+        ranged = self.tokens is None and lo is not None and hi is not None
+        if not (listed or ranged):
+            raise ValueError("give either a non-empty `tokens = [...]` or both `min_tokens` and `max_tokens`")
+        if lo is not None and hi is not None and lo > hi:
+            raise ValueError(f"min_tokens ({lo}) > max_tokens ({hi})")
+        return self
+
+
+class LatencyTarget(_Strict):
+    metric: Literal["ttft", "e2e"] = "e2e"
+    p95_ms: PositiveFloat
+
+
+class Workload(_Strict):
+    name: str = "workload"
+    model: str | None = None  # None: the database's only model
+    corpus: str | None = None  # corpus family prefix, e.g. "needle" or "leval"
+    documents: DocumentSizes
+    questions_per_doc: PositiveInt
+    requests_per_s: PositiveFloat
+    latency: LatencyTarget
+    quality_metric: str = "headline"  # each question's own metric (compare/core/metrics.py)
+    quality_floor: Annotated[float, Field(ge=0.0, le=1.0)]
+    price_sheet: Path | None = None
+    length_tolerance: Annotated[float, Field(gt=0.0, le=1.0)] = 0.25
+
+
+class WorkloadError(ValueError):
+    """A workload file that cannot be used; the message names the file and the fields."""
+
+
+def load_workload(path: Path | str) -> Workload:
+    """Parse and validate; a relative price sheet path is relative to the workload file."""
+    path = Path(path)
+    wl = validate(Workload, read_toml(path, WorkloadError, "workload"), WorkloadError, str(path), "workload")
+    if wl.price_sheet is not None and not wl.price_sheet.is_absolute():
+        wl = wl.model_copy(update={"price_sheet": path.parent / wl.price_sheet})
+    return wl
+
+

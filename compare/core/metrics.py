@@ -1,0 +1,346 @@
+"""Quality metrics: small functions of (example, prediction), looked up by name.
+
+A metric returns None when it does not apply (no evidence spans, a failed request), so that
+averages are taken over the rows where the question makes sense and failures stay visible as
+their own count instead of silently scoring zero. `headline` is the exception by design: it is
+each question's own metric (its corpus declares which: `primary_metric`), the one number that
+compares pipelines, and there a failed request scores 0.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import string
+import unicodedata
+from collections import Counter
+from collections.abc import Mapping, Sequence
+
+from compare.core import choices as choice_parsing
+from compare.core.protocols import Metric
+from compare.core.registry import METRICS, register_metric
+from compare.core.timeline import retrieved_seconds  # the one char<->seconds mapping
+from compare.core.types import Example, Prediction
+
+_ARTICLES = re.compile(r"\b(a|an|the)\b")
+_DECIMAL_POINT = re.compile(r"(?<=\d)\.(?=\d)")
+_KEPT_POINT = "\x00"  # stands for a decimal point while punctuation is removed
+# ASCII punctuation is deleted (SQuAD). Other Unicode punctuation too (curly quotes, ellipsis,
+# guillemets), except the dashes that separate words ("Paris—the capital"): a space.
+_SEPARATING_DASHES = "\u2012\u2013\u2014\u2015\u2e3a\u2e3b"
+_PUNCT = {
+    **dict.fromkeys(map(ord, string.punctuation)),
+    **{cp: None for cp in range(0x80, 0x10000) if unicodedata.category(chr(cp)).startswith("P")},
+    **{ord(c): " " for c in _SEPARATING_DASHES},
+}
+
+
+def _strip_punct(text: str) -> str:
+    """Lower case without punctuation; a decimal point between digits stays ("3.5" is not "35")."""
+    text = _DECIMAL_POINT.sub(_KEPT_POINT, text.lower()).translate(_PUNCT)
+    return text.replace(_KEPT_POINT, ".")
+
+
+def normalize(text: str) -> str:
+    """SQuAD-style normalisation: lower case, no punctuation, no articles, single spaces."""
+    return " ".join(_ARTICLES.sub(" ", _strip_punct(text)).split())
+
+
+def _light(text: str) -> str:
+    """Case and punctuation only: for a gold that is all article ("A", "The")."""
+    return " ".join(_strip_punct(text).split())
+
+
+def _needs_all(ex: Example) -> bool:
+    """Multi-value gold (every answer required): "any answer counts" metrics do not apply."""
+    return ex.tags.get("answer_format") == "all"
+
+
+def _findable(answers: Sequence[str]) -> list[str]:
+    """Golds as searched for inside a reply; one that normalises to "" ("The") cannot be found
+    in a reply (every reply "contains" nothing), so it is left out, and a question with no
+    findable gold is not applicable (None) rather than a 0 or a free 1."""
+    return [g for a in answers if (g := normalize(a))]
+
+
+@register_metric("exact_match")
+def exact_match(ex: Example, pred: Prediction) -> float | None:
+    """Whole reply equals a gold. A gold that is all article ("A") is compared by case and
+    punctuation only, so an empty reply never equals it."""
+    if not pred.ok or _needs_all(ex):
+        return None
+    pairs = [(normalize(pred.answer), g) if (g := normalize(a)) else (_light(pred.answer), _light(a))
+             for a in ex.answers]
+    pairs = [(got, gold) for got, gold in pairs if gold]
+    if not pairs:
+        return None
+    return float(any(got == gold for got, gold in pairs))
+
+
+@register_metric("contains")
+def contains_answer(ex: Example, pred: Prediction) -> float | None:
+    """Any gold answer appears in the reply: robust to a chatty model around a short answer."""
+    golds = _findable(ex.answers)
+    if not pred.ok or _needs_all(ex) or not golds:
+        return None
+    got = f" {normalize(pred.answer)} "
+    return float(any(f" {g} " in got for g in golds))
+
+
+@register_metric("token_f1")
+def token_f1(ex: Example, pred: Prediction) -> float | None:
+    golds = _findable(ex.answers)
+    if not pred.ok or _needs_all(ex) or not golds:
+        return None
+    got = normalize(pred.answer).split()
+    best = 0.0
+    for gold in golds:
+        ref = gold.split()
+        common = sum((Counter(got) & Counter(ref)).values())
+        if common == 0:
+            continue
+        p, r = common / len(got), common / len(ref)
+        best = max(best, 2 * p * r / (p + r))
+    return best
+
+
+@register_metric("contains_all")
+def contains_all(ex: Example, pred: Prediction) -> float | None:
+    """Fraction of the gold values found in the reply (multi-needle recall, as in Gemini 1.5)."""
+    golds = _findable(ex.answers)
+    if not pred.ok or not _needs_all(ex) or not golds:
+        return None
+    got = f" {normalize(pred.answer)} "
+    return sum(f" {g} " in got for g in golds) / len(golds)
+
+
+def _choices(ex: Example) -> dict[str, str]:
+    raw = ex.tags.get("choices")
+    if not isinstance(raw, str):
+        return {}
+    parsed = json.loads(raw)
+    return {str(k): str(v) for k, v in parsed.items()} if isinstance(parsed, dict) else {}
+
+
+def chosen_letter(reply: str, choices: Mapping[str, str]) -> str | None:
+    """The choice a reply picks (compare/core/choices.py has the rules)."""
+    return choice_parsing.chosen_letter(reply, choices, normalize)
+
+
+MULTI_SELECT = "letters"  # answer_format of a question with several correct choices ("ACD")
+
+
+@register_metric("choice_accuracy")
+def choice_accuracy(ex: Example, pred: Prediction) -> float | None:
+    """1 if the reply picks a gold letter; unparseable replies score 0, not None.
+    Multi-select questions are scored by choice_set_match instead (None here)."""
+    choices = _choices(ex)
+    if not pred.ok or not choices or not ex.answers or ex.tags.get("answer_format") == MULTI_SELECT:
+        return None
+    return float(chosen_letter(pred.answer, choices) in ex.answers)
+
+
+def _choice_sets(ex: Example, pred: Prediction) -> tuple[frozenset[str], list[frozenset[str]]] | None:
+    choices = _choices(ex)
+    if not pred.ok or not choices or ex.tags.get("answer_format") != MULTI_SELECT:
+        return None
+    golds = [g for a in ex.answers if (g := choice_parsing.gold_letters(a))]
+    return (choice_parsing.chosen_letters(pred.answer, choices), golds) if golds else None
+
+
+@register_metric("choice_set_match")
+def choice_set_match(ex: Example, pred: Prediction) -> float | None:
+    """Multi-select: 1 only for exactly the gold set of letters. Never a substring test: a reply
+    listing every letter ("A, B, C, D") picks every choice and scores 0 unless all are gold."""
+    got = _choice_sets(ex, pred)
+    return None if got is None else float(any(got[0] == g for g in got[1]))
+
+
+@register_metric("choice_set_f1")
+def choice_set_f1(ex: Example, pred: Prediction) -> float | None:
+    """Multi-select partial credit (secondary): F1 of the picked letters against the gold set."""
+    got = _choice_sets(ex, pred)
+    return None if got is None else max(choice_parsing.set_f1(got[0], g) for g in got[1])
+
+
+_LABEL = re.compile(r"\b(true|false)\b", re.IGNORECASE)
+
+
+@register_metric("true_false")
+def true_false(ex: Example, pred: Prediction) -> float | None:
+    """1 if the first True/False in the reply is the gold label (sci_fi-style questions)."""
+    if not pred.ok or ex.tags.get("answer_format") != "true_false" or not ex.answers:
+        return None
+    m = _LABEL.search(pred.answer)
+    return float(m is not None and m.group(1).lower() == ex.answers[0].strip().lower())
+
+
+def _in_seconds(ex: Example) -> bool:
+    """Video evidence is in seconds, retrieved spans in timeline characters: evidence_recall_time
+    maps one onto the other; the character-span metrics must not compare them directly."""
+    return ex.tags.get("evidence_unit") == "seconds"
+
+
+@register_metric("evidence_recall")
+def evidence_recall(ex: Example, pred: Prediction) -> float | None:
+    """Share of gold evidence spans that some retrieved span overlaps (retrieval only)."""
+    if not ex.evidence or not pred.retrieved or _in_seconds(ex):
+        return None
+    hit = sum(any(e.overlaps(r) for r in pred.retrieved) for e in ex.evidence)
+    return hit / len(ex.evidence)
+
+
+@register_metric("request_ok")
+def request_ok(ex: Example, pred: Prediction) -> float | None:
+    """1 for a request that produced an answer, 0 for an error row."""
+    return float(pred.ok)
+
+
+def resolve(names: Sequence[str]) -> dict[str, Metric]:
+    unknown = [n for n in names if n not in METRICS]
+    if unknown:
+        raise ValueError(f"unknown metrics {unknown}; known: {sorted(METRICS)}")
+    return {n: METRICS[n] for n in names}
+
+
+def score(metrics: Mapping[str, Metric], ex: Example, pred: Prediction) -> dict[str, float | None]:
+    return {name: fn(ex, pred) for name, fn in metrics.items()}
+
+
+@register_metric("evidence_mrr")
+def evidence_mrr(ex: Example, pred: Prediction) -> float | None:
+    """1/rank of the first retrieved span that overlaps any evidence span (0 if none does).
+
+    Needs `pred.retrieved` in rank order (RAG keeps it so even when the prompt is laid out in
+    document order). Like evidence_recall, None for rows without evidence or retrieval.
+    """
+    if not ex.evidence or not pred.retrieved or _in_seconds(ex):
+        return None
+    for rank, r in enumerate(pred.retrieved, start=1):
+        if any(e.overlaps(r) for e in ex.evidence):
+            return 1.0 / rank
+    return 0.0
+
+
+
+
+# --- video: evidence in seconds, replies that name times -------------------------------------
+_CLOCK = re.compile(r"(?<![\d.:])(\d{1,3}):([0-5]\d)(?::([0-5]\d))?(\.\d+)?(?![\d:])")
+_SECONDS = re.compile(  # "151 s", "151.5-165 s", "151 to 165 seconds"
+    r"(?<![\d.:])(\d+(?:\.\d+)?)(?:\s*(?:-|–|to|and)\s*(\d+(?:\.\d+)?))?\s*(?:s|sec|secs|seconds?)\b",
+    re.IGNORECASE,
+)
+_BARE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*$")
+
+
+def parse_times(reply: str) -> list[float]:
+    """Times a reply names, in order, in seconds: "00:02:31", "2:31", "151 s", "2:31-2:45"."""
+    found: list[tuple[int, float]] = []
+    for m in _CLOCK.finditer(reply):
+        a, b, c, frac = m.groups()
+        h, mi, s = (int(a), int(b), int(c)) if c is not None else (0, int(a), int(b))
+        found.append((m.start(), h * 3600 + mi * 60 + s + float(frac or 0)))
+    for m in _SECONDS.finditer(reply):
+        found += [(m.start(i), float(g)) for i, g in enumerate(m.groups(), 1) if g is not None]
+    if not found and (bare := _BARE.match(reply)):
+        found.append((0, float(bare.group(1))))
+    return [t for _, t in sorted(found)]
+
+
+def _time_reply(ex: Example, pred: Prediction) -> tuple[float, float, float, float] | None:
+    """(pred start, pred end, gold start, gold end) for a time question; pred NaN if unparsed."""
+    if not pred.ok or ex.tags.get("answer_format") != "time" or not ex.evidence:
+        return None
+    times = parse_times(pred.answer)[:2]
+    lo, hi = (min(times), max(times)) if times else (float("nan"), float("nan"))
+    return lo, hi, ex.evidence[0].start, ex.evidence[0].end
+
+
+@register_metric("time_iou")
+def time_iou(ex: Example, pred: Prediction) -> float | None:
+    """Overlap / union of the replied interval and the gold one (a single time scores 0)."""
+    got = _time_reply(ex, pred)
+    if got is None:
+        return None
+    lo, hi, g0, g1 = got
+    if not hi > lo:  # NaN (nothing parsed) or an instant
+        return 0.0
+    inter = max(0.0, min(hi, g1) - max(lo, g0))
+    return inter / (max(hi, g1) - min(lo, g0))
+
+
+@register_metric("time_hit")
+def time_hit(ex: Example, pred: Prediction) -> float | None:
+    """1 if the replied time (an interval's midpoint) is inside the gold interval +- 1 s."""
+    got = _time_reply(ex, pred)
+    if got is None:
+        return None
+    lo, hi, g0, g1 = got
+    tol = float(ex.tags.get("time_tolerance_s", 1.0))
+    return float(g0 - tol <= (lo + hi) / 2 <= g1 + tol)
+
+
+@register_metric("evidence_recall_time")
+def evidence_recall_time(ex: Example, pred: Prediction) -> float | None:
+    """evidence_recall for video: retrieved character spans mapped to seconds through the
+    example's `time_map` tag (timeline line offsets -> seconds), then overlapped with the gold
+    spans in seconds."""
+    tag = ex.tags.get("time_map")
+    if ex.tags.get("evidence_unit") != "seconds" or not isinstance(tag, str):
+        return None
+    if not ex.evidence or not pred.retrieved:
+        return None
+    got = retrieved_seconds(tag, pred.retrieved)
+    return sum(any(e.overlaps(r) for r in got) for e in ex.evidence) / len(ex.evidence)
+
+
+
+
+# --- the headline: each question's own metric ------------------------------------------------
+HEADLINE = "headline"
+# What a corpus declares per question (tag `primary_metric`); by answer format when it does not.
+PRIMARY_BY_FORMAT: Mapping[str, str] = {
+    "letter": "choice_accuracy",  # multiple choice: the picked letter, never "contains 'C'"
+    MULTI_SELECT: "choice_set_match",  # exam-style "ACD": exactly that set
+    "true_false": "true_false",
+    "all": "contains_all",  # multi-needle: share of the values found
+    "time": "time_iou",  # a time interval
+    "free": "token_f1",  # free text (a judge, once there is one)
+    "exact": "contains",  # a short gold said inside a chatty reply (topic retrieval)
+}
+SHORT_ANSWER = "contains"  # no format: a short answer (a needle's number, a bAbI word)
+ANSWER_METRICS = frozenset({*PRIMARY_BY_FORMAT.values(), SHORT_ANSWER, "exact_match", "choice_set_f1",
+                            "time_hit"})
+
+
+def default_primary(tags: Mapping[str, str | float]) -> str:
+    """The metric a question of these tags is judged by, from its answer format."""
+    return PRIMARY_BY_FORMAT.get(str(tags.get("answer_format", "")), SHORT_ANSWER)
+
+
+def check_primary(name: str) -> str:
+    """A declared primary metric must be an answer metric (not itself, not a retrieval one)."""
+    if name not in ANSWER_METRICS:
+        raise ValueError(f"primary_metric {name!r} is not an answer metric; known: {sorted(ANSWER_METRICS)}")
+    return name
+
+
+def primary_metric(ex: Example) -> str:
+    """The example's declared primary metric; an example stored before corpora declared one
+    gets the same default its corpus now declares."""
+    declared = ex.tags.get("primary_metric")
+    return check_primary(declared) if isinstance(declared, str) else default_primary(ex.tags)
+
+
+@register_metric(HEADLINE)
+def headline(ex: Example, pred: Prediction) -> float | None:
+    """The question's own metric, so one mean can cover a mix of question kinds. A failed
+    request scores 0 (it answered nothing; the headline compares pipelines over the same asked
+    questions), unless the metric cannot apply to this question at all (then None for all)."""
+    fn = METRICS[primary_metric(ex)]
+    if pred.ok:
+        return fn(ex, pred)
+    applies = fn(ex, Prediction(answer="", completion=None, context_tokens=0)) is not None
+    return 0.0 if applies else None
+
+

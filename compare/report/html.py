@@ -1,0 +1,244 @@
+"""The report's HTML: plain tables, sections, the inlined Vega bundle and the chart embeds.
+
+The page must open offline and years later, so the Vega JavaScript is inlined once (from
+vl-convert's bundle, the same one `chart.to_html(inline=True)` uses) and every chart spec carries
+its data; nothing is fetched. Numbers also appear as HTML tables, readable (and copyable)
+without JavaScript.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+import numbers
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import altair as alt
+import vl_convert as vlc
+
+from compare.report.charts import RUN_PARAM
+
+_EMBED_OPTIONS = {"actions": {"export": True, "source": False, "compiled": False, "editor": False}}
+_CSS = """
+body { font-family: system-ui, sans-serif; margin: 2rem; color: #222; max-width: 1280px; }
+table { border-collapse: collapse; font-size: 0.85rem; margin: 0.5rem 0 1.5rem; }
+th, td { border: 1px solid #ccc; padding: 0.25rem 0.5rem; text-align: right; vertical-align: top; }
+th { background: #f3f3f3; } td.l, th.l { text-align: left; }
+pre { background: #f7f7f7; padding: 0.5rem; overflow-x: auto; font-size: 0.8rem; }
+.caveat { color: #8a4b00; } .chart { margin: 1rem 0 2rem; } .note { color: #666; font-style: italic; }
+.sheet { background: #fff8e6; border: 1px solid #e6c878; padding: 0.5rem 0.75rem; margin: 0.5rem 0; }
+"""
+
+
+@dataclass
+class Section:
+    """A heading, some HTML (tables, notes) and the named charts drawn under it."""
+
+    title: str
+    charts: list[str] = field(default_factory=list)
+    before: list[str] = field(default_factory=list)
+    after: list[str] = field(default_factory=list)
+
+
+def fmt(value: Any, column: str = "") -> str:
+    """A cell: dollars with 3 significant digits, ms without decimals, shares as %, '–' for none."""
+    if value is None or (isinstance(value, numbers.Real) and math.isnan(float(value))):
+        return "–"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, numbers.Integral):
+        return f"{int(value):,d}"
+    if isinstance(value, numbers.Real):
+        value = float(value)
+        if "_vs_" in column:  # ratios and differences: 0.179, not "0 tokens"
+            return f"{value:.3g}"
+        if "usd" in column:
+            return f"${value:.3g}"
+        if column == "share" or column.startswith("share_"):
+            return f"{value:.0%}"
+        if column.endswith("_ms") or column.endswith("_tokens") or "tokens_" in column:
+            return f"{value:,.0f}"
+        if value.is_integer() and abs(value) < 1e9:
+            return f"{int(value):,d}"
+        return f"{value:.3g}" if abs(value) < 1000 else f"{value:,.0f}"
+    return str(value)
+
+
+def table(rows: Sequence[Mapping[str, Any]], columns: Mapping[str, str], left: Sequence[str] = ()) -> str:
+    """An HTML table of the given columns (key -> header); keys in `left` align left (text)."""
+
+    def cls(k: str) -> str:
+        return ' class="l"' if k in left else ""
+
+    head = "".join(f"<th{cls(k)}>{html.escape(h)}</th>" for k, h in columns.items())
+    body = "".join(
+        "<tr>" + "".join(f"<td{cls(k)}>{html.escape(fmt(r.get(k), k))}</td>" for k in columns) + "</tr>"
+        for r in rows
+    )
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def note(text: str) -> str:
+    return f'<p class="note">{html.escape(text)}</p>'
+
+
+_SUMMARY_HEAD = {
+    "run_id": "run", "label": "pipeline", "asked": "asked", "answered": "answered", "errors": "errors",
+}
+_SUMMARY_TAIL = {
+    "ttft_p50_ms": "TTFT p50 ms",
+    "ttft_p95_ms": "TTFT p95 ms",
+    "e2e_p50_ms": "E2E p50 ms",
+    "e2e_p95_ms": "E2E p95 ms",
+    "total_p50_ms": "retrieval+E2E p50 ms",
+    "context_tokens_mean": "context tok",
+    "prompt_tokens_mean": "prompt tok",
+    "cached_tokens_mean": "cached tok",
+}
+
+
+def summary_table(rows: list[dict[str, Any]]) -> str:
+    """Per pipeline: counts, every metric the run scored, latency and token means."""
+    metrics = sorted(
+        {k for r in rows for k in r} - {*_SUMMARY_HEAD, *_SUMMARY_TAIL, "pipeline", "params_hash", "n"}
+    )
+    cols = {**_SUMMARY_HEAD, **{m: m for m in metrics}, **_SUMMARY_TAIL}
+    if len({r["run_id"] for r in rows}) == 1:
+        del cols["run_id"]
+    shown = [{**r, **{m: None if r.get(m) is None else f"{r[m]:.3f}" for m in metrics}} for r in rows]
+    return table(shown, cols, left=("run_id", "label"))
+
+
+def run_caveats(run: Mapping[str, Any]) -> list[str]:
+    """What a reader must know before comparing this run's numbers with anything else."""
+    server = json.loads(run["server"]) if run["server"] else {}
+    notes = [
+        f"Concurrency {run['concurrency']}: compare latency only between runs at equal concurrency.",
+        "Failed requests are counted in 'errors' and excluded from latency and token statistics; they "
+        "score 0 in the quality means (every pipeline over the same asked questions) and cost what they "
+        "spent before failing (a failed request that reported no usage is left out of the cost means).",
+    ]
+    if "cpu" in str(server.get("vllm", "cpu")).lower():  # unknown build: assume the worst
+        notes.insert(0, "CPU build; latency numbers are relative (compare pipelines, not absolute ms).")
+    return notes
+
+
+def speed_line(server: Mapping[str, Any]) -> str:
+    """CPU, dtype, threads and the probe's rate: without them a latency cannot be compared
+    with one measured on another machine (bf16-native vs AVX2-only differ ~60x in matmul)."""
+    one = server if "dtype" in server or not server.get("servers") else server["servers"][0]
+    cpu = one.get("cpu") or {}
+    probe = server.get("probe") or {}
+    parts = [
+        f"CPU {cpu['model']} ({', '.join(cpu.get('flags', [])) or 'no AVX'}; {cpu.get('cores')} cores)"
+        if cpu else "",
+        f"dtype {one['dtype']} ({one.get('dtype_reason', '')})" if one.get("dtype") else "",
+        f"{one['threads']} engine threads (cores {one.get('bind')})" if one.get("threads") else "",
+        f"probe {probe['tokens_per_s']:.0f} prompt tokens/s on {probe['prompt_tokens']} tokens"
+        if probe.get("tokens_per_s") else "",
+    ]
+    return "; ".join(p for p in parts if p) or "–"
+
+
+def knobs_section(run: Mapping[str, Any], cost_caveats: Sequence[str] = ()) -> str:
+    """The knobs of a run, verbatim, so a reader can reproduce or question the numbers."""
+
+    def pretty(raw: str | None) -> str:
+        return html.escape(json.dumps(json.loads(raw), indent=2, sort_keys=True) if raw else "{}")
+
+    server = json.loads(run["server"]) if run["server"] else {}
+    spec = json.loads(run["spec"]) if run["spec"] else {}
+    facts: dict[str, Any] = {
+        k: run[k] for k in ("model", "corpus", "status", "concurrency", "created_at", "git_sha")
+    }
+    facts["server"] = ", ".join(
+        f"{k}={server[k]}" for k in ("vllm", "max_model_len", "kv_cache_gib") if k in server
+    )
+    facts["server flags"] = " ".join(str(a) for a in server.get("args", [])) or "–"
+    facts["speed"] = speed_line(server)
+    facts["pipelines"] = "; ".join(json.dumps(p, sort_keys=True) for p in spec.get("pipelines", [])) or "–"
+    facts["metrics"] = ", ".join(spec.get("metrics", [])) or "–"
+    items = "".join(
+        f"<tr><th class='l'>{html.escape(k)}</th><td class='l'>{html.escape(str(v))}</td></tr>"
+        for k, v in facts.items()
+    )
+    caveats = "".join(f"<li class='caveat'>{html.escape(c)}</li>" for c in [*run_caveats(run), *cost_caveats])
+    return (
+        f"<h3>Run {html.escape(run['run_id'])}</h3><table>{items}</table><ul>{caveats}</ul>"
+        f"<details><summary>server</summary><pre>{pretty(run['server'])}</pre></details>"
+        f"<details><summary>spec</summary><pre>{pretty(run['spec'])}</pre></details>"
+    )
+
+
+def _script_json(obj: Any) -> str:
+    """JSON that cannot close the <script> element it sits in."""
+    return json.dumps(obj).replace("</", "<\\/")
+
+
+def _vl_version() -> str:
+    """The Vega-Lite version Altair writes specs for, in vl-convert's spelling (v6_4)."""
+    major, minor = alt.SCHEMA_VERSION.lstrip("v").split(".")[:2]
+    return f"v{major}_{minor}"
+
+
+_RUN_PICKER_JS = f"""
+const views = [];
+function pickRun(run) {{
+  for (const view of views) {{
+    try {{ view.signal('{RUN_PARAM}', run || null).runAsync(); }} catch (e) {{ /* chart without runs */ }}
+  }}
+}}
+function runFromHash() {{  // report.html#run=<run_id> opens with that run picked (a link to one run)
+  const m = location.hash.match(/^#run=(.+)$/);
+  const picker = document.getElementById('run-picker');
+  if (!m || !picker) return;
+  picker.value = decodeURIComponent(m[1]);
+  pickRun(picker.value);
+}}
+"""
+
+
+def run_picker(run_ids: Sequence[str]) -> str:
+    """One selector for every chart (each declares the run parameter): no per-chart dropdowns."""
+    if len(run_ids) < 2:
+        return ""
+    options = "".join(f'<option value="{html.escape(r)}">{html.escape(r)}</option>' for r in run_ids)
+    return (
+        f'<p><label>Run: <select id="run-picker" onchange="pickRun(this.value)">'
+        f'<option value="">all runs</option>{options}</select></label> '
+        "(click a legend entry to highlight a pipeline; shift-click for more)</p>"
+    )
+
+
+def render_page(
+    header: Sequence[str],
+    sections: Sequence[Section],
+    charts: Mapping[str, alt.TopLevelMixin],
+) -> str:
+    """One page: the Vega bundle inlined once, then each section with its charts embedded."""
+    # The stub marks `snippet` required; at runtime it defaults to the globals snippet (as altair uses it).
+    bundle = vlc.javascript_bundle(vl_version=_vl_version())  # type: ignore[call-arg]
+    body = []
+    for sec in sections:
+        body.append(f"<h2>{html.escape(sec.title)}</h2>")
+        body += sec.before
+        body += [f'<div class="chart" id="chart-{name}"></div>' for name in sec.charts if name in charts]
+        body += sec.after
+    embeds = "".join(
+        f"  vegaEmbed('#chart-{name}', {_script_json(c.to_dict())}, {_script_json(_EMBED_OPTIONS)})"
+        ".then((r) => views.push(r.view)).catch(console.error),\n"
+        for name, c in charts.items()
+    )
+    return (
+        '<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>ragvslc report</title>'
+        f"<style>{_CSS}</style>\n<script>\n{bundle}\n</script></head><body>\n"
+        "<h1>Long context vs RAG</h1>\n"
+        + "\n".join(header)
+        + "\n"
+        + "\n".join(body)
+        + f"\n<script>\n{_RUN_PICKER_JS}Promise.all([\n{embeds}]).then(runFromHash);\n</script>\n"
+        + "</body></html>\n"
+    )

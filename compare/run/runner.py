@@ -1,0 +1,299 @@
+"""The run loop: examples x pipelines against one backend, bounded concurrency, resumable.
+
+Every finished request is written (with its scores) before the next result is awaited, so an
+interrupted run keeps all finished work and a rerun of the same spec only does what is missing.
+Requests go in corpus order, each example asked of every pipeline before the next ("given"), or
+in the prefix-sharing order of compare/serving/schedule.py ("prefix": one document's questions back to
+back, every pipeline done with a document before the next, documents with long common prefixes
+adjacent, followers waiting for the request that warms their prefix); either way a partial run
+still compares the pipelines on the same questions or documents.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from compare.core import metrics as metric_registry
+from compare.core.protocols import Indexed, Pipeline
+from compare.core.types import Corpus, Example, Prediction
+from compare.run.heartbeat import InFlight, Watch, heartbeat
+from compare.serving.client import HttpBackend, first_token_hook, metric_deltas
+from compare.serving.pool import Pool
+from compare.serving.schedule import Schedule, plan_run
+from compare.store.db import Store
+
+
+def params_hash(params: Mapping[str, Any]) -> str:
+    """Cache key of a pipeline configuration (lm-eval-harness style: hash of the arguments)."""
+    return hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+@dataclass(frozen=True)
+class FailurePolicy:
+    """What to do when a request fails: recorded with the run (spec), applied here."""
+
+    retries: int = 1
+    backoff_s: float = 2.0
+    on_error: Literal["continue", "stop"] = "continue"
+
+
+class RunStopped(RuntimeError):
+    """The run stopped on purpose: `on_error = "stop"`, or the server is gone."""
+
+
+class ServerDown(RunStopped):
+    """Requests fail because the server no longer answers /health; a managed one can restart."""
+
+
+# Failures that another attempt cannot fix: the prompt itself is the problem.
+PERMANENT_ERRORS = ("context_overflow",)
+
+
+def retryable(pred: Prediction) -> bool:
+    return pred.error is not None and not pred.error.startswith(PERMANENT_ERRORS)
+
+
+@dataclass
+class RunResult:
+    run_id: str
+    resumed: bool
+    done: int = 0
+    skipped: int = 0
+    errors: int = 0
+    server_deltas: dict[str, float] = field(default_factory=dict)
+
+
+Progress = Callable[[str, int, int], None]
+
+
+async def run(
+    *,
+    run_id: str,
+    corpus: Corpus,
+    pipelines: Sequence[Pipeline],
+    backend: HttpBackend,
+    store: Store,
+    run_meta: Mapping[str, Any],
+    metric_names: Sequence[str],
+    concurrency: int = 1,
+    retry_errors: bool = False,
+    progress: Progress | None = None,
+    policy: FailurePolicy = FailurePolicy(),
+    health: Callable[[], Awaitable[bool]] | None = None,
+    schedule: Schedule = "given",
+    pool: Pool | None = None,
+    watch: Watch | None = None,
+) -> RunResult:
+    """Ask every example of every pipeline that the store does not already hold.
+
+    `schedule` orders (and gates) the requests for prefix-cache reuse (compare/serving/schedule.py);
+    `pool` spreads them over replicas by document, `concurrency` slots each (compare/serving/pool.py).
+    """
+    metrics = metric_registry.resolve(metric_names)
+    resumed = store.start_run(run_id, corpus=corpus.name, concurrency=concurrency, **run_meta)
+    doc_tokens = {
+        d: int(t) for ex in corpus.examples if (t := ex.tags.get("doc_tokens")) is not None
+        for d in ex.doc_ids[:1]
+    }
+    store.add_examples(run_id, corpus.examples, doc_tokens if doc_tokens else None)
+    result = RunResult(run_id=run_id, resumed=resumed)
+    keep = store.prediction_keys(run_id, errors=False if retry_errors else None)
+
+    # Each pipeline's params once: hashed for the resume key, stored with every row.
+    params = {id(p): p.params() for p in pipelines}
+    hashes = [params_hash(params[id(p)]) for p in pipelines]
+    todo: list[tuple[Example, Pipeline, str]] = []
+    for ex in corpus.examples:
+        for pipe, h in zip(pipelines, hashes, strict=True):
+            if (ex.id, pipe.name, h) in keep:
+                result.skipped += 1
+            else:
+                todo.append((ex, pipe, h))
+    plan = plan_run(todo, corpus.documents, schedule)
+    todo = list(plan.items)
+    lanes = pool or Pool([backend], concurrency)
+    lane_of = lanes.lanes([ex for ex, _, _ in todo], plan.after)
+    total = len(todo)
+    watch = watch or Watch()
+    if watch.estimate is not None and todo:
+        watch.estimate([(ex, params[id(p)]) for ex, p, _ in todo])
+    if progress:
+        progress("preparing pipelines", 0, total)
+    needed = {id(p) for _, p, _ in todo}
+    for pipe, h in zip(pipelines, hashes, strict=True):
+        if id(pipe) in needed:
+            await pipe.prepare(corpus.documents, backend)
+            if isinstance(pipe, Indexed) and pipe.index_stats:
+                store.add_index_stats(run_id, pipe.name, h, pipe.index_stats)
+
+    before = await lanes.metrics()
+    seq = store.next_seq(run_id)
+    writer = RowWriter()
+    flights = InFlight(total)
+
+    async def one(i: int, ex: Example, pipe: Pipeline, h: str) -> None:
+        nonlocal seq
+        lane = lane_of[i]
+        label = f"{pipe.name} {ex.id}"
+        async with lane.turn(i):
+            started = datetime.now(UTC).replace(tzinfo=None)
+            flights.start(i, label)
+
+            def on_first_token() -> None:
+                flights.first_token(i)
+                lane.dispatcher.prefilled(i)
+
+            hook = first_token_hook.set(on_first_token)
+            try:
+                pred, attempts = await _attempts(pipe, ex, lane.backend, policy)
+            finally:
+                first_token_hook.reset(hook)
+                flights.end(i)
+        writer.submit(
+            (lambda: progress(label, writer.written, total)) if progress else None,
+            store.add_prediction, run_id, ex.id, pipe.name, h, params[id(pipe)], pred,
+            seq=seq, resumed=resumed, started_at=started, attempts=attempts,
+            scores=metric_registry.score(metrics, ex, pred), replica=lane.name, role=pipe.role,
+        )
+        seq += 1
+        result.done += 1
+        result.errors += 0 if pred.ok else 1
+        if pred.ok:
+            return
+        if retryable(pred) and health is not None and not await health():
+            raise ServerDown(f"server stopped answering during the run ({pred.error})")
+        if policy.on_error == "stop":
+            raise RunStopped(f"stopped on the first error (on_error=stop): {ex.id} {pipe.name}: {pred.error}")
+
+    status = "failed"
+    try:
+        async with heartbeat(flights, watch.say, watch.interval_s):
+            if concurrency == 1 and len(lanes) == 1:
+                for i, item in enumerate(todo):
+                    await one(i, *item)
+            else:
+                await _all_or_nothing([one(i, *item) for i, item in enumerate(todo)])
+        status = "done"
+    except RunStopped as exc:
+        status = "server_down" if isinstance(exc, ServerDown) else "stopped"
+        raise
+    except (asyncio.CancelledError, KeyboardInterrupt):
+        status = "interrupted"
+        raise
+    finally:
+        writer.close()  # every answered row is on disk before the run is marked, even on Ctrl-C
+        after = await _safe_metrics(lanes)
+        if before and after:
+            result.server_deltas = metric_deltas(before, after)
+            store.add_server_stats(run_id, result.server_deltas)
+        store.finish_run(run_id, status)
+    return result
+
+
+async def _all_or_nothing(coros: Sequence[Coroutine[Any, Any, None]]) -> None:
+    """Run concurrently; the first exception cancels the rest (finished rows are already stored)."""
+    tasks = [asyncio.ensure_future(c) for c in coros]
+    if not tasks:
+        return
+    try:
+        done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+    except BaseException:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
+    for t in pending:
+        t.cancel()
+    await asyncio.gather(*pending, return_exceptions=True)
+    for t in done:
+        exc = t.exception()
+        if exc is not None:
+            raise exc
+
+
+async def _attempts(
+    pipe: Pipeline, ex: Example, backend: HttpBackend, policy: FailurePolicy
+) -> tuple[Prediction, int]:
+    """Answer, retrying transient failures with exponential backoff; returns the attempts used."""
+    attempt = 1
+    pred = await _answer(pipe, ex, backend)
+    while retryable(pred) and attempt <= policy.retries:
+        await asyncio.sleep(policy.backoff_s * 2 ** (attempt - 1))
+        attempt += 1
+        pred = await _answer(pipe, ex, backend)
+    return pred, attempt
+
+
+async def _answer(pipe: Pipeline, ex: Example, backend: HttpBackend) -> Prediction:
+    """Pipelines return failures as rows; anything they raise becomes a row too."""
+    try:
+        return await pipe.answer(ex, backend)
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:  # a failed request must become a stored row, never vanish
+        return Prediction(
+            answer="", completion=None, context_tokens=0, error=f"{type(exc).__name__}: {exc}"
+        )
+
+
+class RowWriter:
+    """Store writes, in order, on one worker thread, while the next request is already out.
+
+    A DuckDB write (~10 ms, more under load) on the event loop would stall the streams in
+    flight and add to their measured TTFT/ITL; awaited in line, it would still delay the next
+    request of a serial run by that much. Queued here, it costs neither. One worker keeps the
+    connection on one thread at a time and the rows in order; `close` waits for the queue, and
+    the main thread touches the store again only after it. A failed write is not swallowed:
+    it is raised by the next `submit` (stopping the run) or by `close`. A process killed with
+    rows still queued loses those rows only; a rerun redoes them (they were never stored).
+    """
+
+    def __init__(self) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ragvslc-store")
+        self._error: BaseException | None = None
+        self.written = 0  # rows on disk (only the worker changes it)
+
+    def submit(
+        self, then: Callable[[], None] | None, fn: Callable[..., None], *args: Any, **kwargs: Any
+    ) -> None:
+        """Queue `fn(*args, **kwargs)`; `then()` runs on the worker once it is stored, so a
+        progress line ("[n/total]") never counts a row that is not on disk yet."""
+        self._raise()
+        self._pool.submit(self._call, then, fn, args, kwargs)
+
+    def _call(
+        self, then: Callable[[], None] | None, fn: Callable[..., None], args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> None:
+        if self._error is not None:  # after a failed write, write nothing more (rows stay in order)
+            return
+        try:
+            fn(*args, **kwargs)
+            self.written += 1
+            if then is not None:
+                then()
+        except BaseException as exc:
+            self._error = exc
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+        self._raise()
+
+    def _raise(self) -> None:
+        if self._error is not None:
+            msg = f"row writer failed (nothing after it was stored): {self._error}"
+            raise RuntimeError(msg) from self._error
+
+
+async def _safe_metrics(backend: HttpBackend | Pool) -> dict[str, float]:
+    try:
+        return await backend.metrics()
+    except Exception:  # stats are best effort: a dead server must not mask the run's own error
+        return {}

@@ -1,0 +1,137 @@
+"""RunSpec: everything that defines a run, validated strictly (unknown keys are errors).
+
+The run id is a hash of the spec, so running the same spec again resumes the same run instead
+of starting a second one; where the server lives (base_url) does not change a result and is
+left out of the hash.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, Field, PositiveInt, model_validator
+
+from compare.core.config import Strict, read_toml, validate
+from compare.core.registry import CORPORA, PIPELINES, Registry
+from compare.run import components  # noqa: F401  (importing it registers every built-in kind)
+from compare.serving.weights import DEFAULT_MODEL
+from corpora.babi import BabiCorpusSpec
+from corpora.jsonl import JsonlCorpusSpec
+from corpora.leval import LevalCorpusSpec
+from corpora.needle import NeedleCorpusSpec
+from corpora.video_spec import ActivityNetCorpusSpec, VideoNeedleCorpusSpec, VideoQaCorpusSpec
+from pipelines.long_context import LongContextSpec
+from pipelines.rag import RagSpec
+from pipelines.routers import LengthRuleSpec, SelfRouteSpec
+
+__all__ = [  # the built-in specs, re-exported so a spec is built from one module
+    "ActivityNetCorpusSpec", "BabiCorpusSpec", "CorpusSpec", "JsonlCorpusSpec", "LengthRuleSpec",
+    "LevalCorpusSpec", "LongContextSpec", "NeedleCorpusSpec", "PipelineSpec", "RagSpec", "RunSpec",
+    "SelfRouteSpec", "ServerSpec", "SpecError", "VideoNeedleCorpusSpec", "VideoQaCorpusSpec",
+    "load_spec", "validate_spec",
+]
+
+
+def _union(registry: Registry[Any]) -> Any:
+    """Every registered spec of a component kind, told apart by its `kind` field."""
+    specs = tuple(entry.spec for entry in registry.values())
+    return Annotated[Union[specs], Field(discriminator="kind")]  # noqa: UP007  (built at run time)
+
+
+if TYPE_CHECKING:
+    CorpusSpec = BaseModel
+    PipelineSpec = BaseModel
+else:
+    CorpusSpec = _union(CORPORA)
+    PipelineSpec = _union(PIPELINES)
+
+
+class ServerSpec(Strict):
+    model: str = DEFAULT_MODEL
+    # One endpoint, or several replicas of the same model (requests spread by document).
+    base_url: str | list[str] | None = None
+    max_model_len: Annotated[int, Field(ge=256)] = 32768
+    kv_cache_gib: PositiveInt = 2
+    # "auto": bf16 where the CPU has native bf16, else float32 (GPU: vLLM's choice); the
+    # resolved dtype and why are recorded in runs.server. An explicit dtype joins the run id.
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
+    extra_args: list[str] = Field(default_factory=list)
+    # Managed servers of the model, each on its own cores/GPUs (no base_url): like base_url,
+    # where the servers live is recorded with the run but is not part of its id.
+    replicas: Annotated[int, Field(ge=1, le=64)] = 1
+
+    @model_validator(mode="after")
+    def _replicas_are_managed(self) -> ServerSpec:
+        if self.replicas > 1 and self.base_url:
+            raise ValueError("replicas starts managed servers; with base_url, list every replica's URL")
+        return self
+
+
+def _default_pipelines() -> list[PipelineSpec]:
+    return [LongContextSpec(), RagSpec()]
+
+
+# Knobs that do not change what the model is asked: left out of the run id, so a run can be
+# resumed with another failure policy, or rescored with more metrics, without starting over.
+NOT_IN_RUN_ID = ("timeout_s", "retries", "retry_backoff_s", "on_error", "metrics")
+
+
+class RunSpec(Strict):
+    corpus: CorpusSpec = NeedleCorpusSpec()
+    pipelines: list[PipelineSpec] = Field(default_factory=lambda: _default_pipelines(), min_length=1)
+    server: ServerSpec = ServerSpec()
+    concurrency: Annotated[int, Field(ge=1, le=256)] = 1
+    # headline: each question's own metric (compare/core/metrics.py)
+    metrics: list[str] = Field(default_factory=lambda: [
+        "headline", "contains", "exact_match", "token_f1", "choice_accuracy", "choice_set_match",
+        "choice_set_f1", "true_false", "contains_all",
+        "evidence_recall", "evidence_mrr", "time_iou", "time_hit", "evidence_recall_time", "request_ok",
+    ])
+    timeout_s: Annotated[float, Field(gt=0)] = 900.0
+    retries: Annotated[int, Field(ge=0, le=10)] = 1
+    retry_backoff_s: Annotated[float, Field(ge=0, le=600)] = 2.0
+    on_error: Literal["continue", "stop"] = "continue"
+    # Request order: "prefix" groups prompts sharing a prefix (compare/serving/schedule.py), "given" is
+    # corpus order. It changes latency and cache hits, so it is part of the run id.
+    schedule: Literal["prefix", "given"] = "prefix"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_corpus_kind(cls, data: Any) -> Any:
+        """`[corpus]` without `kind` means the needle corpus, the only default-able one."""
+        if isinstance(data, dict) and isinstance(data.get("corpus"), dict):
+            data = {**data, "corpus": {"kind": "needle", **data["corpus"]}}
+        return data
+
+    def run_id(self, corpus_sha256: str | None = None) -> str:
+        """Stable id of what the run measures (not where the server happens to be).
+
+        A corpus read from files (jsonl) is named by its path in the spec; its content hash,
+        when given, joins the id, so editing the files starts a new run instead of resuming
+        the old one with answers to other questions."""
+        data = self.model_dump(mode="json", exclude=set(NOT_IN_RUN_ID))
+        data["server"].pop("base_url", None)
+        data["server"].pop("replicas", None)
+        if data["server"].get("dtype") == "auto":  # runs from before the field keep their ids
+            data["server"].pop("dtype")
+        if corpus_sha256 is not None:
+            data["corpus"]["sha256"] = corpus_sha256
+        if data.get("schedule") == "given":  # runs from before the field existed ran in corpus order
+            data.pop("schedule")
+        blob = json.dumps(data, sort_keys=True)
+        return "run-" + hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+class SpecError(ValueError):
+    """A spec file that cannot be used; the message names the file and the fields."""
+
+
+def load_spec(path: Path) -> RunSpec:
+    return validate_spec(read_toml(path, SpecError, "run spec"), source=str(path))
+
+
+def validate_spec(data: dict[str, Any], source: str = "spec") -> RunSpec:
+    return validate(RunSpec, data, SpecError, source, "run spec")

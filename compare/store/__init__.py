@@ -1,0 +1,3 @@
+"""The DuckDB results file: schema (named migrations), writes, exports, and the SQL views
+that define kind, role, length and warm/cold once.
+"""

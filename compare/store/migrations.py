@@ -1,0 +1,148 @@
+"""The store's schema, as an ordered, append-only list of named migrations.
+
+A database records the name of every migration it has applied (databases from before names
+were recorded list their count; they gain the names on open), so a new column or table is a
+new entry at the end, never an edit of an old one, and every existing results file keeps
+opening. Inserts name their columns, so a column added here never shifts another's value.
+"""
+
+from __future__ import annotations
+
+MIGRATIONS: tuple[tuple[str, str], ...] = (
+    ("initial_schema", """
+    CREATE TABLE runs (
+        run_id VARCHAR PRIMARY KEY,
+        created_at TIMESTAMP NOT NULL,
+        finished_at TIMESTAMP,
+        status VARCHAR NOT NULL,
+        corpus VARCHAR NOT NULL,
+        model VARCHAR NOT NULL,
+        base_url VARCHAR,
+        concurrency INTEGER NOT NULL,
+        git_sha VARCHAR,
+        spec JSON NOT NULL,
+        corpus_params JSON NOT NULL,
+        server JSON NOT NULL
+    );
+    CREATE TABLE examples (
+        run_id VARCHAR NOT NULL,
+        example_id VARCHAR NOT NULL,
+        doc_ids JSON NOT NULL,
+        question VARCHAR NOT NULL,
+        answers JSON NOT NULL,
+        evidence JSON NOT NULL,
+        tags JSON NOT NULL,
+        doc_tokens INTEGER,
+        PRIMARY KEY (run_id, example_id)
+    );
+    CREATE TABLE predictions (
+        run_id VARCHAR NOT NULL,
+        example_id VARCHAR NOT NULL,
+        pipeline VARCHAR NOT NULL,
+        params_hash VARCHAR NOT NULL,
+        params JSON NOT NULL,
+        answer VARCHAR NOT NULL,
+        error VARCHAR,
+        context_tokens INTEGER NOT NULL,
+        truncated_tokens INTEGER NOT NULL,
+        prompt_tokens INTEGER,
+        cached_tokens INTEGER,
+        output_tokens INTEGER,
+        ttft_ms DOUBLE,
+        e2e_ms DOUBLE,
+        tpot_ms DOUBLE,
+        itl_ms DOUBLE[],
+        retrieval_ms DOUBLE NOT NULL,
+        total_ms DOUBLE,
+        finish_reason VARCHAR,
+        retrieved JSON NOT NULL,
+        route VARCHAR,
+        seq INTEGER NOT NULL,
+        resumed BOOLEAN NOT NULL,
+        started_at TIMESTAMP NOT NULL,
+        finished_at TIMESTAMP NOT NULL,
+        PRIMARY KEY (run_id, example_id, pipeline, params_hash)
+    );
+    CREATE TABLE scores (
+        run_id VARCHAR NOT NULL,
+        example_id VARCHAR NOT NULL,
+        pipeline VARCHAR NOT NULL,
+        params_hash VARCHAR NOT NULL,
+        metric VARCHAR NOT NULL,
+        value DOUBLE,
+        PRIMARY KEY (run_id, example_id, pipeline, params_hash, metric)
+    );
+    CREATE TABLE server_stats (
+        run_id VARCHAR NOT NULL,
+        session INTEGER NOT NULL,
+        name VARCHAR NOT NULL,
+        value DOUBLE NOT NULL,
+        PRIMARY KEY (run_id, session, name)
+    );
+    """),
+    ("index_stats", """
+    CREATE TABLE index_stats (
+        run_id VARCHAR NOT NULL,
+        pipeline VARCHAR NOT NULL,
+        params_hash VARCHAR NOT NULL,
+        doc_id VARCHAR NOT NULL,
+        build_s DOUBLE NOT NULL,
+        n_chunks INTEGER NOT NULL,
+        bytes BIGINT NOT NULL,
+        cache_hit BOOLEAN NOT NULL,
+        PRIMARY KEY (run_id, pipeline, params_hash, doc_id)
+    );
+    """),
+    ("prediction_attempts", "ALTER TABLE predictions ADD COLUMN attempts INTEGER DEFAULT 1;"),
+    ("price_sheets", """
+    CREATE TABLE price_sheets (
+        run_id VARCHAR NOT NULL,
+        name VARCHAR NOT NULL,
+        sheet JSON NOT NULL,
+        used_at TIMESTAMP NOT NULL,
+        PRIMARY KEY (run_id, name)
+    );
+    """),
+    ("retrieval_eval", """
+    CREATE TABLE retrieval_eval (
+        eval_id VARCHAR NOT NULL,
+        created_at TIMESTAMP NOT NULL,
+        corpus VARCHAR NOT NULL,
+        corpus_params JSON NOT NULL,
+        config VARCHAR NOT NULL,
+        params_hash VARCHAR NOT NULL,
+        params JSON NOT NULL,
+        k INTEGER,
+        budget_tokens INTEGER,
+        recall DOUBLE,
+        mrr DOUBLE,
+        n_examples INTEGER NOT NULL,
+        mean_context_tokens DOUBLE,
+        build_s DOUBLE
+    );
+    """),
+    # Which replica served the request (its base URL): affinity and failover are visible per row.
+    ("prediction_replica", "ALTER TABLE predictions ADD COLUMN replica VARCHAR;"),
+    # A multi-request answer's requests, each with its own timing (routers' fallbacks).
+    ("prediction_steps", "ALTER TABLE predictions ADD COLUMN steps JSON;"),
+    # The metric each question is judged by in the headline (its corpus declares it).
+    ("example_primary_metric", "ALTER TABLE examples ADD COLUMN primary_metric VARCHAR;"),
+    # LLM-as-judge verdicts, asked once per row and judge configuration (compare/run/judge.py).
+    ("judgements", """
+    CREATE TABLE judgements (
+        run_id VARCHAR NOT NULL,
+        example_id VARCHAR NOT NULL,
+        pipeline VARCHAR NOT NULL,
+        params_hash VARCHAR NOT NULL,
+        judge_model VARCHAR NOT NULL,
+        prompt_hash VARCHAR NOT NULL,
+        verdict DOUBLE,
+        raw VARCHAR NOT NULL,
+        judged_at TIMESTAMP NOT NULL,
+        PRIMARY KEY (run_id, example_id, pipeline, params_hash, judge_model, prompt_hash)
+    );
+    """),
+    # Each row's pipeline role (long_context / retrieval / router), declared by its pipeline
+    # class; rows stored before roles were recorded get theirs from compare/store/views.py.
+    ("prediction_role", "ALTER TABLE predictions ADD COLUMN role VARCHAR;"),
+)
