@@ -18,7 +18,7 @@ import hashlib
 import json
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -95,6 +95,28 @@ def _contains(haystack: str, needle: str) -> bool:
     return f" {needle} " in f" {haystack} "
 
 
+@dataclass
+class _Questions:
+    """The examples of one joined timeline; the tags every question shares are set here once."""
+
+    doc_id: str
+    placed: Sequence[Placed]
+    doc_chars: float
+    base_tags: dict[str, str | float]
+    examples: list[Example] = field(default_factory=list)
+
+    def add(self, task: str, i: int, question: str, answers: Sequence[str], evidence: Sequence[Caption],
+            p: Placed, **tags: str | float) -> None:
+        doc_id = self.doc_id
+        self.examples.append(Example(
+            id=f"{doc_id}-{task}-{i:03d}", doc_ids=(doc_id,), question=question, answers=tuple(answers),
+            evidence=tuple(Span(doc_id, c.start, c.end) for c in evidence),
+            tags={**self.base_tags, "task": f"anet-{task}", "video_id": p.video, "video_start_s": p.start,
+                  "video_end_s": p.end, "video_s": self.placed[-1].end, "doc_chars": self.doc_chars,
+                  "primary_metric": default_primary(tags), **tags},
+        ))
+
+
 def build_activitynet_corpus(
     *,
     n_videos: int = 20,
@@ -117,58 +139,69 @@ def build_activitynet_corpus(
     placed = join_videos(caps, rng.sample(pool, n_videos), gap_s)
     timeline = render(timeline_entries(placed), ranges=True)
     doc_id = f"anet-{n_videos}v-s{seed}"
-    base_tags = video_tags({doc_id: timeline})
-    captions = [c for p in placed for c in p.captions]
-    seen: dict[str, int] = {}
-    for c in captions:
-        seen[normalize(c.text)] = seen.get(normalize(c.text), 0) + 1
-    examples: list[Example] = []
-
-    def add(task: str, i: int, question: str, answers: Sequence[str], evidence: Sequence[Caption],
-            p: Placed, **tags: str | float) -> None:
-        examples.append(Example(
-            id=f"{doc_id}-{task}-{i:03d}", doc_ids=(doc_id,), question=question, answers=tuple(answers),
-            evidence=tuple(Span(doc_id, c.start, c.end) for c in evidence),
-            tags={**base_tags, "task": f"anet-{task}", "video_id": p.video, "video_start_s": p.start,
-                  "video_end_s": p.end, "video_s": placed[-1].end, "doc_chars": float(len(timeline.text)),
-                  "primary_metric": default_primary(tags), **tags},
-        ))
-
-    where = {p.video: p for p in placed}
+    asked = _Questions(doc_id, placed, float(len(timeline.text)), video_tags({doc_id: timeline}))
+    # The tasks draw from one rng in this order, so a seed gives the same questions as before.
     if "when" in tasks:
-        unique = [c for c in captions if seen[normalize(c.text)] == 1]
-        for i, c in enumerate(rng.sample(unique, min(n_questions, len(unique)))):
-            add("when", i,
-                f'At what time does this happen: "{c.text}"? Answer with the start and end time '
-                "as HH:MM:SS-HH:MM:SS.",
-                [f"{clock(c.start)}-{clock(c.end)}"], [c], where[c.video], answer_format="time")
+        _ask_when(asked, rng, n_questions)
     if "what" in tasks:
-        for i, c in enumerate(rng.sample(captions, min(n_questions, len(captions)))):
-            t = float(int((c.start + c.end) / 2))
-            t = min(max(t, c.start), c.end)
-            covering = [c] + [o for o in captions if o is not c and o.start <= t <= o.end]
-            add("what", i, f"What happens at {clock(t)}?", [o.text for o in covering], [c],
-                where[c.video], at_s=t, primary_metric="token_f1")  # gold: a caption sentence
+        _ask_what(asked, rng, n_questions)
     if "qa" in tasks:
-        found = []
-        for p in placed:
-            said = [normalize(c.text) for c in p.captions]
-            for item in qa[p.video]:
-                answer, qtype = str(item["answer"]), int(item["type"])  # type: ignore[call-overload]
-                norm = normalize(answer)
-                if QA_TYPES[qtype] == "yes_no" or not norm:
-                    continue
-                hits = [c for c, s in zip(p.captions, said, strict=True) if _contains(s, norm)]
-                if hits:
-                    found.append((p, item, hits, qtype))
-        for i, (p, item, hits, qtype) in enumerate(rng.sample(found, min(n_questions, len(found)))):
-            question = str(item["question"]).strip().rstrip("?")
-            add("qa", i, f"In the clip from {clock(p.start)} to {clock(p.end)}: {question}?",
-                [str(item["answer"])], hits, p, qa_type=QA_TYPES[qtype], question_id=str(item["question_id"]))
+        _ask_qa(asked, rng, n_questions, qa)
     params: dict[str, object] = {
         "builder": "activitynet", "n_videos": n_videos, "n_questions": n_questions, "tasks": list(tasks),
         "seed": seed, "gap_s": gap_s, "captions_sha256": sha,
         "videos": [[p.video, round(p.start, 3), round(p.end, 3)] for p in placed],
     }
     doc = Document(id=doc_id, text=timeline.text, modality="video")
-    return Corpus(name="activitynet", documents={doc_id: doc}, examples=examples, params=params)
+    return Corpus(name="activitynet", documents={doc_id: doc}, examples=asked.examples, params=params)
+
+
+def _captions(placed: Sequence[Placed]) -> list[Caption]:
+    return [c for p in placed for c in p.captions]
+
+
+def _ask_when(asked: _Questions, rng: random.Random, n: int) -> None:
+    """A caption that occurs twice in the timeline has two right answers: only unique ones are asked."""
+    captions = _captions(asked.placed)
+    seen: dict[str, int] = {}
+    for c in captions:
+        seen[normalize(c.text)] = seen.get(normalize(c.text), 0) + 1
+    where = {p.video: p for p in asked.placed}
+    unique = [c for c in captions if seen[normalize(c.text)] == 1]
+    for i, c in enumerate(rng.sample(unique, min(n, len(unique)))):
+        asked.add("when", i,
+                  f'At what time does this happen: "{c.text}"? Answer with the start and end time '
+                  "as HH:MM:SS-HH:MM:SS.",
+                  [f"{clock(c.start)}-{clock(c.end)}"], [c], where[c.video], answer_format="time")
+
+
+def _ask_what(asked: _Questions, rng: random.Random, n: int) -> None:
+    """Every caption covering the asked time is a right answer: captions overlap."""
+    captions = _captions(asked.placed)
+    where = {p.video: p for p in asked.placed}
+    for i, c in enumerate(rng.sample(captions, min(n, len(captions)))):
+        t = float(int((c.start + c.end) / 2))
+        t = min(max(t, c.start), c.end)
+        covering = [c] + [o for o in captions if o is not c and o.start <= t <= o.end]
+        asked.add("what", i, f"What happens at {clock(t)}?", [o.text for o in covering], [c],
+                  where[c.video], at_s=t, primary_metric="token_f1")  # gold: a caption sentence
+
+
+def _ask_qa(asked: _Questions, rng: random.Random, n: int, qa: dict[str, list[dict[str, object]]]) -> None:
+    """Only questions the captions can answer: the timeline is all a model sees of the video."""
+    found = []
+    for p in asked.placed:
+        said = [normalize(c.text) for c in p.captions]
+        for item in qa[p.video]:
+            answer, qtype = str(item["answer"]), int(item["type"])  # type: ignore[call-overload]
+            norm = normalize(answer)
+            if QA_TYPES[qtype] == "yes_no" or not norm:
+                continue
+            hits = [c for c, s in zip(p.captions, said, strict=True) if _contains(s, norm)]
+            if hits:
+                found.append((p, item, hits, qtype))
+    for i, (p, item, hits, qtype) in enumerate(rng.sample(found, min(n, len(found)))):
+        question = str(item["question"]).strip().rstrip("?")
+        asked.add("qa", i, f"In the clip from {clock(p.start)} to {clock(p.end)}: {question}?",
+                  [str(item["answer"])], hits, p, qa_type=QA_TYPES[qtype],
+                  question_id=str(item["question_id"]))

@@ -307,27 +307,7 @@ async def build_needle_corpus(
         for depth, cell, doc in zip(cells, drawn, planted, strict=True):
             doc_id = f"{prefix}-{length}" + ("" if variant == "multi" else f"-{round(depth * 100):03d}")
             docs[doc_id] = Document(id=doc_id, text=doc.text)
-            asked = doc.spans[: len(cell.answers)]  # the asked needles come first
-            tags: dict[str, str | float] = {
-                "task": "needle" if variant == "single" else f"needle-{variant}",
-                "target_tokens": float(doc.tokens if length == "full" else length),
-                "depth": float(depth),
-                "doc_tokens": float(doc.tokens),
-                # multi: the mean over its needles, as "depth" is the mean of their targets
-                "actual_depth": round(sum(s for s, _ in asked) / len(asked) / max(len(doc.text), 1), 4),
-                **cell.tags,
-            }
-            if length == "full":
-                tags["length"] = "full"
-            if variant == "multi":
-                tags["depths"] = json.dumps([round(s / len(doc.text), 4) for s, _ in asked])
-            tags["primary_metric"] = default_primary(tags)  # contains; multi: contains_all
-            examples.append(
-                Example(
-                    id=doc_id, doc_ids=(doc_id,), question=cell.question, answers=cell.answers,
-                    evidence=tuple(Span(doc_id, s, e) for s, e in asked), tags=tags,
-                )
-            )
+            examples.append(_example(doc_id, variant, length, depth, cell, doc))
     params: dict[str, object] = {
         "builder": "needle",
         "lengths": list(lengths),
@@ -340,6 +320,31 @@ async def build_needle_corpus(
         params |= {"variant": variant, "n_needles": k}
     return Corpus(name="needle" if variant == "single" else f"needle-{variant}",
                   documents=docs, examples=examples, params=params)
+
+
+def _example(
+    doc_id: str, variant: Variant, length: Length, depth: float, cell: Cell, doc: Planted
+) -> Example:
+    """The question of one planted document; its tags place it on the report's length x depth grid."""
+    asked = doc.spans[: len(cell.answers)]  # the asked needles come first
+    tags: dict[str, str | float] = {
+        "task": "needle" if variant == "single" else f"needle-{variant}",
+        "target_tokens": float(doc.tokens if length == "full" else length),
+        "depth": float(depth),
+        "doc_tokens": float(doc.tokens),
+        # multi: the mean over its needles, as "depth" is the mean of their targets
+        "actual_depth": round(sum(s for s, _ in asked) / len(asked) / max(len(doc.text), 1), 4),
+        **cell.tags,
+    }
+    if length == "full":
+        tags["length"] = "full"
+    if variant == "multi":
+        tags["depths"] = json.dumps([round(s / len(doc.text), 4) for s, _ in asked])
+    tags["primary_metric"] = default_primary(tags)  # contains; multi: contains_all
+    return Example(
+        id=doc_id, doc_ids=(doc_id,), question=cell.question, answers=cell.answers,
+        evidence=tuple(Span(doc_id, s, e) for s, e in asked), tags=tags,
+    )
 
 
 def check_needles(variant: Variant, n_needles: int | None) -> int:

@@ -261,15 +261,7 @@ def build_video_needle_corpus(
     """One video and one question per (length, depth, modality); multi: one per length."""
     r, settings = render or Render(), settings or IngestSettings()
     versions = tool_versions()
-    k = (4 if n_needles is None else n_needles) if variant == "multi" else 1
-    if variant == "multi" and not 2 <= k <= len(KEYS):
-        raise ValueError(f"multi needs n_needles between 2 and {len(KEYS)} (got {k})")
-    if variant == "single" and n_needles not in (None, 1):
-        raise ValueError(f"variant 'single' plants exactly one needle (got n_needles={n_needles})")
-    if any(not 0.0 <= d <= 1.0 for d in depths):
-        raise ValueError(f"depths must be within 0..1, got {list(depths)}")
-    if not modalities or any(m not in ("screen", "speech", "both") for m in modalities):
-        raise ValueError(f"modalities must be screen, speech or both, got {list(modalities)}")
+    k = _check(variant, n_needles, depths, modalities)
     src_dir = data_dir(root) / "video"
     sources = [src_dir / c for c in clips]
     missing = [str(p) for p in sources if not p.is_file()]
@@ -282,18 +274,7 @@ def build_video_needle_corpus(
     docs: dict[str, Document] = {}
     examples: list[Example] = []
     for seconds in lengths_s:
-        cells: list[tuple[str, list[VideoNeedle], list[float]]] = []
-        if variant == "single":
-            for depth in depths:
-                for m in modalities:
-                    n = VideoNeedle(rng.choice(KEYS), rng.choice(WORDS), m)
-                    cells.append((f"vneedle-{seconds:g}s-{m}-{round(depth * 100):03d}", [n], [depth]))
-        else:
-            keys, words = rng.sample(KEYS, k), rng.sample(WORDS, k)
-            ns = [VideoNeedle(kk, ww, modalities[i % len(modalities)]) for i, (kk, ww) in
-                  enumerate(zip(keys, words, strict=True))]
-            cells.append((f"vneedle-multi-{seconds:g}s", ns, [(i + 0.5) / k for i in range(k)]))
-        for doc_id, needles, ds in cells:
+        for doc_id, needles, ds in _cells(rng, seconds, variant, depths, modalities, k):
             placed = place(needles, ds, seconds, work, r)
             key = hashlib.sha256(json.dumps(
                 [RENDER_FORMAT, clip_ids, asdict(r), seconds, [asdict(n) for n in placed], versions],
@@ -313,6 +294,39 @@ def build_video_needle_corpus(
     }
     name = "video-needle" if variant == "single" else "video-needle-multi"
     return Corpus(name=name, documents=docs, examples=examples, params=params)
+
+
+def _check(variant: Variant, n_needles: int | None, depths: Sequence[float],
+           modalities: Sequence[Modality]) -> int:
+    """The needle count, after refusing a grid that cannot be rendered (before any ffmpeg work)."""
+    k = (4 if n_needles is None else n_needles) if variant == "multi" else 1
+    if variant == "multi" and not 2 <= k <= len(KEYS):
+        raise ValueError(f"multi needs n_needles between 2 and {len(KEYS)} (got {k})")
+    if variant == "single" and n_needles not in (None, 1):
+        raise ValueError(f"variant 'single' plants exactly one needle (got n_needles={n_needles})")
+    if any(not 0.0 <= d <= 1.0 for d in depths):
+        raise ValueError(f"depths must be within 0..1, got {list(depths)}")
+    if not modalities or any(m not in ("screen", "speech", "both") for m in modalities):
+        raise ValueError(f"modalities must be screen, speech or both, got {list(modalities)}")
+    return k
+
+
+def _cells(rng: random.Random, seconds: float, variant: Variant, depths: Sequence[float],
+           modalities: Sequence[Modality], k: int) -> list[tuple[str, list[VideoNeedle], list[float]]]:
+    """One length's videos as (doc id, needles, depths); drawn before any is rendered, so the
+    seed alone decides them."""
+    cells: list[tuple[str, list[VideoNeedle], list[float]]] = []
+    if variant == "single":
+        for depth in depths:
+            for m in modalities:
+                n = VideoNeedle(rng.choice(KEYS), rng.choice(WORDS), m)
+                cells.append((f"vneedle-{seconds:g}s-{m}-{round(depth * 100):03d}", [n], [depth]))
+    else:
+        keys, words = rng.sample(KEYS, k), rng.sample(WORDS, k)
+        ns = [VideoNeedle(kk, ww, modalities[i % len(modalities)]) for i, (kk, ww) in
+              enumerate(zip(keys, words, strict=True))]
+        cells.append((f"vneedle-multi-{seconds:g}s", ns, [(i + 0.5) / k for i in range(k)]))
+    return cells
 
 
 def _example(doc_id: str, got: Ingested, placed: list[VideoNeedle], depths: list[float],

@@ -62,34 +62,7 @@ def build_video_qa_corpus(
     rows = read_jsonl(questions, VideoQuestion, problems)
     if not rows and not problems:
         problems.append(f"{questions}: no questions")
-    paths: dict[int, Path] = {}
-    for n, q in rows:
-        where = f"{questions}:{n}"
-        if q.video is not None:
-            path = questions.parent / q.video
-        elif video is not None:
-            path = Path(video)
-        else:
-            problems.append(f"{where}: no `video` (and no default video given)")
-            continue
-        if not path.is_file():
-            problems.append(f"{where}: video {str(path)!r} not found")
-        paths[n] = path
-        for i, (a, b) in enumerate(q.evidence or ()):
-            if not seconds(a) < seconds(b):
-                problems.append(f"{where}: evidence[{i}] needs start < end, got [{a}, {b}]")
-        declared = (q.tags or {}).get("primary_metric")
-        if declared is not None:  # checked before any video is ingested (minutes of OCR and ASR)
-            try:
-                check_primary(str(declared))
-            except ValueError as exc:
-                problems.append(f"{where}: tags.{exc}")
-    ids = [q.id or f"q{n}" for n, q in rows]
-    dupes = sorted({i for i in ids if ids.count(i) > 1})
-    if dupes:
-        problems.append(f"{questions}: duplicate question ids {dupes}")
-    if problems:
-        raise CorpusError(str(questions), problems)
+    paths, ids = _check_rows(questions, rows, video, problems)
     doc_ids: dict[Path, str] = {}
     for path in paths.values():
         if path.resolve() not in doc_ids:
@@ -122,3 +95,37 @@ def build_video_qa_corpus(
     }
     return Corpus(name=questions.stem, documents=docs, examples=examples, params=params)
 
+
+def _check_rows(questions: Path, rows: list[tuple[int, VideoQuestion]], video: Path | str | None,
+                problems: list[str]) -> tuple[dict[int, Path], list[str]]:
+    """Each row's video path and question id; every problem is collected and raised together,
+    before any video is ingested (minutes of OCR and ASR), so one fix-up pass fixes the file."""
+    paths: dict[int, Path] = {}
+    for n, q in rows:
+        where = f"{questions}:{n}"
+        if q.video is not None:
+            path = questions.parent / q.video
+        elif video is not None:
+            path = Path(video)
+        else:
+            problems.append(f"{where}: no `video` (and no default video given)")
+            continue
+        if not path.is_file():
+            problems.append(f"{where}: video {str(path)!r} not found")
+        paths[n] = path
+        for i, (a, b) in enumerate(q.evidence or ()):
+            if not seconds(a) < seconds(b):
+                problems.append(f"{where}: evidence[{i}] needs start < end, got [{a}, {b}]")
+        declared = (q.tags or {}).get("primary_metric")
+        if declared is not None:
+            try:
+                check_primary(str(declared))
+            except ValueError as exc:
+                problems.append(f"{where}: tags.{exc}")
+    ids = [q.id or f"q{n}" for n, q in rows]
+    dupes = sorted({i for i in ids if ids.count(i) > 1})
+    if dupes:
+        problems.append(f"{questions}: duplicate question ids {dupes}")
+    if problems:
+        raise CorpusError(str(questions), problems)
+    return paths, ids

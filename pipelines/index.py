@@ -225,43 +225,17 @@ def build_index(
     if loaded is not None:
         chunks, vecs, meta = loaded
     else:
-        model = load_embedder(embedder, device)
-        check_window(model, embedder, chunk_size)
-        tokenizer = embedder_tokenizer(model)
-        chunks = [c for d in docs for c in chunk_document(d, chunk_size, chunk_overlap, tokenizer, splitter)]
-        t_embed = time.perf_counter()
-        vecs = embed_texts(
-            model, [c.text for c in chunks], batch_size=batch_size, threads=threads,
-            progress=_per_batch(progress or current_progress(), docs, len(chunks)),
+        chunks, vecs, meta = _embed_entry(
+            docs, entry, key, t0, chunk_size=chunk_size, chunk_overlap=chunk_overlap, splitter=splitter,
+            embedder=embedder, batch_size=batch_size, threads=threads, device=device,
+            progress=progress or current_progress(),
         )
-        meta = {
-            "key": key,
-            "embed_s": time.perf_counter() - t0,  # chunking included: both are skipped on a hit
-            "encode_s": time.perf_counter() - t_embed,
-            "n_chunks": len(chunks),
-            "splitter": splitter,
-            "chunk_size": chunk_size,
-            "chunk_overlap": chunk_overlap,
-            "embedder": embedder,
-            "batch_size": batch_size,
-            "threads": effective_threads(threads),
-            "doc_ids": [d.id for d in docs],
-        }
-        if entry.exists():  # a damaged entry: rename cannot replace it, so clear it first
-            shutil.rmtree(entry, ignore_errors=True)
-        entry.parent.mkdir(parents=True, exist_ok=True)
-        _save_vectors(entry, chunks, vecs, meta)
-
     file = entry / "faiss" / f"{config.file_id(len(chunks))}.faiss"
     stored = _load_faiss(file, len(chunks)) if loaded is not None else None
     if stored is not None:
         faiss_index, record = stored
     else:
-        t_index = time.perf_counter()
-        faiss_index, actual = make_faiss(vecs, config)
-        record = {"index_s": time.perf_counter() - t_index, "index": actual}
-        file.parent.mkdir(parents=True, exist_ok=True)
-        _save_faiss(file, faiss_index, record)
+        faiss_index, record = _index_entry(file, vecs, config)
 
     idx = DocIndex(chunks, vecs, faiss_index, config)
     embed_s, index_s = float(meta["embed_s"]), float(record["index_s"])
@@ -273,3 +247,61 @@ def build_index(
         threads=int(meta.get("threads", 0)), batch_size=int(meta.get("batch_size", 0)),
     )
     return idx, stats
+
+
+def _embed_entry(
+    docs: Sequence[Document],
+    entry: Path,
+    key: str,
+    t0: float,
+    *,
+    chunk_size: int,
+    chunk_overlap: int,
+    splitter: Splitter,
+    embedder: str,
+    batch_size: int,
+    threads: int | None,
+    device: str | None,
+    progress: EmbedProgress | None,
+) -> tuple[list[Chunk], NDArray[np.float32], dict[str, Any]]:
+    """A cache miss: chunk and embed, then store the entry, so the next build with the same
+    key (any index kind) skips the slow part. `t0` is the build's start: the stored `embed_s`
+    is what a hit saves, cache lookup included."""
+    model = load_embedder(embedder, device)
+    check_window(model, embedder, chunk_size)
+    tokenizer = embedder_tokenizer(model)
+    chunks = [c for d in docs for c in chunk_document(d, chunk_size, chunk_overlap, tokenizer, splitter)]
+    t_embed = time.perf_counter()
+    vecs = embed_texts(
+        model, [c.text for c in chunks], batch_size=batch_size, threads=threads,
+        progress=_per_batch(progress, docs, len(chunks)),
+    )
+    meta = {
+        "key": key,
+        "embed_s": time.perf_counter() - t0,  # chunking included: both are skipped on a hit
+        "encode_s": time.perf_counter() - t_embed,
+        "n_chunks": len(chunks),
+        "splitter": splitter,
+        "chunk_size": chunk_size,
+        "chunk_overlap": chunk_overlap,
+        "embedder": embedder,
+        "batch_size": batch_size,
+        "threads": effective_threads(threads),
+        "doc_ids": [d.id for d in docs],
+    }
+    if entry.exists():  # a damaged entry: rename cannot replace it, so clear it first
+        shutil.rmtree(entry, ignore_errors=True)
+    entry.parent.mkdir(parents=True, exist_ok=True)
+    _save_vectors(entry, chunks, vecs, meta)
+    return chunks, vecs, meta
+
+
+def _index_entry(file: Path, vecs: NDArray[np.float32], config: IndexConfig) -> tuple[Any, dict[str, Any]]:
+    """Build and store one index kind beside the vectors; its record keeps the build time a
+    later hit reports as `index_s`."""
+    t_index = time.perf_counter()
+    faiss_index, actual = make_faiss(vecs, config)
+    record = {"index_s": time.perf_counter() - t_index, "index": actual}
+    file.parent.mkdir(parents=True, exist_ok=True)
+    _save_faiss(file, faiss_index, record)
+    return faiss_index, record

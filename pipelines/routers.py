@@ -99,6 +99,11 @@ def combine(first: Completion, second: Completion) -> Completion:
         if first.cached_tokens is None and second.cached_tokens is None
         else (first.cached_tokens or 0) + (second.cached_tokens or 0)
     )
+    written = (
+        None
+        if first.cache_write_tokens is None and second.cache_write_tokens is None
+        else (first.cache_write_tokens or 0) + (second.cache_write_tokens or 0)
+    )
     return Completion(
         text=second.text,
         prompt_tokens=first.prompt_tokens + second.prompt_tokens,
@@ -108,6 +113,7 @@ def combine(first: Completion, second: Completion) -> Completion:
         e2e_s=first.e2e_s + second.e2e_s,
         itl_s=second.itl_s,
         finish_reason=second.finish_reason,
+        cache_write_tokens=written,
     )
 
 

@@ -1,12 +1,18 @@
 """Shared fixtures: one real vLLM server per test session, real model, real files.
 
+This file sits at the top of tests/, so every subfolder (tests/serving/, tests/run/, ...) sees
+the same session-scoped server: one per session however the modules are laid out. Helpers
+that are not fixtures (hand-built stores, price sheets, scripted servers) are in tests/fixtures/.
+
 Set RAGVSLC_TEST_BASE_URL to reuse a server you already started (`ragvslc serve
 --max-model-len 2048`) while iterating; CI always starts its own.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import socket
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -84,3 +90,25 @@ def hf_tokenizer(model_path: Path):  # type: ignore[no-untyped-def]
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(str(model_path))
+
+
+def _loopback_only(real_connect):  # type: ignore[no-untyped-def]
+    """A socket guard: anything but 127.0.0.1 (a model hub, tiktoken's CDN) fails loudly."""
+
+    def connect(self: socket.socket, address: object) -> object:
+        host = address[0] if isinstance(address, tuple) else None
+        if host is None or not ipaddress.ip_address(host).is_loopback:
+            raise AssertionError(f"network access attempted: {address!r}")
+        return real_connect(self, address)
+
+    return connect
+
+
+@pytest.fixture(scope="module")
+def no_network() -> Iterator[None]:
+    """Opt-in per module (`pytest.mark.usefixtures("no_network")` in its pytestmark): the
+    offline modules prove they reach nothing beyond loopback; others may talk to a remote
+    RAGVSLC_TEST_BASE_URL, so the guard is not autouse."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(socket.socket, "connect", _loopback_only(socket.socket.connect))
+        yield

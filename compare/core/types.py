@@ -60,6 +60,7 @@ class Completion:
     e2e_s: float
     itl_s: tuple[float, ...]
     finish_reason: str | None = None
+    cache_write_tokens: int | None = None  # written to a provider's prompt cache (where reported)
 
     @property
     def tpot_s(self) -> float | None:

@@ -34,7 +34,7 @@ LATENCY_MEASURES = {
 MAX_EXACT_LENGTHS = 12  # beyond this many distinct lengths, group them into powers of two
 _KEY = ["run_id", "pipeline", "params_hash"]
 
-_REQUESTS = f"""
+_REQUESTS = """
 SELECT p.run_id, p.pipeline, p.params_hash, r.concurrency,
     p.kind, p.role, e.length, p.context_tokens, p.ttft_ms, p.tpot_ms, p.total_ms,
     CASE WHEN p.warm THEN 'warm' ELSE 'cold' END AS cache

@@ -126,6 +126,17 @@ def run_caveats(run: Mapping[str, Any]) -> list[str]:
     return notes
 
 
+def tokens_line(server: Mapping[str, Any]) -> str:
+    """Who counted what: prompt/cached/output tokens in rows always come from each response's
+    usage; budgets, needle lengths and window checks from the server's /tokenize or, on an
+    endpoint without it (a hosted API), from a local tokenizer that may only approximate."""
+    caps = server.get("capabilities") or {}
+    counter = caps.get("tokenizer") or "server /tokenize"
+    approx = " (an approximation of the served model's)" if caps.get("tokenizer_approximate") else ""
+    where = f" at {caps['api_url']}" if caps.get("api_url") and not caps.get("vllm", True) else ""
+    return f"rows: each response's usage{where}; budgets, lengths, window: {counter}{approx}"
+
+
 def speed_line(server: Mapping[str, Any]) -> str:
     """CPU, dtype, threads and the probe's rate: without them a latency cannot be compared
     with one measured on another machine (bf16-native vs AVX2-only differ ~60x in matmul)."""
@@ -159,6 +170,7 @@ def knobs_section(run: Mapping[str, Any], cost_caveats: Sequence[str] = ()) -> s
     )
     facts["server flags"] = " ".join(str(a) for a in server.get("args", [])) or "–"
     facts["speed"] = speed_line(server)
+    facts["tokens counted by"] = tokens_line(server)
     facts["pipelines"] = "; ".join(json.dumps(p, sort_keys=True) for p in spec.get("pipelines", [])) or "–"
     facts["metrics"] = ", ".join(spec.get("metrics", [])) or "–"
     items = "".join(

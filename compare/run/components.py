@@ -13,6 +13,7 @@ import corpora.leval
 import corpora.needle
 import corpora.plugin
 import corpora.video_spec
+import pipelines.llama_retriever
 import pipelines.long_context
 import pipelines.plugin
 import pipelines.rag
@@ -20,4 +21,4 @@ import pipelines.routers
 
 BUILTIN_MODULES = (corpora.babi, corpora.jsonl, corpora.leval, corpora.needle, corpora.plugin,
                    corpora.video_spec, pipelines.long_context, pipelines.plugin, pipelines.rag,
-                   pipelines.routers)
+                   pipelines.routers, pipelines.llama_retriever)

@@ -26,7 +26,8 @@ from compare.run.runner import FailurePolicy, Progress, RunResult, ServerDown, r
 from compare.run.spec import RunSpec
 from compare.serving import weights as models
 from compare.serving.client import HttpBackend
-from compare.serving.pool import Pool, split_urls
+from compare.serving.endpoint import AuthError
+from compare.serving.pool import Access, Pool, split_urls
 from compare.serving.probe import (
     ModelDims,
     ProbeResult,
@@ -38,6 +39,7 @@ from compare.serving.probe import (
 )
 from compare.serving.replicas import managed_replicas, replica_configs
 from compare.serving.server import ManagedServer, ServerConfig, split_args
+from compare.serving.tokenizers import load_tokenizer
 from compare.store.db import Store
 
 
@@ -109,12 +111,15 @@ async def execute_async(
 ) -> RunResult:
     urls = split_urls(base_url)
     async with Pool.connect(
-        urls, spec.server.model, concurrency=spec.concurrency, timeout_s=spec.timeout_s
+        urls, spec.server.model, concurrency=spec.concurrency, timeout_s=spec.timeout_s, access=_access(spec)
     ) as pool:
         backend = pool.primary
-        server_info = {**server_info, "version": await backend.version(), "packages": package_versions()}
+        caps = await _discover(pool, spec, say)
+        server_info = {**server_info, "capabilities": caps, "version": await backend.version(),
+                       "packages": package_versions()}
         dims = model_dims(_model_dir(spec))
-        measured = await _probe(backend, dims, server_info, say)
+        # The probe is two cold prompts: free on our own server, billed on a hosted API.
+        measured = await _probe(backend, dims, server_info, say) if caps["vllm"] else None
         corpus = await build_corpus(spec, backend, data_dir)
         pool.plan(corpus.examples, corpus.documents)  # each document's replica, fixed up front
         server_info |= pool.describe()
@@ -149,6 +154,33 @@ async def execute_async(
                 if say and measured else None,
             ),
         )
+
+
+def _access(spec: RunSpec) -> Access:
+    s = spec.server
+    tok = load_tokenizer(s.tokenizer, served=s.model) if s.tokenizer else None
+    return Access(api_key_env=s.api_key_env, headers=s.headers, token_param=s.token_param, tokenizer=tok,
+                  declared_max_model_len=s.max_model_len)
+
+
+async def _discover(pool: Pool, spec: RunSpec, say: Callable[[str], None] | None) -> dict[str, Any]:
+    """What the endpoint offers; an endpoint without /tokenize and no tokenizer in the spec
+    counts with the default model's tokenizer, recorded (and said) as an approximation."""
+    try:
+        caps = await pool.discover()
+    except AuthError:
+        raise
+    except BackendError as exc:  # nothing answers at the URL: the run's server is down
+        raise ServerDown(f"server not reachable: {exc}") from exc
+    if not caps["vllm"] and caps["tokenizer"] is None:
+        tok = load_tokenizer(models.DEFAULT_MODEL, served=spec.server.model)
+        for b in pool.backends:
+            b.tokenizer = tok
+        caps |= {"tokenizer": tok.name, "tokenizer_approximate": tok.approximate, "tokenizer_default": True}
+    if say and not caps["vllm"]:
+        say(f"endpoint {caps['api_url']}: no vLLM extras (/tokenize, /metrics, /health); tokens counted "
+            f"with {caps['tokenizer']}" + (" (an approximation)" if caps["tokenizer_approximate"] else ""))
+    return caps
 
 
 # Versions that can change a result (tokenizer, chunker, embedder, index, engine): with the run.

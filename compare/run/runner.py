@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Container, Coroutine, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -25,7 +25,7 @@ from compare.core.protocols import Indexed, Pipeline
 from compare.core.types import Corpus, Example, Prediction
 from compare.run.heartbeat import InFlight, Watch, heartbeat
 from compare.serving.client import HttpBackend, first_token_hook, metric_deltas
-from compare.serving.pool import Pool
+from compare.serving.pool import Lane, Pool
 from compare.serving.schedule import Schedule, plan_run
 from compare.store.db import Store
 
@@ -73,6 +73,9 @@ class RunResult:
 Progress = Callable[[str, int, int], None]
 
 
+Todo = list[tuple[Example, Pipeline, str]]  # (example, pipeline, params hash) still to ask
+
+
 async def run(
     *,
     run_id: str,
@@ -98,34 +101,64 @@ async def run(
     """
     metrics = metric_registry.resolve(metric_names)
     resumed = store.start_run(run_id, corpus=corpus.name, concurrency=concurrency, **run_meta)
-    doc_tokens = {
-        d: int(t) for ex in corpus.examples if (t := ex.tags.get("doc_tokens")) is not None
-        for d in ex.doc_ids[:1]
-    }
-    store.add_examples(run_id, corpus.examples, doc_tokens if doc_tokens else None)
+    store.add_examples(run_id, corpus.examples, _doc_tokens(corpus))
     result = RunResult(run_id=run_id, resumed=resumed)
     keep = store.prediction_keys(run_id, errors=False if retry_errors else None)
 
     # Each pipeline's params once: hashed for the resume key, stored with every row.
     params = {id(p): p.params() for p in pipelines}
     hashes = [params_hash(params[id(p)]) for p in pipelines]
-    todo: list[tuple[Example, Pipeline, str]] = []
+    todo = _missing(corpus, pipelines, hashes, keep, result)
+    plan = plan_run(todo, corpus.documents, schedule)
+    todo = list(plan.items)
+    lanes = pool or Pool([backend], concurrency)
+    lane_of = lanes.lanes([ex for ex, _, _ in todo], plan.after)
+    watch = watch or Watch()
+    if watch.estimate is not None and todo:
+        watch.estimate([(ex, params[id(p)]) for ex, p, _ in todo])
+    if progress:
+        progress("preparing pipelines", 0, len(todo))
+    await _prepare(todo, pipelines, hashes, corpus, backend, store, run_id)
+
+    before = await lanes.metrics()
+    ctx = _RunContext(
+        run_id=run_id, store=store, resumed=resumed, params=params, metrics=metrics, policy=policy,
+        health=health, progress=progress, lane_of=lane_of, total=len(todo), result=result,
+        seq=store.next_seq(run_id),
+    )
+    await _drive(ctx, todo, lanes, concurrency == 1 and len(lanes) == 1, watch, before)
+    return result
+
+
+def _doc_tokens(corpus: Corpus) -> dict[str, int] | None:
+    """Each document's token count, when the corpus tagged it (the report's length axis)."""
+    doc_tokens = {
+        d: int(t) for ex in corpus.examples if (t := ex.tags.get("doc_tokens")) is not None
+        for d in ex.doc_ids[:1]
+    }
+    return doc_tokens if doc_tokens else None
+
+
+def _missing(
+    corpus: Corpus, pipelines: Sequence[Pipeline], hashes: Sequence[str],
+    keep: Container[tuple[str, str, str]], result: RunResult,
+) -> Todo:
+    """What a rerun still owes, in corpus order; rows the store holds are counted as skipped."""
+    todo: Todo = []
     for ex in corpus.examples:
         for pipe, h in zip(pipelines, hashes, strict=True):
             if (ex.id, pipe.name, h) in keep:
                 result.skipped += 1
             else:
                 todo.append((ex, pipe, h))
-    plan = plan_run(todo, corpus.documents, schedule)
-    todo = list(plan.items)
-    lanes = pool or Pool([backend], concurrency)
-    lane_of = lanes.lanes([ex for ex, _, _ in todo], plan.after)
-    total = len(todo)
-    watch = watch or Watch()
-    if watch.estimate is not None and todo:
-        watch.estimate([(ex, params[id(p)]) for ex, p, _ in todo])
-    if progress:
-        progress("preparing pipelines", 0, total)
+    return todo
+
+
+async def _prepare(
+    todo: Todo, pipelines: Sequence[Pipeline], hashes: Sequence[str], corpus: Corpus,
+    backend: HttpBackend, store: Store, run_id: str,
+) -> None:
+    """Only pipelines with work left build their index: a finished one costs a rerun nothing."""
     needed = {id(p) for _, p, _ in todo}
     for pipe, h in zip(pipelines, hashes, strict=True):
         if id(pipe) in needed:
@@ -133,53 +166,80 @@ async def run(
             if isinstance(pipe, Indexed) and pipe.index_stats:
                 store.add_index_stats(run_id, pipe.name, h, pipe.index_stats)
 
-    before = await lanes.metrics()
-    seq = store.next_seq(run_id)
-    writer = RowWriter()
-    flights = InFlight(total)
 
-    async def one(i: int, ex: Example, pipe: Pipeline, h: str) -> None:
-        nonlocal seq
-        lane = lane_of[i]
+@dataclass
+class _RunContext:
+    """What every request of one run shares, so `ask` takes only the request itself."""
+
+    run_id: str
+    store: Store
+    resumed: bool
+    params: Mapping[int, Mapping[str, object]]
+    metrics: Mapping[str, metric_registry.Metric]
+    policy: FailurePolicy
+    health: Callable[[], Awaitable[bool]] | None
+    progress: Progress | None
+    lane_of: Sequence[Lane]
+    total: int
+    result: RunResult
+    seq: int
+    writer: RowWriter = field(default_factory=lambda: RowWriter())
+    flights: InFlight = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.flights = InFlight(self.total)
+
+    async def ask(self, i: int, ex: Example, pipe: Pipeline, h: str) -> None:
+        """One request, in its lane's turn; its row is queued before the next result is awaited."""
+        lane = self.lane_of[i]
         label = f"{pipe.name} {ex.id}"
         async with lane.turn(i):
             started = datetime.now(UTC).replace(tzinfo=None)
-            flights.start(i, label)
+            self.flights.start(i, label)
 
             def on_first_token() -> None:
-                flights.first_token(i)
+                self.flights.first_token(i)
                 lane.dispatcher.prefilled(i)
 
             hook = first_token_hook.set(on_first_token)
             try:
-                pred, attempts = await _attempts(pipe, ex, lane.backend, policy)
+                pred, attempts = await _attempts(pipe, ex, lane.backend, self.policy)
             finally:
                 first_token_hook.reset(hook)
-                flights.end(i)
-        writer.submit(
-            (lambda: progress(label, writer.written, total)) if progress else None,
-            store.add_prediction, run_id, ex.id, pipe.name, h, params[id(pipe)], pred,
-            seq=seq, resumed=resumed, started_at=started, attempts=attempts,
-            scores=metric_registry.score(metrics, ex, pred), replica=lane.name, role=pipe.role,
+                self.flights.end(i)
+        progress, total = self.progress, self.total
+        self.writer.submit(
+            (lambda: progress(label, self.writer.written, total)) if progress else None,
+            self.store.add_prediction, self.run_id, ex.id, pipe.name, h, self.params[id(pipe)], pred,
+            seq=self.seq, resumed=self.resumed, started_at=started, attempts=attempts,
+            scores=metric_registry.score(self.metrics, ex, pred), replica=lane.name, role=pipe.role,
         )
-        seq += 1
-        result.done += 1
-        result.errors += 0 if pred.ok else 1
-        if pred.ok:
-            return
-        if retryable(pred) and health is not None and not await health():
+        self.seq += 1
+        self.result.done += 1
+        self.result.errors += 0 if pred.ok else 1
+        if not pred.ok:
+            await self._after_error(ex, pipe, pred)
+
+    async def _after_error(self, ex: Example, pipe: Pipeline, pred: Prediction) -> None:
+        """A dead server fails every request after it: stop rather than store a run of errors."""
+        if retryable(pred) and self.health is not None and not await self.health():
             raise ServerDown(f"server stopped answering during the run ({pred.error})")
-        if policy.on_error == "stop":
+        if self.policy.on_error == "stop":
             raise RunStopped(f"stopped on the first error (on_error=stop): {ex.id} {pipe.name}: {pred.error}")
 
+
+async def _drive(
+    ctx: _RunContext, todo: Todo, lanes: Pool, serial: bool, watch: Watch, before: Mapping[str, float]
+) -> None:
+    """Ask everything, then mark the run with how it ended, whatever ended it."""
     status = "failed"
     try:
-        async with heartbeat(flights, watch.say, watch.interval_s):
-            if concurrency == 1 and len(lanes) == 1:
+        async with heartbeat(ctx.flights, watch.say, watch.interval_s):
+            if serial:
                 for i, item in enumerate(todo):
-                    await one(i, *item)
+                    await ctx.ask(i, *item)
             else:
-                await _all_or_nothing([one(i, *item) for i, item in enumerate(todo)])
+                await _all_or_nothing([ctx.ask(i, *item) for i, item in enumerate(todo)])
         status = "done"
     except RunStopped as exc:
         status = "server_down" if isinstance(exc, ServerDown) else "stopped"
@@ -188,13 +248,12 @@ async def run(
         status = "interrupted"
         raise
     finally:
-        writer.close()  # every answered row is on disk before the run is marked, even on Ctrl-C
+        ctx.writer.close()  # every answered row is on disk before the run is marked, even on Ctrl-C
         after = await _safe_metrics(lanes)
         if before and after:
-            result.server_deltas = metric_deltas(before, after)
-            store.add_server_stats(run_id, result.server_deltas)
-        store.finish_run(run_id, status)
-    return result
+            ctx.result.server_deltas = metric_deltas(before, after)
+            ctx.store.add_server_stats(ctx.run_id, ctx.result.server_deltas)
+        ctx.store.finish_run(ctx.run_id, status)
 
 
 async def _all_or_nothing(coros: Sequence[Coroutine[Any, Any, None]]) -> None:

@@ -62,6 +62,16 @@ class ServerSpec(Strict):
     # Managed servers of the model, each on its own cores/GPUs (no base_url): like base_url,
     # where the servers live is recorded with the run but is not part of its id.
     replicas: Annotated[int, Field(ge=1, le=64)] = 1
+    # Any OpenAI-compatible endpoint (a hosted API): the NAME of the variable that holds its key
+    # (never the key), extra headers (a value may be "${VAR}", expanded at run time and stored
+    # as written), which generation-cap parameter it takes, and the local tokenizer that counts
+    # tokens where the endpoint has no /tokenize ("hf:FOLDER", a model name, or
+    # "tiktoken:ENCODING"). Only the tokenizer can change a result (budgets, needle lengths), so
+    # only it joins the run id.
+    api_key_env: str = "OPENAI_API_KEY"
+    headers: dict[str, str] = Field(default_factory=dict)
+    token_param: Literal["auto", "max_tokens", "max_completion_tokens"] = "auto"
+    tokenizer: str | None = None
 
     @model_validator(mode="after")
     def _replicas_are_managed(self) -> ServerSpec:
@@ -115,6 +125,10 @@ class RunSpec(Strict):
         data = self.model_dump(mode="json", exclude=set(NOT_IN_RUN_ID))
         data["server"].pop("base_url", None)
         data["server"].pop("replicas", None)
+        for where_not_what in ("api_key_env", "headers", "token_param"):
+            data["server"].pop(where_not_what, None)
+        if data["server"].get("tokenizer") is None:  # the server's own /tokenize, as before the field
+            data["server"].pop("tokenizer", None)
         if data["server"].get("dtype") == "auto":  # runs from before the field keep their ids
             data["server"].pop("dtype")
         if corpus_sha256 is not None:

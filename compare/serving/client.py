@@ -8,7 +8,6 @@ SDK does not cover, so they are plain `httpx` calls on the same connection setti
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextvars import ContextVar
@@ -21,8 +20,11 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from compare.core.errors import BackendError, EmptyStreamError, MissingUsageError, TruncatedStreamError
 from compare.core.types import Completion, Message
+from compare.serving.endpoint import AuthError, BadRequest, Endpoint, read_usage, refuses_max_tokens
+from compare.serving.tokenizers import LocalTokenizer
 
-__all__ = ["BackendError", "EmptyStreamError", "HttpBackend", "MissingUsageError", "TruncatedStreamError"]
+__all__ = ["AuthError", "BackendError", "EmptyStreamError", "Endpoint", "HttpBackend", "MissingUsageError",
+           "TruncatedStreamError"]
 
 # Prometheus series (vLLM v1 names) whose before/after deltas describe a run's server work.
 SERVER_COUNTERS: tuple[str, ...] = (
@@ -59,6 +61,7 @@ class StreamChunk:
     prompt_tokens: int | None = None
     cached_tokens: int | None = None
     output_tokens: int | None = None
+    cache_write_tokens: int | None = None
 
 
 def collect_stream(start: float, chunks: Iterable[tuple[float, StreamChunk]]) -> Completion:
@@ -76,6 +79,7 @@ def collect_stream(start: float, chunks: Iterable[tuple[float, StreamChunk]]) ->
     prompt_tokens: int | None = None
     cached: int | None = None
     output_tokens: int | None = None
+    written: int | None = None
     text_chunks = 0
     for ts, chunk in chunks:
         if chunk.finish_reason is not None:
@@ -84,6 +88,7 @@ def collect_stream(start: float, chunks: Iterable[tuple[float, StreamChunk]]) ->
             prompt_tokens = chunk.prompt_tokens
             cached = chunk.cached_tokens
             output_tokens = chunk.output_tokens
+            written = chunk.cache_write_tokens
         if chunk.text:
             text_chunks += 1
             parts.append(chunk.text)
@@ -113,6 +118,7 @@ def collect_stream(start: float, chunks: Iterable[tuple[float, StreamChunk]]) ->
         e2e_s=last - start,
         itl_s=tuple(itl),
         finish_reason=finish,
+        cache_write_tokens=written,
     )
 
 
@@ -125,17 +131,11 @@ def chunk_from_openai(raw: Any) -> StreamChunk:
         text = (choice.delta.content or "") if choice.delta is not None else ""
         finish = choice.finish_reason
     usage = getattr(raw, "usage", None)
-    if usage is None:
+    got = read_usage(usage.model_dump() if hasattr(usage, "model_dump") else usage) if usage else None
+    if got is None:
         return StreamChunk(text=text, finish_reason=finish)
-    details = getattr(usage, "prompt_tokens_details", None)
-    cached = getattr(details, "cached_tokens", None) if details is not None else None
-    return StreamChunk(
-        text=text,
-        finish_reason=finish,
-        prompt_tokens=usage.prompt_tokens,
-        cached_tokens=cached,
-        output_tokens=usage.completion_tokens,
-    )
+    return StreamChunk(text=text, finish_reason=finish, prompt_tokens=got.prompt, cached_tokens=got.cached,
+                       output_tokens=got.output, cache_write_tokens=got.cache_write)
 
 
 def parse_metrics(text: str, names: Sequence[str] = SERVER_COUNTERS) -> dict[str, float]:
@@ -154,29 +154,41 @@ def parse_metrics(text: str, names: Sequence[str] = SERVER_COUNTERS) -> dict[str
 
 
 class HttpBackend:
-    """One OpenAI-compatible endpoint serving one model."""
+    """One OpenAI-compatible endpoint serving one model: vLLM, or a hosted API.
+
+    What the endpoint can do beyond chat completions is discovered (`discover`), not assumed: a
+    vLLM server lists its models as `owned_by: "vllm"` and has /tokenize, /metrics, /health and
+    /version at its root; any other endpoint gets none of those calls. Without /tokenize, counts
+    come from `tokenizer` (a LocalTokenizer named in the spec); without /health, liveness is
+    whether the standard `/models` still answers."""
 
     def __init__(
         self,
-        base_url: str,
+        base_url: str | Endpoint,
         model: str,
         *,
         timeout_s: float = 600.0,
         max_retries: int = 0,
-        api_key_env: str = "OPENAI_API_KEY",
+        tokenizer: LocalTokenizer | None = None,
+        declared_max_model_len: int | None = None,
     ) -> None:
-        self.base_url = base_url.rstrip("/")
+        self.endpoint = base_url if isinstance(base_url, Endpoint) else Endpoint(base_url)
+        self.base_url = self.endpoint.base_url.rstrip("/")
         self.model = model
         self.timeout_s = timeout_s
+        self.tokenizer = tokenizer
+        self._declared_len = declared_max_model_len
         # The key only ever comes from the environment, so it cannot land in a spec or the store.
-        key = os.environ.get(api_key_env) or "EMPTY"
-        self._client = openai.AsyncOpenAI(
-            base_url=f"{self.base_url}/v1", api_key=key, timeout=timeout_s, max_retries=max_retries
-        )
-        self._http = httpx.AsyncClient(
-            base_url=self.base_url, timeout=timeout_s, headers={"Authorization": f"Bearer {key}"}
-        )
+        key = self.endpoint.key()
+        headers = self.endpoint.resolved_headers()
+        self._client = openai.AsyncOpenAI(base_url=self.endpoint.api_url, api_key=key, timeout=timeout_s,
+                                          max_retries=max_retries, default_headers=headers or None)
+        auth = {"Authorization": f"Bearer {key}", **headers}
+        self._http = httpx.AsyncClient(timeout=timeout_s, headers=auth)
         self._max_model_len: int | None = None
+        self._token_param = self.endpoint.token_param
+        # None: not discovered yet (a plain vLLM URL keeps today's behaviour: extras assumed).
+        self.capabilities: dict[str, Any] | None = None
 
     async def aclose(self) -> None:
         await self._client.close()
@@ -188,20 +200,66 @@ class HttpBackend:
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
 
+    def _has(self, extra: str) -> bool:
+        return self.capabilities is None or bool(self.capabilities.get(extra))
+
+    async def discover(self) -> dict[str, Any]:
+        """What this endpoint offers, from its standard `/models` (one GET, key checked)."""
+        try:
+            resp = await self._http.get(f"{self.endpoint.api_url}/models", timeout=30.0)
+        except httpx.HTTPError as exc:
+            raise BackendError(f"{self.endpoint.api_url}: {type(exc).__name__}: {exc}") from exc
+        if resp.status_code in (401, 403):
+            raise AuthError(f"{self.endpoint.api_url} refused the API key in ${self.endpoint.api_key_env} "
+                            f"(HTTP {resp.status_code})")
+        entries = resp.json().get("data", []) if resp.status_code == 200 else []
+        vllm = any(e.get("owned_by") == "vllm" for e in entries)
+        mine = next((e for e in entries if e.get("id") == self.model), None)
+        if mine and mine.get("max_model_len"):
+            self._max_model_len = int(mine["max_model_len"])
+        self.capabilities = {
+            "models_endpoint": resp.status_code == 200, "vllm": vllm,
+            "tokenize": vllm, "metrics": vllm, "health": vllm, "version": vllm,
+            "model_listed": mine is not None if entries else None,
+            **self._counter(vllm),
+            **self.endpoint.describe(),
+        }
+        return self.capabilities
+
+    def _counter(self, vllm: bool) -> dict[str, Any]:
+        """Who counts tokens before a request: the server, the local tokenizer, or nobody."""
+        if vllm:
+            return {"tokenizer": "server /tokenize", "tokenizer_approximate": False}
+        if self.tokenizer is None:
+            return {"tokenizer": None, "tokenizer_approximate": None}
+        return {"tokenizer": self.tokenizer.name, "tokenizer_approximate": self.tokenizer.approximate}
+
     async def complete(
         self, messages: Sequence[Message], *, max_tokens: int, temperature: float = 0.0, seed: int = 0
     ) -> Completion:
         """Stream one chat completion and time it."""
+        try:
+            return await self._stream(messages, max_tokens, temperature, seed)
+        except BadRequest as exc:
+            if self._token_param != "auto" or not refuses_max_tokens(str(exc)):
+                raise
+            self._token_param = "max_completion_tokens"  # remembered for the rest of the run
+            return await self._stream(messages, max_tokens, temperature, seed)
+
+    async def _stream(
+        self, messages: Sequence[Message], max_tokens: int, temperature: float, seed: int
+    ) -> Completion:
+        cap = "max_completion_tokens" if self._token_param == "max_completion_tokens" else "max_tokens"
         start = time.perf_counter()
         try:
             stream = await self._client.chat.completions.create(  # type: ignore[call-overload]
                 model=self.model,
                 messages=[dict(m) for m in messages],
-                max_tokens=max_tokens,
                 temperature=temperature,
                 seed=seed,
                 stream=True,
                 stream_options={"include_usage": True},
+                **{cap: max_tokens},
             )
             hook = first_token_hook.get()
             timed: list[tuple[float, StreamChunk]] = []
@@ -212,12 +270,23 @@ class HttpBackend:
                 if hook is not None and chunk.text:
                     hook()
                     hook = None
+        except (openai.AuthenticationError, openai.PermissionDeniedError) as exc:
+            raise AuthError(f"{self.endpoint.api_url} refused the API key in ${self.endpoint.api_key_env} "
+                            f"({type(exc).__name__})") from exc
+        except openai.BadRequestError as exc:  # complete() may retry with max_completion_tokens
+            raise BadRequest(f"{type(exc).__name__}: {exc}") from exc
         except (openai.APIError, httpx.HTTPError) as exc:  # httpx: a connection lost mid-stream
             raise BackendError(f"{type(exc).__name__}: {exc}") from exc
         return collect_stream(start, timed)
 
     async def tokenize(self, text: str | None = None, *, messages: Sequence[Message] | None = None) -> int:
-        """Exact prompt length with the server's own tokenizer (and chat template for messages)."""
+        """Exact prompt length with the server's own tokenizer (and chat template for messages);
+        the local tokenizer when the endpoint has no /tokenize."""
+        if not self._has("tokenize"):
+            if self.tokenizer is None:
+                raise BackendError(f"{self.endpoint.api_url} has no /tokenize: name a local tokenizer "
+                                   "([server] tokenizer = \"hf:FOLDER\" or a model name)")
+            return await self.tokenizer.tokenize(text, messages=messages)
         body: dict[str, Any] = {"model": self.model}
         if messages is not None:
             body["messages"] = [dict(m) for m in messages]
@@ -231,23 +300,27 @@ class HttpBackend:
         return int(data["count"])
 
     async def max_model_len(self) -> int:
-        """The served context window, as the server reports it."""
-        if self._max_model_len is None:
+        """The served context window, as the server reports it (else as the spec declares it)."""
+        if self._max_model_len is None and self._has("tokenize"):
             await self.tokenize("x")
-        if self._max_model_len is None:
-            resp = await self._http.get("/v1/models")
+        if self._max_model_len is None and self._has("vllm"):
+            resp = await self._http.get(f"{self.endpoint.api_url}/models")
             resp.raise_for_status()
             for entry in resp.json().get("data", []):
                 if entry.get("id") == self.model and entry.get("max_model_len"):
                     self._max_model_len = int(entry["max_model_len"])
+        if self._max_model_len is None and self._declared_len is not None:
+            self._max_model_len = self._declared_len
         if self._max_model_len is None:
             raise BackendError("server did not report max_model_len; pass --max-model-len")
         return self._max_model_len
 
     async def metrics(self) -> dict[str, float]:
         """Current values of the server's counters; empty if the server has no /metrics."""
+        if not self._has("metrics"):
+            return {}
         try:
-            resp = await self._http.get("/metrics")
+            resp = await self._http.get(f"{self.endpoint.root_url}/metrics")
         except httpx.HTTPError:
             return {}
         if resp.status_code != 200:
@@ -255,23 +328,27 @@ class HttpBackend:
         return parse_metrics(resp.text)
 
     async def health(self) -> bool:
-        """Whether the server still answers; tells a dead server from a bad request."""
+        """Whether the server still answers; tells a dead server from a bad request. Without
+        /health, the standard /models answering counts as alive."""
+        url = f"{self.endpoint.root_url}/health" if self._has("health") else f"{self.endpoint.api_url}/models"
         try:
-            resp = await self._http.get("/health", timeout=10.0)
+            resp = await self._http.get(url, timeout=10.0)
         except httpx.HTTPError:
             return False
         return resp.status_code == 200
 
     async def version(self) -> str | None:
+        if not self._has("version"):
+            return None
         try:
-            resp = await self._http.get("/version")
+            resp = await self._http.get(f"{self.endpoint.root_url}/version")
         except httpx.HTTPError:
             return None
         return str(resp.json().get("version")) if resp.status_code == 200 else None
 
     async def _post_json(self, path: str, body: Mapping[str, Any]) -> dict[str, Any]:
         try:
-            resp = await self._http.post(path, json=body)
+            resp = await self._http.post(f"{self.endpoint.root_url}{path}", json=body)
         except httpx.HTTPError as exc:
             raise BackendError(f"{path}: {type(exc).__name__}: {exc}") from exc
         if resp.status_code != 200:

@@ -21,12 +21,14 @@ import bisect
 import hashlib
 from collections.abc import Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from compare.core.types import Document, Example
 from compare.serving.client import HttpBackend
+from compare.serving.endpoint import DEFAULT_KEY_ENV, Endpoint, TokenParam
 from compare.serving.schedule import Dispatcher
+from compare.serving.tokenizers import LocalTokenizer
 
 VNODES = 64  # points per replica on the ring: enough for an even split of the key space
 SLACK = 1.25  # a replica may take up to 25% more than its share before documents spill over
@@ -116,6 +118,17 @@ class Lane:
         return self.dispatcher.turn(i)
 
 
+@dataclass(frozen=True)
+class Access:
+    """How every replica of a pool is reached (see compare/serving/endpoint.py)."""
+
+    api_key_env: str = DEFAULT_KEY_ENV
+    headers: Mapping[str, str] = field(default_factory=dict)
+    token_param: TokenParam = "auto"
+    tokenizer: LocalTokenizer | None = None
+    declared_max_model_len: int | None = None
+
+
 class Pool:
     """Replicas of one model; `lane(example)` is the replica and slots for that example."""
 
@@ -132,12 +145,26 @@ class Pool:
 
     @classmethod
     def connect(
-        cls, urls: Sequence[str], model: str, *, concurrency: int = 1, timeout_s: float = 600.0
+        cls, urls: Sequence[str], model: str, *, concurrency: int = 1, timeout_s: float = 600.0,
+        access: Access | None = None,
     ) -> Pool:
-        """Clients for each URL (closed with the pool)."""
+        """Clients for each URL (closed with the pool), all reached the same way (`access`)."""
         if len(set(urls)) != len(urls):
             raise ValueError(f"the same base URL is listed twice: {list(urls)}")
-        return cls([HttpBackend(u, model, timeout_s=timeout_s) for u in urls], concurrency, owned=True)
+        a = access or Access()
+        return cls([
+            HttpBackend(Endpoint(u, a.api_key_env, a.headers, a.token_param), model, timeout_s=timeout_s,
+                        tokenizer=a.tokenizer, declared_max_model_len=a.declared_max_model_len)
+            for u in urls
+        ], concurrency, owned=True)
+
+    async def discover(self) -> dict[str, Any]:
+        """Each replica's capabilities (they serve one model the same way: the first's are the
+        run's; a replica that differs is named)."""
+        caps = await asyncio.gather(*(b.discover() for b in self.backends))
+        first = caps[0]["vllm"]
+        differ = [b.base_url for b, c in zip(self.backends, caps, strict=True) if c["vllm"] != first]
+        return {**caps[0], **({"differing_replicas": differ} if differ else {})}
 
     def __len__(self) -> int:
         return len(self.backends)

@@ -145,4 +145,7 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
     # Each row's pipeline role (long_context / retrieval / router), declared by its pipeline
     # class; rows stored before roles were recorded get theirs from compare/store/views.py.
     ("prediction_role", "ALTER TABLE predictions ADD COLUMN role VARCHAR;"),
+    # Tokens a request wrote to a provider's prompt cache (usage's cache-creation count, where
+    # the endpoint reports one): a hosted cache write is priced above a plain input token.
+    ("prediction_cache_write_tokens", "ALTER TABLE predictions ADD COLUMN cache_write_tokens INTEGER;"),
 )

@@ -12,7 +12,8 @@ from compare.run.execute import execute_async
 from compare.run.runner import RunStopped
 from compare.run.spec import validate_spec
 from compare.store.db import Store
-from tests.reliability.proxy import FaultProxy
+from tests.fixtures.book import book_corpus_dir
+from tests.fixtures.proxy import FaultProxy
 
 pytestmark = pytest.mark.slow
 
@@ -97,10 +98,9 @@ def test_a_dead_replica_fails_over_to_the_others(server_url: str, tmp_path: Path
     import json
 
     from compare.run.execute import execute
-    from tests.test_pool import _corpus_dir
 
     spec = validate_spec({
-        "corpus": {"kind": "jsonl", "path": str(_corpus_dir(tmp_path))},
+        "corpus": {"kind": "jsonl", "path": str(book_corpus_dir(tmp_path))},
         "pipelines": [{"kind": "long_context", "max_tokens": 4}],
         "concurrency": 1, "retries": 0, "timeout_s": 30.0,
     })

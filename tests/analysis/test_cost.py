@@ -42,10 +42,10 @@ from compare.analysis.cost import (
 )
 from compare.core.types import Completion, Example, Prediction
 from compare.store.db import Store
-from tests.cost_fixture import API, LC, LC_LABEL, RAG, RAG_LABEL, SHEET, SR, Pipe
-from tests.store_fixtures import store_fixtures
+from tests.fixtures.cost import API, LC, LC_LABEL, RAG, RAG_LABEL, SHEET, SR, Pipe
+from tests.fixtures.store import store_fixtures
 
-PRICES = Path(__file__).resolve().parent.parent / "prices"
+PRICES = Path(__file__).resolve().parents[2] / "prices"
 RUN, RUN1 = "run-lc-rag", "run-one-question"
 LC2 = ("long_context", "h-lc2", {"kind": "long_context", "truncation": "error", "max_tokens": 64})
 

@@ -1,5 +1,5 @@
 """RAG over a video timeline: chunks cut on line boundaries, each starting with its stamp
-(pure: no video, no server; the end-to-end video needle is in tests/test_video.py)."""
+(pure: no video, no server; the end-to-end video needle is in tests/corpora/test_video.py)."""
 
 from __future__ import annotations
 

@@ -38,8 +38,8 @@ from compare.analysis.workload import Workload
 from compare.core.types import Completion, Example, Prediction, Step
 from compare.report import data as dashboard
 from compare.store.db import Store
-from tests.cost_fixture import API, LC, LC_LABEL, RAG, RAG_LABEL, SHEET, SR, Pipe
-from tests.store_fixtures import store_fixtures
+from tests.fixtures.cost import API, LC, LC_LABEL, RAG, RAG_LABEL, SHEET, SR, Pipe
+from tests.fixtures.store import store_fixtures
 
 # A long-prompt tier just above one long-context prompt (1050) but below it plus a RAG try (1380).
 TIER = Tier(above_prompt_tokens=1200, input_usd_per_mtok=2.0, cached_input_usd_per_mtok=0.2,

@@ -20,7 +20,7 @@ from cli.recommend import recommend_command
 from compare.analysis.recommend import Recommendation, recommend, wilson
 from compare.analysis.workload import Workload, WorkloadError, load_workload
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def specs(seed: int) -> tuple[dict[str, Any], dict[str, Any]]:

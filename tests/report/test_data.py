@@ -1,5 +1,5 @@
 """The numbers the dashboard plots, on a real DuckDB filled through the Store API (see
-dashboard_fixture for the chosen timings), and the page written from them."""
+tests/fixtures/dashboard.py for the chosen timings), and the page written from them."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from compare.report import charts
 from compare.report import data as dashboard
 from compare.report.assemble import write_report
 from compare.store.db import Store
-from tests.dashboard_fixture import (
+from tests.fixtures.dashboard import (
     LC_LABEL,
     RAG_LABELS,
     RUN_A,
@@ -33,7 +33,7 @@ from tests.dashboard_fixture import (
     lc_timing,
     rag_ttft,
 )
-from tests.store_fixtures import store_fixtures
+from tests.fixtures.store import store_fixtures
 
 ALL_CHARTS = {
     "quality_vs_length",
@@ -133,7 +133,7 @@ def test_break_even_marks_are_cost_break_even(con: duckdb.DuckDBPyConnection) ->
     for m in got:  # the marker sits where both curves meet
         at_a, at_b = (dashboard.usd_at(table[(m[k], m["view"])], m["break_even_q"]) for k in ("a", "b"))
         assert m["usd_per_query"] == pytest.approx(at_a) == pytest.approx(at_b)
-    # By hand (one-time / marginal per doc, see dashboard_fixture): api long_context 2175e-6 /
+    # By hand (one-time / marginal per doc, see tests/fixtures/dashboard.py): api long_context 2175e-6 /
     # 733.75e-6, rag 20e-6 / 475e-6, 675e-6, 1275e-6; self-hosted long_context 2.2e-3 / 1.1e-3, rag
     # 0.2e-3 / 1.35e-3, 1.45e-3, 1.75e-3. q* = (one-time difference) / (marginal difference): in the
     # api view rag k=2 and k=4 cs=200 have the smaller marginal too (no crossing), k=4 cs=400 crosses.

@@ -1,14 +1,11 @@
-"""Quality metrics and run-spec validation (pure functions)."""
+"""Quality metrics (pure functions); run-spec validation is in tests/run/test_spec.py."""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import pytest
 
 from compare.core.metrics import METRICS, normalize, resolve, score
 from compare.core.types import Completion, Example, Prediction, Span
-from compare.run.spec import RunSpec, SpecError, load_spec, validate_spec
 
 EX = Example("e", ("d",), "q", ("4827163",), (Span("d", 100, 150),))
 
@@ -40,32 +37,6 @@ def test_evidence_recall_by_span_overlap() -> None:
 def test_unknown_metric_named() -> None:
     with pytest.raises(ValueError, match="bogus"):
         resolve(["bogus"])
-
-
-def test_spec_rejects_unknown_keys_and_bad_values(tmp_path: Path) -> None:
-    with pytest.raises(SpecError, match=r"corpus\.needle\.lenghts: Extra inputs"):
-        validate_spec({"corpus": {"kind": "needle", "lenghts": [100]}})
-    with pytest.raises(SpecError, match="chunk_overlap"):
-        validate_spec({"pipelines": [{"kind": "rag", "chunk_size": 50, "chunk_overlap": 60}]})
-    with pytest.raises(SpecError, match="depths"):
-        validate_spec({"corpus": {"depths": [1.5]}})
-    bad = tmp_path / "bad.toml"
-    bad.write_text("concurrency = [")
-    with pytest.raises(SpecError, match=r"bad\.toml: not valid TOML"):
-        load_spec(bad)
-
-
-def test_run_id_is_stable_and_ignores_server_location(tmp_path: Path) -> None:
-    a = RunSpec()
-    b = validate_spec({"server": {"base_url": "http://127.0.0.1:9"}})
-    c = validate_spec({"pipelines": [{"kind": "rag", "top_k": 8}]})
-    assert a.run_id() == b.run_id() != c.run_id()
-    f = tmp_path / "s.toml"
-    f.write_text('concurrency = 2\n[corpus]\nkind = "needle"\nlengths = [500]\n'
-                 '[[pipelines]]\nkind = "long_context"\ntruncation = "head"\n')
-    spec = load_spec(f)
-    assert spec.concurrency == 2 and spec.corpus.lengths == [500]
-    assert spec.pipelines[0].kind == "long_context"
 
 
 # metric defects (issue 14, item 6): each value below is worked out by hand ----------------------

@@ -1,7 +1,7 @@
 """`ragvslc export`: every table to Parquet / CSV, read back by DuckDB with the same rows.
 
 The source is the dashboard fixture in a real DuckDB file; its row counts follow from how it
-is filled (tests/dashboard_fixture.py): run-a asks 10 questions (2 documents x 5) of 4
+is filled (tests/fixtures/dashboard.py): run-a asks 10 questions (2 documents x 5) of 4
 pipelines, scored with 1 metric by long context and 2 by each RAG; run-b asks 2 questions of
 long context, 1 metric; 3 RAG pipelines x 2 documents of index stats; no server stats.
 """
@@ -16,8 +16,8 @@ from typer.testing import CliRunner
 
 from compare.store.export import export_tables
 from main import app
-from tests.dashboard_fixture import fill
-from tests.store_fixtures import store_fixtures
+from tests.fixtures.dashboard import fill
+from tests.fixtures.store import store_fixtures
 
 runner = CliRunner()
 BY_HAND = {"runs": 2, "examples": 12, "predictions": 40 + 2, "scores": 10 + 3 * 10 * 2 + 2,

@@ -27,7 +27,7 @@ from compare.serving.client import HttpBackend
 from pipelines.long_context import LongContextPipeline
 from pipelines.rag import RagPipeline
 from pipelines.routers import SelfRoutePipeline
-from tests.sse_server import send_json, serve, sse_chunk, sse_usage
+from tests.fixtures.sse_server import send_json, serve, sse_chunk, sse_usage
 
 DELAY_S = 0.5  # per /tokenize call: far above a question's embedding + search (~15 ms here)
 SENTENCES = [f"Fact number {i} says that the colour of box {i} is shade {i * 7 % 13}." for i in range(60)]

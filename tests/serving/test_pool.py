@@ -12,6 +12,7 @@ import pytest
 from compare.core.types import Document, Example
 from compare.serving.client import HttpBackend
 from compare.serving.pool import Pool, Ring, assign, doc_key, split_urls, workload
+from tests.fixtures.book import book_corpus_dir
 
 
 def test_ring_walk_visits_each_replica_once_and_is_stable() -> None:
@@ -78,23 +79,6 @@ def test_split_urls() -> None:
 # --- two real servers -------------------------------------------------------------------------
 
 
-def _corpus_dir(tmp: Path, n_docs: int = 6, questions: int = 2) -> Path:
-    from corpora.needle import book_text
-
-    book = book_text("les_miserables", "BOOK FIRST—A JUST MAN", None)
-    with (tmp / "documents.jsonl").open("w") as f:
-        for d in range(n_docs):
-            start = 20_000 + d * 3_000
-            f.write(json.dumps({"id": f"d{d}", "text": book[start : start + 1_600]}) + "\n")
-    with (tmp / "questions.jsonl").open("w") as f:
-        for d in range(n_docs):
-            for q in range(questions):
-                row = {"id": f"d{d}-q{q}", "doc_ids": [f"d{d}"],
-                       "question": f"Who is named in sentence {q + 1}?", "answers": ["x"]}
-                f.write(json.dumps(row) + "\n")
-    return tmp
-
-
 @pytest.mark.slow
 def test_two_managed_replicas_keep_each_document_on_one_replica(tmp_path: Path) -> None:
     """`replicas = 2`: two real vLLM servers started by the run, each on its own CPU core; every
@@ -103,7 +87,7 @@ def test_two_managed_replicas_keep_each_document_on_one_replica(tmp_path: Path) 
     from compare.run.spec import validate_spec
 
     spec = validate_spec({
-        "corpus": {"kind": "jsonl", "path": str(_corpus_dir(tmp_path))},
+        "corpus": {"kind": "jsonl", "path": str(book_corpus_dir(tmp_path))},
         "pipelines": [{"kind": "long_context", "max_tokens": 4}],
         "server": {"replicas": 2, "max_model_len": 2048, "kv_cache_gib": 1},
         "concurrency": 2,

@@ -23,9 +23,9 @@ from compare.report.assemble import quality_metric
 from compare.store.db import Store
 from corpora.jsonl import CorpusError, load_jsonl_dir
 from corpora.leval import load_leval
-from tests.headline_fixture import FAILED, store_rows
-from tests.headline_fixture import pred as _pred
-from tests.headline_fixture import tpo as _tpo
+from tests.fixtures.headline import FAILED, store_rows
+from tests.fixtures.headline import pred as _pred
+from tests.fixtures.headline import tpo as _tpo
 
 HEADLINE = METRICS["headline"]
 

@@ -1,6 +1,6 @@
 """`--json` output: one valid JSON object on stdout, the documented fields, the stored values.
 
-The database is the dashboard fixture (tests/dashboard_fixture.py), filled through the real
+The database is the dashboard fixture (tests/fixtures/dashboard.py), filled through the real
 Store into a real DuckDB file, so the expected values below are worked out from its chosen
 tokens and scores, not read back from the code under test.
 """
@@ -22,10 +22,10 @@ from typer.testing import CliRunner
 from cli import jsonout
 from cli.console import emit_json, jsonable
 from main import app
-from tests.dashboard_fixture import RUN_A, SHEET_API_TOML, fill
-from tests.store_fixtures import store_fixtures
+from tests.fixtures.dashboard import RUN_A, SHEET_API_TOML, fill
+from tests.fixtures.store import store_fixtures
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 runner = CliRunner()
 
 WORKLOAD_TOML = """name = "fixture"

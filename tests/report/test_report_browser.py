@@ -19,7 +19,7 @@ import pytest
 from PIL import Image, ImageStat
 
 from compare.report.assemble import ReportFiles, write_report
-from tests.dashboard_fixture import RUN_A, RUN_B, fill
+from tests.fixtures.dashboard import RUN_A, RUN_B, fill
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.skipif(

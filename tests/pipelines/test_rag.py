@@ -1,17 +1,15 @@
 """RAG retrieval on real text with the real MiniLM embedder and real FAISS.
 
-Answers from a model are covered by the engine tests that start vLLM; here the request path is
-exercised against a closed port, to pin that a failed request becomes an error row, and one
-slow test checks a token budget against the real server's tokenizer.
+Answers from a model are covered by the run tests that use vLLM (tests/run/test_execute.py);
+here the request path is exercised against a closed port, to pin that a failed request becomes
+an error row, and one slow test checks a token budget against the real server's tokenizer.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import os
 import socket
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -32,51 +30,18 @@ from pipelines.faiss_kinds import IndexConfig, IndexKind, auto_nlist
 from pipelines.index import build_index
 from pipelines.prompts import join_passages
 from pipelines.rag import CORPUS_INDEX, RagPipeline
+from tests.fixtures.book import BOOK, NEEDLE, QUESTION, with_needle, words
 
-BOOK = Path(os.environ.get("RAGVSLC_DATA", "/work/shared/data")) / "books" / "les_miserables.txt"
-NEEDLE = "The special magic number for Lisbon is 4827163."
-QUESTION = "What is the special magic number for Lisbon?"
-
-pytestmark = pytest.mark.skipif(not BOOK.is_file(), reason=f"book not found: {BOOK}")
-
-
-def _loopback_only(real_connect):  # type: ignore[no-untyped-def]
-    """A socket guard: anything but 127.0.0.1 (a model hub, tiktoken's CDN) fails loudly."""
-
-    def connect(self: socket.socket, address: object) -> object:
-        host = address[0] if isinstance(address, tuple) else None
-        if host is None or not ipaddress.ip_address(host).is_loopback:
-            raise AssertionError(f"network access attempted: {address!r}")
-        return real_connect(self, address)
-
-    return connect
-
-
-@pytest.fixture(scope="module", autouse=True)
-def no_network() -> Iterator[None]:
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(socket.socket, "connect", _loopback_only(socket.socket.connect))
-        yield
+pytestmark = [
+    pytest.mark.skipif(not BOOK.is_file(), reason=f"book not found: {BOOK}"),
+    pytest.mark.usefixtures("no_network"),  # the module-wide socket guard of tests/conftest.py
+]
 
 
 @pytest.fixture(scope="module")
 def book() -> str:
     text = BOOK.read_text(encoding="utf-8-sig")  # the file starts with a BOM
     return text[200_000:260_000]
-
-
-def words(text: str, n: int) -> str:
-    """The first n words, cut at a whole word so the slice stays real prose."""
-    cut = 0
-    for _ in range(n):
-        cut = text.index(" ", cut + 1)
-    return text[:cut]
-
-
-def with_needle(text: str, at: float) -> tuple[str, int]:
-    """Insert the needle after the first sentence end past `at` of the text."""
-    pos = text.index(". ", int(len(text) * at)) + 2
-    return text[:pos] + NEEDLE + " " + text[pos:], pos
 
 
 def closed_port() -> int:

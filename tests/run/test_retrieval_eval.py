@@ -14,11 +14,12 @@ from compare.run.retrieval_eval import evaluate_retrieval_async, format_rows, la
 from corpora.needle import build_needle_corpus
 from pipelines.embedder import embedder_tokenizer, load_embedder
 from pipelines.rag import RagPipeline
-from tests.test_rag import BOOK, NEEDLE, QUESTION, no_network, with_needle, words
+from tests.fixtures.book import BOOK, NEEDLE, QUESTION, with_needle, words
 
-__all__ = ["no_network"]  # the module-wide socket guard of test_rag applies here too
-
-pytestmark = pytest.mark.skipif(not BOOK.is_file(), reason=f"book not found: {BOOK}")
+pytestmark = [
+    pytest.mark.skipif(not BOOK.is_file(), reason=f"book not found: {BOOK}"),
+    pytest.mark.usefixtures("no_network"),  # the module-wide socket guard of tests/conftest.py
+]
 
 
 def pred(*spans: Span) -> Prediction:
@@ -100,7 +101,7 @@ async def test_same_label_variants_stay_apart_and_bad_ks_fail(needle_docs: Corpu
         await evaluate_retrieval_async(needle_docs, twins, [0, 2])
 
 
-@pytest.mark.slow  # needs the converted model's tokenizer (as tests/test_needle.py)
+@pytest.mark.slow  # needs the converted model's tokenizer (as tests/corpora/test_needle.py)
 async def test_needle_corpus_recall_is_monotone_and_complete(hf_tokenizer: Any, tmp_path: Path) -> None:
     async def count(text: str) -> int:
         return len(hf_tokenizer(text, add_special_tokens=False).input_ids)

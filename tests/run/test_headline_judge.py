@@ -16,9 +16,9 @@ from compare.report.assemble import write_report
 from compare.run import judge
 from compare.run.rescore import rescore
 from compare.store.db import Store
-from tests.headline_fixture import FAILED, store_rows
-from tests.headline_fixture import pred as _pred
-from tests.headline_fixture import tpo as _tpo
+from tests.fixtures.headline import FAILED, store_rows
+from tests.fixtures.headline import pred as _pred
+from tests.fixtures.headline import tpo as _tpo
 
 
 def test_verdicts_are_the_first_word_said() -> None:

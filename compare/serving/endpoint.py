@@ -1,0 +1,136 @@
+"""An OpenAI-compatible endpoint as the user gives it: URL, key variable, headers, usage shapes.
+
+vLLM and hosted APIs speak the same chat-completions protocol but differ around it: where the
+API lives (`http://host:8000/v1` vs `https://provider/v1beta/openai/`), whether it needs a key,
+which generation-cap parameter it accepts, and how its usage reports cached and cache-written
+tokens. This module holds those differences so the client stays one code path.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from compare.core.errors import BackendError
+
+TokenParam = Literal["auto", "max_tokens", "max_completion_tokens"]
+DEFAULT_KEY_ENV = "OPENAI_API_KEY"
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+class EndpointConfigError(ValueError):
+    """An endpoint that cannot be used as configured (a key variable that is not set)."""
+
+
+class BadRequest(BackendError):
+    """The endpoint rejected the request itself (HTTP 400): not a server failure."""
+
+
+class AuthError(BackendError):
+    """The endpoint refused the key: every request would fail the same way, so a run stops."""
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where and how to reach one endpoint. The key is never stored: only its variable's name.
+
+    `base_url` is used verbatim as the API's base (what the OpenAI SDK calls `base_url`), except
+    that a bare `http://host:port` means vLLM's convention, the API under `/v1`. vLLM's own extra
+    routes (/tokenize, /metrics, /health, /version) live at the server root."""
+
+    base_url: str
+    api_key_env: str = DEFAULT_KEY_ENV
+    headers: Mapping[str, str] = field(default_factory=dict)
+    token_param: TokenParam = "auto"
+
+    @property
+    def api_url(self) -> str:
+        url = self.base_url.rstrip("/")
+        return url + "/v1" if urlsplit(url).path in ("", "/") else url
+
+    @property
+    def root_url(self) -> str:
+        parts = urlsplit(self.base_url)
+        return f"{parts.scheme}://{parts.netloc}"
+
+    def key(self) -> str:
+        """The key from its variable. vLLM needs none ("EMPTY" is sent); a variable the user
+        named explicitly must be set, or the run would fail every request with a 401."""
+        value = os.environ.get(self.api_key_env)
+        if value:
+            return value
+        if self.api_key_env != DEFAULT_KEY_ENV:
+            raise EndpointConfigError(f"the API key variable {self.api_key_env} is not set "
+                                      f"(export {self.api_key_env}=... for {self.api_url})")
+        return "EMPTY"
+
+    def resolved_headers(self) -> dict[str, str]:
+        """Extra headers with `${VAR}` taken from the environment (stored unexpanded)."""
+        def expand(value: str) -> str:
+            def one(m: re.Match[str]) -> str:
+                if m.group(1) not in os.environ:
+                    raise EndpointConfigError(f"header variable {m.group(1)} is not set")
+                return os.environ[m.group(1)]
+            return _VAR.sub(one, value)
+
+        return {k: expand(v) for k, v in self.headers.items()}
+
+    def describe(self) -> dict[str, Any]:
+        """What a run records about the endpoint: never the key, only where it came from."""
+        return {"api_url": self.api_url, "api_key_env": self.api_key_env,
+                "headers": sorted(self.headers), "token_param": self.token_param}
+
+
+@dataclass(frozen=True)
+class UsageTokens:
+    """A response's token counts, whatever shape its usage came in."""
+
+    prompt: int
+    output: int | None
+    cached: int | None  # read from the provider's prompt cache (None: not reported)
+    cache_write: int | None  # written to it by this request (None: not reported)
+
+
+def _int(v: Any) -> int | None:
+    return int(v) if isinstance(v, int | float) and not isinstance(v, bool) else None
+
+
+def read_usage(usage: Mapping[str, Any]) -> UsageTokens | None:
+    """Usage in the shapes providers send, one meaning:
+
+    - OpenAI and vLLM: `prompt_tokens` (all of them), `prompt_tokens_details.cached_tokens`;
+      cache writes, where reported, as `created_cache_tokens` (top level or in the details);
+    - Anthropic-style fields: `cache_read_input_tokens`, `cache_creation_input_tokens`; with
+      `input_tokens` (Anthropic's native count, which excludes both) the prompt is their sum;
+    - DeepSeek-style: `prompt_cache_hit_tokens`.
+    None when the usage has no prompt count at all."""
+    details = usage.get("prompt_tokens_details") or {}
+    if not isinstance(details, Mapping):
+        details = {}
+    cached = _int(details.get("cached_tokens"))
+    for name in ("cache_read_input_tokens", "prompt_cache_hit_tokens"):
+        if cached is None:
+            cached = _int(usage.get(name))
+    write = _int(usage.get("cache_creation_input_tokens"))
+    for where in (usage, details):
+        if write is None:
+            write = _int(where.get("created_cache_tokens"))
+    output = _int(usage.get("completion_tokens"))
+    if output is None:
+        output = _int(usage.get("output_tokens"))
+    prompt = _int(usage.get("prompt_tokens"))
+    if prompt is None and _int(usage.get("input_tokens")) is not None:
+        prompt = int(usage["input_tokens"]) + (cached or 0) + (write or 0)
+    if prompt is None:
+        return None
+    return UsageTokens(prompt, output, cached, write)
+
+
+def refuses_max_tokens(message: str) -> bool:
+    """A 400 saying the model takes `max_completion_tokens` instead (OpenAI's reasoning models)."""
+    text = message.lower()
+    return "max_tokens" in text and ("max_completion_tokens" in text or "unsupported" in text)

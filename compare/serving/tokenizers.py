@@ -1,0 +1,91 @@
+"""Counting tokens without the server: for endpoints that have no `/tokenize` (hosted APIs) and
+for retrieval-only work with no server at all.
+
+Budgets, needle lengths and long-context window checks need counts before a request is sent;
+a hosted API only reports them after (in usage, which is what rows store). The counter used is
+named in the run (`runs.server.tokenizer`), and one that is not the served model's own is
+marked as an approximation, so a reader knows what "4,000 tokens" was measured with.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from compare.core.types import Message
+from compare.serving import weights
+
+
+class TokenizerError(ValueError):
+    """A local tokenizer that cannot be loaded (no such folder, no offline encoding)."""
+
+
+class LocalTokenizer:
+    """The `tokenize` of the Backend protocol, answered in-process."""
+
+    def __init__(self, name: str, encode: Any, chat: Any | None, *, approximate: bool) -> None:
+        self.name = name
+        self.approximate = approximate
+        self._encode = encode
+        self._chat = chat
+
+    def count(self, text: str) -> int:
+        return len(self._encode(text))
+
+    def count_messages(self, messages: Sequence[Message]) -> int:
+        if self._chat is not None:
+            return len(self._chat(list(messages)))
+        # No chat template (tiktoken): the messages' text plus a few tokens per message, the
+        # usual OpenAI framing estimate; this is why such a counter is an approximation.
+        return sum(self.count(str(m.get("content", ""))) + 4 for m in messages) + 3
+
+    async def tokenize(self, text: str | None = None, *, messages: Sequence[Message] | None = None) -> int:
+        return self.count_messages(messages) if messages is not None else self.count(text or "")
+
+    def describe(self) -> dict[str, Any]:
+        return {"tokenizer": self.name, "approximate": self.approximate}
+
+
+def _hf(ref: str, served: str | None) -> LocalTokenizer:
+    from transformers import AutoTokenizer
+
+    path = Path(ref).expanduser()
+    if not (path / "tokenizer_config.json").is_file() and not (path / "tokenizer.json").is_file():
+        try:
+            path = weights.prepare(ref)  # a registry model: its converted folder (offline)
+        except weights.ModelError as exc:
+            raise TokenizerError(f"tokenizer {ref!r}: neither a tokenizer folder nor a known model "
+                                 f"({exc})") from None
+    tok = AutoTokenizer.from_pretrained(str(path))
+
+    def chat(messages: list[Any]) -> Any:
+        return tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+
+    def encode(text: str) -> Any:
+        return tok(text, add_special_tokens=False).input_ids
+
+    return LocalTokenizer(f"hf:{ref}", encode, chat if tok.chat_template else None,
+                          approximate=served is not None and ref != served)
+
+
+def _tiktoken(encoding: str) -> LocalTokenizer:
+    import tiktoken
+
+    try:
+        enc = tiktoken.get_encoding(encoding)
+    except Exception as exc:  # tiktoken downloads encodings: offline, only a cached one loads
+        raise TokenizerError(
+            f"tiktoken encoding {encoding!r} is not available offline ({type(exc).__name__}); put its "
+            "file in $TIKTOKEN_CACHE_DIR or use an HF tokenizer folder (tokenizer = \"hf:PATH\")"
+        ) from None
+    return LocalTokenizer(f"tiktoken:{encoding}", enc.encode_ordinary, None, approximate=True)
+
+
+def load_tokenizer(ref: str, served: str | None = None) -> LocalTokenizer:
+    """`hf:<folder or registry model>` (or a bare folder/model name) or `tiktoken:<encoding>`.
+    `served`: the model the endpoint serves; a different tokenizer is an approximation."""
+    kind, sep, rest = ref.partition(":")
+    if sep and kind == "tiktoken":
+        return _tiktoken(rest)
+    return _hf(rest if sep and kind == "hf" else ref, served)

@@ -1,0 +1,77 @@
+"""Named migrations and inserts by column name (issue 16 item 5), and the views' role rule.
+
+The "old" file is built the way the store built it before names: a schema_migrations table of
+bare version numbers and the first nine migrations' SQL. Opening it must record the names,
+add the role column, and leave the old rows readable with their roles.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+
+import duckdb
+
+from compare.core.types import Completion, Prediction
+from compare.store import views
+from compare.store.db import RowMeta, Store, prediction_row
+from compare.store.migrations import MIGRATIONS
+
+NOW = datetime(2026, 12, 1, 12, 0)
+
+
+def _old_file(path: Path) -> None:
+    con = duckdb.connect(str(path))
+    con.execute("CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, applied_at TIMESTAMP)")
+    for version, (_, sql) in enumerate(MIGRATIONS[:9], start=1):
+        con.execute(sql)
+        con.execute("INSERT INTO schema_migrations VALUES (?, ?)", [version, NOW])
+    for pipeline, kind in (("lc", "long_context"), ("sr", "self_route"), ("r", "rag")):
+        con.execute(
+            "INSERT INTO predictions (run_id, example_id, pipeline, params_hash, params, answer, "
+            "context_tokens, truncated_tokens, retrieval_ms, retrieved, seq, resumed, started_at, "
+            "finished_at) VALUES ('run', 'e', ?, 'h', ?, 'x', 10, 0, 0, '[]', 0, false, ?, ?)",
+            [pipeline, f'{{"kind": "{kind}"}}', NOW, NOW])
+    con.close()
+
+
+def test_an_old_file_gains_the_names_and_the_role_column(tmp_path: Path) -> None:
+    db = tmp_path / "old.duckdb"
+    _old_file(db)
+    with Store(db) as s:
+        assert s.migrations() == [name for name, _ in MIGRATIONS]
+        assert s.schema_version() == len(MIGRATIONS)
+        views.install(s.con)
+        got = s.con.execute("SELECT pipeline, role, kind FROM request_rows ORDER BY 1").fetchall()
+        stored = s.con.execute("SELECT count(role) FROM predictions").fetchone()
+    assert got == [("lc", "long_context", "long_context"), ("r", "retrieval", "rag"),
+                   ("sr", "router", "self_route")]
+    assert stored == (0,)  # old rows are not rewritten: the view reads their role
+    with Store(db) as s:  # opening again applies nothing twice
+        assert s.migrations() == [name for name, _ in MIGRATIONS]
+
+
+def test_a_new_row_stores_its_declared_role_by_column_name(tmp_path: Path) -> None:
+    db = tmp_path / "new.duckdb"
+    c = Completion("x", 12, 0, 1, 0.1, 0.2, ())
+    with Store(db) as s:
+        s.add_prediction("run", "e", "custom", "h", {"kind": "python"}, Prediction("x", c, 10),
+                         seq=0, resumed=False, started_at=NOW, scores={}, role="retrieval")
+        views.install(s.con)
+        assert s.con.execute("SELECT role, kind FROM request_rows").fetchone() == ("retrieval", "python")
+        columns = {r[0] for r in s.con.execute(
+            "SELECT column_name FROM information_schema.columns WHERE table_name = 'predictions'").fetchall()}
+    row = prediction_row(("e", "p", "h"), Prediction("x", c, 10), RowMeta("run", {}, None, 0, False, NOW))
+    assert set(row) == columns  # every column written by name, none left to its position
+
+
+def test_warm_is_defined_once_for_sql_and_pandas(tmp_path: Path) -> None:
+    db = tmp_path / "warm.duckdb"
+    with Store(db) as s:
+        for i, cached in enumerate((0, 89, 90, 100)):
+            c = Completion("x", 100, cached, 1, 0.1, 0.2, ())
+            s.add_prediction("run", f"e{i}", "lc", "h", {"kind": "long_context"}, Prediction("x", c, 100),
+                             seq=i, resumed=False, started_at=NOW, scores={}, role="long_context")
+        views.install(s.con)
+        sql = [bool(r[0]) for r in s.con.execute("SELECT warm FROM request_rows ORDER BY seq").fetchall()]
+    assert sql == [False, False, True, True] == [bool(views.is_warm(c, 100)) for c in (0, 89, 90, 100)]
