@@ -152,13 +152,20 @@ def _run_and_summarise(
     )
     import duckdb
 
+    from compare.analysis.verdict import verdict_for
     from compare.core.metrics import METRICS
 
     with duckdb.connect(str(db), read_only=True) as con:
         rows = pipeline_summary(con, [result.run_id])
+        verdict = verdict_for(con, result.run_id) if rows else None
     if as_json:
         console.emit_json(jsonout.run_json(result, db, jsonout.summary_json(rows, METRICS)))
     else:
+        if verdict:  # the answer first, then the evidence
+            eff = "; ".join(e.words() for e in verdict.effective)
+            lines = [*verdict.lines, *([f"effective length (keeps 85%): {eff}"] if eff else []),
+                     *(f"! {c}" for c in verdict.caveats)]
+            console.out.print("verdict: " + "\n  ".join(lines), markup=False, highlight=False)
         console.table(rows, SUMMARY_COLUMNS, title=f"{result.run_id} ({db})")
     failed = sum(int(r.get("errors") or 0) for r in rows)
     if fail_on_error and failed:

@@ -108,6 +108,7 @@ def build_report(
         b.cost(chosen, queries_per_doc, frontier_q)
         b.retrieval()
         b.routing()
+        b.verdict(frontier_q)
         runs = _fetch_runs(con, run_ids)
     finally:
         con.close()

@@ -19,6 +19,7 @@ from typing import Any
 import altair as alt
 import vl_convert as vlc
 
+from compare.analysis.verdict import EFFECTIVE_SHARE, Verdict
 from compare.report.charts import RUN_PARAM
 
 _EMBED_OPTIONS = {"actions": {"export": True, "source": False, "compiled": False, "editor": False}}
@@ -29,6 +30,9 @@ th, td { border: 1px solid #ccc; padding: 0.25rem 0.5rem; text-align: right; ver
 th { background: #f3f3f3; } td.l, th.l { text-align: left; }
 pre { background: #f7f7f7; padding: 0.5rem; overflow-x: auto; font-size: 0.8rem; }
 .caveat { color: #8a4b00; } .chart { margin: 1rem 0 2rem; } .note { color: #666; font-style: italic; }
+.scroll { overflow: auto; max-height: 32rem; max-width: 100%; margin: 0.5rem 0 1.5rem; }
+.scroll table { margin: 0; }
+.verdict { background: #eef6ee; border: 1px solid #8fbf8f; padding: 0.5rem 1rem; margin: 0.5rem 0 1rem; }
 .sheet { background: #fff8e6; border: 1px solid #e6c878; padding: 0.5rem 0.75rem; margin: 0.5rem 0; }
 """
 
@@ -78,7 +82,7 @@ def table(rows: Sequence[Mapping[str, Any]], columns: Mapping[str, str], left: S
         "<tr>" + "".join(f"<td{cls(k)}>{html.escape(fmt(r.get(k), k))}</td>" for k in columns) + "</tr>"
         for r in rows
     )
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    return f"<div class='scroll'><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>"
 
 
 def note(text: str) -> str:
@@ -100,11 +104,36 @@ _SUMMARY_TAIL = {
 }
 
 
+def verdict_box(v: Verdict, multi: bool) -> str:
+    """The run's answer in plain words, first on the page."""
+    title = f"Verdict, run {v.run_id}" if multi else "Verdict"
+    lines = "".join(f"<li>{html.escape(s)}</li>" for s in v.lines)
+    eff = "; ".join(e.words() for e in v.effective)
+    eff_line = (f"<li>effective length (keeps {EFFECTIVE_SHARE:.0%} of its score at the shortest length): "
+                f"{html.escape(eff)}</li>") if eff else ""
+    caveats = "".join(f"<li class='caveat'>{html.escape(c)}</li>" for c in v.caveats)
+    return f"<div class='verdict'><h3>{html.escape(title)}</h3><ul>{lines}{eff_line}{caveats}</ul></div>"
+
+
+def effective_table(v: Verdict, multi: bool) -> str:
+    """Effective length per pipeline, side by side (NoLiMa's 85% rule)."""
+    head = f"<h3>Effective length{' (run ' + html.escape(v.run_id) + ')' if multi else ''}</h3>"
+    rows = [{"label": e.label, "effective": e.length, "tested_max": e.tested_max, "base": e.base_score}
+            for e in v.effective]
+    cols = {"label": "pipeline", "effective": "effective length (tokens)", "tested_max": "longest tested",
+            "base": f"{v.metric} at the shortest"}
+    rule = note(f"The longest tested context at which the pipeline keeps at least {EFFECTIVE_SHARE:.0%} "
+                "of its score at the shortest tested length (NoLiMa's rule).")
+    return head + rule + table(rows, cols, left=("label",))
+
+
 def summary_table(rows: list[dict[str, Any]]) -> str:
     """Per pipeline: counts, every metric the run scored, latency and token means."""
-    metrics = sorted(
-        {k for r in rows for k in r} - {*_SUMMARY_HEAD, *_SUMMARY_TAIL, "pipeline", "params_hash", "n"}
-    )
+    # Only metrics that apply to the run's questions: a needle run scores 4 of the 15, and 11
+    # columns of dashes would push the table off the page.
+    fixed = {*_SUMMARY_HEAD, *_SUMMARY_TAIL, "pipeline", "params_hash", "n"}
+    present = {k for r in rows for k in r} - fixed
+    metrics = sorted(k for k in present if any(r.get(k) is not None for r in rows))
     cols = {**_SUMMARY_HEAD, **{m: m for m in metrics}, **_SUMMARY_TAIL}
     if len({r["run_id"] for r in rows}) == 1:
         del cols["run_id"]

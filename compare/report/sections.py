@@ -21,9 +21,10 @@ import pandas as pd
 
 from compare.analysis import judgements, prices, summary
 from compare.analysis.cost import BREAK_EVEN_COLUMNS, WARM_FRACTION, cost_columns
+from compare.analysis.verdict import run_verdict
 from compare.report import charts
 from compare.report import data as dashboard
-from compare.report.html import Section, note, summary_table, table
+from compare.report.html import Section, effective_table, note, summary_table, table, verdict_box
 
 QUALITY_METRICS = ("headline", *summary.FALLBACK_METRICS, "request_ok")
 
@@ -47,6 +48,8 @@ class SectionBuilder:
         self.sections: list[Section] = []
         self.notes: list[str] = []
         self.cost_caveats: list[str] = []
+        self.cost_data: dashboard.CostData | None = None
+        self.lengths = pd.DataFrame(columns=["run_id", "label", "length"])
 
     def omit(self, sec: Section, name: str, why: str) -> None:
         self.notes.append(f"{name}: {why}")
@@ -55,6 +58,7 @@ class SectionBuilder:
     def quality(self) -> None:
         sec = Section("Quality", before=[summary_table(self.rows)])
         lengths = summary.by_length(self.con, self.run_ids)
+        self.lengths = lengths
         metric = quality_metric(lengths)
         sec.before.append(note(_headline_note(metric, summary.primary_metrics(self.con, self.run_ids))))
         if metric:
@@ -134,6 +138,7 @@ class SectionBuilder:
             self.sections += [sec, front]
             return
         self.cost_caveats = data.caveats
+        self.cost_data = data
         verdicts = (
             list(data.verdicts) if len(data.verdicts) <= 6 else [*data.verdicts[:5], "... (see the table)"]
         )
@@ -235,6 +240,21 @@ class SectionBuilder:
         elif strategies or notes:
             sec.after.append(note("No route shares to draw."))
         self.sections.append(sec)
+
+
+    def verdict(self, q: int) -> None:
+        """The answer first: one box per run, put before every other section; the needle
+        section gets the effective lengths side by side."""
+        metric = quality_metric(self.rows)
+        data = self.cost_data
+        boxes = []
+        for run_id in self.run_ids:
+            v = run_verdict(run_id, self.rows, self.lengths, metric,
+                            data.table if data else (), data.pairs if data else (), q)
+            boxes.append(verdict_box(v, self.multi))
+            if v.effective and self.lengths["length"].nunique() > 1:  # Quality is sections[0]
+                self.sections[0].after.append(effective_table(v, self.multi))
+        self.sections.insert(0, Section("Verdict", before=boxes))
 
 
 def _sheet_section(chosen: prices.ChosenSheet) -> Section:
