@@ -159,7 +159,7 @@ def _run_and_summarise(
         rows = pipeline_summary(con, [result.run_id])
         verdict = verdict_for(con, result.run_id) if rows else None
     if as_json:
-        console.emit_json(jsonout.run_json(result, db, jsonout.summary_json(rows, METRICS)))
+        console.emit_json(jsonout.run_json(result, db, jsonout.summary_json(rows, METRICS), verdict))
     else:
         if verdict:  # the answer first, then the evidence
             eff = "; ".join(e.words() for e in verdict.effective)

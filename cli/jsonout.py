@@ -47,7 +47,7 @@ EXPORT_FIELDS = ("table", "path", "rows")
 
 # Top-level keys of each command's object (README lists them too).
 TOP_LEVEL: dict[str, tuple[str, ...]] = {
-    "run": ("run_id", "db", "done", "skipped", "errors", "resumed", "pipelines"),
+    "run": ("run_id", "db", "done", "skipped", "errors", "resumed", "verdict", "pipelines"),
     "runs": ("db", "runs"),
     "models list": ("models",),
     "corpora list": ("corpora",),
@@ -86,11 +86,22 @@ def summary_json(rows: Iterable[Row], metric_names: Iterable[str]) -> list[dict[
     ]
 
 
-def run_json(result: Any, db: Path, summary: list[dict[str, Any]]) -> dict[str, Any]:
+def run_json(result: Any, db: Path, summary: list[dict[str, Any]], verdict: Any = None) -> dict[str, Any]:
     return {
         "run_id": result.run_id, "db": str(db), "done": result.done, "skipped": result.skipped,
-        "errors": result.errors, "resumed": result.resumed, "pipelines": summary,
+        "errors": result.errors, "resumed": result.resumed, "verdict": verdict_json(verdict),
+        "pipelines": summary,
     }
+
+
+def verdict_json(v: Any) -> dict[str, Any] | None:
+    """The verdict's sentences, effective lengths (tokens; null: none kept 85%) and caveats."""
+    if v is None:
+        return None
+    return {"metric": v.metric, "lines": list(v.lines), "caveats": list(v.caveats),
+            "effective_length": [
+                {"label": e.label, "effective_tokens": e.length, "tested_max_tokens": e.tested_max,
+                 "base_score": e.base_score} for e in v.effective]}
 
 
 def model_json(row: Row) -> dict[str, Any]:
