@@ -84,6 +84,10 @@ def run_cmd(
     schedule: Annotated[
         str | None, typer.Option(help="Request order: prefix (reuse shared prefill) or given (corpus order).")
     ] = None,
+    router: Annotated[
+        str | None, typer.Option(help="How replicas are reached: cache_aware (default with --replicas), "
+                                 "consistent_hash, round_robin, power_of_two (vllm-router), or client.")
+    ] = None,
     data_dir: DataOpt = None,
     retry_errors: Annotated[bool, typer.Option(help="Redo the rows that failed.")] = False,
     fail_on_error: Annotated[
@@ -109,6 +113,8 @@ def run_cmd(
             data.setdefault("server", {})["replicas"] = replicas
         if schedule:
             data["schedule"] = schedule
+        if router:
+            data.setdefault("server", {})["router"] = router
         run_spec = validate_spec(data, source=str(spec or "options"))
     except SpecError as exc:
         fail(str(exc))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import statistics
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -27,6 +29,9 @@ CORPUS_KINDS = {
     "babi": "bAbI facts planted through a book; evidence = where each supporting fact landed",
     "leval": "an L-Eval long-document QA subset (quality, tpo, sci_fi, natural_question, ...)",
     "jsonl": "your own documents.jsonl + questions.jsonl (check with `ragvslc corpora import DIR`)",
+    "hf": "HF-datasets-style JSON / JSONL / Parquet rows through a field mapping "
+          "(check with `ragvslc corpora import PATH --map question=input,...`)",
+    "beir": "BEIR corpus.jsonl + queries.jsonl + qrels/<split>.tsv: retrieval only (RAG scope = \"corpus\")",
     "video_needle": "long videos built from real clips with on-screen and spoken needles",
     "video_qa": "your video(s) + questions.jsonl, read as OCR + speech timelines",
     "activitynet": "temporal QA (when / what) on real ActivityNet captions",
@@ -63,24 +68,69 @@ def serve_cmd(
 @corpora_app.command("import")
 def corpora_import(
     path: Annotated[
-        Path, typer.Argument(help="Folder with documents.jsonl + questions.jsonl, or one L-Eval JSONL.")
+        Path, typer.Argument(help="Folder with documents.jsonl + questions.jsonl, or one L-Eval JSONL; "
+                                  "with --map: a JSON / JSONL / Parquet file or a folder of shards.")
     ],
+    mapping: Annotated[str | None, typer.Option(
+        "--map", help="Read HF-datasets-style rows: our_field=their_column, comma-separated, e.g. "
+                      "question=input,answers=answers,document=context,id=_id (fields: question, "
+                      "document, answers, id, doc_id, choices, evidence, answer_start, tags=a+b).")] = None,
+    split: Annotated[str | None, typer.Option(help="With --map: the split's shards of a folder.")] = None,
+    limit: Annotated[int | None, typer.Option(min=1, help="With --map: the first N questions.")] = None,
 ) -> None:
     """Validate a QA set strictly; every problem is reported with its file and line."""
     from corpora.jsonl import CorpusError, import_summary
 
+    if mapping is None and (split is not None or limit is not None):
+        fail("--split and --limit go with --map")
     try:
-        s = import_summary(path)
+        s = import_summary(path) if mapping is None else _mapped_summary(path, mapping, split, limit)
     except CorpusError as exc:
         fail(str(exc))  # bad input: exit 2, like every other command
     chars = s["chars_per_document"]
     formats = ", ".join(f"{k}: {v}" for k, v in s["answer_formats"].items())
+    rows = f" from {s['rows']} rows" if "rows" in s else ""
+    spec = s.get("spec") or f'kind = "jsonl", path = "{path}"'
     console.out.print(
-        f"ok: {s['name']} — {s['documents']} documents, {s['questions']} questions ({formats}), "
+        f"ok: {s['name']} — {s['documents']} documents{rows}, {s['questions']} questions ({formats}), "
         f"{s['with_evidence']} with evidence; {chars['min']:,}–{chars['max']:,} chars/doc "
         f"(median {chars['median']:,}); sha256 {s['sha256'][:12]}…\n"
-        f'use it with [corpus] kind = "jsonl", path = "{path}"'
+        f"use it with [corpus] {spec}", highlight=False, markup=False, soft_wrap=True,
     )
+
+
+def _toml(value: str) -> str:
+    return json.dumps(value, ensure_ascii=False)  # a JSON string is a TOML basic string
+
+
+def _mapped_summary(path: Path, mapping: str, split: str | None, limit: int | None) -> dict[str, Any]:
+    """`corpora import --map`: the HF-style rows read as a run would read them, described."""
+    from corpora.hf_import import load_hf
+    from corpora.records import CorpusError
+
+    fields: dict[str, str] = {}
+    for part in (p.strip() for p in mapping.split(",") if p.strip()):
+        ours, eq, theirs = part.partition("=")
+        if not eq or ours.strip() in fields:
+            what = "names a field twice" if eq else "is not our_field=their_column"
+            raise CorpusError("--map", [f"--map: {part!r} {what}"])
+        fields[ours.strip()] = theirs.strip()
+    corpus = load_hf(path, fields, split=split, limit=limit)
+    sizes = sorted(len(d.text) for d in corpus.documents.values())
+    formats: dict[str, int] = {}
+    for ex in corpus.examples:
+        fmt = str(ex.tags.get("answer_format", "none"))
+        formats[fmt] = formats.get(fmt, 0) + 1
+    table = ", ".join(f"{k} = {_toml(v)}" for k, v in fields.items())
+    extra = "".join(f", {k} = {_toml(v) if isinstance(v, str) else v}"
+                    for k, v in (("split", split), ("limit", limit)) if v is not None)
+    return {
+        "name": corpus.name, "rows": corpus.params["rows"], "documents": len(corpus.documents),
+        "questions": len(corpus.examples), "with_evidence": sum(1 for ex in corpus.examples if ex.evidence),
+        "answer_formats": formats, "sha256": corpus.params["sha256"],
+        "chars_per_document": {"min": sizes[0], "median": int(statistics.median(sizes)), "max": sizes[-1]},
+        "spec": f'kind = "hf", path = {_toml(str(path))}, map = {{ {table} }}{extra}',
+    }
 
 
 @video_app.command("ingest")

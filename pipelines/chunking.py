@@ -22,7 +22,7 @@ from __future__ import annotations
 import importlib.metadata
 import re
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
@@ -173,3 +173,34 @@ def chunk_document(
     # str.find that `locate` starts with (leaving spans unset when it fails) and prints a
     # warning to stdout for small chunk sizes.
     return _split_chunks(doc, make_splitter(splitter, chunk_size, chunk_overlap, tokenizer))
+
+
+async def longest_fitting_prefix(
+    n: int, size: Callable[[int], Awaitable[int]], budget: int
+) -> tuple[int, int, bool]:
+    """How many of `n` ranked chunks fit `budget` when taken best first: (count, the prefix's
+    size, whether the budget stopped it), `size(m)` being the tokens of the first m joined.
+
+    A prefix's size grows with its length (passages are joined by a separator, never merged),
+    so the prefix is found by doubling then bisection: O(log n) calls of `size` (each may be a
+    server round trip), not n. RAG's token-budget selection (pipelines/rag.py).
+    """
+    fits, fits_n, over = 0, 0, None  # `fits` chunks fit with fits_n tokens; `over` do not
+    m = 1
+    while over is None and fits < n:
+        m = min(m, n)
+        tokens = await size(m)
+        if tokens > budget:
+            over = m
+        else:
+            fits, fits_n, m = m, tokens, m * 2
+    if over is None:
+        return n, fits_n, False
+    while over - fits > 1:
+        mid = (fits + over) // 2
+        tokens = await size(mid)
+        if tokens <= budget:
+            fits, fits_n = mid, tokens
+        else:
+            over = mid
+    return fits, fits_n, True

@@ -6,7 +6,9 @@ a cache hit can still be costed. The cache has two levels: chunks + embeddings k
 (documents, splitter, chunk params, embedder), and inside that entry one FAISS file per index
 kind and build parameters. Sweeping index kinds (flat, HNSW, IVF) therefore never re-embeds.
 Embedding batch size and threads change speed, not meaning, so they are recorded with a build
-but are not part of the cache key.
+but are not part of the cache key. The embedder is the local model (named by a string) or an
+endpoint (pipelines/embed_endpoint.py): the key holds the endpoint model's identity, never its
+host, and a local and an endpoint embedding never share an entry.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import faiss
 import numpy as np
@@ -28,21 +30,8 @@ from numpy.typing import NDArray
 
 from compare.core.types import Document
 from pipelines.chunking import Chunk, Splitter, chunk_document, splitter_id
-from pipelines.embedder import (
-    DEFAULT_EMBEDDER,
-    EmbedProgress,
-    check_window,
-    current_progress,
-    effective_threads,
-    embed_texts,
-    embedder_tokenizer,
-    embedder_version,
-    load_embedder,
-)
+from pipelines.embedder import DEFAULT_EMBEDDER, EmbedProgress, LocalEmbedder, TextEmbedder, current_progress
 from pipelines.faiss_kinds import IndexConfig, make_faiss, tune
-
-if TYPE_CHECKING:
-    pass
 
 # Bumped whenever the on-disk layout or the chunking/span logic changes meaning.
 CACHE_FORMAT = 2
@@ -68,6 +57,13 @@ class BuildStats:
     index: dict[str, Any] = field(default_factory=dict)
     threads: int = 0
     batch_size: int = 0
+    # Tokens the embedder computed for this index (an endpoint's usage, the local tokenizer's
+    # count), kept like build_s so a cache hit can still be priced; None: not known (an entry
+    # stored before tokens were counted, an endpoint that sent no usage).
+    embed_tokens: int | None = None
+    embed_model: str | None = None  # the endpoint model that embedded it; None: in-process
+    embed_requests: int = 0
+    embed_retries: int = 0
 
 
 def default_cache_dir() -> Path:
@@ -110,19 +106,24 @@ class DocIndex:
         return [(self.chunks[i], float(sc)) for i, sc in zip(ids[0], scores[0], strict=True) if i >= 0]
 
 
+def as_embedder(embedder: str | TextEmbedder, device: str | None = None) -> TextEmbedder:
+    """A name is the local model of that name; anything else already is an embedder."""
+    return LocalEmbedder(embedder, device) if isinstance(embedder, str) else embedder
+
+
 def cache_key(
-    docs: Sequence[Document], chunk_size: int, chunk_overlap: int, embedder: str,
+    docs: Sequence[Document], chunk_size: int, chunk_overlap: int, embedder: str | TextEmbedder,
     splitter: Splitter = "sentence",
 ) -> str:
-    """Hash of everything that decides the chunks and their vectors (not the FAISS kind)."""
+    """Hash of everything that decides the chunks and their vectors (not the FAISS kind).
+    A local embedder's part is what it was before endpoints existed: its entries stay valid."""
     h = hashlib.sha256()
     header = {
         "format": CACHE_FORMAT,
         "chunker": splitter_id(splitter),
         "chunk_size": chunk_size,
         "chunk_overlap": chunk_overlap,
-        "embedder": embedder,
-        "embedder_version": embedder_version(embedder),
+        **as_embedder(embedder).cache_identity(),
     }
     h.update(json.dumps(header, sort_keys=True).encode())
     for d in docs:
@@ -204,7 +205,7 @@ def build_index(
     chunk_size: int,
     chunk_overlap: int,
     splitter: Splitter = "sentence",
-    embedder: str = DEFAULT_EMBEDDER,
+    embedder: str | TextEmbedder = DEFAULT_EMBEDDER,
     index: IndexConfig | None = None,
     batch_size: int = 32,
     threads: int | None = None,
@@ -214,21 +215,24 @@ def build_index(
 ) -> tuple[DocIndex, BuildStats]:
     """Chunk, embed and index `docs` as one index, reusing whatever an earlier build stored.
 
+    `embedder` is a local model's name (on `device`) or a `TextEmbedder` such as an endpoint.
     `progress` (default: the one set by `embed_progress`) hears about each embedding batch;
     a cache hit embeds nothing and reports nothing.
     """
     config = index or IndexConfig()
     t0 = time.perf_counter()
-    key = cache_key(docs, chunk_size, chunk_overlap, embedder, splitter)
+    source = as_embedder(embedder, device)
+    key = cache_key(docs, chunk_size, chunk_overlap, source, splitter)
     entry = (cache_dir or default_cache_dir()) / "indexes" / key
     loaded = _load_vectors(entry) if (entry / "meta.json").is_file() else None
     if loaded is not None:
         chunks, vecs, meta = loaded
+        if "embed_tokens" not in meta:  # stored before tokens were counted: count them now
+            meta["embed_tokens"] = source.count_tokens([c.text for c in chunks]) if chunks else 0
     else:
         chunks, vecs, meta = _embed_entry(
             docs, entry, key, t0, chunk_size=chunk_size, chunk_overlap=chunk_overlap, splitter=splitter,
-            embedder=embedder, batch_size=batch_size, threads=threads, device=device,
-            progress=progress or current_progress(),
+            source=source, batch_size=batch_size, threads=threads, progress=progress or current_progress(),
         )
     file = entry / "faiss" / f"{config.file_id(len(chunks))}.faiss"
     stored = _load_faiss(file, len(chunks)) if loaded is not None else None
@@ -245,6 +249,8 @@ def build_index(
         bytes=_entry_bytes(entry, file), cache_hit=stored is not None, embed_s=embed_s,
         index_s=index_s, embed_cached=loaded is not None, index=actual,
         threads=int(meta.get("threads", 0)), batch_size=int(meta.get("batch_size", 0)),
+        embed_tokens=meta["embed_tokens"], embed_model=meta.get("embed_model"),
+        embed_requests=int(meta.get("embed_requests", 0)), embed_retries=int(meta.get("embed_retries", 0)),
     )
     return idx, stats
 
@@ -258,35 +264,39 @@ def _embed_entry(
     chunk_size: int,
     chunk_overlap: int,
     splitter: Splitter,
-    embedder: str,
+    source: TextEmbedder,
     batch_size: int,
     threads: int | None,
-    device: str | None,
     progress: EmbedProgress | None,
 ) -> tuple[list[Chunk], NDArray[np.float32], dict[str, Any]]:
     """A cache miss: chunk and embed, then store the entry, so the next build with the same
     key (any index kind) skips the slow part. `t0` is the build's start: the stored `embed_s`
-    is what a hit saves, cache lookup included."""
-    model = load_embedder(embedder, device)
-    check_window(model, embedder, chunk_size)
-    tokenizer = embedder_tokenizer(model)
+    is what a hit saves, cache lookup included. A local build counts its tokens after the
+    timed part, so counting them never shows up as embedding time."""
+    source.check_window(chunk_size)
+    tokenizer = source.tokenizer()
     chunks = [c for d in docs for c in chunk_document(d, chunk_size, chunk_overlap, tokenizer, splitter)]
+    texts = [c.text for c in chunks]
     t_embed = time.perf_counter()
-    vecs = embed_texts(
-        model, [c.text for c in chunks], batch_size=batch_size, threads=threads,
-        progress=_per_batch(progress, docs, len(chunks)),
-    )
+    done = source.embed(texts, batch_size=batch_size, threads=threads,
+                        progress=_per_batch(progress, docs, len(chunks)))
+    embed_s, encode_s = time.perf_counter() - t0, time.perf_counter() - t_embed
+    vecs = done.vectors
     meta = {
         "key": key,
-        "embed_s": time.perf_counter() - t0,  # chunking included: both are skipped on a hit
-        "encode_s": time.perf_counter() - t_embed,
+        "embed_s": embed_s,  # chunking included: both are skipped on a hit
+        "encode_s": encode_s,
         "n_chunks": len(chunks),
         "splitter": splitter,
         "chunk_size": chunk_size,
         "chunk_overlap": chunk_overlap,
-        "embedder": embedder,
+        "embedder": source.name,
+        "embed_model": source.embed_model,
+        "embed_tokens": done.tokens if done.tokens is not None else source.count_tokens(texts),
+        "embed_requests": done.requests,
+        "embed_retries": done.retries,
         "batch_size": batch_size,
-        "threads": effective_threads(threads),
+        "threads": source.threads(threads),
         "doc_ids": [d.id for d in docs],
     }
     if entry.exists():  # a damaged entry: rename cannot replace it, so clear it first

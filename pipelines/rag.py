@@ -14,7 +14,10 @@ comparisons disagree on is a constructor argument, recorded in `params()`:
   selection is always a prefix of the ranking and its recall is recall@(chunks selected);
 - order "relevance" lays the selection out best first, "document" in reading order (OP-RAG).
   Order is applied after selection and only to the prompt: `Prediction.retrieved` is always
-  in rank order, so evidence MRR measures the retriever, not the layout.
+  in rank order, so evidence MRR measures the retriever, not the layout;
+- the embedder is the local sentence-transformers model, or with `embed_base_url` an
+  OpenAI-compatible embeddings endpoint serving the model named `embedder`
+  (pipelines/embed_endpoint.py), for the index and for each question alike.
 """
 
 from __future__ import annotations
@@ -33,8 +36,10 @@ from compare.core.errors import BackendError
 from compare.core.protocols import Backend, Role
 from compare.core.registry import register_pipeline
 from compare.core.types import CORPUS_INDEX, Document, Example, Prediction, Span, TokenCounter
-from pipelines.chunking import SPLITTERS, Chunk, Splitter
-from pipelines.embedder import DEFAULT_EMBEDDER, embed_device, embed_texts, embedder_tokenizer, load_embedder
+from pipelines.chunking import SPLITTERS, Chunk, Splitter, longest_fitting_prefix
+from pipelines.embed_endpoint import DEFAULT_KEY_ENV, EndpointEmbedder
+from pipelines.embedder import DEFAULT_EMBEDDER, LocalEmbedder, embed_device
+from pipelines.embedder import QUERY_THREADS as QUERY_THREADS  # where llama_retriever finds it
 from pipelines.faiss_kinds import IndexConfig, IndexKind
 from pipelines.index import DocIndex, build_index
 from pipelines.prompts import build_messages, join_passages
@@ -53,14 +58,6 @@ class Selection:
     context: str
     counted_tokens: int | None = None  # budget mode: the context as the budget counted it
     counter: str | None = None  # "server" or "embedder": whose tokenizer measured the budget
-
-
-# One question is too small for intra-op parallelism to help, and next to a CPU vLLM whose
-# OpenMP threads hold (and spin on) the cores, a multi-threaded encode waits for them: measured
-# here, a question embedded with 2 threads took 160-500 ms, with 1 thread 12-15 ms, which RAG's
-# retrieval time (and so its measured latency) would otherwise carry. `embed_threads` still
-# sets the threads of index builds, where batches are large.
-QUERY_THREADS = 1
 
 
 class RagSpec(Strict):
@@ -85,6 +82,11 @@ class RagSpec(Strict):
     ivf_nprobe: Annotated[int, Field(ge=1)] = 8
     embed_batch_size: Annotated[int, Field(ge=1, le=1024)] = 32
     embed_threads: Annotated[int, Field(ge=1)] | None = None
+    # An OpenAI-compatible embeddings endpoint instead of the local model (`embedder` is then the
+    # model as the endpoint spells it); the key from the variable named here, never the key.
+    embed_base_url: str | None = None
+    embed_api_key_env: str = DEFAULT_KEY_ENV
+    embed_tokenizer: str | None = None  # sizes chunks for an endpoint; None: the house MiniLM's
 
     @field_validator("chunk_overlap")
     @classmethod
@@ -96,11 +98,19 @@ class RagSpec(Strict):
 
     @model_serializer(mode="wrap")
     def _omit_new_defaults(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        """Leave the dump (hence the run id) of every RAG spec from before timeline_chunking as it was."""
+        """Leave the dump (hence the run id) of every RAG spec from before these fields as it was."""
         data: dict[str, Any] = handler(self)
-        if data.get("timeline_chunking") == "lines":
-            data.pop("timeline_chunking")
+        for name, default in _NEW_DEFAULTS.items():
+            if name in data and data[name] == default:
+                data.pop(name)
         return data
+
+
+# Fields added after run ids were first stored, with the default that leaves them out of the dump.
+_NEW_DEFAULTS: dict[str, object] = {
+    "timeline_chunking": "lines", "embed_base_url": None, "embed_api_key_env": DEFAULT_KEY_ENV,
+    "embed_tokenizer": None,
+}
 
 
 @register_pipeline(RagSpec)
@@ -130,6 +140,9 @@ class RagPipeline:
         embedder: str = DEFAULT_EMBEDDER,
         embed_batch_size: int = 32,
         embed_threads: int | None = None,
+        embed_base_url: str | None = None,
+        embed_api_key_env: str = DEFAULT_KEY_ENV,
+        embed_tokenizer: str | None = None,
         max_tokens: int = 32,
         cache_dir: Path | None = None,
     ) -> None:
@@ -139,17 +152,18 @@ class RagPipeline:
             raise ValueError(f"top_k must be >= 1, got {top_k}")
         if budget_tokens is not None and budget_tokens < 1:
             raise ValueError(f"budget_tokens must be >= 1 or None, got {budget_tokens}")
-        if order not in ("relevance", "document"):
-            raise ValueError(f"order must be 'relevance' or 'document', got {order!r}")
-        if scope not in ("document", "corpus"):
-            raise ValueError(f"scope must be 'document' or 'corpus', got {scope!r}")
-        if splitter not in SPLITTERS:
-            raise ValueError(f"splitter must be one of {SPLITTERS}, got {splitter!r}")
-        if timeline_chunking not in ("lines", "splitter"):
-            raise ValueError(f"timeline_chunking must be 'lines' or 'splitter', got {timeline_chunking!r}")
+        for knob, value, choices in (
+            ("order", order, ("relevance", "document")), ("scope", scope, ("document", "corpus")),
+            ("splitter", splitter, SPLITTERS),
+            ("timeline_chunking", timeline_chunking, ("lines", "splitter")),
+        ):
+            if value not in choices:
+                raise ValueError(f"{knob} must be one of {choices}, got {value!r}")
         if embed_batch_size < 1 or (embed_threads is not None and embed_threads < 1):
             raise ValueError(f"need embed_batch_size >= 1 and embed_threads >= 1 or None, got "
                              f"{embed_batch_size}, {embed_threads}")
+        if embed_base_url is None and (embed_tokenizer is not None or embed_api_key_env != DEFAULT_KEY_ENV):
+            raise ValueError("embed_tokenizer and embed_api_key_env apply to an embed_base_url only")
         self.chunk_size = chunk_size
         self.chunk_overlap = chunk_overlap
         self.splitter: Splitter = splitter
@@ -162,6 +176,10 @@ class RagPipeline:
         self.scope: Scope = scope
         self.index = IndexConfig(index, hnsw_m, hnsw_ef_construction, hnsw_ef_search, ivf_nlist, ivf_nprobe)
         self.embedder = embedder
+        # Where vectors come from: the local model, or the endpoint (which checks its key now).
+        self.endpoint = EndpointEmbedder(embed_base_url, embedder, api_key_env=embed_api_key_env,
+                                         tokenizer=embed_tokenizer) if embed_base_url else None
+        self.source = self.endpoint or LocalEmbedder(embedder)
         self.embed_batch_size = embed_batch_size
         self.embed_threads = embed_threads
         self.max_tokens = max_tokens
@@ -197,7 +215,8 @@ class RagPipeline:
             **({"timeline_chunking": self.timeline_chunking} if self.timeline_chunking != "lines" else {}),
             # where the embedder ran: CUDA vectors differ slightly from CPU ones; on the CPU (every
             # run so far) it is left out, so those params hashes stay as they were
-            **({"embed_device": device} if (device := embed_device()) != "cpu" else {}),
+            **(self.endpoint.params() if self.endpoint else
+               {"embed_device": device} if (device := embed_device()) != "cpu" else {}),
         }
 
     def splitter_for(self, docs: Sequence[Document]) -> Splitter:
@@ -210,7 +229,7 @@ class RagPipeline:
         index, stats = build_index(
             docs, chunk_size=self.chunk_size, chunk_overlap=self.chunk_overlap,
             splitter=self.splitter_for(docs),
-            embedder=self.embedder, index=self.index, batch_size=self.embed_batch_size,
+            embedder=self.source, index=self.index, batch_size=self.embed_batch_size,
             threads=self.embed_threads, cache_dir=self.cache_dir,
         )
         self._indexes[key] = index
@@ -218,7 +237,8 @@ class RagPipeline:
 
     def build(self, documents: Mapping[str, Document]) -> None:
         """Build (or load from cache) the indexes for `documents`; blocking, no server needed."""
-        load_embedder(self.embedder)  # now, so the first question's retrieval_s is not model loading
+        if isinstance(self.source, LocalEmbedder):  # now, so a first retrieval_s is not model loading
+            self.source.model()
         for doc_id in documents:
             self._doc_pos.setdefault(doc_id, len(self._doc_pos))
         if self.scope == "corpus":
@@ -252,7 +272,7 @@ class RagPipeline:
     def rank(self, question: str, doc_ids: Sequence[str], k: int) -> list[tuple[Chunk, float]]:
         """The k best chunks in scope with their scores, best first (blocking)."""
         indexes = self._scope(doc_ids)
-        query = embed_texts(load_embedder(self.embedder), [question], 1, QUERY_THREADS)[0]
+        query = self.source.embed_query(question)  # an encode, or a request to the endpoint
         hits = [hit for idx in indexes for hit in idx.search(query, k)]
         pos = self._position(doc_ids)
         # Ties broken by reading position so that the selection is deterministic.
@@ -264,7 +284,7 @@ class RagPipeline:
 
     def embedder_counter(self) -> TokenCounter:
         """Counts tokens with the embedder's tokenizer: the budget's fallback without a server."""
-        tok = embedder_tokenizer(load_embedder(self.embedder))
+        tok = self.source.tokenizer()
 
         async def count(text: str) -> int:
             return len(tok(text))
@@ -337,35 +357,16 @@ class RagPipeline:
     ) -> tuple[list[Chunk], int, bool]:
         """Longest best-first prefix whose context (prompt order, separators included) fits.
 
-        Returns (chunks, their counted tokens, whether the budget stopped it). A prefix's count
-        grows with its length (passages are joined by a separator, never merged), so the prefix
-        is found by doubling then bisection: O(log m) counts (server round trips), not m.
+        Returns (chunks, their counted tokens, whether the budget stopped it); found in O(log m)
+        counts (server round trips) by `longest_fitting_prefix`.
         """
-        budget = self.budget_tokens
-        assert budget is not None
+        assert self.budget_tokens is not None
 
         async def size(m: int) -> int:
             return await count(join_passages([c.text for c in self._in_order(ranked[:m], doc_ids)]))
 
-        fits, fits_n, over = 0, 0, None  # `fits` chunks fit with fits_n tokens; `over` do not
-        m = 1
-        while over is None and fits < len(ranked):
-            m = min(m, len(ranked))
-            n = await size(m)
-            if n > budget:
-                over = m
-            else:
-                fits, fits_n, m = m, n, m * 2
-        if over is None:
-            return list(ranked), fits_n, False
-        while over - fits > 1:
-            mid = (fits + over) // 2
-            n = await size(mid)
-            if n <= budget:
-                fits, fits_n = mid, n
-            else:
-                over = mid
-        return list(ranked[:fits]), fits_n, True
+        fits, fits_n, full = await longest_fitting_prefix(len(ranked), size, self.budget_tokens)
+        return list(ranked[:fits]), fits_n, full
 
     async def answer(self, example: Example, backend: Backend) -> Prediction:
         try:

@@ -12,7 +12,9 @@ document prefilled from nothing, warm = served from the cache, failed rows count
 spent, router steps priced apart), and averaged here over documents so each document weighs the
 same whatever its question count. Two views price the same measurements: API-equivalent ($ per
 token, cached tokens cheaper, tiers by prompt length, optional cache storage) and self-hosted
-($ per hour of busy hardware).
+($ per hour of busy hardware). On a sheet of 2026's shape the API view also bills a document's
+cache write (at its TTL's multiplier), its storage, and, given a rate of questions per document
+per hour, the re-prefills of a cache that expired between them (compare/analysis/cache_terms.py).
 """
 
 from __future__ import annotations
@@ -27,10 +29,12 @@ from typing import Any
 import duckdb
 import pandas as pd
 
+from compare.analysis.cache_terms import NO_USE, CacheUse
 from compare.analysis.doc_costs import PIPE_KEY, doc_costs
 from compare.analysis.prices import (
     VIEWS,
     ApiPrices,
+    CacheWrite,
     PriceSheet,
     PriceSheetError,
     SelfHosted,
@@ -43,7 +47,8 @@ from compare.analysis.summary import pipeline_labels
 from compare.store.views import WARM_FRACTION
 
 __all__ = [  # the price-sheet names stay importable from here, where callers first met them
-    "BREAK_EVEN_COLUMNS", "DEFAULT_CURVE_Q", "VIEWS", "WARM_FRACTION", "ApiPrices", "PriceSheet",
+    "BREAK_EVEN_COLUMNS", "DEFAULT_CURVE_Q", "VIEWS", "WARM_FRACTION", "ApiPrices", "CacheUse", "CacheWrite",
+    "PriceSheet",
     "PriceSheetError", "SelfHosted", "Tier", "api_cost", "break_even", "cost_columns", "cost_curve_frame",
     "cost_report", "cost_table", "load_price_sheet", "sheet_json",
 ]
@@ -81,10 +86,38 @@ def _per_pipeline(docs: pd.DataFrame) -> pd.DataFrame:
         cold=("cold", "sum"), warm=("warm", "sum"), cache_unreported=("cache_unreported", "sum"),
         calibrated=("calibrated", "all"), docs_warm_derived=("warm_derived", "sum"),
         docs_cold_derived=("cold_derived", "sum"), storage=("storage_usd", "max"),
+        docs_write_derived=("cold_write_derived", "sum"), writes_derived=("writes_derived", "sum"),
+        expiry_p=("expiry_p", "max"),
         one_time=("one_time_usd", "mean"), marginal=("marginal_usd", "mean"), paid=("run_paid_usd", "mean"))
 
 
-def _notes(p: dict[str, Any], sheet: PriceSheet) -> tuple[str, list[str]]:
+def _cache_notes(p: dict[str, Any], api: ApiPrices, use: CacheUse) -> list[str]:
+    """What the API view's cache terms (write, storage hours, expiry) added, and how derived."""
+    notes = []
+    hours = api.cache_hold_hours if use.hold_hours is None else use.hold_hours
+    if p["storage"]:
+        notes.append(f"cache storage {hours:g} h per document included")
+    write = api.cache_write
+    if write is None or p["role"] != "long_context":
+        return notes
+    if write.input_multiplier > 1.0:
+        notes.append(f"cache write at {write.input_multiplier:g}x input ({write.ttl_minutes:g}-min TTL) "
+                     "on each document's cold prefill")
+        if p["docs_write_derived"]:
+            notes.append(f"cache write DERIVED for {int(p['docs_write_derived'])}/{int(p['docs'])} docs "
+                         "(no cache_write_tokens reported: the document's context tokens)")
+        if p["writes_derived"]:
+            notes.append(f"cache writes DERIVED for {int(p['writes_derived'])} requests in what the run "
+                         "paid (the context tokens they did not find cached)")
+    if p["expiry_p"] > 0:
+        repay = "the cold prefill and the write" if write.input_multiplier > 1.0 else "the cold prefill"
+        notes.append(f"cache TTL {write.ttl_minutes:g} min, questions at {use.queries_per_doc_per_hour:g} "
+                     f"per document per hour (Poisson): p = {p['expiry_p']:.3g} of later questions find "
+                     f"it expired and re-pay {repay}")
+    return notes
+
+
+def _notes(p: dict[str, Any], sheet: PriceSheet, use: CacheUse = NO_USE) -> tuple[str, list[str]]:
     """How the long-context terms were obtained (its warm basis), and what the reader must know."""
     notes = []
     if p["cache_unreported"]:
@@ -96,8 +129,8 @@ def _notes(p: dict[str, Any], sheet: PriceSheet) -> tuple[str, list[str]]:
                      "(spend unknown)")
     if p["role"] == "router":  # a mix of both paths
         notes.append("priced at the run's own mix of cold/warm requests: not extrapolated in q")
-    if p["view"] == "api" and p["storage"] and sheet.api is not None:
-        notes.append(f"cache storage {sheet.api.cache_hold_hours:g} h per document included")
+    if p["view"] == "api" and sheet.api is not None:
+        notes += _cache_notes(p, sheet.api, use)
     if p["view"] == "self_hosted":
         if not p["calibrated"]:
             notes.append("busy s = client TTFT + decode time (no server prefill/decode stats)")
@@ -120,13 +153,15 @@ def cost_table(
     run_ids: Sequence[str] | None,
     sheet: PriceSheet,
     queries_per_doc: Sequence[int],
+    use: CacheUse = NO_USE,
 ) -> list[dict[str, Any]]:
     """One row per (pipeline, view): one-time and marginal $, $ per query at each q, what the run
-    paid per query, latency p50."""
+    paid per query, latency p50. `use`: the workload's cache use (default: none stated, so no
+    expiry between questions and the sheet's hold hours)."""
     if not queries_per_doc or any(q < 1 for q in queries_per_doc):
         raise ValueError(f"queries per document must be integers >= 1, got {list(queries_per_doc)}")
     runs = _run_ids(con, run_ids)
-    costed = doc_costs(con, runs, sheet)
+    costed = doc_costs(con, runs, sheet, use)
     if costed.docs.empty:
         return []
     per_pipe = _per_pipeline(costed.docs).merge(costed.counts, on=PIPE_KEY, how="left")
@@ -137,7 +172,7 @@ def cost_table(
     order = {v: i for i, v in enumerate(sheet.views())}
     records = per_pipe.to_dict("records")
     for p in sorted(records, key=lambda r: (r["run_id"], r["label"], order[r["view"]])):
-        basis, notes = _notes(p, sheet)
+        basis, notes = _notes(p, sheet, use)
         one_time, marginal = float(p["one_time"]), float(p["marginal"])
         row: dict[str, Any] = {
             "run_id": p["run_id"], "pipeline": p["pipeline"], "params_hash": p["params_hash"],
@@ -206,9 +241,10 @@ def cost_curve_frame(
     run_ids: Sequence[str] | None,
     sheet: PriceSheet,
     queries_per_doc: Sequence[int] = DEFAULT_CURVE_Q,
+    use: CacheUse = NO_USE,
 ) -> pd.DataFrame:
     """Long format for a chart: x = queries_per_doc (log), y = usd_per_query, colour = pipeline."""
-    table = cost_table(con, run_ids, sheet, queries_per_doc)
+    table = cost_table(con, run_ids, sheet, queries_per_doc, use)
     records = [
         (r["label"], q, r["view"], r[f"usd_per_query_q{q}"]) for r in table for q in queries_per_doc
     ]
@@ -216,7 +252,8 @@ def cost_curve_frame(
 
 
 def cost_report(
-    db_path: Path | str, run_ids: Sequence[str] | None, sheet_path: Path | str, queries_per_doc: Sequence[int]
+    db_path: Path | str, run_ids: Sequence[str] | None, sheet_path: Path | str,
+    queries_per_doc: Sequence[int], use: CacheUse = NO_USE,
 ) -> list[dict[str, Any]]:
     """What `ragvslc cost` prints (in cost_columns order); errors are ValueErrors worth showing."""
     sheet = load_price_sheet(sheet_path)
@@ -228,7 +265,7 @@ def cost_report(
             unknown = sorted(set(run_ids) - known)
             if unknown:
                 raise ValueError(f"unknown run ids: {', '.join(unknown)}")
-        rows = cost_table(con, run_ids, sheet, queries_per_doc)
+        rows = cost_table(con, run_ids, sheet, queries_per_doc, use)
     if not rows:
         raise ValueError("no successful predictions to price in the selected runs")
     return rows

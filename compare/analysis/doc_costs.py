@@ -20,7 +20,8 @@ Rules, stated once:
 - Long context (its prompt starts with the whole document, so its cost depends on the cache):
   one_time = cold - warm (+ cache storage for the hold time), marginal = later, where
   - cold is the document prefilled from nothing: every prompt token priced as computed (API; the
-    answer template's few tokens included, so it is conservative by at most those), the
+    answer template's few tokens included, so it is conservative by at most those; and the
+    document's cache write where the sheet bills one), the
     request's prefill seconds plus its cached tokens at the pipeline's measured prefill seconds
     per computed token (self-hosted). It is the mean over the document's requests that found at
     most the template cached (cached <= prompt - context), else over those with the fewest
@@ -31,6 +32,10 @@ Rules, stated once:
   - later is the measured mean of the document's requests after its first (in run order): a
     re-prefill after eviction raises it, and never lowers the one-time cost. With a single
     request per document, later = warm.
+- API view, on a sheet with a chosen cache TTL and a stated rate of questions per document per
+  hour: a later question finds the cache expired with probability p and re-pays cold, so
+  marginal = (1 - p) later + p cold, one_time = (1 - p)(cold - warm) + storage (cache writes,
+  storage and expiry: compare/analysis/cache_terms.py). Without a rate, p = 0: the lines above.
 - Other kinds (RAG, routers): one_time = their index build, marginal = measured mean per
   question (a router's cold/warm mix is the run's own: not extrapolated in q, flagged).
 - Index builds (index_stats, a whole-corpus index split evenly over the documents asked about)
@@ -51,18 +56,22 @@ import duckdb
 import numpy as np
 import pandas as pd
 
-from compare.analysis.prices import PriceSheet, api_cost
+from compare.analysis import cache_terms
+from compare.analysis.cache_terms import NO_USE, PREFIX_CACHED_ROLES, CacheUse
+from compare.analysis.prices import PriceSheet
 from compare.core.types import CORPUS_INDEX
 from compare.store import views
 
-PREFIX_CACHED_ROLES = ("long_context",)  # prompts that start with the whole document
+__all__ = ["DOC_KEY", "NO_USE", "PIPE_KEY", "PREFIX_CACHED_ROLES", "CacheUse", "Costed", "doc_costs",
+           "priced_requests", "weighted_usd"]
 DOC_KEY = ["run_id", "pipeline", "params_hash", "doc_key"]
 PIPE_KEY = ["run_id", "pipeline", "params_hash"]
 
 _ROWS = """
 SELECT p.run_id, p.pipeline, p.params_hash, p.example_id, p.seq, r.concurrency,
     p.kind, p.role, e.doc_ids AS doc_key,
-    p.error IS NOT NULL AS failed, p.steps, p.prompt_tokens, p.cached_tokens, p.output_tokens,
+    p.error IS NOT NULL AS failed, p.steps, p.prompt_tokens, p.cached_tokens, p.cache_write_tokens,
+    p.output_tokens,
     p.context_tokens, p.ttft_ms, p.e2e_ms, coalesce(p.retrieval_ms, 0) / 1e3 AS retrieval_s, p.total_ms
 FROM request_rows p JOIN example_rows e USING (run_id, example_id) JOIN runs r USING (run_id)
 WHERE list_contains($runs, p.run_id)
@@ -87,17 +96,18 @@ def _request(row: dict[str, Any], step: dict[str, Any] | None) -> dict[str, Any]
     if len(values) < len(raw) or values[0] < 0 or values[1] < 0:
         return None  # no usage chunk (or -1 placeholders): never priced as if it were free
     prompt, out, ttft, e2e = values
-    cached = src.get("cached_tokens")
+    cached, write = src.get("cached_tokens"), src.get("cache_write_tokens")
     return {
         "prompt": int(prompt), "cached": int(cached) if cached is not None and _known(cached) else 0,
         "cache_unreported": not _known(cached), "output": int(out),
+        "write": float(write) if write is not None and _known(write) else math.nan,
         "ctx": int(src.get("context_tokens") or 0), "ttft_s": ttft / 1e3,
         "decode_wall_s": max(e2e - ttft, 0) / 1e3,
     }
 
 
 _ROW_KEYS = (*PIPE_KEY, "example_id", "seq", "kind", "role", "doc_key", "concurrency")
-_REQ_COLUMNS = [*_ROW_KEYS, "prompt", "cached", "cache_unreported", "output", "ctx", "ttft_s",
+_REQ_COLUMNS = [*_ROW_KEYS, "prompt", "cached", "cache_unreported", "output", "write", "ctx", "ttft_s",
                 "decode_wall_s"]
 
 
@@ -113,7 +123,7 @@ def _expand(rows: pd.DataFrame) -> tuple[pd.DataFrame, list[bool]]:
     req = pd.DataFrame(reqs, columns=_REQ_COLUMNS)
     for col in ("prompt", "cached", "output", "ctx", "seq", "concurrency"):
         req[col] = req[col].astype(int)
-    req[["ttft_s", "decode_wall_s"]] = req[["ttft_s", "decode_wall_s"]].astype(float)
+    req[["ttft_s", "decode_wall_s", "write"]] = req[["ttft_s", "decode_wall_s", "write"]].astype(float)
     req["cache_unreported"] = req["cache_unreported"].astype(bool)
     return req, priced
 
@@ -156,19 +166,6 @@ def priced_requests(
     derived = req["decode_s"] + req["prefill_s"] * left.fillna(0.0)
     req["busy_s_warm"] = req["busy_s"].where(req["warm"], derived)
     return req, rows
-
-
-def _api_columns(req: pd.DataFrame, sheet: PriceSheet) -> None:
-    api = sheet.api
-    if api is None:
-        return
-    cols = req[["prompt", "cached", "output", "doc_cached", "warm"]].itertuples(index=False)
-    measured, cold, warm = [], [], []
-    for prompt, cached, out, doc_cached, is_warm in cols:
-        measured.append(api_cost(api, prompt, cached, out))
-        cold.append(api_cost(api, prompt, 0, out))
-        warm.append(measured[-1] if is_warm else api_cost(api, prompt, doc_cached, out))
-    req["api_usd"], req["api_usd_cold"], req["api_usd_warm"] = measured, cold, warm
 
 
 def _index_s(con: duckdb.DuckDBPyConnection, runs: Sequence[str], keys: pd.DataFrame) -> pd.Series:
@@ -230,11 +227,15 @@ def _documents(req: pd.DataFrame, rows: pd.DataFrame, index_s: pd.Series) -> pd.
     base = doc.agg(kind=("kind", "first"), role=("role", "first"), concurrency=("concurrency", "first"),
                    warm=("warm", "sum"),
                    cache_unreported=("cache_unreported", "sum"), calibrated=("calibrated", "all"),
-                   any_nothing=("from_nothing", "any"), requests=("warm", "size"))
+                   any_nothing=("from_nothing", "any"), requests=("warm", "size"),
+                   writes_derived=("write_derived", "sum"))
     base["cold"] = base.pop("requests") - base["warm"]
     prefix = base["role"].isin(PREFIX_CACHED_ROLES)
     base["warm_derived"] = prefix & (base["warm"] == 0)
     base["cold_derived"] = prefix & ~base.pop("any_nothing")
+    # The cold term's write is derived when the request it is taken from reported none itself.
+    basis = req["from_nothing"].where(doc["from_nothing"].transform("any"), True)
+    base["cold_write_derived"] = _mean_where(req["cold_write_derived"].astype(float), basis, by) > 0
     base["storage_tokens"] = _mean_where(req["cached"].astype(float), req["warm"], by).fillna(
         doc["doc_cached"].mean())
     per_doc = rows.groupby(DOC_KEY).agg(n=("example_id", "size"), retrieval_s=("retrieval_s", "mean"))
@@ -243,14 +244,35 @@ def _documents(req: pd.DataFrame, rows: pd.DataFrame, index_s: pd.Series) -> pd.
     return base
 
 
-def doc_costs(con: duckdb.DuckDBPyConnection, runs: Sequence[str], sheet: PriceSheet) -> Costed:
+def _view_terms(
+    view: str, sheet: PriceSheet, base: pd.DataFrame, use: CacheUse
+) -> tuple[str, float, float, pd.Series, float]:
+    """(request $ column, $ per unit, local $ per second, storage $ per document, expiry p)."""
+    if view == "api":
+        api = sheet.api
+        assert api is not None
+        storage = cache_terms.storage_usd(api, base["storage_tokens"], use)
+        p = cache_terms.expiry_probability(api, use)
+        return "api_usd", 1.0, api.local_usd_per_hour / 3600, storage, p
+    hosted = sheet.self_hosted
+    assert hosted is not None
+    storage = base["storage_tokens"] * 0.0  # vLLM's prefix cache: memory already paid by the hour
+    return "busy_s", hosted.usd_per_hour / 3600, hosted.index_rate / 3600, storage, 0.0
+
+
+def doc_costs(
+    con: duckdb.DuckDBPyConnection, runs: Sequence[str], sheet: PriceSheet, use: CacheUse = NO_USE
+) -> Costed:
     """One row per (run, pipeline config, document key, view) with one_time_usd, marginal_usd,
-    run_paid_usd and what the caller must say about them (counts, derived, calibrated)."""
+    run_paid_usd and what the caller must say about them (counts, derived, calibrated).
+    `use`: how the workload uses the provider's cache (rate for expiry, hold hours)."""
     req, rows = priced_requests(con, runs)
     counts = _counts(rows)
     if req.empty:
         return Costed(pd.DataFrame(), counts)
-    _api_columns(req, sheet)
+    cache_terms.write_columns(req, sheet.api)
+    if sheet.api is not None:
+        cache_terms.api_columns(req, sheet.api)
     cost_cols = ["busy_s", *(["api_usd"] if sheet.api else [])]
     per_row = req.groupby([*PIPE_KEY, "example_id"])[cost_cols].sum()
     rows = rows[rows["priced"]].join(per_row, on=[*PIPE_KEY, "example_id"])
@@ -262,26 +284,18 @@ def doc_costs(con: duckdb.DuckDBPyConnection, runs: Sequence[str], sheet: PriceS
     by = [req[k] for k in DOC_KEY]
     out = []
     for view in sheet.views():
-        if view == "api":
-            api = sheet.api
-            assert api is not None
-            col, unit, local = "api_usd", 1.0, api.local_usd_per_hour / 3600
-            per_token = api.cache_storage_usd_per_mtok_hour * api.cache_hold_hours / 1e6
-            storage = base["storage_tokens"] * per_token
-        else:
-            hosted = sheet.self_hosted
-            assert hosted is not None
-            col, unit, local = "busy_s", hosted.usd_per_hour / 3600, hosted.index_rate / 3600
-            storage = base["storage_tokens"] * 0.0
+        col, unit, local, storage, p = _view_terms(view, sheet, base, use)
         storage = storage.where(prefix, 0.0)
         terms = _prefix_terms(req, by, col).reindex(base.index)
         index_usd, retrieval_usd = base["index_s"] * local, base["retrieval_s"] * local
         mean_spent = spent[col] * unit / base["n"]
-        one_time = ((terms["cold"] - terms["warm"]) * unit + storage).where(prefix, 0.0) + index_usd
-        marginal = (terms["later"] * unit).where(prefix, mean_spent) + retrieval_usd
+        # p = 0 (no expiry) leaves exactly: one_time = cold - warm (+ storage), marginal = later
+        one_time = ((1 - p) * (terms["cold"] - terms["warm"]) * unit + storage).where(prefix, 0.0) + index_usd
+        marginal = (((1 - p) * terms["later"] + p * terms["cold"]) * unit).where(prefix, mean_spent)
+        marginal = marginal + retrieval_usd
         paid = mean_spent + (storage + index_usd) / base["n"] + retrieval_usd
         out.append(base.assign(view=view, storage_usd=storage, one_time_usd=one_time, marginal_usd=marginal,
-                               run_paid_usd=paid))
+                               run_paid_usd=paid, expiry_p=pd.Series(p, index=base.index).where(prefix, 0.0)))
     docs = pd.concat(out).reset_index()
     docs = docs.drop(columns="storage_tokens").sort_values([*DOC_KEY, "view"], ignore_index=True)
     return Costed(docs, counts)

@@ -4,12 +4,19 @@ billed at, and the choice of which sheet a report uses.
 A sheet is validated strictly (a misspelt key is an error, not a silently free price), and its
 canonical JSON is stored with every run it priced: a result priced today must stay
 re-priceable years later, even when the shipped example sheets or a default here change.
+
+An API section may carry 2026's caching terms, each optional and "no effect" when absent:
+`[[api.cache_writes]]` (a write price per TTL, as a multiplier of the input price) with the
+chosen `cache_ttl_minutes`, storage per 1M tokens per hour (`cache_storage_usd_per_mtok_hour`,
+held `cache_hold_hours`), and `[[api.tiers]]` whose rates price a long prompt's fresh tokens,
+cached reads and writes alike. How the cost model uses them: compare/analysis/cache_terms.py.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,10 +50,24 @@ class Tier(_Rates):
     above_prompt_tokens: Annotated[int, Field(gt=0)]
 
 
+class CacheWrite(_Strict):
+    """Writing a prompt prefix into the provider's cache so it lives `ttl_minutes` after its
+    last use: each written token is billed at the (tier's) input price x `input_multiplier`
+    instead of the input price. A written token is computed anyway, so 1.0 = no write charge
+    (implicit caching), and a multiplier below 1 would make writing cheaper than not caching."""
+
+    ttl_minutes: Annotated[float, Field(gt=0.0, allow_inf_nan=False)]
+    input_multiplier: Annotated[float, Field(ge=1.0, allow_inf_nan=False)]
+
+
 class ApiPrices(_Rates):
     tiers: list[Tier] = []
     cache_storage_usd_per_mtok_hour: Usd = 0.0
     cache_hold_hours: Usd = 1.0
+    # Cache writes per TTL and the one the workload buys; none = writes cost what input costs
+    # and the cache never expires between questions (the sheets before 2026's shape).
+    cache_writes: list[CacheWrite] = []
+    cache_ttl_minutes: Annotated[float, Field(gt=0.0, allow_inf_nan=False)] | None = None
     local_usd_per_hour: Usd  # embedding and retrieval still run on your machine beside an API
 
     @field_validator("tiers")
@@ -56,6 +77,41 @@ class ApiPrices(_Rates):
         if len(set(limits)) != len(limits):
             raise ValueError(f"two tiers share a threshold: {sorted(limits)}")
         return sorted(tiers, key=lambda t: t.above_prompt_tokens)
+
+    @field_validator("cache_writes")
+    @classmethod
+    def _one_price_per_ttl(cls, writes: list[CacheWrite]) -> list[CacheWrite]:
+        ttls = [w.ttl_minutes for w in writes]
+        if len(set(ttls)) != len(ttls):
+            raise ValueError(f"two cache writes share a ttl_minutes: {sorted(ttls)}")
+        return sorted(writes, key=lambda w: w.ttl_minutes)
+
+    @model_validator(mode="after")
+    def _ttl_is_priced(self) -> ApiPrices:
+        """A chosen TTL without a write price would bill writes as free; writes listed without a
+        chosen TTL leave unsaid which one the workload buys: both are errors, not defaults."""
+        ttls = [w.ttl_minutes for w in self.cache_writes]
+        if self.cache_ttl_minutes is None and ttls:
+            raise ValueError(f"cache_writes are listed for ttl_minutes {ttls}: choose one with "
+                             "cache_ttl_minutes")
+        if self.cache_ttl_minutes is not None and self.cache_write is None:
+            raise ValueError(f"cache_ttl_minutes = {self.cache_ttl_minutes:g} has no write price: add "
+                             f"[[api.cache_writes]] with ttl_minutes = {self.cache_ttl_minutes:g} "
+                             f"(listed: {ttls or 'none'})")
+        return self
+
+    @property
+    def cache_write(self) -> CacheWrite | None:
+        """The write the workload buys (its TTL and multiplier); None: no write priced, no expiry."""
+        if self.cache_ttl_minutes is None:
+            return None
+        chosen = self.cache_ttl_minutes
+        return next((w for w in self.cache_writes if math.isclose(w.ttl_minutes, chosen)), None)
+
+    @property
+    def write_multiplier(self) -> float:
+        write = self.cache_write
+        return 1.0 if write is None else write.input_multiplier
 
     def rates(self, prompt_tokens: int) -> tuple[float, float, float]:
         """(input, cached input, output) $/1M for a prompt of this length: the highest tier it exceeds."""
@@ -116,11 +172,19 @@ def sheet_json(sheet: PriceSheet) -> str:
     return json.dumps(sheet.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
 
 
-def api_cost(api: ApiPrices, prompt_tokens: int, cached_tokens: int, output_tokens: int) -> float:
-    """$ of one request: computed prompt tokens, cached prompt tokens and output, at its tier."""
+def api_cost(
+    api: ApiPrices, prompt_tokens: int, cached_tokens: int, output_tokens: int, written_tokens: int = 0
+) -> float:
+    """$ of one request: computed prompt tokens, cached prompt tokens and output, at its tier.
+
+    `written_tokens` of the computed ones were also written to the cache: billed at the tier's
+    input price x the chosen write's multiplier instead of the input price (providers count
+    written tokens in the prompt; a sheet with no chosen write bills them as plain input)."""
     rin, rcached, rout = api.rates(prompt_tokens)
     computed = prompt_tokens - cached_tokens
-    return (computed * rin + cached_tokens * rcached + output_tokens * rout) / 1e6
+    written = min(max(written_tokens, 0), max(computed, 0))
+    surcharge = written * rin * (api.write_multiplier - 1.0)
+    return (computed * rin + surcharge + cached_tokens * rcached + output_tokens * rout) / 1e6
 
 
 @dataclass(frozen=True)

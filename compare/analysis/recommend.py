@@ -25,6 +25,11 @@ How the numbers are formed, stated once:
   sheet is the workload's `price_sheet`, else the one stored with the runs, else the shipped
   example (as the report chooses); the view is the sheet's first (API if it has one) unless
   `view` is given.
+- Cache expiry (API view, a sheet with a chosen cache TTL, a workload stating
+  `queries_per_doc_per_hour`): a later question finds the cache expired with probability
+  p = exp(-rate x TTL) (Poisson arrivals; compare/analysis/cache_terms.py) and is cold again, so
+  the cost (from the cost function, given the workload's cache use) and the latency and token
+  columns alike weigh (1 + (q-1) p)/q of long context's requests cold and (q-1)(1-p)/q warm.
 """
 
 from __future__ import annotations
@@ -41,8 +46,9 @@ import duckdb
 import numpy as np
 import pandas as pd
 
+from compare.analysis.cache_terms import expiry_probability
 from compare.analysis.doc_costs import doc_costs, weighted_usd
-from compare.analysis.prices import choose_sheet
+from compare.analysis.prices import ApiPrices, choose_sheet
 from compare.analysis.summary import describe
 from compare.analysis.workload import Workload
 from compare.store import views
@@ -149,13 +155,20 @@ def _bins(wl: Workload, measured: list[float]) -> tuple[dict[str, tuple[float, l
     return bins, notes
 
 
-def _strategy(df: pd.DataFrame, wl: Workload, bins: dict[str, tuple[float, list[float]]]
+def _mix(cold: pd.DataFrame, hot: pd.DataFrame, share: float, q: int, p: float) -> list[pd.DataFrame]:
+    """Long context's requests of one length at the workload's q, its share of the weight split
+    (1 + (q-1) p)/q cold and (q-1)(1-p)/q warm (p: cache expiry; 0 leaves 1/q cold)."""
+    return [cold.assign(cw=share * (1 + (q - 1) * p) / q / len(cold)),
+            hot.assign(cw=share * (q - 1) * (1 - p) / q / len(hot))]
+
+
+def _strategy(df: pd.DataFrame, wl: Workload, bins: dict[str, tuple[float, list[float]]], expiry: float = 0.0
               ) -> tuple[dict[str, Any], list[str]]:
     """One strategy's expected quality, latency and cost under the workload (see module doc).
 
     Two weightings: `qw` (quality: every distinct question of a length alike, its repeats across
     runs averaged, so asking twice is not twice the evidence) and `cw` (cost and latency: for
-    long context, 1/q cold and (q-1)/q warm requests)."""
+    long context, 1/q cold and (q-1)/q warm requests; with cache expiry p, (1 + (q-1) p)/q cold)."""
     q, lc = wl.questions_per_doc, df["role"].iloc[0] == "long_context"
     notes: list[str] = []
     qparts, cparts, errors = [], [], 0
@@ -181,7 +194,7 @@ def _strategy(df: pd.DataFrame, wl: Workload, bins: dict[str, tuple[float, list[
         elif not len(cold):
             cold = hot
             notes.append(f"~{key} tokens: no cold request measured; cost and latency are optimistic")
-        cparts += [cold.assign(cw=share / q / len(cold)), hot.assign(cw=share * (q - 1) / q / len(hot))]
+        cparts += _mix(cold, hot, share, q, expiry)
     qrows = pd.concat(qparts)
     qual, qw = qrows["s"].to_numpy(float), qrows["qw"].to_numpy(float)
     quality = float(np.average(qual, weights=qw)) if len(qual) else math.nan
@@ -244,7 +257,7 @@ def recommend(db_path: Path | str, workload: Workload, run_ids: Sequence[str] | 
             return _empty(workload, model, "none", notes, sheet_name)
         views.install(con)
         ev = con.execute(_EVIDENCE, {"runs": runs, "metric": workload.quality_metric}).df()
-        terms = doc_costs(con, runs, sheet).docs
+        terms = doc_costs(con, runs, sheet, workload.cache_use).docs
     terms = terms[terms["view"] == view] if not terms.empty else terms
     ev = ev[ev["length"].notna()]
     lengths = ev.assign(key=ev["run_id"] + "\x1f" + ev["doc_ids"]).groupby("key")["length"].first()
@@ -255,14 +268,15 @@ def recommend(db_path: Path | str, workload: Workload, run_ids: Sequence[str] | 
     if matched["score"].isna().all() and matched["error"].isna().all():
         notes.append(f"no {workload.quality_metric!r} scores in the matching runs (rescore with that metric)")
         return _empty(workload, model, "none", notes, sheet_name)
-    rows, assumptions, excluded = [], [], []
+    expiry = expiry_probability(sheet.api, workload.cache_use) if view == "api" else 0.0
+    rows, assumptions, excluded = [], _expiry_note(workload, sheet.api, expiry), []
     for (pipe, h), df in matched.groupby(["pipeline", "params_hash"], sort=True):
         label = describe(str(pipe), json.loads(df["params"].iloc[0]))
         missing = [k for k, (_, ms) in bins.items() if not df["length"].isin(ms).any()]
         if missing:
             excluded.append(f"{label}: no rows near {', '.join(missing)} tokens; left out of the ranking")
             continue
-        stats, row_notes = _strategy(df, workload, bins)
+        stats, row_notes = _strategy(df, workload, bins, expiry)
         mine = terms[(terms["pipeline"] == pipe) & (terms["params_hash"] == h)] if len(terms) else terms
         usd = _usd(mine, lengths, bins, workload.questions_per_doc)
         assumptions += [f"{label}: {n}" for n in row_notes if n.startswith("ASSUMPTION")]
@@ -276,6 +290,16 @@ def recommend(db_path: Path | str, workload: Workload, run_ids: Sequence[str] | 
         workload, model, "partial" if notes else "covered", notes, rows, winner, reasons + excluded,
         sorted({r for row in rows for r in row["run_ids"]}), {k: ms for k, (_, ms) in bins.items()},
         assumptions, sheet_name)
+
+
+def _expiry_note(wl: Workload, api: ApiPrices | None, p: float) -> list[str]:
+    """The assumption behind cache expiry, said once (none without a TTL and a rate)."""
+    if p <= 0 or api is None or api.cache_write is None:
+        return []
+    return [f"cache expiry: questions arrive at {wl.queries_per_doc_per_hour:g} per document per hour "
+            f"(Poisson) and the cache lives {api.cache_write.ttl_minutes:g} min after its last use, so "
+            f"p = {p:.3g} of later questions find it expired and are cold again (cost, latency and "
+            "tokens of long context include it)"]
 
 
 def _empty(wl: Workload, model: str | None, coverage: Coverage, notes: list[str], sheet: str | None

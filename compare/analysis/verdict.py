@@ -16,6 +16,8 @@ from typing import Any
 import duckdb
 import pandas as pd
 
+from compare.analysis.cache_checks import leak_caveats, prefix_hit_rates
+
 # NoLiMa's rule (Modarressi et al. 2025): the effective length is the longest tested context at
 # which a model keeps at least 85% of its score at the shortest tested length.
 EFFECTIVE_SHARE = 0.85
@@ -147,6 +149,15 @@ def _caveats(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     return out
 
 
+def add_cache_facts(v: Verdict, con: duckdb.DuckDBPyConnection) -> Verdict:
+    """The server's prefix-cache hit rate, and cold requests that were not cold (flagged)."""
+    rate = prefix_hit_rates(con, [v.run_id]).get(v.run_id)
+    if rate is not None:
+        v.lines.append(f"prefix cache: {rate:.0%} of prompt tokens served from cache (server /metrics)")
+    v.caveats += leak_caveats(con, [v.run_id])
+    return v
+
+
 def verdict_for(con: duckdb.DuckDBPyConnection, run_id: str, q: int = 10) -> Verdict:
     """The verdict of one stored run, priced with the sheet the report would choose (what the
     terminal prints after a run; the report builds the same from the numbers it shows)."""
@@ -159,4 +170,4 @@ def verdict_for(con: duckdb.DuckDBPyConnection, run_id: str, q: int = 10) -> Ver
     metric = metric if metric and any(r.get(metric) is not None for r in rows) else None
     sheet = prices.choose_sheet(con, [run_id], None).sheet
     table = cost_table(con, [run_id], sheet, (q,))
-    return run_verdict(run_id, rows, lengths, metric, table, break_even(table), q)
+    return add_cache_facts(run_verdict(run_id, rows, lengths, metric, table, break_even(table), q), con)

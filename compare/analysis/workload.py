@@ -2,6 +2,13 @@
 
 Validated strictly (a misspelt key is an error, as in run specs and price sheets) because a
 silently ignored `quality_flor` would produce a confident recommendation for the wrong question.
+
+Two optional knobs say how the deployment uses a hosted provider's cache (both default to "not
+stated", which changes nothing): `queries_per_doc_per_hour`, the rate questions about one
+document arrive at, taken as Poisson arrivals, so that with the sheet's chosen cache TTL a later
+question finds the cache expired with probability exp(-rate x TTL) and re-pays the cold prefill
+and the write; and `cache_hold_hours`, the hours each document is kept in a cache that bills
+storage (else the sheet's `cache_hold_hours`). See compare/analysis/cache_terms.py.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ from pydantic import (
     model_validator,
 )
 
+from compare.analysis.cache_terms import CacheUse
 from compare.core.config import read_toml, validate
 
 
@@ -61,6 +69,12 @@ class Workload(_Strict):
     quality_floor: Annotated[float, Field(ge=0.0, le=1.0)]
     price_sheet: Path | None = None
     length_tolerance: Annotated[float, Field(gt=0.0, le=1.0)] = 0.25
+    queries_per_doc_per_hour: Annotated[float, Field(gt=0.0, allow_inf_nan=False)] | None = None
+    cache_hold_hours: Annotated[float, Field(ge=0.0, allow_inf_nan=False)] | None = None  # None: the sheet's
+
+    @property
+    def cache_use(self) -> CacheUse:
+        return CacheUse(self.queries_per_doc_per_hour, self.cache_hold_hours)
 
 
 class WorkloadError(ValueError):

@@ -6,6 +6,8 @@ downstream can quietly edit an answer or a timing after the fact.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,6 +63,7 @@ class Completion:
     itl_s: tuple[float, ...]
     finish_reason: str | None = None
     cache_write_tokens: int | None = None  # written to a provider's prompt cache (where reported)
+    served_by: str | None = None  # the response's system_fingerprint (a replica behind a router names itself)
 
     @property
     def tpot_s(self) -> float | None:
@@ -85,6 +88,7 @@ class Step:
         return {
             "route": self.route, "context_tokens": self.context_tokens,
             "prompt_tokens": c.prompt_tokens, "cached_tokens": c.cached_tokens,
+            "cache_write_tokens": c.cache_write_tokens,
             "output_tokens": c.output_tokens, "ttft_ms": c.ttft_s * 1e3, "e2e_ms": c.e2e_s * 1e3,
             "tpot_ms": tpot * 1e3 if tpot is not None else None, "finish_reason": c.finish_reason,
         }
@@ -115,6 +119,18 @@ class Corpus:
     documents: Mapping[str, Document]
     examples: Sequence[Example]
     params: Mapping[str, object] = field(default_factory=dict)
+
+    def content_sha256(self) -> str:
+        """A hash of what the run asks: every document's text and every question with its
+        answers, evidence and tags. Two builds that hash alike asked the same questions."""
+        h = hashlib.sha256()
+        for doc_id in sorted(self.documents):
+            h.update(f"{doc_id}\0{self.documents[doc_id].text}\0".encode())
+        for ex in self.examples:
+            ev = [(s.doc_id, s.start, s.end) for s in ex.evidence]
+            h.update(json.dumps([ex.id, ex.doc_ids, ex.question, ex.answers, ev, dict(ex.tags)],
+                                sort_keys=True, default=str).encode())
+        return h.hexdigest()
 
     def __post_init__(self) -> None:
         for ex in self.examples:

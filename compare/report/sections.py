@@ -21,7 +21,7 @@ import pandas as pd
 
 from compare.analysis import judgements, prices, summary
 from compare.analysis.cost import BREAK_EVEN_COLUMNS, WARM_FRACTION, cost_columns
-from compare.analysis.verdict import run_verdict
+from compare.analysis.verdict import add_cache_facts, run_verdict
 from compare.report import charts
 from compare.report import data as dashboard
 from compare.report.html import Section, effective_table, note, summary_table, table, verdict_box
@@ -249,8 +249,9 @@ class SectionBuilder:
         data = self.cost_data
         boxes = []
         for run_id in self.run_ids:
-            v = run_verdict(run_id, self.rows, self.lengths, metric,
-                            data.table if data else (), data.pairs if data else (), q)
+            table, pairs = (data.table, data.pairs) if data else ([], [])
+            v = run_verdict(run_id, self.rows, self.lengths, metric, table, pairs, q)
+            v = add_cache_facts(v, self.con)
             boxes.append(verdict_box(v, self.multi))
             if v.effective and self.lengths["length"].nunique() > 1:  # Quality is sections[0]
                 self.sections[0].after.append(effective_table(v, self.multi))

@@ -8,6 +8,8 @@ needs neither, it is named in the spec with `kind = "python"` and `factory = "pk
 from __future__ import annotations
 
 import corpora.babi
+import corpora.beir
+import corpora.hf_import
 import corpora.jsonl
 import corpora.leval
 import corpora.needle
@@ -19,6 +21,6 @@ import pipelines.plugin
 import pipelines.rag
 import pipelines.routers
 
-BUILTIN_MODULES = (corpora.babi, corpora.jsonl, corpora.leval, corpora.needle, corpora.plugin,
-                   corpora.video_spec, pipelines.long_context, pipelines.plugin, pipelines.rag,
-                   pipelines.routers, pipelines.llama_retriever)
+BUILTIN_MODULES = (corpora.babi, corpora.beir, corpora.hf_import, corpora.jsonl, corpora.leval,
+                   corpora.needle, corpora.plugin, corpora.video_spec, pipelines.long_context,
+                   pipelines.plugin, pipelines.rag, pipelines.routers, pipelines.llama_retriever)

@@ -37,7 +37,15 @@ from compare.serving.probe import (
     planned_requests,
     probe,
 )
-from compare.serving.replicas import managed_replicas, replica_configs
+from compare.serving.replicas import behind_router, managed_replicas, replica_configs
+from compare.serving.router import (
+    ManagedRouter,
+    RoutedServer,
+    managed_router,
+    routing_counters,
+    routing_policy,
+    session_routing,
+)
 from compare.serving.server import ManagedServer, ServerConfig, split_args
 from compare.serving.tokenizers import load_tokenizer
 from compare.store.db import Store
@@ -58,11 +66,18 @@ async def build_corpus(spec: RunSpec, backend: Backend, data_dir: Path | None) -
 def server_for(
     spec: RunSpec, say: Callable[[str], None], base_url: str | Sequence[str] | None = None
 ) -> Iterator[tuple[str | list[str], dict[str, Any], list[ManagedServer]]]:
-    """Base URL(s) to talk to: the given server(s), or managed vLLM(s) for the spec's model."""
+    """Base URL(s) to talk to: the given server(s), or managed vLLM(s) for the spec's model;
+    with several and a router policy, the URL of a managed vllm-router in front of them."""
     urls = split_urls(base_url) or split_urls(spec.server.base_url)
-    if urls:
+    policy = routing_policy(spec.server.router, len(urls) or spec.server.replicas, managed=not urls)
+    routed = policy not in (None, "client")
+    if urls and not routed:
         url = urls[0] if len(urls) == 1 else urls
         yield url, {"managed": False, "base_url": url}, []
+        return
+    if urls:  # replicas someone else runs, behind a router of ours
+        with managed_router(urls, policy, spec.server.router_args, say) as router:
+            yield router.base_url, {"managed": False, "base_url": router.base_url, **_router_info(router)}, []
         return
     path = models.prepare(spec.server.model, progress=say)
     config = ServerConfig(
@@ -76,20 +91,43 @@ def server_for(
     n = spec.server.replicas
     say(f"starting vLLM for {spec.server.model}" + (f" ({n} replicas)" if n > 1 else "") + " ...")
     configs = [config] if n == 1 else replica_configs(config, n)
-    with managed_replicas(configs, say) as servers:
+    with managed_replicas(behind_router(configs) if routed else configs, say,
+                          RoutedServer if routed else ManagedServer) as servers:
         for s in servers:
             say(f"vLLM ready at {s.base_url} after {s.startup_s:.0f}s")
-        yield _urls(servers), _describe(servers), servers
+        with managed_router([s.base_url for s in servers], policy, spec.server.router_args, say,
+                            replicas=servers) if routed else contextlib.nullcontext():
+            yield _urls(servers), _describe(servers), servers
 
 
 def _urls(servers: Sequence[ManagedServer]) -> str | list[str]:
+    """The URL the run talks to: the router in front of the replicas, the one server, or each."""
+    router = getattr(servers[0], "router", None) if servers else None
+    if isinstance(router, ManagedRouter):
+        return router.base_url
     return servers[0].base_url if len(servers) == 1 else [s.base_url for s in servers]
 
 
 def _describe(servers: Sequence[ManagedServer]) -> dict[str, Any]:
     if len(servers) == 1:
         return servers[0].describe()
-    return {"managed": True, "servers": [s.describe() for s in servers]}
+    return {"managed": True, "servers": [s.describe() for s in servers],
+            **_router_info(getattr(servers[0], "router", None))}
+
+
+def _router_info(router: object) -> dict[str, Any]:
+    return {"router": router.describe()} if isinstance(router, ManagedRouter) else {}
+
+
+def _same_questions(store: Store, run_id: str, content: str) -> None:
+    """A resumed run must ask what it asked before: a corpus whose content changed (another book
+    file, a new generator version) would mix answers to different questions under one id."""
+    row = store.con.execute("SELECT json_extract_string(corpus_params, '$.content_sha256') FROM runs "
+                            "WHERE run_id = ?", [run_id]).fetchone()
+    if row and row[0] and row[0] != content:
+        raise ValueError(f"run {run_id}: the corpus content changed since the run started (sha256 "
+                         f"{row[0][:12]} -> {content[:12]}); its stored answers are to other questions. "
+                         "Use another --db, or delete the run's rows")
 
 
 def _content_sha(spec: RunSpec, corpus: Corpus) -> str | None:
@@ -124,8 +162,11 @@ async def execute_async(
         pool.plan(corpus.examples, corpus.documents)  # each document's replica, fixed up front
         server_info |= pool.describe()
         pipelines = [build_pipeline(p) for p in spec.pipelines]
+        run_id = spec.run_id(_content_sha(spec, corpus))
+        content = corpus.content_sha256()
+        _same_questions(store, run_id, content)
         return await run(
-            run_id=spec.run_id(_content_sha(spec, corpus)),
+            run_id=run_id,
             corpus=corpus,
             pipelines=pipelines,
             backend=backend,
@@ -134,7 +175,7 @@ async def execute_async(
                 "model": spec.server.model,
                 "base_url": ",".join(urls),
                 "spec": spec.model_dump(mode="json"),
-                "corpus_params": dict(corpus.params),
+                "corpus_params": {**corpus.params, "content_sha256": content},
                 "server": server_info,
             },
             metric_names=spec.metrics,
@@ -146,6 +187,7 @@ async def execute_async(
             ),
             health=pool.health,
             schedule=spec.schedule,
+            isolate_cache=spec.cache_isolation == "document",
             pool=pool,
             watch=Watch(
                 say=say if say and not sys.stderr.isatty() else None,  # a terminal has its live bar
@@ -277,10 +319,14 @@ def execute(
     with Store(db) as store, up_for_run as srv:
 
         def attempt(urls: str | Sequence[str], info: dict[str, Any], retry: bool) -> RunResult:
-            return asyncio.run(execute_async(
+            before = routing_counters(info)  # {} unless a router of ours fronts the run
+            result = asyncio.run(execute_async(
                 spec, store, urls, info, data_dir=data_dir, retry_errors=retry, progress=progress,
                 say=say,
             ))
+            if routed := session_routing(before, info):  # where the router sent this session's requests
+                store.add_server_stats(result.run_id, routed)
+            return result
 
         try:
             return attempt(srv.url, srv.info, retry_errors)

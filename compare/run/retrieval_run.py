@@ -45,6 +45,11 @@ async def evaluate(
     tok = LocalTokenizer(spec.server.model)
     corpus = await build_corpus(spec, tok, data_dir)  # type: ignore[arg-type]
     rag_specs = [p for p in spec.pipelines if isinstance(p, RagSpec)] or [RagSpec()]
+    if corpus.params.get("builder") == "beir":
+        # A BEIR question names its relevant documents among many: the search must be over the
+        # whole corpus (a per-document search looks only where the answer is: recall 1 for
+        # free). The scope used is in every row's params, as always.
+        rag_specs = [p.model_copy(update={"scope": "corpus"}) for p in rag_specs]
     configs = [build_pipeline(p) for p in rag_specs]
     rows = await evaluate_retrieval_async(
         corpus, [c for c in configs if isinstance(c, RagPipeline)], ks, budgets=budgets,

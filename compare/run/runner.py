@@ -24,8 +24,9 @@ from compare.core import metrics as metric_registry
 from compare.core.protocols import Indexed, Pipeline
 from compare.core.types import Corpus, Example, Prediction
 from compare.run.heartbeat import InFlight, Watch, heartbeat
-from compare.serving.client import HttpBackend, first_token_hook, metric_deltas
+from compare.serving.client import HttpBackend, cache_salt, first_token_hook, metric_deltas
 from compare.serving.pool import Lane, Pool
+from compare.serving.replicas import FINGERPRINT_PREFIX
 from compare.serving.schedule import Schedule, plan_run
 from compare.store.db import Store
 
@@ -93,8 +94,12 @@ async def run(
     schedule: Schedule = "given",
     pool: Pool | None = None,
     watch: Watch | None = None,
+    isolate_cache: bool = False,
 ) -> RunResult:
     """Ask every example of every pipeline that the store does not already hold.
+
+    `isolate_cache`: each (pipeline config, document) gets its own vLLM cache salt, so a
+    document's first request is cold by construction and only its own later questions are warm.
 
     `schedule` orders (and gates) the requests for prefix-cache reuse (compare/serving/schedule.py);
     `pool` spreads them over replicas by document, `concurrency` slots each (compare/serving/pool.py).
@@ -124,10 +129,16 @@ async def run(
     ctx = _RunContext(
         run_id=run_id, store=store, resumed=resumed, params=params, metrics=metrics, policy=policy,
         health=health, progress=progress, lane_of=lane_of, total=len(todo), result=result,
-        seq=store.next_seq(run_id),
+        seq=store.next_seq(run_id), isolate_cache=isolate_cache,
     )
     await _drive(ctx, todo, lanes, concurrency == 1 and len(lanes) == 1, watch, before)
     return result
+
+
+def salt_for(run_id: str, params_hash: str, doc_ids: Sequence[str]) -> str:
+    """One salt per (run, pipeline config, documents): a pipeline's later questions on a document
+    reuse its cache; nothing else (another document, another pipeline) can warm it."""
+    return hashlib.sha256("\0".join([run_id, params_hash, *doc_ids]).encode()).hexdigest()[:24]
 
 
 def _doc_tokens(corpus: Corpus) -> dict[str, int] | None:
@@ -183,6 +194,7 @@ class _RunContext:
     total: int
     result: RunResult
     seq: int
+    isolate_cache: bool = False
     writer: RowWriter = field(default_factory=lambda: RowWriter())
     flights: InFlight = field(init=False)
 
@@ -202,17 +214,20 @@ class _RunContext:
                 lane.dispatcher.prefilled(i)
 
             hook = first_token_hook.set(on_first_token)
+            salt = cache_salt.set(salt_for(self.run_id, h, ex.doc_ids) if self.isolate_cache else None)
             try:
                 pred, attempts = await _attempts(pipe, ex, lane.backend, self.policy)
             finally:
                 first_token_hook.reset(hook)
+                cache_salt.reset(salt)
                 self.flights.end(i)
         progress, total = self.progress, self.total
         self.writer.submit(
             (lambda: progress(label, self.writer.written, total)) if progress else None,
             self.store.add_prediction, self.run_id, ex.id, pipe.name, h, self.params[id(pipe)], pred,
             seq=self.seq, resumed=self.resumed, started_at=started, attempts=attempts,
-            scores=metric_registry.score(self.metrics, ex, pred), replica=lane.name, role=pipe.role,
+            scores=metric_registry.score(self.metrics, ex, pred), replica=_replica(pred, lane.name),
+            role=pipe.role,
         )
         self.seq += 1
         self.result.done += 1
@@ -226,6 +241,14 @@ class _RunContext:
             raise ServerDown(f"server stopped answering during the run ({pred.error})")
         if self.policy.on_error == "stop":
             raise RunStopped(f"stopped on the first error (on_error=stop): {ex.id} {pipe.name}: {pred.error}")
+
+
+def _replica(pred: Prediction, lane: str) -> str:
+    """Which replica answered: behind a router, the one the response names (managed replicas set
+    their system_fingerprint, compare/serving/replicas.py: ragvslc-replica-<i>, i = runs.server
+    router.workers order); else the lane's URL, as before."""
+    fp = pred.completion.served_by if pred.completion is not None else None
+    return fp if fp and fp.startswith(FINGERPRINT_PREFIX) else lane
 
 
 async def _drive(

@@ -62,6 +62,13 @@ class ServerSpec(Strict):
     # Managed servers of the model, each on its own cores/GPUs (no base_url): like base_url,
     # where the servers live is recorded with the run but is not part of its id.
     replicas: Annotated[int, Field(ge=1, le=64)] = 1
+    # How requests reach several replicas: a vllm-router in front of them with this policy
+    # (compare/serving/router.py), or "client": ragvslc's own document affinity
+    # (compare/serving/pool.py). None: "cache_aware" for managed replicas, "client" for a list
+    # of base URLs (as before the field). router_args: more vllm-router flags. Like replicas,
+    # how requests are spread is recorded with the run (runs.server), not part of its id.
+    router: Literal["cache_aware", "consistent_hash", "round_robin", "power_of_two", "client"] | None = None
+    router_args: list[str] = Field(default_factory=list)
     # Any OpenAI-compatible endpoint (a hosted API): the NAME of the variable that holds its key
     # (never the key), extra headers (a value may be "${VAR}", expanded at run time and stored
     # as written), which generation-cap parameter it takes, and the local tokenizer that counts
@@ -77,6 +84,13 @@ class ServerSpec(Strict):
     def _replicas_are_managed(self) -> ServerSpec:
         if self.replicas > 1 and self.base_url:
             raise ValueError("replicas starts managed servers; with base_url, list every replica's URL")
+        return self
+
+    @model_validator(mode="after")
+    def _router_args_need_a_router(self) -> ServerSpec:
+        # Whether there are several replicas is known only at run time (--base-url may list them).
+        if self.router_args and self.router == "client":
+            raise ValueError("router_args are vllm-router flags; router = \"client\" starts no router")
         return self
 
 
@@ -107,6 +121,10 @@ class RunSpec(Strict):
     # Request order: "prefix" groups prompts sharing a prefix (compare/serving/schedule.py), "given" is
     # corpus order. It changes latency and cache hits, so it is part of the run id.
     schedule: Literal["prefix", "given"] = "prefix"
+    # "document": every (pipeline, document) gets its own vLLM cache salt, so a cold request is
+    # cold by construction (no sibling document or other pipeline warms it); "shared": requests
+    # share the prefix cache freely, as runs did before the field (their run ids are kept).
+    cache_isolation: Literal["document", "shared"] = "document"
 
     @model_validator(mode="before")
     @classmethod
@@ -125,6 +143,8 @@ class RunSpec(Strict):
         data = self.model_dump(mode="json", exclude=set(NOT_IN_RUN_ID))
         data["server"].pop("base_url", None)
         data["server"].pop("replicas", None)
+        data["server"].pop("router", None)  # how requests reach the replicas, like replicas
+        data["server"].pop("router_args", None)
         for where_not_what in ("api_key_env", "headers", "token_param"):
             data["server"].pop(where_not_what, None)
         if data["server"].get("tokenizer") is None:  # the server's own /tokenize, as before the field
@@ -133,6 +153,8 @@ class RunSpec(Strict):
             data["server"].pop("dtype")
         if corpus_sha256 is not None:
             data["corpus"]["sha256"] = corpus_sha256
+        if data.get("cache_isolation") == "shared":  # runs from before the field shared the cache
+            data.pop("cache_isolation")
         if data.get("schedule") == "given":  # runs from before the field existed ran in corpus order
             data.pop("schedule")
         blob = json.dumps(data, sort_keys=True)

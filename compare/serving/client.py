@@ -50,6 +50,11 @@ SERVER_COUNTERS: tuple[str, ...] = (
 # prompt has been prefilled (and, with prefix caching, is reusable by requests sent after it).
 # A context variable rather than an argument, so pipelines need not thread it through.
 first_token_hook: ContextVar[Callable[[], None] | None] = ContextVar("first_token_hook", default=None)
+# vLLM's `cache_salt` for the request running in this context: requests with different salts
+# share no prefix-cache block, so a document's first request is cold by construction (not warmed
+# by a sibling document's identical haystack prefix) while its later questions, sent with the
+# same salt, are warm. Set by the runner per (pipeline config, document); only vLLM gets it.
+cache_salt: ContextVar[str | None] = ContextVar("cache_salt", default=None)
 
 
 @dataclass(frozen=True)
@@ -62,6 +67,7 @@ class StreamChunk:
     cached_tokens: int | None = None
     output_tokens: int | None = None
     cache_write_tokens: int | None = None
+    served_by: str | None = None
 
 
 def collect_stream(start: float, chunks: Iterable[tuple[float, StreamChunk]]) -> Completion:
@@ -80,8 +86,10 @@ def collect_stream(start: float, chunks: Iterable[tuple[float, StreamChunk]]) ->
     cached: int | None = None
     output_tokens: int | None = None
     written: int | None = None
+    served_by: str | None = None
     text_chunks = 0
     for ts, chunk in chunks:
+        served_by = chunk.served_by or served_by
         if chunk.finish_reason is not None:
             finish = chunk.finish_reason
         if chunk.prompt_tokens is not None:
@@ -119,6 +127,7 @@ def collect_stream(start: float, chunks: Iterable[tuple[float, StreamChunk]]) ->
         itl_s=tuple(itl),
         finish_reason=finish,
         cache_write_tokens=written,
+        served_by=served_by,
     )
 
 
@@ -132,10 +141,11 @@ def chunk_from_openai(raw: Any) -> StreamChunk:
         finish = choice.finish_reason
     usage = getattr(raw, "usage", None)
     got = read_usage(usage.model_dump() if hasattr(usage, "model_dump") else usage) if usage else None
+    fp = getattr(raw, "system_fingerprint", None)
     if got is None:
-        return StreamChunk(text=text, finish_reason=finish)
+        return StreamChunk(text=text, finish_reason=finish, served_by=fp)
     return StreamChunk(text=text, finish_reason=finish, prompt_tokens=got.prompt, cached_tokens=got.cached,
-                       output_tokens=got.output, cache_write_tokens=got.cache_write)
+                       output_tokens=got.output, cache_write_tokens=got.cache_write, served_by=fp)
 
 
 def parse_metrics(text: str, names: Sequence[str] = SERVER_COUNTERS) -> dict[str, float]:
@@ -250,6 +260,8 @@ class HttpBackend:
         self, messages: Sequence[Message], max_tokens: int, temperature: float, seed: int
     ) -> Completion:
         cap = "max_completion_tokens" if self._token_param == "max_completion_tokens" else "max_tokens"
+        salt = cache_salt.get()
+        extra = {"extra_body": {"cache_salt": salt}} if salt and self._has("vllm") else {}
         start = time.perf_counter()
         try:
             stream = await self._client.chat.completions.create(  # type: ignore[call-overload]
@@ -260,6 +272,7 @@ class HttpBackend:
                 stream=True,
                 stream_options={"include_usage": True},
                 **{cap: max_tokens},
+                **extra,
             )
             hook = first_token_hook.get()
             timed: list[tuple[float, StreamChunk]] = []

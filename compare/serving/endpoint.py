@@ -15,14 +15,14 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
+from compare.core.endpoints import DEFAULT_KEY_ENV, KeyNotSet, api_url, read_key
 from compare.core.errors import BackendError
 
 TokenParam = Literal["auto", "max_tokens", "max_completion_tokens"]
-DEFAULT_KEY_ENV = "OPENAI_API_KEY"
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
-class EndpointConfigError(ValueError):
+class EndpointConfigError(KeyNotSet):
     """An endpoint that cannot be used as configured (a key variable that is not set)."""
 
 
@@ -49,8 +49,7 @@ class Endpoint:
 
     @property
     def api_url(self) -> str:
-        url = self.base_url.rstrip("/")
-        return url + "/v1" if urlsplit(url).path in ("", "/") else url
+        return api_url(self.base_url)
 
     @property
     def root_url(self) -> str:
@@ -60,13 +59,10 @@ class Endpoint:
     def key(self) -> str:
         """The key from its variable. vLLM needs none ("EMPTY" is sent); a variable the user
         named explicitly must be set, or the run would fail every request with a 401."""
-        value = os.environ.get(self.api_key_env)
-        if value:
-            return value
-        if self.api_key_env != DEFAULT_KEY_ENV:
-            raise EndpointConfigError(f"the API key variable {self.api_key_env} is not set "
-                                      f"(export {self.api_key_env}=... for {self.api_url})")
-        return "EMPTY"
+        try:
+            return read_key(self.api_key_env, self.api_url)
+        except KeyNotSet as exc:
+            raise EndpointConfigError(str(exc)) from None
 
     def resolved_headers(self) -> dict[str, str]:
         """Extra headers with `${VAR}` taken from the environment (stored unexpanded)."""

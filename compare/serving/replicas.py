@@ -8,6 +8,12 @@ balancer does not guarantee. On the CPU build the cores are split the same way
 
 The binding is part of each server's recorded description (runs.server), like every other
 server knob.
+
+Replicas behind vLLM's router (compare/serving/router.py) get two more flags (`behind_router`):
+`--enable-scale-out`, because the router's cache-aware policy asks each worker to render a chat
+request into tokens (`/v1/chat/completions/render`) and routes every request to one worker when
+it cannot; and a fingerprint naming the replica (`--fingerprint-mode custom`), because no router
+header names the worker: every response's `system_fingerprint` does instead.
 """
 
 from __future__ import annotations
@@ -78,14 +84,32 @@ def replica_configs(config: ServerConfig, n: int) -> list[ServerConfig]:
     return [replace(config, env_extra=e) for e in envs]
 
 
+FINGERPRINT_PREFIX = "ragvslc-replica-"
+
+
+def behind_router(configs: Sequence[ServerConfig]) -> list[ServerConfig]:
+    """The replicas as a router needs them: chat rendering for its cache-aware policy, and each
+    one's name in every response (`system_fingerprint` = ragvslc-replica-<i>, i in worker order).
+    Flags the user already set win (vLLM takes the last occurrence, so ours go first)."""
+    out = []
+    for i, c in enumerate(configs):
+        named = {a.partition("=")[0] for a in c.extra_args}
+        ours = [] if "--enable-scale-out" in named else ["--enable-scale-out"]
+        if "--fingerprint-mode" not in named:
+            ours += ["--fingerprint-mode", "custom", "--fingerprint-value", f"{FINGERPRINT_PREFIX}{i}"]
+        out.append(replace(c, extra_args=(*ours, *c.extra_args)))
+    return out
+
+
 @contextlib.contextmanager
 def managed_replicas(
-    configs: Sequence[ServerConfig], progress: Callable[[str], None]
+    configs: Sequence[ServerConfig], progress: Callable[[str], None],
+    server_type: type[ManagedServer] = ManagedServer,
 ) -> Iterator[list[ManagedServer]]:
     """Launch every replica at once (they load side by side), then wait for each; stop them
     all on exit, and all of them if one fails to start. Launched from this thread, not a pool:
     a server dies with the thread that forked it (PR_SET_PDEATHSIG)."""
-    servers = [ManagedServer(c, progress=progress) for c in configs]
+    servers = [server_type(c, progress=progress) for c in configs]
     with contextlib.ExitStack() as stack:
         for s in servers:
             stack.callback(s.stop)

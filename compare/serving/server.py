@@ -195,14 +195,8 @@ class ManagedServer:
             # Otherwise /health of whatever holds the port would pass for our server's.
             raise ServerError(f"port {self.port} on 127.0.0.1 is already in use; pick another --port")
         self.progress(self.settings_line())
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        log = self.log_path.open("wb")
         self._t0 = time.monotonic()
-        self.proc = subprocess.Popen(
-            self.command(), stdout=log, stderr=subprocess.STDOUT, env=self.config.env(),
-            start_new_session=True, preexec_fn=_die_with_parent,
-        )
-        log.close()
+        self.proc = spawn(self.command(), self.config.env(), self.log_path)
 
     def wait_ready(self) -> ManagedServer:
         """Block until /health answers (stopping the server if it never does)."""
@@ -251,23 +245,8 @@ class ManagedServer:
 
     def stop(self, grace_s: float = 20.0) -> None:
         proc, self.proc = self.proc, None
-        if proc is None:
-            return
-        if proc.poll() is not None:
-            # The leader is gone, but its engine process may live on in the group: reap it.
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            return
-        for sig, wait in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 10.0)):
-            try:
-                os.killpg(proc.pid, sig)
-            except ProcessLookupError:
-                return
-            try:
-                proc.wait(timeout=wait)
-                return
-            except subprocess.TimeoutExpired:
-                continue
+        if proc is not None:
+            stop_group(proc, grace_s)
 
     def __enter__(self) -> ManagedServer:
         return self.start()
@@ -276,6 +255,38 @@ class ManagedServer:
         self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.stop()
+
+
+def spawn(command: Sequence[str], env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
+    """Start a helper process (a vLLM server, the router) that cannot outlive us: its own process
+    group (so stop_group reaches its children too) and a parent-death signal (so even `kill -9`
+    of the CLI takes it down); stdout and stderr go to `log_path`."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("wb") as log:
+        return subprocess.Popen(
+            list(command), stdout=log, stderr=subprocess.STDOUT, env=env,
+            start_new_session=True, preexec_fn=_die_with_parent,
+        )
+
+
+def stop_group(proc: subprocess.Popen[bytes], grace_s: float = 20.0) -> None:
+    """SIGTERM the process group, SIGKILL it after `grace_s`: the group, because a vLLM server's
+    engine (and whatever else a helper forks) lives on if only the leader is signalled."""
+    if proc.poll() is not None:
+        # The leader is gone, but its engine process may live on in the group: reap it.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        return
+    for sig, wait in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 10.0)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
 
 
 def parse_id_list(spec: str) -> list[int]:

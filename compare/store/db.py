@@ -66,6 +66,7 @@ class Store:
 
     def __init__(self, path: Path | str, *, read_only: bool = False) -> None:
         self.path = Path(path)
+        self.session: int | None = None  # set by start_run: the session rows are written in
         if not read_only:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         elif not self.path.exists():
@@ -138,8 +139,12 @@ class Store:
         corpus_params: Mapping[str, Any],
         server: Mapping[str, Any],
     ) -> bool:
-        """Create the run, or mark an existing one as resumed. Returns True when resuming."""
+        """Create the run, or mark an existing one as resumed. Returns True when resuming.
+
+        Either way a session is appended to run_sessions (runs.server keeps the latest, for
+        readers of older files); rows written from now on name it (`predictions.session`)."""
         exists = self.con.execute("SELECT 1 FROM runs WHERE run_id = ?", [run_id]).fetchone()
+        self._session(run_id, server, corpus_params)
         if exists:
             self.con.execute(
                 "UPDATE runs SET status = 'running', finished_at = NULL, server = ? WHERE run_id = ?",
@@ -153,6 +158,23 @@ class Store:
             "server": json.dumps(server, default=str),
         }])
         return False
+
+    def _session(self, run_id: str, server: Mapping[str, Any], corpus_params: Mapping[str, Any]) -> None:
+        row = self.con.execute("SELECT coalesce(max(session), -1) + 1 FROM run_sessions WHERE run_id = ?",
+                               [run_id]).fetchone()
+        self.session = int(row[0]) if row else 0
+        self.insert("run_sessions", [{
+            "run_id": run_id, "session": self.session, "started_at": _now(), "git_sha": git_sha(),
+            "server": json.dumps(server, default=str),
+            "corpus_params": json.dumps(corpus_params, default=str),
+        }])
+
+    def sessions(self, run_id: str) -> list[dict[str, Any]]:
+        """The run's configuration history, oldest first."""
+        cur = self.con.execute("SELECT session, started_at, git_sha, server, corpus_params FROM run_sessions "
+                               "WHERE run_id = ? ORDER BY session", [run_id])
+        cols = [c[0] for c in cur.description]
+        return [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]
 
     def finish_run(self, run_id: str, status: str) -> None:
         self.con.execute(
@@ -240,7 +262,7 @@ class Store:
         """Write a prediction and its scores in one transaction (replacing a failed attempt).
         `role` is the pipeline's declared role (the runner always gives it; rows without one are
         read with the legacy mapping of compare/store/views.py)."""
-        meta = RowMeta(run_id, params, role, seq, resumed, started_at, attempts, replica)
+        meta = RowMeta(run_id, params, role, seq, resumed, started_at, attempts, replica, self.session)
         row = prediction_row((example_id, pipeline, params_hash), pred, meta)
         where = "run_id = ? AND example_id = ? AND pipeline = ? AND params_hash = ?"
         ids = [run_id, example_id, pipeline, params_hash]
@@ -294,6 +316,8 @@ class Store:
             "SELECT coalesce(max(session), -1) + 1 FROM server_stats WHERE run_id = ?", [run_id]
         ).fetchone()
         session = int(row[0]) if row else 0
+        if self.session is not None:  # the same number as run_sessions, when the run started here
+            session = max(session, self.session)
         self.insert("server_stats", [{"run_id": run_id, "session": session, "name": k, "value": float(v)}
                                      for k, v in stats.items()])
 
@@ -308,7 +332,11 @@ class Store:
         rows = [
             {"run_id": run_id, "pipeline": pipeline, "params_hash": params_hash, "doc_id": doc_id,
              "build_s": float(s["build_s"]), "n_chunks": int(s["n_chunks"]), "bytes": int(s["bytes"]),
-             "cache_hit": bool(s["cache_hit"])}
+             "cache_hit": bool(s["cache_hit"]),
+             # what embedding took (NULL where the pipeline did not say, e.g. a llama-index build)
+             "embed_tokens": None if s.get("embed_tokens") is None else int(s["embed_tokens"]),
+             "embed_model": s.get("embed_model"),
+             "embed_s": None if s.get("embed_s") is None else float(s["embed_s"])}
             for doc_id, s in stats.items()
         ]
         self.insert("index_stats", rows, verb="INSERT OR REPLACE")
@@ -327,6 +355,7 @@ class RowMeta:
     started_at: datetime
     attempts: int = 1
     replica: str | None = None
+    session: int | None = None  # the run session (configuration) that produced the row
 
 
 def prediction_row(key: PredictionKey, pred: Prediction, meta: RowMeta) -> dict[str, Any]:
@@ -350,6 +379,6 @@ def prediction_row(key: PredictionKey, pred: Prediction, meta: RowMeta) -> dict[
         "total_ms": (pred.retrieval_s * 1e3 + e2e_ms) if e2e_ms is not None else None,
         "finish_reason": c.finish_reason if c else None, "retrieved": _spans_json(pred.retrieved),
         "route": pred.route, "seq": meta.seq, "resumed": meta.resumed, "started_at": meta.started_at,
-        "finished_at": _now(), "attempts": meta.attempts, "replica": meta.replica,
+        "finished_at": _now(), "attempts": meta.attempts, "replica": meta.replica, "session": meta.session,
         "steps": json.dumps([st.as_dict() for st in pred.steps]) if pred.steps else None,
     }

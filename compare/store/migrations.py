@@ -148,4 +148,27 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
     # Tokens a request wrote to a provider's prompt cache (usage's cache-creation count, where
     # the endpoint reports one): a hosted cache write is priced above a plain input token.
     ("prediction_cache_write_tokens", "ALTER TABLE predictions ADD COLUMN cache_write_tokens INTEGER;"),
+    # What embedding an index took (pipelines/index.py BuildStats): the tokens embedded (an
+    # endpoint's usage, or the local tokenizer's count; NULL: not known), the endpoint model that
+    # embedded them (NULL: in-process, priced by time) and the embedding seconds within build_s.
+    ("index_stats_embeddings", """
+    ALTER TABLE index_stats ADD COLUMN embed_tokens BIGINT;
+    ALTER TABLE index_stats ADD COLUMN embed_model VARCHAR;
+    ALTER TABLE index_stats ADD COLUMN embed_s DOUBLE;
+    """),
+    # Every session of a run (the first, and each resume) with the configuration it ran with:
+    # a resume against another server appends here instead of overwriting runs.server, and each
+    # prediction row names the session (configuration) that produced it.
+    ("run_sessions", """
+    CREATE TABLE run_sessions (
+        run_id VARCHAR NOT NULL,
+        session INTEGER NOT NULL,
+        started_at TIMESTAMP NOT NULL,
+        git_sha VARCHAR,
+        server JSON NOT NULL,
+        corpus_params JSON NOT NULL,
+        PRIMARY KEY (run_id, session)
+    );
+    ALTER TABLE predictions ADD COLUMN session INTEGER;
+    """),
 )

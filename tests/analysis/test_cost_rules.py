@@ -31,7 +31,8 @@ import duckdb
 import pytest
 
 from compare.analysis import prices, summary
-from compare.analysis.cost import PriceSheet, Tier, break_even, cost_report, cost_table
+from compare.analysis.cache_terms import CacheUse
+from compare.analysis.cost import CacheWrite, PriceSheet, Tier, break_even, cost_report, cost_table
 from compare.analysis.prices import ChosenSheet, sheet_json
 from compare.analysis.recommend import recommend
 from compare.analysis.workload import Workload
@@ -267,3 +268,33 @@ def _toml(sheet: PriceSheet) -> str:
     head = "\n".join(f"{k} = {json.dumps(data[k])}" for k in ("name", "source", "note"))
     api, hosted = section("api", data["api"]), section("self_hosted", data["self_hosted"])
     return f"{head}\ndate = {data['date']}\n{api}\n{hosted}\n"
+
+
+# issue #15: a cache-writing sheet (5-min write at 1.25x, storage) keeps the three in agreement,
+# with no rate (cost and the report) and with the workload's rate (cost_table told the same).
+WRITING = FULL.model_copy(update={"api": FULL.api.model_copy(update={  # type: ignore[union-attr]
+    "cache_writes": [CacheWrite(ttl_minutes=5, input_multiplier=1.25)], "cache_ttl_minutes": 5.0})})
+
+
+@pytest.mark.parametrize("run", ["order", "order-rev", "evict", "route"])
+def test_a_cache_writing_sheet_gives_the_same_dollars_everywhere(db: Path, tmp_path: Path, run: str) -> None:
+    path = tmp_path / "writing.toml"
+    path.write_text(_toml(WRITING) + "[[api.cache_writes]]\nttl_minutes = 5\ninput_multiplier = 1.25\n")
+    sheet, qs, use = prices.load_price_sheet(path), (1, 3, 10), CacheUse(queries_per_doc_per_hour=2.0)
+    assert sheet == WRITING
+    cli = {r["label"]: r for r in cost_report(db, [run], path, qs) if r["view"] == "api"}
+    with duckdb.connect(str(db), read_only=True) as c:
+        data = dashboard.cost_data(c, [run], ChosenSheet(sheet, "test"), qs)
+        told = {r["label"]: r for r in cost_table(c, [run], sheet, qs, use) if r["view"] == "api"}
+    assert data is not None
+    page = {r["label"]: r for r in data.table if r["view"] == "api"}
+    for q in qs:
+        plain = {r["strategy"]: r for r in recommend(db, _workload(path, q), [run], view="api").rows}
+        rated_wl = _workload(path, q).model_copy(update={"queries_per_doc_per_hour": 2.0})
+        rated = {r["strategy"]: r for r in recommend(db, rated_wl, [run], view="api").rows}
+        for label, row in cli.items():
+            want = row[f"usd_per_query_q{q}"]
+            assert dashboard.usd_at(page[label], q) == pytest.approx(want, rel=1e-9, abs=0)
+            assert plain[label]["usd_per_1k"] / 1000 == pytest.approx(want, rel=1e-9, abs=0)
+            got = rated[label]["usd_per_1k"] / 1000
+            assert got == pytest.approx(told[label][f"usd_per_query_q{q}"], rel=1e-9, abs=0), (label, q)

@@ -20,7 +20,7 @@ def _lengths(rows: list[tuple[str, float, float]]) -> pd.DataFrame:
 def test_effective_length_is_the_longest_length_keeping_85_percent() -> None:
     got = effective_lengths(_lengths([
         ("lc", 1000, 1.0), ("lc", 2000, 0.9), ("lc", 4000, 0.84), ("lc", 8000, 0.95),  # 0.84 < 0.85: stops
-        ("rag", 1000, 0.6), ("rag", 2000, 0.52), ("rag", 4000, 0.51), ("rag", 8000, 0.50),  # 0.51 = 85% of 0.6
+        ("rag", 1000, 0.6), ("rag", 2000, 0.52), ("rag", 4000, 0.51), ("rag", 8000, 0.50),  # 0.51 = 85%
         ("zero", 1000, 0.0), ("zero", 2000, 1.0),
     ]), "headline")
     assert got == [EffectiveLength("lc", 2000.0, 8000.0, 1.0), EffectiveLength("rag", 4000.0, 8000.0, 0.6),

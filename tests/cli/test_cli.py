@@ -120,7 +120,11 @@ def test_run_json_and_fail_on_error(server_url: str, tmp_path: Path) -> None:
     assert (json.loads(again.stdout)["skipped"], json.loads(again.stdout)["errors"]) == (2, 0)
 
 
-def test_version_help_and_environment_variables(tmp_path: Path) -> None:
+def test_version_help_and_environment_variables(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # `--home` sets RAGVSLC_HOME for the engine of this process: restored after the test, or
+    # every later test would prepare (convert) the model again in this test's empty cache.
+    monkeypatch.setenv("RAGVSLC_HOME", "recorded")  # records the value to restore (or its absence)
+    monkeypatch.delenv("RAGVSLC_HOME")
     version = _cli("--version")
     assert version.returncode == 0
     assert version.stdout.startswith(f"ragvslc {importlib.metadata.version('ragvslc')}")

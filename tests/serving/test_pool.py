@@ -89,7 +89,7 @@ def test_two_managed_replicas_keep_each_document_on_one_replica(tmp_path: Path) 
     spec = validate_spec({
         "corpus": {"kind": "jsonl", "path": str(book_corpus_dir(tmp_path))},
         "pipelines": [{"kind": "long_context", "max_tokens": 4}],
-        "server": {"replicas": 2, "max_model_len": 2048, "kv_cache_gib": 1},
+        "server": {"replicas": 2, "max_model_len": 2048, "kv_cache_gib": 1, "router": "client"},
         "concurrency": 2,
     })
     db = tmp_path / "pool.duckdb"

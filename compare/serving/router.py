@@ -1,0 +1,374 @@
+"""vLLM's own router (`vllm-router`) in front of several replicas, started and stopped with a run.
+
+A deployment with several replicas already has a router; measuring the one users run (the vLLM
+project's Rust load balancer: cache-aware, consistent-hash, round-robin and power-of-two
+policies, health checks, retries, circuit breakers) says more than re-implementing one. The run
+talks to the router's one URL, so the same run works against a router a user already operates
+(`--base-url http://router:port`); ragvslc's own document affinity (compare/serving/pool.py) is
+the `client` policy, kept to be measured against it (benchmarks/router.py).
+
+What vllm-router 0.1.17 tells and does not tell, checked here against real vLLM servers:
+
+- No response header names the worker that served a request: the headers are the worker's,
+  passed through (plus `x-request-id`).
+- `/metrics` on the router's port is one worker's `/metrics`, a different worker on each scrape,
+  so counters read through it are not the run's. The router's own Prometheus endpoint
+  (`--prometheus-port`) counts per worker: requests processed, policy decisions,
+  circuit-breaker failures, health, retries.
+- `cache_aware` matches token prefixes that it asks each worker for at
+  `/v1/chat/completions/render`, which vLLM serves only with `--enable-scale-out`; without it
+  every chat request is "missing_tokens" and they all go to one worker. Replicas started behind
+  a router get the flag (compare/serving/replicas.py).
+- `consistent_hash` hashes an `x-session-id` header (or the body's `user`); chat requests without
+  either all hash to the same key, so one worker gets everything.
+- `/health` is 503 as soon as one worker is unhealthy (`/readiness` stays 200 while one is up).
+
+So which replica served how much is measured from per-replica `/metrics` deltas, scraped from
+the replicas themselves, and from the router's per-worker counters (`routing_counters`), both
+recorded per run session as `replica<i>/...` (the same names the client pool uses). Per row,
+managed replicas name themselves in every response (vLLM's `system_fingerprint`, set per replica
+by compare/serving/replicas.py): that is the one in-band signal a client can record per row.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.metadata
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Literal, cast, get_args
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
+from compare.serving.client import SERVER_COUNTERS, parse_metrics
+from compare.serving.server import (
+    ManagedServer,
+    ServerError,
+    free_port,
+    port_in_use,
+    spawn,
+    stop_group,
+    tail,
+)
+from compare.serving.weights import models_dir
+
+RouterPolicy = Literal["cache_aware", "consistent_hash", "round_robin", "power_of_two"]
+POLICIES: tuple[str, ...] = get_args(RouterPolicy)
+DIST = "vllm-router"
+
+# Set unless the spec's router_args name them: the defaults (a check a minute, three failures)
+# keep a dead replica in rotation for minutes; the router's own retries hide that from requests
+# but not from its /health. Workers are checked every second at start (default: every 30 s).
+DEFAULT_FLAGS: tuple[tuple[str, str], ...] = (
+    ("--health-check-interval-secs", "5"),
+    ("--health-failure-threshold", "2"),
+    ("--worker-startup-check-interval", "1"),
+    ("--log-level", "info"),
+)
+
+# The router's own Prometheus series that say where requests went (labelled by worker URL).
+ROUTER_SERIES = {
+    "vllm_router_processed_requests": "router:requests",
+    "vllm_router_cb_outcomes": "router:cb",  # split by outcome: success / failure
+    "vllm_router_worker_health": "router:healthy",  # a gauge: 1 healthy, 0 dropped
+}
+
+
+class RouterError(ServerError):
+    """The router could not start; the message carries the end of its log."""
+
+
+def router_version() -> str | None:
+    try:
+        return importlib.metadata.version(DIST)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def router_binary() -> str:
+    """The vllm-router launcher of this environment (beside its Python), else one on PATH."""
+    here = Path(sys.executable).parent / "vllm-router"
+    found = str(here) if here.is_file() else shutil.which("vllm-router")
+    if found is None or router_version() is None:
+        raise RouterError(
+            "vllm-router is not installed (pip install 'ragvslc[router]'; Linux x86-64 wheels "
+            "only); or route by document in the client: [server] router = \"client\""
+        )
+    return found
+
+
+@dataclass(frozen=True)
+class RouterConfig:
+    """Everything about the router that can change where requests go; recorded with the run."""
+
+    workers: tuple[str, ...]
+    policy: RouterPolicy = "cache_aware"
+    extra_args: tuple[str, ...] = ()
+    worker_startup_timeout_s: int = 120
+
+    def args(self, port: int, metrics_port: int) -> list[str]:
+        named = {a.partition("=")[0] for a in self.extra_args}
+        defaults = [x for flag, value in DEFAULT_FLAGS if flag not in named for x in (flag, value)]
+        if "--worker-startup-timeout-secs" not in named:
+            defaults += ["--worker-startup-timeout-secs", str(self.worker_startup_timeout_s)]
+        return [
+            "--host", "127.0.0.1", "--port", str(port),
+            "--worker-urls", *self.workers,
+            "--policy", self.policy,
+            "--prometheus-host", "127.0.0.1", "--prometheus-port", str(metrics_port),
+            *defaults, *self.extra_args,
+        ]
+
+
+class ManagedRouter:
+    """One vllm-router process: its own process group and log, stopped however the run ends
+    (Ctrl-C, kill, error), like ManagedServer (the same spawn / stop_group helpers)."""
+
+    def __init__(
+        self,
+        config: RouterConfig,
+        *,
+        port: int | None = None,
+        startup_timeout_s: float = 180.0,
+        progress: Callable[[str], None] | None = None,
+        log_dir: Path | None = None,
+    ) -> None:
+        if len(config.workers) < 1:
+            raise RouterError("a router needs at least one worker URL")
+        self.config = config
+        self.binary = router_binary()
+        self.version = router_version()
+        self.port = port or free_port()
+        self.metrics_port = free_port()
+        self.startup_timeout_s = startup_timeout_s
+        self.progress = progress or (lambda _msg: None)
+        self._log_dir = log_dir or models_dir().parent / "logs"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.startup_s: float | None = None
+        self._t0 = time.monotonic()
+        self.restarts = 0
+        # Managed replicas behind this router (RoutedServer sets itself here): a restarted one
+        # comes back on a new port, and the router is re-pointed at it.
+        self.replicas: list[ManagedServer] = []
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.metrics_port}/metrics"
+
+    @property
+    def log_path(self) -> Path:
+        return self._log_dir / f"vllm-router-{self.port}.log"
+
+    def command(self) -> list[str]:
+        return [self.binary, *self.config.args(self.port, self.metrics_port)]
+
+    def describe(self) -> dict[str, Any]:
+        """What the store records: the router's version, policy, flags and workers (their order
+        is the `replica<i>` numbering of the per-replica counters)."""
+        return {
+            "router": f"{DIST}=={self.version}", "policy": self.config.policy,
+            "args": self.command()[1:], "workers": list(self.config.workers),
+            "base_url": self.base_url, "metrics_url": self.metrics_url, "startup_s": self.startup_s,
+            "log": str(self.log_path), **({"restarts": self.restarts} if self.restarts else {}),
+            # How "which replica served" is known (no response header names the worker):
+            "replica_attribution": "server_stats replica<i>/...: each replica's /metrics deltas (read "
+                                   "from it) and the router's per-worker counters, per session",
+        }
+
+    def launch(self) -> None:
+        """Start the process and return. From the thread that lives as long as the router should
+        (the parent-death signal fires when the forking *thread* exits)."""
+        if port_in_use(self.port):
+            raise RouterError(f"port {self.port} on 127.0.0.1 is already in use")
+        self.progress(f"vllm-router {self.version} ({self.config.policy}) in front of "
+                      f"{', '.join(self.config.workers)}")
+        self._t0 = time.monotonic()
+        self.proc = spawn(self.command(), _env(), self.log_path)
+
+    def wait_ready(self) -> ManagedRouter:
+        """Until the router answers /readiness (it binds its port only once its workers are
+        healthy); stopped if it never does."""
+        try:
+            self._wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        self.startup_s = round(time.monotonic() - self._t0, 2)
+        return self
+
+    def _wait_ready(self) -> None:
+        while True:
+            if self.proc is None or self.proc.poll() is not None:
+                code = None if self.proc is None else self.proc.returncode
+                raise RouterError(f"vllm-router exited with code {code} during start-up; "
+                                  f"log {self.log_path}:\n{tail(self.log_path)}")
+            if time.monotonic() - self._t0 > self.startup_timeout_s:
+                raise RouterError(f"vllm-router not ready after {self.startup_timeout_s:.0f}s; "
+                                  f"log {self.log_path}:\n{tail(self.log_path)}")
+            try:
+                if httpx.get(f"{self.base_url}/readiness", timeout=2.0).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.25)
+
+    def start(self) -> ManagedRouter:
+        self.launch()
+        return self.wait_ready()
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self, grace_s: float = 10.0) -> None:
+        proc, self.proc = self.proc, None
+        if proc is not None:
+            stop_group(proc, grace_s)
+
+    def repoint(self, workers: Sequence[str]) -> None:
+        """The same router (same port, same policy) in front of another set of workers: a
+        restart, because a policy's view of the workers (cache trees, hash ring) starts over."""
+        self.stop()
+        self.config = replace(self.config, workers=tuple(workers))
+        self.restarts += 1
+        if port_in_use(self.port):  # someone took the port meanwhile: the run follows base_url
+            self.port = free_port()
+        self.metrics_port = free_port()
+        self.start()
+
+    def __enter__(self) -> ManagedRouter:
+        return self.start()
+
+    def __exit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+
+class RoutedServer(ManagedServer):
+    """A managed replica behind a managed router. `execute` restarts a dead replica on a fresh
+    port; the router is then re-pointed, so the run's one URL keeps working."""
+
+    router: ManagedRouter | None = None
+
+    def restart(self) -> None:
+        super().restart()
+        if self.router is not None:
+            self.router.repoint([s.base_url for s in self.router.replicas])
+
+
+def routing_policy(router: str | None, servers: int, *, managed: bool) -> str | None:
+    """How requests reach `servers` replicas: None for one server, "client" for ragvslc's own
+    document affinity (compare/serving/pool.py), else a vllm-router policy. Unset, managed
+    replicas get the router's default (cache_aware) and a list of URLs keeps client affinity."""
+    if servers < 2:
+        if router not in (None, "client"):
+            raise RouterError(f"router = {router!r} spreads requests over replicas: start replicas >= 2 "
+                              "or give several --base-url (for a router you already run: its URL alone)")
+        return None
+    return router or ("cache_aware" if managed else "client")
+
+
+@contextlib.contextmanager
+def managed_router(
+    workers: Sequence[str], policy: str | None, router_args: Sequence[str], say: Callable[[str], None],
+    *, replicas: Sequence[ManagedServer] = (),
+) -> Iterator[ManagedRouter]:
+    """A vllm-router with `policy` in front of `workers` for the block; managed `replicas`
+    (RoutedServer) are tied to it so that restarting one re-points the router."""
+    if policy not in POLICIES:
+        raise RouterError(f"unknown router policy {policy!r}; one of {', '.join(POLICIES)} or client")
+    config = RouterConfig(tuple(workers), cast(RouterPolicy, policy), tuple(router_args))
+    with ManagedRouter(config, progress=say) as router:
+        router.replicas = list(replicas)
+        for s in replicas:
+            if isinstance(s, RoutedServer):
+                s.router = router
+        say(f"vllm-router ({policy}) ready at {router.base_url} after {router.startup_s:.1f}s")
+        yield router
+
+
+def session_routing(before: Mapping[str, float], info: Mapping[str, Any]) -> dict[str, float]:
+    """Where a router of ours sent one session's requests (empty without one): the deltas of
+    `routing_counters` since `before`, stored by the run as a server_stats session of its own."""
+    if not before:
+        return {}
+    after = routing_counters(info)
+    return routing_deltas(before, after) if after else {}
+
+
+def _env() -> dict[str, str]:
+    """The router only speaks HTTP to its workers; nothing of it may reach the network or the
+    Hub (it can load tokenizers), and its log file is plain text."""
+    return {**os.environ, "NO_COLOR": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+
+
+def router_of(info: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """The router section of a run's server description, if a router ragvslc started fronts it."""
+    section = info.get("router")
+    return section if isinstance(section, Mapping) and section.get("workers") else None
+
+
+def routing_counters(info: Mapping[str, Any], timeout_s: float = 10.0) -> dict[str, float]:
+    """Per replica: its own vLLM counters (scraped from it, not through the router) and the
+    router's per-worker counters, as `replica<i>/<name>`; the router's retries as `router:retries`.
+    Empty when no router of ours fronts the run. A replica that does not answer has no entries."""
+    section = router_of(info)
+    if section is None:
+        return {}
+    workers = [str(w) for w in section["workers"]]
+    out: dict[str, float] = {}
+    for i, url in enumerate(workers):
+        for k, v in _scrape(f"{url}/metrics", timeout_s, SERVER_COUNTERS).items():
+            out[f"replica{i}/{k}"] = v
+    text = _get(str(section["metrics_url"]), timeout_s)
+    if text is not None:
+        out |= _router_series(text, workers)
+    return out
+
+
+def _router_series(text: str, workers: Sequence[str]) -> dict[str, float]:
+    index = {w.rstrip("/"): i for i, w in enumerate(workers)}
+    out: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            base = s.name.removesuffix("_total")
+            if base == "vllm_router_retries":
+                out["router:retries"] = out.get("router:retries", 0.0) + float(s.value)
+            name = ROUTER_SERIES.get(base)
+            i = index.get(str(s.labels.get("worker", "")).rstrip("/"))
+            if name is None or i is None:
+                continue
+            key = f"replica{i}/{name}" + (f":{s.labels['outcome']}" if "outcome" in s.labels else "")
+            out[key] = out.get(key, 0.0) + float(s.value)
+    return out
+
+
+def routing_deltas(before: Mapping[str, float], after: Mapping[str, float]) -> dict[str, float]:
+    """Counters as deltas over the session; the health gauge as its value at the end (0: the
+    router dropped that replica during the session)."""
+    return {k: (v if k.endswith("router:healthy") else v - before.get(k, 0.0)) for k, v in after.items()}
+
+
+def _get(url: str, timeout_s: float) -> str | None:
+    try:
+        resp = httpx.get(url, timeout=timeout_s)
+    except httpx.HTTPError:
+        return None
+    return resp.text if resp.status_code == 200 else None
+
+
+def _scrape(url: str, timeout_s: float, names: Sequence[str]) -> dict[str, float]:
+    text = _get(url, timeout_s)
+    return parse_metrics(text, names) if text is not None else {}
