@@ -264,7 +264,10 @@ def test_a_replica_killed_mid_run_loses_no_row(server_url: str, tmp_path: Path) 
     """The router routes around the dead replica; the rows cut with it are retried through the
     router; the run records the failures (circuit breaker, router retries, row attempts)."""
     corpus = {"kind": "jsonl", "path": str(book_corpus_dir(tmp_path))}
-    spec = _spec("round_robin", corpus=corpus, concurrency=2, retries=3, retry_backoff_s=0.2)
+    # The router drops a dead worker after two failed health checks 5 s apart: a row's retries
+    # must outlast that window (backoff 2, 4, 8, 16 s), or a row sent to the dead worker each
+    # time fails honestly, and the test would measure the timing, not the routing.
+    spec = _spec("round_robin", corpus=corpus, concurrency=2, retries=5, retry_backoff_s=2.0)
     with FaultProxy(int(urlparse(server_url).port or 0)) as proxy:
         rows, _, stats, status = _run(tmp_path, spec, [server_url.rstrip("/"), proxy.url], kill=proxy)
     assert status == "done" and len(rows) == 12 and all(err is None for *_, err in rows)
