@@ -16,23 +16,8 @@ from typing import Any
 from compare.run.retrieval_eval import Row, evaluate_retrieval_async
 from compare.run.runner import params_hash
 from compare.run.spec import RagSpec, RunSpec
-from compare.serving import weights as models
+from compare.serving.tokenizers import load_tokenizer
 from compare.store.db import Store
-
-
-class LocalTokenizer:
-    """The `tokenize` part of Backend, answered by the model's tokenizer in-process."""
-
-    def __init__(self, model: str) -> None:
-        from transformers import AutoTokenizer
-
-        self._tok = AutoTokenizer.from_pretrained(str(models.prepare(model)))
-
-    async def tokenize(self, text: str | None = None, *, messages: Any = None) -> int:
-        if messages is not None:
-            ids = self._tok.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=True)
-            return len(ids)
-        return len(self._tok(text or "", add_special_tokens=False).input_ids)
 
 
 async def evaluate(
@@ -42,7 +27,7 @@ async def evaluate(
     from compare.run.execute import build_corpus, build_pipeline
     from pipelines.rag import RagPipeline
 
-    tok = LocalTokenizer(spec.server.model)
+    tok = load_tokenizer(spec.server.tokenizer or spec.server.model)  # the served model's own, in-process
     corpus = await build_corpus(spec, tok, data_dir)  # type: ignore[arg-type]
     rag_specs = [p for p in spec.pipelines if isinstance(p, RagSpec)] or [RagSpec()]
     if corpus.params.get("builder") == "beir":
