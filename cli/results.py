@@ -160,9 +160,14 @@ def score_cmd(
     db: DbOpt = Path("results.duckdb"),
     run: RunOpt = None,
     metric: Annotated[list[str] | None, typer.Option("--metric", help="Metric(s); default all.")] = None,
+    refresh: Annotated[bool, typer.Option(
+        "--refresh/--no-refresh",
+        help="First rebuild each run's corpus and update examples whose gold answers, evidence or "
+             "tags changed while their questions and documents did not.")] = True,
 ) -> None:
     """Recompute scores from stored predictions (no model calls)."""
     from compare.core.metrics import METRICS
+    from compare.run.refresh import refresh_examples
     from compare.run.rescore import rescore
     from compare.store.db import Store, StoreBusyError
 
@@ -170,6 +175,8 @@ def score_cmd(
         fail(f"no database at {db}")
     try:
         with interruptible(), Store(db) as store:
+            for found in refresh_examples(store, run or None) if refresh else []:
+                console.say(found.line())
             n = rescore(store, run or None, metric or list(METRICS))
     except (StoreBusyError, ValueError) as exc:
         fail(str(exc))

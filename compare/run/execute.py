@@ -155,7 +155,7 @@ async def execute_async(
         caps = await _discover(pool, spec, say)
         server_info = {**server_info, "capabilities": caps, "version": await backend.version(),
                        "packages": package_versions()}
-        dims = model_dims(_model_dir(spec))
+        dims = model_dims(model_dir(spec))
         # The probe is two cold prompts: free on our own server, billed on a hosted API.
         measured = await _probe(backend, dims, server_info, say) if caps["vllm"] else None
         corpus = await build_corpus(spec, backend, data_dir)
@@ -266,7 +266,7 @@ async def _probe(
 HEARTBEAT_S = 30.0  # a line per request in flight this often, in logs (not on a terminal)
 
 
-def _model_dir(spec: RunSpec) -> Path | None:
+def model_dir(spec: RunSpec) -> Path | None:
     """The served model's folder, for its shape: where `models.prepare` puts (or finds) it, which
     is also what a managed server serves; None when no such folder is here (an external server
     serving a model we do not have: the estimate is then linear in tokens)."""

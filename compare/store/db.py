@@ -232,6 +232,30 @@ class Store:
         self.insert("examples", rows, conflict="ON CONFLICT DO UPDATE SET primary_metric = "
                          "coalesce(examples.primary_metric, excluded.primary_metric)")
 
+    def refresh_examples(self, run_id: str, examples: Sequence[Example], note: Mapping[str, Any]) -> None:
+        """Replace the gold side (answers, evidence, tags, headline metric) of examples whose
+        question is unchanged, and move the run's content hash to the corpus it now matches,
+        noting the change in `corpus_params.refreshed` (a resume then accepts that corpus)."""
+        self.con.execute("BEGIN")
+        try:
+            for ex in examples:
+                self.con.execute(
+                    "UPDATE examples SET answers = ?, evidence = ?, tags = ?, primary_metric = ? "
+                    "WHERE run_id = ? AND example_id = ?",
+                    [json.dumps(list(ex.answers)), _spans_json(ex.evidence), json.dumps(dict(ex.tags)),
+                     primary_metric(ex), run_id, ex.id],
+                )
+            row = self.con.execute("SELECT corpus_params FROM runs WHERE run_id = ?", [run_id]).fetchone()
+            params = json.loads(row[0] or "{}") if row else {}
+            params["content_sha256"] = note["to_sha256"]
+            params["refreshed"] = [*params.get("refreshed", []), dict(note)]
+            self.con.execute("UPDATE runs SET corpus_params = ? WHERE run_id = ?",
+                             [json.dumps(params, default=str), run_id])
+            self.con.execute("COMMIT")
+        except Exception:
+            self.con.execute("ROLLBACK")
+            raise
+
     # predictions ------------------------------------------------------------------------
     def prediction_keys(self, run_id: str, *, errors: bool | None = None) -> set[PredictionKey]:
         """Keys already stored; errors=False only successes, True only failures."""
