@@ -66,15 +66,23 @@ def cost_cmd(
     db: DbOpt = Path("results.duckdb"),
     queries_per_doc: Annotated[str, typer.Option(help="Queries per document, e.g. 1,10,100.")] = "1,10,100",
     run: RunOpt = None,
+    queries_per_doc_per_hour: Annotated[float | None, typer.Option(
+        help="How often each document is asked about: on a sheet with a cache TTL, a later question "
+             "finds the cache expired with p = exp(-rate x TTL) and pays the write again. "
+             "Default: not stated (no expiry).")] = None,
+    cache_hold_hours: Annotated[float | None, typer.Option(
+        help="Hours a document stays cached (storage fees); default the sheet's.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Cost per query as a function of queries per document, and the break-even points."""
     from compare.analysis import cost
+    from compare.analysis.cache_terms import CacheUse
     from compare.store.db import Store, StoreBusyError
 
     try:
         qs = csv_list(queries_per_doc, int) or [1]
-        rows = cost.cost_report(db, run or None, price_sheet, qs)
+        use = CacheUse(queries_per_doc_per_hour, cache_hold_hours)
+        rows = cost.cost_report(db, run or None, price_sheet, qs, use)
         sheet = cost.load_price_sheet(price_sheet)
         with Store(db) as store:  # the sheet used is kept with each run it priced
             for run_id in sorted({str(r["run_id"]) for r in rows}):
@@ -83,7 +91,9 @@ def cost_cmd(
         fail(str(exc))
     even = cost.break_even(rows)
     if as_json:
-        console.emit_json(jsonout.cost_json(rows, even, sheet, price_sheet, qs))
+        console.emit_json({**jsonout.cost_json(rows, even, sheet, price_sheet, qs),
+                           "queries_per_doc_per_hour": queries_per_doc_per_hour,
+                           "cache_hold_hours": cache_hold_hours})
         return
     columns = [c for c in cost.cost_columns(qs) if c != "caveats"]  # printed below, one per line
     console.table(rows, columns, title=f"cost per query: {sheet.name} ({sheet.date})")

@@ -306,6 +306,32 @@ def test_cost_report_and_recommend_agree_on_a_cache_writing_sheet(db: Path, tmp_
                 assert got == pytest.approx(told[(label, v)][f"usd_per_query_q{q}"], rel=1e-9, abs=0)
 
 
+def test_cost_command_takes_the_workloads_cache_use(db: Path, tmp_path: Path) -> None:
+    """`ragvslc cost --queries-per-doc-per-hour R --cache-hold-hours H` prices what recommend
+    prices for a workload stating R and H (the CLI had no way to say them)."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from main import app
+
+    path = tmp_path / "w.toml"
+    path.write_text(W_TOML)
+    args = ["cost", "--db", str(db), "--run", "derived", "--price-sheet", str(path),
+            "--queries-per-doc", "1,10", "--json"]
+    res = CliRunner().invoke(app, [*args, "--queries-per-doc-per-hour", "1", "--cache-hold-hours", "3"])
+    assert res.exit_code == 0, res.output
+    got = {(r["label"], r["view"]): r["usd_per_query"]["10"] for r in json.loads(res.stdout)["rows"]}
+    with duckdb.connect(str(db), read_only=True) as c:
+        want = {(r["label"], r["view"]): r["usd_per_query_q10"]
+                for r in cost_table(c, ["derived"], load_price_sheet(path), (1, 10), CacheUse(1.0, 3.0))}
+        plain = {(r["label"], r["view"]): r["usd_per_query_q10"]
+                 for r in cost_table(c, ["derived"], load_price_sheet(path), (1, 10))}
+    assert got == pytest.approx(want, rel=1e-12) and got[(LC_LABEL, "api")] != plain[(LC_LABEL, "api")]
+    bad = CliRunner().invoke(app, [*args, "--queries-per-doc-per-hour", "0"])
+    assert bad.exit_code == 2 and "must be > 0" in bad.output
+
+
 def test_recommend_weighs_expired_questions_as_cold(db: Path, tmp_path: Path) -> None:
     path = tmp_path / "w.toml"
     path.write_text(W_TOML)
