@@ -332,9 +332,9 @@ def execute(
             return attempt(srv.url, srv.info, retry_errors)
         except ServerDown as exc:
             if not srv.servers:
-                return _fail_over(split_urls(srv.url), srv.info, exc, say, attempt)
+                return _fail_over(split_urls(srv.url), srv.info, exc, say, attempt, _access(spec))
             # Managed servers that died are restarted once; the failed rows are then redone.
-            up = asyncio.run(_health([s.base_url for s in srv.servers]))
+            up = asyncio.run(health_of([s.base_url for s in srv.servers], _access(spec)))
             dead = [s for s, ok in zip(srv.servers, up, strict=True) if not ok]
             if not dead:
                 raise
@@ -352,13 +352,14 @@ def _fail_over(
     exc: ServerDown,
     say: Callable[[str], None],
     attempt: Callable[[list[str], dict[str, Any], bool], RunResult],
+    access: Access,
 ) -> RunResult:
     """Replicas we do not manage: drop the dead ones and go on with the rest, as long as one
     answers. Consistent hashing moves only the dead replicas' documents (their caches are gone
     anyway); finished rows stay, the failed ones are redone, and the run records who failed."""
     failed: list[str] = list(info.get("failed_over", []))
     while True:
-        alive = [u for u, ok in zip(urls, asyncio.run(_health(urls)), strict=True) if ok]
+        alive = [u for u, ok in zip(urls, asyncio.run(health_of(urls, access)), strict=True) if ok]
         dead = [u for u in urls if u not in alive]
         if not alive or not dead:  # nothing to fail over to, or nobody died (a bad request)
             raise exc
@@ -372,9 +373,16 @@ def _fail_over(
             exc = again
 
 
-async def _health(urls: Sequence[str]) -> list[bool]:
+async def health_of(urls: Sequence[str], access: Access) -> list[bool]:
+    """Which replicas still answer, each reached as the run reaches it (its key and headers)
+    and asked what it offers first: a hosted endpoint has no /health, and without the key
+    every check would read 401, i.e. down."""
     async def one(url: str) -> bool:
-        async with HttpBackend(url, "health-check") as b:
-            return await b.health()
+        async with Pool.connect([url], "health-check", timeout_s=30.0, access=access) as pool:
+            try:
+                await pool.discover()
+            except BackendError:
+                return False
+            return await pool.primary.health()
 
     return list(await asyncio.gather(*(one(u) for u in urls)))

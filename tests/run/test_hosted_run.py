@@ -159,3 +159,23 @@ def test_a_wrong_or_missing_key_is_one_clear_line(server_url: str, tmp_path: Pat
         if (tmp_path / name).exists():
             with duckdb.connect(str(tmp_path / name), read_only=True) as con:
                 assert con.execute("SELECT count(*) FROM predictions WHERE error IS NULL").fetchone() == (0,)
+
+
+def test_failover_health_reaches_a_hosted_endpoint_as_the_run_does(
+    server_url: str, key_env: None
+) -> None:
+    """Failover asks each replica whether it still answers: a hosted endpoint (no /health, a key
+    required) that is up must read as up, one that is gone as down (the check once used no key
+    and vLLM's /health, so a hosted replica always read as down)."""
+    import asyncio
+
+    from compare.run.execute import health_of
+    from compare.serving.pool import Access
+
+    access = Access(api_key_env=KEY_ENV)
+    with HostedProxy(server_url, KEY) as proxy:
+        up = asyncio.run(health_of([proxy.base_url], access))
+        gone = proxy.base_url
+    assert up == [True]
+    assert asyncio.run(health_of([gone], access)) == [False]
+    assert asyncio.run(health_of([server_url], Access())) == [True]  # a plain vLLM as before
