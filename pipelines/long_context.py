@@ -13,12 +13,12 @@ from typing import ClassVar, Literal
 
 from pydantic import PositiveInt
 
-from compare.core.config import Strict
+from compare.core.config import Grown
 from compare.core.errors import BackendError
 from compare.core.protocols import Backend, Role
 from compare.core.registry import register_pipeline
 from compare.core.types import Document, Example, Prediction
-from pipelines.prompts import build_messages
+from pipelines.prompts import CacheMarker, build_messages, marked_messages
 
 Truncation = Literal["error", "head", "tail", "middle"]
 
@@ -34,10 +34,15 @@ def cut(text: str, keep: float, policy: Truncation) -> str:
     return text[:half] + "\n[...]\n" + text[len(text) - (n - half) :]
 
 
-class LongContextSpec(Strict):
+class LongContextSpec(Grown):
     kind: Literal["long_context"] = "long_context"
     truncation: Literal["error", "head", "tail", "middle"] = "error"
     max_tokens: PositiveInt = 32
+    # A cache breakpoint after the document for providers that cache only marked prefixes
+    # (pipelines/prompts.py); its TTL should match the price sheet's cache_ttl_minutes.
+    cache_marker: CacheMarker = "none"
+
+    NEW_DEFAULTS: ClassVar[dict[str, object]] = {"cache_marker": "none"}
 
 
 @register_pipeline(LongContextSpec)
@@ -47,9 +52,11 @@ class LongContextPipeline:
     name = "long_context"
     role: ClassVar[Role] = "long_context"
 
-    def __init__(self, *, truncation: Truncation = "error", max_tokens: int = 32) -> None:
+    def __init__(self, *, truncation: Truncation = "error", max_tokens: int = 32,
+                 cache_marker: CacheMarker = "none") -> None:
         self.truncation = truncation
         self.max_tokens = max_tokens
+        self.cache_marker = cache_marker
         self._docs: Mapping[str, Document] = {}
         # A document's token count, measured once (its later questions reuse it): the count
         # is a server round trip over the whole text, paid on the request's critical path but,
@@ -58,7 +65,9 @@ class LongContextPipeline:
         self._context_tokens: dict[tuple[str, ...], int] = {}
 
     def params(self) -> dict[str, object]:
-        return {"kind": "long_context", "truncation": self.truncation, "max_tokens": self.max_tokens}
+        marker = {} if self.cache_marker == "none" else {"cache_marker": self.cache_marker}  # old hashes stay
+        return {"kind": "long_context", "truncation": self.truncation, "max_tokens": self.max_tokens,
+                **marker}
 
     async def prepare(self, documents: Mapping[str, Document], backend: Backend) -> None:
         self._docs = documents
@@ -98,7 +107,9 @@ class LongContextPipeline:
                 truncated = context_tokens - kept
                 context_tokens = kept
                 messages = build_messages(context, example.question)
-            completion = await backend.complete(messages, max_tokens=self.max_tokens)
+            # Counted as plain text above (a marker is metadata, not tokens); sent marked.
+            sent = marked_messages(context, example.question, self.cache_marker)
+            completion = await backend.complete(sent, max_tokens=self.max_tokens)
         except BackendError as exc:
             return Prediction(answer="", completion=None, context_tokens=0, error=str(exc))
         return Prediction(

@@ -29,9 +29,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import Field, PositiveInt, SerializerFunctionWrapHandler, field_validator, model_serializer
+from pydantic import Field, PositiveInt, field_validator
 
-from compare.core.config import Strict
+from compare.core.config import Grown
 from compare.core.errors import BackendError
 from compare.core.protocols import Backend, Role
 from compare.core.registry import register_pipeline
@@ -60,7 +60,7 @@ class Selection:
     counter: str | None = None  # "server" or "embedder": whose tokenizer measured the budget
 
 
-class RagSpec(Strict):
+class RagSpec(Grown):
     kind: Literal["rag"] = "rag"
     chunk_size: Annotated[int, Field(ge=16, le=8192)] = 200
     chunk_overlap: Annotated[int, Field(ge=0)] = 20
@@ -96,21 +96,11 @@ class RagSpec(Strict):
             raise ValueError(f"chunk_overlap ({v}) must be smaller than chunk_size ({size})")
         return v
 
-    @model_serializer(mode="wrap")
-    def _omit_new_defaults(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        """Leave the dump (hence the run id) of every RAG spec from before these fields as it was."""
-        data: dict[str, Any] = handler(self)
-        for name, default in _NEW_DEFAULTS.items():
-            if name in data and data[name] == default:
-                data.pop(name)
-        return data
-
-
-# Fields added after run ids were first stored, with the default that leaves them out of the dump.
-_NEW_DEFAULTS: dict[str, object] = {
-    "timeline_chunking": "lines", "embed_base_url": None, "embed_api_key_env": DEFAULT_KEY_ENV,
-    "embed_tokenizer": None,
-}
+    # Fields added after run ids were first stored, with the default that leaves them out of the dump.
+    NEW_DEFAULTS: ClassVar[dict[str, object]] = {
+        "timeline_chunking": "lines", "embed_base_url": None, "embed_api_key_env": DEFAULT_KEY_ENV,
+        "embed_tokenizer": None,
+    }
 
 
 @register_pipeline(RagSpec)

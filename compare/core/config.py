@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, SerializerFunctionWrapHandler, ValidationError, model_serializer
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -20,6 +20,22 @@ class Strict(BaseModel):
     and values are frozen (what was hashed into a run id is what ran)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Grown(Strict):
+    """A spec section that gained fields after run ids were first stored: each listed in
+    `NEW_DEFAULTS` is left out of the dump (hence the run id) while it holds that default, so
+    every spec written before the field keeps its id and resumes."""
+
+    NEW_DEFAULTS: ClassVar[dict[str, object]] = {}
+
+    @model_serializer(mode="wrap")
+    def _omit_new_defaults(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        for name, default in self.NEW_DEFAULTS.items():
+            if name in data and data[name] == default:
+                data.pop(name)
+        return data
 
 
 def read_toml(path: Path, error: type[ValueError], what: str) -> dict[str, Any]:

@@ -11,10 +11,11 @@ import json
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 Modality = Literal["text", "video"]
-Message = Mapping[str, str]  # one chat message: {"role": ..., "content": ...}
+# One chat message: {"role": ..., "content": a string, or text parts (a cache marker rides on one)}.
+Message = Mapping[str, Any]
 # Counts the tokens of a text with the served model's tokenizer (the server's /tokenize).
 TokenCounter = Callable[[str], Awaitable[int]]
 CORPUS_INDEX = "(corpus)"  # the doc_id of a whole-corpus RAG index in `index_stats`

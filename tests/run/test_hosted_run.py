@@ -179,3 +179,36 @@ def test_failover_health_reaches_a_hosted_endpoint_as_the_run_does(
     assert up == [True]
     assert asyncio.run(health_of([gone], access)) == [False]
     assert asyncio.run(health_of([server_url], Access())) == [True]  # a plain vLLM as before
+
+
+def test_a_cache_marker_rides_on_the_document_part_and_keeps_old_run_ids(
+    server_url: str, tmp_path: Path, key_env: None
+) -> None:
+    """`cache_marker` (for providers that cache only marked prefixes): the user turn goes as two
+    text parts, the breakpoint on the one that ends with the document; the text is the prompt
+    as counted; unmarked specs dump (and so hash) as before the field."""
+    from compare.run.spec import validate_spec
+    from pipelines.long_context import LongContextSpec
+    from pipelines.prompts import build_messages
+
+    spec = _spec(_corpus(tmp_path), "")
+    with HostedProxy(server_url, KEY) as proxy:
+        spec["server"] = {**spec["server"], "base_url": proxy.base_url}  # type: ignore[dict-item]
+        spec["pipelines"] = [{"kind": "long_context", "max_tokens": 12, "cache_marker": "ephemeral-1h"}]
+        result = api.run(spec, tmp_path / "m.duckdb", say=lambda _: None)
+        sent = [b["messages"][1]["content"] for b in proxy.bodies]
+    assert result.errors == 0 and result.done == 3
+    for parts in sent:
+        head, tail = parts
+        assert head["cache_control"] == {"type": "ephemeral", "ttl": "1h"} and "cache_control" not in tail
+        assert head["text"].startswith("Context:\n") and TEXT.strip() in head["text"]
+        assert tail["text"].startswith("Question: ")
+        question = tail["text"].removeprefix("Question: ").removesuffix("\nAnswer:")
+        assert head["text"] + tail["text"] == build_messages(TEXT, question)[1]["content"]
+    with duckdb.connect(str(tmp_path / "m.duckdb"), read_only=True) as con:
+        params = {json.loads(r[0])["cache_marker"] for r in con.execute("SELECT params FROM predictions").fetchall()}
+    assert params == {"ephemeral-1h"}
+    assert "cache_marker" not in LongContextSpec().model_dump(mode="json")
+    plain = {**spec, "pipelines": [{"kind": "long_context", "max_tokens": 12}]}
+    explicit = {**spec, "pipelines": [{"kind": "long_context", "max_tokens": 12, "cache_marker": "none"}]}
+    assert validate_spec(plain).run_id() == validate_spec(explicit).run_id() != validate_spec(spec).run_id()
