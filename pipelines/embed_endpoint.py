@@ -151,7 +151,11 @@ class EndpointEmbedder:
         return Embedded(np.concatenate(parts), tokens, requests, retries)
 
     def embed_query(self, text: str) -> NDArray[np.float32]:
-        """One question's vector; its request, tokens and seconds add up in `query_usage`."""
+        return self.embed_query_counted(text)[0]
+
+    def embed_query_counted(self, text: str) -> tuple[NDArray[np.float32], int | None]:
+        """One question's vector and its usage tokens; request, tokens and seconds also add up
+        in `query_usage`."""
         t0 = time.perf_counter()
         vecs, used, tried = self._post([text])
         with self._lock:
@@ -160,7 +164,7 @@ class EndpointEmbedder:
             u["tokens"] += used or 0
             u["retries"] += tried
             u["seconds"] += time.perf_counter() - t0
-        return vecs[0]
+        return vecs[0], used
 
     def _post(self, texts: Sequence[str]) -> tuple[NDArray[np.float32], int | None, int]:
         """One batch: (vectors, usage tokens, retries it took). Raises EmbedEndpointError."""

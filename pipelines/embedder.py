@@ -256,6 +256,10 @@ class TextEmbedder(Protocol):
         """One question's unit vector, as fast as this embedder answers one text."""
         ...
 
+    def embed_query_counted(self, text: str) -> tuple[NDArray[np.float32], int | None]:
+        """The vector and the tokens the endpoint billed for it (None in-process: no bill)."""
+        ...
+
     def threads(self, n: int | None) -> int:
         """The intra-op threads an encode runs with (0: not ours to choose, an endpoint)."""
         ...
@@ -295,6 +299,9 @@ class LocalEmbedder:
 
     def embed_query(self, text: str) -> NDArray[np.float32]:
         return embed_texts(self.model(), [text], 1, QUERY_THREADS)[0]
+
+    def embed_query_counted(self, text: str) -> tuple[NDArray[np.float32], int | None]:
+        return self.embed_query(text), None
 
     def threads(self, n: int | None) -> int:
         return effective_threads(n)

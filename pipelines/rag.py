@@ -29,6 +29,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
+import numpy as np
+from numpy.typing import NDArray
 from pydantic import Field, PositiveInt, field_validator
 
 from compare.core.config import Grown
@@ -58,6 +60,7 @@ class Selection:
     context: str
     counted_tokens: int | None = None  # budget mode: the context as the budget counted it
     counter: str | None = None  # "server" or "embedder": whose tokenizer measured the budget
+    embed_tokens: int | None = None  # the question's embedding as an endpoint billed it
 
 
 class RagSpec(Grown):
@@ -259,10 +262,14 @@ class RagPipeline:
         own = {d: i for i, d in enumerate(doc_ids)}
         return lambda c: (own.get(c.doc_id, len(own)), self._doc_pos.get(c.doc_id, 0), c.start_char)
 
-    def rank(self, question: str, doc_ids: Sequence[str], k: int) -> list[tuple[Chunk, float]]:
-        """The k best chunks in scope with their scores, best first (blocking)."""
+    def rank(
+        self, question: str, doc_ids: Sequence[str], k: int, query: NDArray[np.float32] | None = None
+    ) -> list[tuple[Chunk, float]]:
+        """The k best chunks in scope with their scores, best first (blocking); `query`: the
+        question's vector when the caller already has it (a budget fill looking deeper)."""
         indexes = self._scope(doc_ids)
-        query = self.source.embed_query(question)  # an encode, or a request to the endpoint
+        if query is None:
+            query = self.source.embed_query(question)  # an encode, or a request to the endpoint
         hits = [hit for idx in indexes for hit in idx.search(query, k)]
         pos = self._position(doc_ids)
         # Ties broken by reading position so that the selection is deterministic.
@@ -283,12 +290,16 @@ class RagPipeline:
 
     async def select(self, example: Example, count: TokenCounter | None = None) -> Selection:
         """Retrieve for one example: top_k chunks, or as many as fit budget_tokens by `count`."""
+        # The question is embedded once (one billed request), whatever depth the fill needs.
+        query, embed_tokens = await asyncio.to_thread(self.source.embed_query_counted, example.question)
         if self.budget_tokens is None:
-            hits = await asyncio.to_thread(self.rank, example.question, example.doc_ids, self.top_k)
+            hits = await asyncio.to_thread(
+                self.rank, example.question, example.doc_ids, self.top_k, query)
             ranked = tuple(c for c, _ in hits)
             prompt = self._in_order(ranked, example.doc_ids)
             return Selection(
-                ranked, tuple(s for _, s in hits), prompt, join_passages([c.text for c in prompt])
+                ranked, tuple(s for _, s in hits), prompt, join_passages([c.text for c in prompt]),
+                embed_tokens=embed_tokens,
             )
         counter = "server" if count is not None else "embedder"
         count = count or self.embedder_counter()
@@ -296,7 +307,7 @@ class RagPipeline:
         # Chunks are rarely under a quarter of chunk_size, so this k usually holds enough.
         k = min(total, self.budget_tokens // max(1, self.chunk_size // 4) + 1)
         while True:
-            hits = await asyncio.to_thread(self.rank, example.question, example.doc_ids, k)
+            hits = await asyncio.to_thread(self.rank, example.question, example.doc_ids, k, query)
             chosen, used, full = await self._fill([c for c, _ in hits], example.doc_ids, count)
             if full or len(hits) < k or k >= total:
                 break
@@ -304,7 +315,8 @@ class RagPipeline:
         prompt = self._in_order(chosen, example.doc_ids)
         scores = tuple(s for _, s in hits[: len(chosen)])
         return Selection(
-            tuple(chosen), scores, prompt, join_passages([c.text for c in prompt]), used, counter
+            tuple(chosen), scores, prompt, join_passages([c.text for c in prompt]), used, counter,
+            embed_tokens,
         )
 
     async def timed_select(self, example: Example, backend: Backend) -> tuple[Selection, float]:
@@ -386,4 +398,5 @@ class RagPipeline:
             context_tokens=context_tokens,
             retrieved=retrieved,
             retrieval_s=retrieval_s,
+            embed_tokens=sel.embed_tokens,
         )

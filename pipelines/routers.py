@@ -206,10 +206,13 @@ class SelfRoutePipeline:
             return Prediction(answer="", completion=None, context_tokens=0, route="rag",
                               retrieval_s=time.perf_counter() - t0, error=str(exc))
         retrieved = tuple(c.span() for c in sel.ranked)
+        # What retrieval found and spent, on every row this question ends as.
+        found: dict[str, Any] = {"retrieved": retrieved, "retrieval_s": retrieval_s,
+                                 "embed_tokens": sel.embed_tokens}
         top = max(sel.scores, default=-1.0)
         if self.score_threshold is not None and top < self.score_threshold:
             final = await self.long_context.answer(example, backend)
-            return replace(final, retrieved=retrieved, retrieval_s=retrieval_s, route="long_context")
+            return replace(final, **found, route="long_context")
         try:
             context_tokens = sel.counted_tokens
             if context_tokens is None:
@@ -219,21 +222,19 @@ class SelfRoutePipeline:
                 max_tokens=self._max_tokens,
             )
         except BackendError as exc:
-            return Prediction(answer="", completion=None, context_tokens=0, retrieved=retrieved,
-                              retrieval_s=retrieval_s, route="rag", error=str(exc))
+            return Prediction(answer="", completion=None, context_tokens=0, **found, route="rag",
+                              error=str(exc))
         if not is_unanswerable(first.text):
             return Prediction(answer=first.text.strip(), completion=first, context_tokens=context_tokens,
-                              retrieved=retrieved, retrieval_s=retrieval_s, route="rag")
+                              **found, route="rag")
         final = await self.long_context.answer(example, backend)
         if final.completion is None:  # the fallback failed: an error row, on the route it failed on
-            return replace(final, retrieved=retrieved, retrieval_s=retrieval_s, route="long_context",
-                           steps=(Step("rag", first, context_tokens),))
+            return replace(final, **found, route="long_context", steps=(Step("rag", first, context_tokens),))
         return replace(
             final,
             completion=combine(first, final.completion),
             context_tokens=context_tokens + final.context_tokens,
-            retrieved=retrieved,
-            retrieval_s=retrieval_s,
+            **found,
             route="long_context",
             steps=(Step("rag", first, context_tokens),
                    Step("long_context", final.completion, final.context_tokens)),

@@ -88,6 +88,7 @@ def _per_pipeline(docs: pd.DataFrame) -> pd.DataFrame:
         docs_cold_derived=("cold_derived", "sum"), storage=("storage_usd", "max"),
         docs_write_derived=("cold_write_derived", "sum"), writes_derived=("writes_derived", "sum"),
         expiry_p=("expiry_p", "max"),
+        embed_tokens=("query_embed_tokens", "sum"), index_embed_tokens=("index_embed_tokens", "sum"),
         one_time=("one_time_usd", "mean"), marginal=("marginal_usd", "mean"), paid=("run_paid_usd", "mean"))
 
 
@@ -117,6 +118,14 @@ def _cache_notes(p: dict[str, Any], api: ApiPrices, use: CacheUse) -> list[str]:
     return notes
 
 
+def _embed_note(sheet: PriceSheet) -> str:
+    if sheet.embeddings is None:
+        return ("embedding tokens billed by an embeddings endpoint NOT priced: the sheet has no "
+                "[embeddings] usd_per_mtok")
+    rate = sheet.embeddings.usd_per_mtok
+    return f"embeddings endpoint tokens at ${rate:g}/1M included (index and questions)"
+
+
 def _notes(p: dict[str, Any], sheet: PriceSheet, use: CacheUse = NO_USE) -> tuple[str, list[str]]:
     """How the long-context terms were obtained (its warm basis), and what the reader must know."""
     notes = []
@@ -127,6 +136,8 @@ def _notes(p: dict[str, Any], sheet: PriceSheet, use: CacheUse = NO_USE) -> tupl
     if p["unpriced"]:
         notes.append(f"{p['unpriced']} requests with no usage reported: left out of the means "
                      "(spend unknown)")
+    if p["embed_tokens"] or p["index_embed_tokens"]:
+        notes.append(_embed_note(sheet))
     if p["role"] == "router":  # a mix of both paths
         notes.append("priced at the run's own mix of cold/warm requests: not extrapolated in q")
     if p["view"] == "api" and sheet.api is not None:

@@ -39,7 +39,9 @@ Rules, stated once:
 - Other kinds (RAG, routers): one_time = their index build, marginal = measured mean per
   question (a router's cold/warm mix is the run's own: not extrapolated in q, flagged).
 - Index builds (index_stats, a whole-corpus index split evenly over the documents asked about)
-  and retrieval seconds are priced at the sheet's local/index hourly rate.
+  and retrieval seconds are priced at the sheet's local/index hourly rate; where an embeddings
+  endpoint embedded them, its billed tokens (index_stats.embed_tokens once, predictions.
+  embed_tokens per question) at the sheet's [embeddings] usd_per_mtok too, in both views.
 - run_paid = what this run paid per question: measured tokens and seconds, with whatever prefix
   it shared across documents, at its own questions per document (shown beside the model).
 """
@@ -72,7 +74,8 @@ SELECT p.run_id, p.pipeline, p.params_hash, p.example_id, p.seq, r.concurrency,
     p.kind, p.role, e.doc_ids AS doc_key,
     p.error IS NOT NULL AS failed, p.steps, p.prompt_tokens, p.cached_tokens, p.cache_write_tokens,
     p.output_tokens,
-    p.context_tokens, p.ttft_ms, p.e2e_ms, coalesce(p.retrieval_ms, 0) / 1e3 AS retrieval_s, p.total_ms
+    p.context_tokens, p.ttft_ms, p.e2e_ms, coalesce(p.retrieval_ms, 0) / 1e3 AS retrieval_s, p.total_ms,
+    coalesce(p.embed_tokens, 0) AS embed_tokens
 FROM request_rows p JOIN example_rows e USING (run_id, example_id) JOIN runs r USING (run_id)
 WHERE list_contains($runs, p.run_id)
 """
@@ -168,21 +171,30 @@ def priced_requests(
     return req, rows
 
 
-def _index_s(con: duckdb.DuckDBPyConnection, runs: Sequence[str], keys: pd.DataFrame) -> pd.Series:
-    """Index build seconds per (pipeline, document key): its documents' own indexes, plus an
-    equal share of a whole-corpus index among the document keys the pipeline was asked about."""
-    idx = con.execute("SELECT run_id, pipeline, params_hash, doc_id, build_s FROM index_stats "
-                      "WHERE list_contains(?, run_id)", [list(runs)]).df()
-    out = pd.Series(0.0, index=pd.MultiIndex.from_frame(keys[DOC_KEY]))
+_INDEX = """
+SELECT run_id, pipeline, params_hash, doc_id, build_s,
+    CASE WHEN embed_model IS NOT NULL THEN coalesce(embed_tokens, 0) ELSE 0 END AS embed_tokens
+FROM index_stats WHERE list_contains(?, run_id)
+"""
+
+
+def _index_terms(con: duckdb.DuckDBPyConnection, runs: Sequence[str], keys: pd.DataFrame) -> pd.DataFrame:
+    """Index build seconds and endpoint-billed embedding tokens per (pipeline, document key): its
+    documents' own indexes, plus an equal share of a whole-corpus index among the document keys
+    the pipeline was asked about. Tokens embedded in-process are not billed (seconds are)."""
+    idx = con.execute(_INDEX, [list(runs)]).df()
+    cols = {"build_s": "index_s", "embed_tokens": "index_embed_tokens"}
+    out = pd.DataFrame(0.0, index=pd.MultiIndex.from_frame(keys[DOC_KEY]), columns=list(cols.values()))
     if idx.empty:
         return out
-    own = idx[idx["doc_id"] != CORPUS_INDEX].set_index([*PIPE_KEY, "doc_id"])["build_s"]
-    whole = idx[idx["doc_id"] == CORPUS_INDEX].groupby(PIPE_KEY)["build_s"].sum()
+    own = idx[idx["doc_id"] != CORPUS_INDEX].set_index([*PIPE_KEY, "doc_id"])[list(cols)]
+    whole = idx[idx["doc_id"] == CORPUS_INDEX].groupby(PIPE_KEY)[list(cols)].sum()
     shares = keys.groupby(PIPE_KEY)["doc_key"].transform("count")
     for i, k in enumerate(keys[DOC_KEY].itertuples(index=False)):
         pipe = (k.run_id, k.pipeline, k.params_hash)
-        s = sum(float(own.get((*pipe, d), 0.0)) for d in json.loads(k.doc_key))
-        out.iloc[i] = s + float(whole.get(pipe, 0.0)) / int(shares.iloc[i])
+        for j, col in enumerate(cols):
+            s = sum(float(own[col].get((*pipe, d), 0.0)) for d in json.loads(k.doc_key))
+            out.iloc[i, j] = s + float(whole[col].get(pipe, 0.0)) / int(shares.iloc[i])
     return out
 
 
@@ -220,7 +232,7 @@ def _counts(rows: pd.DataFrame) -> pd.DataFrame:
         unpriced=("unpriced", "sum"))
 
 
-def _documents(req: pd.DataFrame, rows: pd.DataFrame, index_s: pd.Series) -> pd.DataFrame:
+def _documents(req: pd.DataFrame, rows: pd.DataFrame, index: pd.DataFrame) -> pd.DataFrame:
     """Per document key: kind, counts, flags, index and retrieval seconds, storage tokens."""
     by = [req[k] for k in DOC_KEY]
     doc = req.groupby(by)
@@ -238,9 +250,11 @@ def _documents(req: pd.DataFrame, rows: pd.DataFrame, index_s: pd.Series) -> pd.
     base["cold_write_derived"] = _mean_where(req["cold_write_derived"].astype(float), basis, by) > 0
     base["storage_tokens"] = _mean_where(req["cached"].astype(float), req["warm"], by).fillna(
         doc["doc_cached"].mean())
-    per_doc = rows.groupby(DOC_KEY).agg(n=("example_id", "size"), retrieval_s=("retrieval_s", "mean"))
+    per_doc = rows.groupby(DOC_KEY).agg(n=("example_id", "size"), retrieval_s=("retrieval_s", "mean"),
+                                        query_embed_tokens=("embed_tokens", "mean"))
     base = base.join(per_doc)
-    base["index_s"] = index_s.reindex(base.index).fillna(0.0).to_numpy()
+    for col in index.columns:
+        base[col] = index[col].reindex(base.index).fillna(0.0).to_numpy()
     return base
 
 
@@ -277,8 +291,9 @@ def doc_costs(
     per_row = req.groupby([*PIPE_KEY, "example_id"])[cost_cols].sum()
     rows = rows[rows["priced"]].join(per_row, on=[*PIPE_KEY, "example_id"])
     rows["retrieval_s"] = rows["retrieval_s"].astype(float)
-    index_s = _index_s(con, runs, rows[DOC_KEY].drop_duplicates().reset_index(drop=True))
-    base = _documents(req, rows, index_s)
+    rows["embed_tokens"] = rows["embed_tokens"].astype(float)
+    index = _index_terms(con, runs, rows[DOC_KEY].drop_duplicates().reset_index(drop=True))
+    base = _documents(req, rows, index)
     spent = rows.groupby(DOC_KEY)[cost_cols].sum().astype(float).reindex(base.index)
     prefix = base["role"].isin(PREFIX_CACHED_ROLES)
     by = [req[k] for k in DOC_KEY]
@@ -287,7 +302,10 @@ def doc_costs(
         col, unit, local, storage, p = _view_terms(view, sheet, base, use)
         storage = storage.where(prefix, 0.0)
         terms = _prefix_terms(req, by, col).reindex(base.index)
-        index_usd, retrieval_usd = base["index_s"] * local, base["retrieval_s"] * local
+        # An embeddings endpoint bills its tokens in either view; in-process embedding is seconds.
+        embed = sheet.embed_usd_per_token
+        index_usd = base["index_s"] * local + base["index_embed_tokens"] * embed
+        retrieval_usd = base["retrieval_s"] * local + base["query_embed_tokens"] * embed
         mean_spent = spent[col] * unit / base["n"]
         # p = 0 (no expiry) leaves exactly: one_time = cold - warm (+ storage), marginal = later
         one_time = ((1 - p) * (terms["cold"] - terms["warm"]) * unit + storage).where(prefix, 0.0) + index_usd

@@ -138,6 +138,16 @@ class SelfHosted(_Strict):
         return self.usd_per_hour if self.index_usd_per_hour is None else self.index_usd_per_hour
 
 
+class EmbedPrices(_Strict):
+    """An embeddings endpoint's price (RAG's `embed_base_url`): its billed tokens, for the index
+    (once per document) and each question. It applies in both views, since where the chat
+    model runs does not change what the embeddings provider bills. In-process embedding has no
+    bill: its seconds are priced at the local/index hourly rate."""
+
+    usd_per_mtok: Usd
+    model: str | None = None  # the endpoint model these prices are for (a label)
+
+
 class PriceSheet(_Strict):
     name: str = Field(min_length=1)
     date: dt.date
@@ -145,6 +155,11 @@ class PriceSheet(_Strict):
     note: str = Field(min_length=1)
     api: ApiPrices | None = None
     self_hosted: SelfHosted | None = None
+    embeddings: EmbedPrices | None = None
+
+    @property
+    def embed_usd_per_token(self) -> float:
+        return 0.0 if self.embeddings is None else self.embeddings.usd_per_mtok / 1e6
 
     @model_validator(mode="after")
     def _some_prices(self) -> PriceSheet:

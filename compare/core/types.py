@@ -106,6 +106,7 @@ class Prediction:
     error: str | None = None
     truncated_tokens: int = 0
     steps: tuple[Step, ...] = ()  # only when the answer took more than one request
+    embed_tokens: int | None = None  # the question's embedding billed by an endpoint; None: none
 
     @property
     def ok(self) -> bool:

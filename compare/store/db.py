@@ -396,7 +396,7 @@ def prediction_row(key: PredictionKey, pred: Prediction, meta: RowMeta) -> dict[
         "answer": pred.answer, "error": pred.error, "context_tokens": pred.context_tokens,
         "truncated_tokens": pred.truncated_tokens,
         "prompt_tokens": c.prompt_tokens if c else None, "cached_tokens": c.cached_tokens if c else None,
-        "cache_write_tokens": c.cache_write_tokens if c else None,
+        "cache_write_tokens": c.cache_write_tokens if c else None, "embed_tokens": pred.embed_tokens,
         "output_tokens": c.output_tokens if c else None, "ttft_ms": c.ttft_s * 1e3 if c else None,
         "e2e_ms": e2e_ms, "tpot_ms": tpot * 1e3 if tpot is not None else None,
         "itl_ms": [x * 1e3 for x in c.itl_s] if c else None, "retrieval_ms": pred.retrieval_s * 1e3,

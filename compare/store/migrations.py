@@ -171,4 +171,7 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
     );
     ALTER TABLE predictions ADD COLUMN session INTEGER;
     """),
+    # The question's embedding tokens as an embeddings endpoint billed them (RAG and routers'
+    # retrieval through `embed_base_url`); NULL: embedded in-process (priced by time) or none.
+    ("prediction_embed_tokens", "ALTER TABLE predictions ADD COLUMN embed_tokens INTEGER;"),
 )

@@ -242,3 +242,6 @@ async def test_rag_with_endpoint_embeddings_answers_through_vllm(
     assert by_endpoint.context_tokens == by_local.context_tokens
     assert "4827163" in by_endpoint.answer and 0 < by_endpoint.retrieval_s < 10
     assert remote.endpoint is not None and remote.endpoint.query_usage["requests"] == 1
+    # the question's billed tokens ride on its row; in-process embedding bills none
+    assert by_endpoint.embed_tokens == remote.endpoint.query_usage["tokens"] > 0
+    assert by_local.embed_tokens is None
