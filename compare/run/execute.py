@@ -42,6 +42,7 @@ from compare.serving.router import (
     ManagedRouter,
     RoutedServer,
     managed_router,
+    router_workers,
     routing_counters,
     routing_policy,
     session_routing,
@@ -149,7 +150,8 @@ async def execute_async(
 ) -> RunResult:
     urls = split_urls(base_url)
     async with Pool.connect(
-        urls, spec.server.model, concurrency=spec.concurrency, timeout_s=spec.timeout_s, access=_access(spec)
+        urls, spec.server.model, concurrency=spec.concurrency, timeout_s=spec.timeout_s, access=_access(spec),
+        stats_urls=router_workers(server_info),
     ) as pool:
         backend = pool.primary
         caps = await _discover(pool, spec, say)

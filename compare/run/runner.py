@@ -24,7 +24,7 @@ from compare.core import metrics as metric_registry
 from compare.core.protocols import Indexed, Pipeline
 from compare.core.types import Corpus, Example, Prediction
 from compare.run.heartbeat import InFlight, Watch, heartbeat
-from compare.serving.client import HttpBackend, cache_salt, first_token_hook, metric_deltas
+from compare.serving.client import HttpBackend, cache_salt, first_token_hook, metric_deltas, session_key
 from compare.serving.pool import Lane, Pool
 from compare.serving.replicas import FINGERPRINT_PREFIX
 from compare.serving.schedule import Schedule, plan_run
@@ -141,6 +141,12 @@ def salt_for(run_id: str, params_hash: str, doc_ids: Sequence[str]) -> str:
     return hashlib.sha256("\0".join([run_id, params_hash, *doc_ids]).encode()).hexdigest()[:24]
 
 
+def session_for(doc_ids: Sequence[str]) -> str:
+    """A document's routing key (`x-session-id`): the same for all its questions and all
+    pipelines (one replica holds its prefix), ASCII whatever the ids are."""
+    return hashlib.sha256("\0".join(doc_ids).encode()).hexdigest()[:16]
+
+
 def _doc_tokens(corpus: Corpus) -> dict[str, int] | None:
     """Each document's token count, when the corpus tagged it (the report's length axis)."""
     doc_tokens = {
@@ -215,11 +221,13 @@ class _RunContext:
 
             hook = first_token_hook.set(on_first_token)
             salt = cache_salt.set(salt_for(self.run_id, h, ex.doc_ids) if self.isolate_cache else None)
+            session = session_key.set(session_for(ex.doc_ids))
             try:
                 pred, attempts = await _attempts(pipe, ex, lane.backend, self.policy)
             finally:
                 first_token_hook.reset(hook)
                 cache_salt.reset(salt)
+                session_key.reset(session)
                 self.flights.end(i)
         progress, total = self.progress, self.total
         self.writer.submit(

@@ -55,6 +55,10 @@ first_token_hook: ContextVar[Callable[[], None] | None] = ContextVar("first_toke
 # by a sibling document's identical haystack prefix) while its later questions, sent with the
 # same salt, are warm. Set by the runner per (pipeline config, document); only vLLM gets it.
 cache_salt: ContextVar[str | None] = ContextVar("cache_salt", default=None)
+# The document key of the request running in this context, sent to vLLM-served endpoints as
+# `x-session-id`: vllm-router's consistent_hash policy hashes that header (a chat body has
+# nothing else it hashes), so a document's questions reach one replica and its prefix cache.
+session_key: ContextVar[str | None] = ContextVar("session_key", default=None)
 
 
 @dataclass(frozen=True)
@@ -261,7 +265,10 @@ class HttpBackend:
     ) -> Completion:
         cap = "max_completion_tokens" if self._token_param == "max_completion_tokens" else "max_tokens"
         salt = cache_salt.get()
-        extra = {"extra_body": {"cache_salt": salt}} if salt and self._has("vllm") else {}
+        extra: dict[str, Any] = {"extra_body": {"cache_salt": salt}} if salt and self._has("vllm") else {}
+        key = session_key.get()
+        if key and self._has("vllm"):
+            extra["extra_headers"] = {"x-session-id": key}
         start = time.perf_counter()
         try:
             stream = await self._client.chat.completions.create(  # type: ignore[call-overload]
@@ -342,8 +349,15 @@ class HttpBackend:
 
     async def health(self) -> bool:
         """Whether the server still answers; tells a dead server from a bad request. Without
-        /health, the standard /models answering counts as alive."""
-        url = f"{self.endpoint.root_url}/health" if self._has("health") else f"{self.endpoint.api_url}/models"
+        /health, the standard /models answering counts as alive. A vllm-router's /health is 503
+        as soon as one worker is down while it still serves from the others: its /readiness
+        (200 while a worker is up; a plain vLLM has none) then says it is alive."""
+        if not self._has("health"):
+            return await self._ok(f"{self.endpoint.api_url}/models")
+        return await self._ok(f"{self.endpoint.root_url}/health") or \
+            await self._ok(f"{self.endpoint.root_url}/readiness")
+
+    async def _ok(self, url: str) -> bool:
         try:
             resp = await self._http.get(url, timeout=10.0)
         except httpx.HTTPError:
@@ -376,5 +390,15 @@ async def _aiter(stream: Any) -> AsyncIterator[Any]:
 
 
 def metric_deltas(before: Mapping[str, float], after: Mapping[str, float]) -> dict[str, float]:
-    """What the server did between two scrapes."""
-    return {k: after[k] - before.get(k, 0.0) for k in after}
+    """What the server did between two scrapes. Several replicas (`replica<i>/<name>`, each read
+    from the replica itself): each replica's own deltas, and each name's delta as the sum of
+    those, over the replicas read both times (a replica dead at the end has no deltas, and
+    subtracting sums would charge its whole history to the others)."""
+    per = {k: after[k] - before[k] for k in after if k.startswith("replica") and "/" in k and k in before}
+    if not per and not any(k.startswith("replica") and "/" in k for k in after):
+        return {k: after[k] - before.get(k, 0.0) for k in after}
+    sums: dict[str, float] = {}
+    for k, v in per.items():
+        name = k.split("/", 1)[1]
+        sums[name] = sums.get(name, 0.0) + v
+    return {**sums, **per}

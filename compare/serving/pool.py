@@ -132,12 +132,16 @@ class Access:
 class Pool:
     """Replicas of one model; `lane(example)` is the replica and slots for that example."""
 
-    def __init__(self, backends: Sequence[HttpBackend], concurrency: int = 1, *, owned: bool = False) -> None:
+    def __init__(self, backends: Sequence[HttpBackend], concurrency: int = 1, *, owned: bool = False,
+                 stats: Sequence[HttpBackend] = ()) -> None:
         if not backends:
             raise ValueError("a pool needs at least one backend")
         if concurrency < 1:
             raise ValueError(f"concurrency must be >= 1, got {concurrency}")
         self.backends = list(backends)
+        # Where the counters are read: the replicas themselves when a router fronts them (the
+        # router's own /metrics are not the engines' counters); else the backends.
+        self.stats = list(stats)
         self.concurrency = concurrency
         self._ring = Ring(len(self.backends))
         self.route: dict[str, int] = {}
@@ -146,17 +150,20 @@ class Pool:
     @classmethod
     def connect(
         cls, urls: Sequence[str], model: str, *, concurrency: int = 1, timeout_s: float = 600.0,
-        access: Access | None = None,
+        access: Access | None = None, stats_urls: Sequence[str] = (),
     ) -> Pool:
-        """Clients for each URL (closed with the pool), all reached the same way (`access`)."""
+        """Clients for each URL (closed with the pool), all reached the same way (`access`);
+        `stats_urls`: the replicas behind a router, whose own /metrics are the run's counters."""
         if len(set(urls)) != len(urls):
             raise ValueError(f"the same base URL is listed twice: {list(urls)}")
         a = access or Access()
-        return cls([
-            HttpBackend(Endpoint(u, a.api_key_env, a.headers, a.token_param), model, timeout_s=timeout_s,
-                        tokenizer=a.tokenizer, declared_max_model_len=a.declared_max_model_len)
-            for u in urls
-        ], concurrency, owned=True)
+
+        def client(u: str, timeout: float) -> HttpBackend:
+            return HttpBackend(Endpoint(u, a.api_key_env, a.headers, a.token_param), model, timeout_s=timeout,
+                               tokenizer=a.tokenizer, declared_max_model_len=a.declared_max_model_len)
+
+        return cls([client(u, timeout_s) for u in urls], concurrency, owned=True,
+                   stats=[client(u, 30.0) for u in stats_urls])
 
     async def discover(self) -> dict[str, Any]:
         """Each replica's capabilities (they serve one model the same way: the first's are the
@@ -212,7 +219,8 @@ class Pool:
 
     async def metrics(self) -> dict[str, float]:
         """Counters summed over replicas, plus each replica's own as `replica<i>/<name>`."""
-        per = await asyncio.gather(*(b.metrics() for b in self.backends))
+        sources = self.stats or self.backends
+        per = await asyncio.gather(*(b.metrics() for b in sources))
         if len(per) == 1:
             return per[0]
         out: dict[str, float] = {}
@@ -228,7 +236,7 @@ class Pool:
 
     async def aclose(self) -> None:
         if self._owned:
-            await asyncio.gather(*(b.aclose() for b in self.backends))
+            await asyncio.gather(*(b.aclose() for b in [*self.backends, *self.stats]))
 
     async def __aenter__(self) -> Pool:
         return self

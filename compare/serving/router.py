@@ -23,9 +23,11 @@ What vllm-router 0.1.17 tells and does not tell, checked here against real vLLM 
   either all hash to the same key, so one worker gets everything.
 - `/health` is 503 as soon as one worker is unhealthy (`/readiness` stays 200 while one is up).
 
-So which replica served how much is measured from per-replica `/metrics` deltas, scraped from
-the replicas themselves, and from the router's per-worker counters (`routing_counters`), both
-recorded per run session as `replica<i>/...` (the same names the client pool uses). Per row,
+So which replica served how much is measured from per-replica `/metrics` deltas, read by the
+run from the replicas themselves (the pool's stats sources, compare/serving/pool.py: the
+router's own /metrics are its counters, not the engines'), summed over the replicas into the
+run's server stats, and from the router's per-worker counters (`routing_counters`), recorded
+per run session as `replica<i>/router:...` (the same replica numbering). Per row,
 managed replicas name themselves in every response (vLLM's `system_fingerprint`, set per replica
 by compare/serving/replicas.py): that is the one in-band signal a client can record per row.
 """
@@ -48,7 +50,6 @@ from typing import Any, Literal, cast, get_args
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from compare.serving.client import SERVER_COUNTERS, parse_metrics
 from compare.serving.server import (
     ManagedServer,
     ServerError,
@@ -320,22 +321,21 @@ def router_of(info: Mapping[str, Any]) -> Mapping[str, Any] | None:
     return section if isinstance(section, Mapping) and section.get("workers") else None
 
 
+def router_workers(info: Mapping[str, Any]) -> list[str]:
+    """The replicas behind a router of ours (empty without one), in the router's order."""
+    section = router_of(info)
+    return [str(w) for w in section["workers"]] if section is not None else []
+
+
 def routing_counters(info: Mapping[str, Any], timeout_s: float = 10.0) -> dict[str, float]:
-    """Per replica: its own vLLM counters (scraped from it, not through the router) and the
-    router's per-worker counters, as `replica<i>/<name>`; the router's retries as `router:retries`.
-    Empty when no router of ours fronts the run. A replica that does not answer has no entries."""
+    """The router's per-worker counters as `replica<i>/router:<name>` and its retries as
+    `router:retries` (the replicas' own engine counters are the run's server stats). Empty when
+    no router of ours fronts the run, or it does not answer."""
     section = router_of(info)
     if section is None:
         return {}
-    workers = [str(w) for w in section["workers"]]
-    out: dict[str, float] = {}
-    for i, url in enumerate(workers):
-        for k, v in _scrape(f"{url}/metrics", timeout_s, SERVER_COUNTERS).items():
-            out[f"replica{i}/{k}"] = v
     text = _get(str(section["metrics_url"]), timeout_s)
-    if text is not None:
-        out |= _router_series(text, workers)
-    return out
+    return _router_series(text, router_workers(info)) if text is not None else {}
 
 
 def _router_series(text: str, workers: Sequence[str]) -> dict[str, float]:
@@ -368,7 +368,3 @@ def _get(url: str, timeout_s: float) -> str | None:
         return None
     return resp.text if resp.status_code == 200 else None
 
-
-def _scrape(url: str, timeout_s: float, names: Sequence[str]) -> dict[str, float]:
-    text = _get(url, timeout_s)
-    return parse_metrics(text, names) if text is not None else {}

@@ -123,7 +123,12 @@ def test_router_counters_are_named_by_replica_and_health_is_a_gauge() -> None:
 
 
 @pytest.fixture
-def stub_workers() -> Iterator[list[str]]:
+def stub_workers(stub_servers: list[http.server.ThreadingHTTPServer]) -> list[str]:
+    return [f"http://127.0.0.1:{s.server_address[1]}" for s in stub_servers]
+
+
+@pytest.fixture
+def stub_servers() -> Iterator[list[http.server.ThreadingHTTPServer]]:
     """Two HTTP servers that are healthy and whose /metrics say who they are."""
     servers = []
     for name in ("a", "b"):
@@ -144,9 +149,10 @@ def stub_workers() -> Iterator[list[str]]:
         srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         threading.Thread(target=srv.serve_forever, daemon=True).start()
         servers.append(srv)
-    yield [f"http://127.0.0.1:{s.server_address[1]}" for s in servers]
+    yield servers
     for s in servers:
         s.shutdown()
+        s.server_close()
 
 
 @needs_router
@@ -184,6 +190,39 @@ r = ManagedRouter(RouterConfig(tuple(sys.argv[1:]), "round_robin")).start()
 print(r.proc.pid, flush=True)
 time.sleep(600)
 """
+
+
+@needs_router
+def test_a_router_with_one_worker_left_is_alive(
+    stub_servers: list[http.server.ThreadingHTTPServer], stub_workers: list[str]
+) -> None:
+    """vllm-router's /health is 503 once one worker is unhealthy; the run's liveness check must
+    then read its /readiness (200 while a worker is up), or one dead replica behind the router
+    stops the whole run as server_down although the router routes around it."""
+    import asyncio
+
+    from compare.serving.client import HttpBackend
+
+    async def alive(url: str) -> bool:
+        async with HttpBackend(url, "m") as b:
+            return await b.health()
+
+    with ManagedRouter(RouterConfig(tuple(stub_workers), "round_robin")) as router:
+        assert asyncio.run(alive(router.base_url))
+        stub_servers[1].shutdown()
+        stub_servers[1].server_close()
+        deadline = time.monotonic() + 40
+        while httpx.get(f"{router.base_url}/health", timeout=5).status_code == 200:
+            assert time.monotonic() < deadline, "the router never noticed the dead worker"
+            time.sleep(1)
+        assert asyncio.run(alive(router.base_url))  # one worker left: alive
+        stub_servers[0].shutdown()
+        stub_servers[0].server_close()
+        deadline = time.monotonic() + 40
+        while httpx.get(f"{router.base_url}/readiness", timeout=5).status_code == 200:
+            assert time.monotonic() < deadline, "the router never noticed the last dead worker"
+            time.sleep(1)
+        assert not asyncio.run(alive(router.base_url))
 
 
 @needs_router
@@ -304,3 +343,34 @@ def test_consistent_hash_needs_a_session_key_to_spread_chats(server_url: str) ->
 
     assert sorted(per_replica(unkeyed)) == [0, 6]
     assert min(per_replica(keyed)) > 0
+
+
+@pytest.mark.slow
+@needs_router
+def test_consistent_hash_spreads_documents_and_counters_are_the_replicas_own(
+    server_url: str, tmp_path: Path
+) -> None:
+    """Each request carries its document's key as `x-session-id`, so consistent_hash spreads the
+    documents over both workers (without it, one worker got everything); the run's server
+    stats are read from the workers themselves and summed (through the router they were the
+    router's own /metrics). Both workers here are the one session vLLM (directly and through a
+    proxy), so each worker's own counters see every request."""
+    corpus = {"kind": "jsonl", "path": str(book_corpus_dir(tmp_path, n_docs=8, questions=1))}
+    with FaultProxy(int(urlparse(server_url).port or 0)) as proxy:
+        urls = [server_url.rstrip("/"), proxy.url]
+        rows, _, _, status = _run(tmp_path, _spec("consistent_hash", corpus=corpus), urls)
+        through_proxy = proxy.chats
+    assert status == "done" and len(rows) == 8 and all(err is None for *_, err in rows)
+    # 8 rows + the probe's 2 prompts: without the key all 10 reached one worker (checked: 10
+    # through the proxy); with it the documents spread (6 here: the keyless probe and 4 rows)
+    assert 0 < through_proxy < len(rows) + 2
+    with duckdb.connect(str(tmp_path / "router.duckdb"), read_only=True) as con:
+        sessions = con.execute("SELECT session, name, value FROM server_stats").fetchall()
+    by: dict[int, dict[str, float]] = {}
+    for session, name, value in sessions:
+        by.setdefault(session, {})[name] = value
+    run_stats = next(s for s in by.values() if "vllm:request_success" in s)
+    routed = next(s for s in by.values() if "replica0/router:requests" in s)
+    assert routed["replica0/router:requests"] > 0 and routed["replica1/router:requests"] > 0
+    own = [run_stats[f"replica{i}/vllm:request_success"] for i in (0, 1)]
+    assert run_stats["vllm:request_success"] == sum(own) and min(own) >= 8

@@ -167,3 +167,14 @@ vllm:request_prefill_time_seconds_count{engine="0",model_name="m"} 2.0
     assert m["vllm:prompt_tokens_by_source:local_cache_hit"] == 100.0
     assert m["vllm:prompt_tokens_by_source:local_compute"] == 20.0
     assert metric_deltas({"a": 1.0}, {"a": 3.0, "b": 2.0}) == {"a": 2.0, "b": 2.0}
+
+
+def test_replica_deltas_are_summed_per_replica_and_a_dead_one_charges_nobody() -> None:
+    """Over replicas each name's delta is the sum of the replicas' own deltas; a replica that is
+    gone at the end has none, and its history is not charged to the others (subtracting sums
+    gave 12 - 110 = -98 here)."""
+    before = {"p": 110.0, "replica0/p": 10.0, "replica1/p": 100.0}
+    after = {"p": 12.0, "replica0/p": 12.0}  # replica1 did not answer the last scrape
+    assert metric_deltas(before, after) == {"p": 2.0, "replica0/p": 2.0}
+    both = {"p": 117.0, "replica0/p": 12.0, "replica1/p": 105.0}
+    assert metric_deltas(before, both) == {"p": 7.0, "replica0/p": 2.0, "replica1/p": 5.0}
