@@ -60,7 +60,9 @@ def _hf(ref: str, served: str | None) -> LocalTokenizer:
     tok = AutoTokenizer.from_pretrained(str(path))
 
     def chat(messages: list[Any]) -> Any:
-        return tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+        # return_dict=False: transformers 5 returns a BatchEncoding by default, whose len() is its
+        # number of keys (2), not of tokens.
+        return tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False)
 
     def encode(text: str) -> Any:
         return tok(text, add_special_tokens=False).input_ids
