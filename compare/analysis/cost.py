@@ -92,9 +92,31 @@ def _per_pipeline(docs: pd.DataFrame) -> pd.DataFrame:
         one_time=("one_time_usd", "mean"), marginal=("marginal_usd", "mean"), paid=("run_paid_usd", "mean"))
 
 
+_MARKERS = """
+SELECT run_id, pipeline, params_hash, any_value(json_extract_string(params, '$.cache_marker')) AS cache_marker
+FROM predictions WHERE list_contains($runs, run_id) GROUP BY ALL
+"""
+_MARKER_TTL_MINUTES = {"ephemeral-5m": 5.0, "ephemeral-1h": 60.0}
+
+
+def _marker_note(p: dict[str, Any], api: ApiPrices) -> list[str]:
+    """A run that marked its documents for one cache TTL, priced at another, says so."""
+    marker = p.get("cache_marker")
+    ttl = _MARKER_TTL_MINUTES.get(marker) if isinstance(marker, str) else None
+    if ttl is None:
+        return []
+    write = api.cache_write
+    if write is None:
+        return [f"the run marked documents for caching ({marker}) but the sheet prices no cache write"]
+    if not math.isclose(write.ttl_minutes, ttl):
+        return [f"the run marked documents for a {ttl:g}-min cache ({marker}) but the sheet prices a "
+                f"{write.ttl_minutes:g}-min TTL: set cache_ttl_minutes = {ttl:g}"]
+    return []
+
+
 def _cache_notes(p: dict[str, Any], api: ApiPrices, use: CacheUse) -> list[str]:
     """What the API view's cache terms (write, storage hours, expiry) added, and how derived."""
-    notes = []
+    notes = _marker_note(p, api)
     hours = api.cache_hold_hours if use.hold_hours is None else use.hold_hours
     if p["storage"]:
         notes.append(f"cache storage {hours:g} h per document included")
@@ -178,6 +200,7 @@ def cost_table(
     per_pipe = _per_pipeline(costed.docs).merge(costed.counts, on=PIPE_KEY, how="left")
     latency = con.execute(_LATENCY, {"runs": runs}).df()  # doc_costs installed the views
     per_pipe = per_pipe.merge(latency, on=PIPE_KEY, how="left")
+    per_pipe = per_pipe.merge(con.execute(_MARKERS, {"runs": runs}).df(), on=PIPE_KEY, how="left")
     per_pipe = pipeline_labels(con, runs).merge(per_pipe, on=PIPE_KEY)
     rows = []
     order = {v: i for i, v in enumerate(sheet.views())}

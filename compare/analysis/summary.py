@@ -71,9 +71,10 @@ def describe(pipeline: str, params: dict[str, Any]) -> str:
     """A legend-sized name: the knobs a reader compares, not every parameter."""
     if "top_k" in params:  # a retriever's own knobs (a router's are nested under "rag")
         return f"{pipeline} k={params.get('top_k')} cs={params.get('chunk_size')} {params.get('order')}"
+    marker = f" cache={params['cache_marker']}" if params.get("cache_marker") else ""
     if params.get("truncation", "error") != "error":
-        return f"{pipeline} trunc={params['truncation']}"
-    return pipeline
+        return f"{pipeline} trunc={params['truncation']}{marker}"
+    return pipeline + marker
 
 
 def pipeline_labels(con: duckdb.DuckDBPyConnection, run_ids: list[str] | None) -> pd.DataFrame:

@@ -120,7 +120,11 @@ def _fill(db: Path) -> None:
         r = _Run(s, "long", "d3", 250_000)
         r.add("d3-q1", LC, _ok(250_050, 0, 60.0, 250_000))
         r.add("d3-q2", LC, _ok(250_050, 250_000, 1.0, 250_000))
-        for run in ("derived", "measured", "long"):
+        r = _Run(s, "marked", "d1", 1000)
+        marked: Pipe = ("long_context", "h-lc-1h", {**LC[2], "cache_marker": "ephemeral-1h"})
+        for i, cached in enumerate((0, 1000, 1000), 1):
+            r.add(f"d1-q{i}", marked, _ok(1050, cached, 2.0 if cached == 0 else 0.2, 1000))
+        for run in ("derived", "measured", "long", "marked"):
             s.finish_run(run, "done")
 
 
@@ -361,3 +365,14 @@ def test_workload_cache_knobs_are_validated(tmp_path: Path) -> None:
 
     with pytest.raises(WorkloadError, match="queries_per_doc_per_hr"):
         load_workload(path)
+
+
+def test_a_run_marked_for_one_ttl_priced_at_another_says_so(con: duckdb.DuckDBPyConnection) -> None:
+    """cache_marker = "ephemeral-1h" bought the 1-hour write; a sheet pricing the 5-minute one
+    under-charges it (1.25x instead of 2x): the caveat names both and the fix."""
+    label = "long_context cache=ephemeral-1h"
+    five = _row(con, "marked", W, label)["caveats"]
+    assert "marked documents for a 60-min cache (ephemeral-1h)" in five and "cache_ttl_minutes = 60" in five
+    assert "marked documents" not in _row(con, "marked", W60, label)["caveats"]
+    assert "prices no cache write" in _row(con, "marked", SHEET, label)["caveats"]
+    assert "marked" not in _row(con, "derived", W)["caveats"]
