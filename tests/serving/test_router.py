@@ -207,21 +207,20 @@ def test_a_router_with_one_worker_left_is_alive(
         async with HttpBackend(url, "m") as b:
             return await b.health()
 
+    def kill_and_wait(worker: int, page: str) -> None:
+        """Stop a worker and wait for the router's health checks to see it (its `page` leaves 200)."""
+        stub_servers[worker].shutdown()
+        stub_servers[worker].server_close()
+        deadline = time.monotonic() + 40
+        while httpx.get(f"{router.base_url}{page}", timeout=5).status_code == 200:
+            assert time.monotonic() < deadline, f"the router never noticed worker {worker} die"
+            time.sleep(1)
+
     with ManagedRouter(RouterConfig(tuple(stub_workers), "round_robin")) as router:
         assert asyncio.run(alive(router.base_url))
-        stub_servers[1].shutdown()
-        stub_servers[1].server_close()
-        deadline = time.monotonic() + 40
-        while httpx.get(f"{router.base_url}/health", timeout=5).status_code == 200:
-            assert time.monotonic() < deadline, "the router never noticed the dead worker"
-            time.sleep(1)
+        kill_and_wait(1, "/health")
         assert asyncio.run(alive(router.base_url))  # one worker left: alive
-        stub_servers[0].shutdown()
-        stub_servers[0].server_close()
-        deadline = time.monotonic() + 40
-        while httpx.get(f"{router.base_url}/readiness", timeout=5).status_code == 200:
-            assert time.monotonic() < deadline, "the router never noticed the last dead worker"
-            time.sleep(1)
+        kill_and_wait(0, "/readiness")
         assert not asyncio.run(alive(router.base_url))
 
 
