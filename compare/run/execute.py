@@ -18,9 +18,9 @@ from pydantic import BaseModel
 
 from compare.core import registry
 from compare.core.errors import BackendError
-from compare.core.protocols import Backend, BuildContext, Pipeline
+from compare.core.protocols import Backend, BuildContext, Pipeline, Role
 from compare.core.registry import spec_kind
-from compare.core.types import Corpus
+from compare.core.types import Corpus, Example
 from compare.run.heartbeat import Watch
 from compare.run.runner import FailurePolicy, Progress, RunResult, ServerDown, run
 from compare.run.spec import RunSpec
@@ -278,7 +278,7 @@ def model_dir(spec: RunSpec) -> Path | None:
     return None
 
 
-def _estimate_line(todo: Sequence[tuple[Any, Mapping[str, Any]]], measured: ProbeResult,
+def _estimate_line(todo: Sequence[tuple[Example, Mapping[str, Any], Role]], measured: ProbeResult,
                    dims: ModelDims | None) -> str:
     requests = planned_requests(todo)
     secs = estimate_s(requests, measured, dims)

@@ -14,6 +14,8 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from compare.core.protocols import Role
+
 
 @dataclass
 class _Flight:
@@ -82,8 +84,8 @@ async def heartbeat(
 @dataclass(frozen=True)
 class Watch:
     """What a run tells the person waiting, besides the per-row progress: an estimate before
-    the first request (given the planned (example, pipeline params) pairs) and heartbeats."""
+    the first request (given the planned (example, pipeline params, role) triples) and heartbeats."""
 
     say: Callable[[str], None] | None = None
     interval_s: float = 30.0
-    estimate: Callable[[Sequence[tuple[Any, Mapping[str, Any]]]], None] | None = None
+    estimate: Callable[[Sequence[tuple[Any, Mapping[str, Any], Role]]], None] | None = None

@@ -120,7 +120,7 @@ async def run(
     lane_of = lanes.lanes([ex for ex, _, _ in todo], plan.after)
     watch = watch or Watch()
     if watch.estimate is not None and todo:
-        watch.estimate([(ex, params[id(p)]) for ex, p, _ in todo])
+        watch.estimate([(ex, params[id(p)], p.role) for ex, p, _ in todo])
     if progress:
         progress("preparing pipelines", 0, len(todo))
     await _prepare(todo, pipelines, hashes, corpus, backend, store, run_id)

@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from compare.core.protocols import Role
 from compare.core.types import Example
 from compare.serving.client import HttpBackend
 
@@ -119,25 +120,26 @@ class Request:
 
 
 def planned_requests(
-    items: Iterable[tuple[Example, Mapping[str, Any]]], overhead_tokens: int = 60
+    items: Iterable[tuple[Example, Mapping[str, Any], Role]], overhead_tokens: int = 60
 ) -> list[Request]:
-    """Each (example, pipeline params) in run order, with what the prefix cache will hold.
+    """Each (example, pipeline params, the pipeline's declared role) in run order, with what the
+    prefix cache will hold.
 
-    Long context pays a document once; later questions on it reuse the prefix. RAG pays its
-    chunks (top_k x chunk_size, or its budget). A router is counted as its retrieval step
-    plus, for self_route, the long-context fallback (an upper bound)."""
+    Long context pays a document once; later questions on it reuse the prefix. A retriever pays
+    its chunks (top_k x chunk_size, or its budget; a plug-in's own names unknown: the RAG
+    defaults). A router is counted as its retrieval step plus the long-context fallback (an
+    upper bound)."""
     seen: set[tuple[str, ...]] = set()
     out: list[Request] = []
-    for ex, params in items:
-        kind = str(params.get("kind", ""))
+    for ex, params, role in items:
         max_tokens = int(params.get("max_tokens") or 32)
-        if kind in ("rag", "self_route", "length_rule"):
+        if role in ("retrieval", "router"):
             rag = params.get("rag") if isinstance(params.get("rag"), Mapping) else params
             assert isinstance(rag, Mapping)
             k, size = int(rag.get("top_k") or 4), int(rag.get("chunk_size") or 200)
             budget = rag.get("budget_tokens") or k * size
             out.append(Request(int(budget) + overhead_tokens, 0, max_tokens))
-            if kind != "self_route":
+            if role == "retrieval":
                 continue
         doc = _doc_tokens(ex)
         warm = ex.doc_ids in seen

@@ -52,11 +52,17 @@ def _ex(i: int, doc: str, tokens: int) -> Example:
 def test_planned_requests_pay_a_document_once_and_rag_its_chunks() -> None:
     lc = {"kind": "long_context", "max_tokens": 32}
     rag = {"kind": "rag", "top_k": 4, "chunk_size": 200, "budget_tokens": None, "max_tokens": 16}
-    items = [(_ex(0, "d1", 1000), lc), (_ex(1, "d1", 1000), lc), (_ex(0, "d1", 1000), rag),
-             (_ex(2, "d2", 500), lc)]
+    # a plug-in retriever is read by its declared role, not its kind (it was counted as a
+    # whole document before); a router as its retrieval step plus the fallback
+    plug = {"kind": "llama_retriever", "top_k": 3, "chunk_size": 100, "max_tokens": 8}
+    route = {"kind": "self_route", "rag": {"top_k": 2, "chunk_size": 100}, "max_tokens": 4}
+    items = [(_ex(0, "d1", 1000), lc, "long_context"), (_ex(1, "d1", 1000), lc, "long_context"),
+             (_ex(0, "d1", 1000), rag, "retrieval"), (_ex(2, "d2", 500), lc, "long_context"),
+             (_ex(3, "d3", 700), plug, "retrieval"), (_ex(4, "d3", 700), route, "router")]
     got = planned_requests(items, overhead_tokens=50)
     assert [(r.prompt_tokens, r.cached_tokens, r.max_tokens) for r in got] == [
-        (1050, 0, 32), (1050, 1000, 32), (850, 0, 16), (550, 0, 32),
+        (1050, 0, 32), (1050, 1000, 32), (850, 0, 16), (550, 0, 32), (350, 0, 8), (250, 0, 4),
+        (750, 0, 4),
     ]
 
 
@@ -64,7 +70,7 @@ def test_estimate_uses_flops_when_the_shape_is_known() -> None:
     dims = ModelDims(params=1000, layers=2, attn_width=10)
     probe_result = ProbeResult(prompt_tokens=100, cached_tokens=0, ttft_s=1.0, tpot_s=0.5,
                                tokens_per_s=100.0, flops_per_s=600_000.0)
-    reqs = planned_requests([(_ex(0, "d", 200), {"kind": "long_context", "max_tokens": 2})],
+    reqs = planned_requests([(_ex(0, "d", 200), {"kind": "long_context", "max_tokens": 2}, "long_context")],
                             overhead_tokens=0)
     # 200 tokens: 2*1000*200 + 2*2*10*200^2 = 2,000,000 FLOPs / 600,000 = 3.333 s, + 2 x 0.5 s decode
     assert estimate_s(reqs, probe_result, dims) == pytest.approx(2_000_000 / 600_000 + 1.0)
