@@ -31,12 +31,12 @@ from typing import Annotated, Any, ClassVar, Literal
 from pydantic import Field, StrictInt, model_validator
 
 from compare.core.config import Strict
-from compare.core.metrics import MULTI_SELECT, check_primary, default_primary
+from compare.core.metrics import MULTI_SELECT, default_primary
 from compare.core.protocols import BuildContext
 from compare.core.registry import register_corpus
 from compare.core.types import Corpus, Document, Example, Span
 from corpora.leval import load_leval_file
-from corpora.records import CorpusError, StrictRecord, read_jsonl, with_doc_tokens
+from corpora.records import CorpusError, StrictRecord, declared_metric_problems, read_jsonl, with_doc_tokens
 
 NonBlank = Annotated[str, Field(min_length=1, pattern=r"\S")]
 Label = Annotated[str, Field(pattern=r"^[A-Z]$")]
@@ -111,12 +111,7 @@ def _check_question(q: QuestionRecord, where: str, texts: dict[str, str | None],
             problems.append(f"{where}: answer {a!r} is not a choice label ({', '.join(choices)})")
         elif len(set(labels)) != len(labels):
             problems.append(f"{where}: answer {a!r} names a choice twice")
-    declared = (q.tags or {}).get("primary_metric")
-    if declared is not None:
-        try:
-            check_primary(str(declared))
-        except ValueError as exc:
-            problems.append(f"{where}: tags.{exc}")
+    problems += declared_metric_problems(where, q.tags)
     for i, (doc, start, end) in enumerate(q.evidence or ()):
         if doc not in q.doc_ids:
             problems.append(f"{where}: evidence[{i}] names {doc!r}, not one of this question's doc_ids")

@@ -5,12 +5,14 @@ what", all at once, nothing imported when there is one) and the measured documen
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from compare.core.metrics import check_primary
 from compare.core.types import Corpus, TokenCounter
 
 M = TypeVar("M", bound=BaseModel)
@@ -81,3 +83,16 @@ async def with_doc_tokens(corpus: Corpus, count: TokenCounter) -> Corpus:
         for ex in corpus.examples
     ]
     return Corpus(corpus.name, corpus.documents, examples, corpus.params)
+
+
+def declared_metric_problems(where: str, tags: Mapping[str, object] | None) -> list[str]:
+    """A question's declared headline metric (`tags.primary_metric`) must be a known one: named
+    at its file and line before anything is ingested or asked."""
+    declared = (tags or {}).get("primary_metric")
+    if declared is None:
+        return []
+    try:
+        check_primary(str(declared))
+    except ValueError as exc:
+        return [f"{where}: tags.{exc}"]
+    return []

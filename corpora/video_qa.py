@@ -17,10 +17,11 @@ from typing import Annotated
 
 from pydantic import Field, StrictFloat, StrictInt
 
-from compare.core.metrics import check_primary, default_primary
+from compare.core.metrics import default_primary
 from compare.core.timeline import video_tags
 from compare.core.types import Corpus, Document, Example, Span
 from corpora.jsonl import CorpusError, NonBlank, StrictRecord, read_jsonl
+from corpora.records import declared_metric_problems
 from corpora.video import Ingested, IngestSettings, Progress, VideoError, ingest, prefixed
 
 _CLOCK = re.compile(r"^(?:(\d+):)?(\d{1,2}):(\d{1,2})(\.\d+)?$")
@@ -116,12 +117,7 @@ def _check_rows(questions: Path, rows: list[tuple[int, VideoQuestion]], video: P
         for i, (a, b) in enumerate(q.evidence or ()):
             if not seconds(a) < seconds(b):
                 problems.append(f"{where}: evidence[{i}] needs start < end, got [{a}, {b}]")
-        declared = (q.tags or {}).get("primary_metric")
-        if declared is not None:
-            try:
-                check_primary(str(declared))
-            except ValueError as exc:
-                problems.append(f"{where}: tags.{exc}")
+        problems += declared_metric_problems(where, q.tags)
     ids = [q.id or f"q{n}" for n, q in rows]
     dupes = sorted({i for i in ids if ids.count(i) > 1})
     if dupes:
