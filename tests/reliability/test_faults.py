@@ -103,6 +103,7 @@ def test_a_dead_replica_fails_over_to_the_others(server_url: str, tmp_path: Path
         "corpus": {"kind": "jsonl", "path": str(book_corpus_dir(tmp_path))},
         "pipelines": [{"kind": "long_context", "max_tokens": 4}],
         "concurrency": 1, "retries": 0, "timeout_s": 30.0,
+        "server": {"router": "client"},  # ragvslc's own affinity and failover (no router)
     })
     db = tmp_path / "failover.duckdb"
     said: list[str] = []

@@ -26,6 +26,7 @@ from compare.serving.router import (
     RouterConfig,
     RouterError,
     _router_series,
+    router_installed,
     router_version,
     routing_deltas,
     routing_policy,
@@ -63,8 +64,9 @@ def test_router_flags_keep_ours_unless_the_spec_names_them() -> None:
 
 def test_routing_policy_defaults_and_refusals() -> None:
     assert routing_policy(None, 1, managed=True) is None
-    assert routing_policy(None, 2, managed=True) == "cache_aware"  # managed replicas: the router
-    assert routing_policy(None, 2, managed=False) == "client"  # a list of URLs: as before the field
+    assert routing_policy(None, 2, managed=True) == ("cache_aware" if router_installed() else "client")
+    # a list of URLs: the router too (the benchmark's verdict), client affinity where it is missing
+    assert routing_policy(None, 2, managed=False) == ("cache_aware" if router_installed() else "client")
     assert routing_policy("round_robin", 3, managed=False) == "round_robin"
     assert routing_policy("client", 2, managed=True) == "client"
     assert routing_policy("client", 1, managed=True) is None
