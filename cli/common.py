@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
 import typer
+from rich.markup import escape
 
 from cli import console
 
@@ -42,7 +43,8 @@ SUMMARY_COLUMNS = (
 
 
 def fail(msg: str, code: int = BAD_INPUT) -> NoReturn:
-    console.console.print(f"[red]error:[/red] {msg}", highlight=False)
+    # Escaped: a message may hold brackets ("the [video] extra") that rich would eat as markup.
+    console.console.print(f"[red]error:[/red] {escape(msg)}", highlight=False)
     raise typer.Exit(code)
 
 

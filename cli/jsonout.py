@@ -12,7 +12,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # the analysis (duckdb, pandas) is not loaded for a listing
+    from compare.analysis.cache_terms import CacheUse
 
 Row = Mapping[str, Any]
 
@@ -51,7 +54,8 @@ TOP_LEVEL: dict[str, tuple[str, ...]] = {
     "runs": ("db", "runs"),
     "models list": ("models",),
     "corpora list": ("corpora",),
-    "cost": ("price_sheet", "queries_per_doc", "rows", "break_even", "caveats"),
+    "cost": ("price_sheet", "queries_per_doc", "queries_per_doc_per_hour", "cache_hold_hours", "rows",
+             "break_even", "caveats"),
     "recommend": (
         "workload", "model", "coverage", "coverage_notes", "winner", "reasons", "assumptions",
         "run_ids", "lengths_used", "price_sheet", "rows",
@@ -109,10 +113,11 @@ def model_json(row: Row) -> dict[str, Any]:
 
 
 def cost_json(
-    rows: Sequence[Row], break_even: Sequence[Row], sheet: Any, sheet_path: Path, qs: Sequence[int]
+    rows: Sequence[Row], break_even: Sequence[Row], sheet: Any, sheet_path: Path, qs: Sequence[int],
+    use: CacheUse | None = None,
 ) -> dict[str, Any]:
     """Cost rows with the per-q prices as one object keyed by queries per document (a string,
-    as JSON keys are): `.rows[0].usd_per_query["10"]`."""
+    as JSON keys are): `.rows[0].usd_per_query["10"]`; the cache use priced (null: not stated)."""
     out_rows = [
         {**pick(r, COST_FIELDS), "usd_per_query": {str(q): r.get(f"usd_per_query_q{q}") for q in qs},
          "caveats": _split(r.get("caveats"))}
@@ -121,6 +126,8 @@ def cost_json(
     return {
         "price_sheet": {"name": sheet.name, "date": sheet.date, "path": str(sheet_path)},
         "queries_per_doc": list(qs),
+        "queries_per_doc_per_hour": use.queries_per_doc_per_hour if use else None,
+        "cache_hold_hours": use.hold_hours if use else None,
         "rows": out_rows,
         "break_even": [pick(b, BREAK_EVEN_FIELDS) for b in break_even],
         "caveats": caveats(rows),

@@ -91,9 +91,7 @@ def cost_cmd(
         fail(str(exc))
     even = cost.break_even(rows)
     if as_json:
-        console.emit_json({**jsonout.cost_json(rows, even, sheet, price_sheet, qs),
-                           "queries_per_doc_per_hour": queries_per_doc_per_hour,
-                           "cache_hold_hours": cache_hold_hours})
+        console.emit_json(jsonout.cost_json(rows, even, sheet, price_sheet, qs, use))
         return
     columns = [c for c in cost.cost_columns(qs) if c != "caveats"]  # printed below, one per line
     console.table(rows, columns, title=f"cost per query: {sheet.name} ({sheet.date})")

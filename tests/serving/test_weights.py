@@ -60,7 +60,7 @@ def test_join_parts_wrong_sha_raises_naming_both(tmp_path: Path) -> None:
 
 def test_unknown_name_lists_known_models() -> None:
     with pytest.raises(ModelError) as err:
-        prepare("no-such-model", install=False)
+        prepare("no-such-model")
     for name in MODELS:
         assert name in str(err.value)
 
