@@ -7,13 +7,14 @@ line rules hand-made recogniser output whose right answer is known by constructi
 
 from __future__ import annotations
 
+import re
 import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from corpora.scene_ocr import _ADVANCE, SPACE_WIDTH, _lines, spaced
+from corpora.scene_ocr import _ADVANCE, SPACE_WIDTH, _keep, _lines, scene_ocr_frames, segment, spaced
 from corpora.video import IngestSettings, _Sampler, ingest
 from corpora.video_spec import VideoIngestSpec, ingest_report
 
@@ -47,6 +48,16 @@ def test_dropped_spaces_come_back_where_the_gaps_and_the_words_agree() -> None:
     # spaces the recogniser did emit are kept; a run of digits stays one number
     chars, cols = _columns(["at", "2024"], per_unit=0.2)
     assert spaced([*chars[:2], " ", *chars[2:]], [*cols[:2], cols[2] - 1, *cols[2:]]) == "at 2024"
+
+
+def test_a_lone_letter_needs_a_clear_gap_and_a_zero_among_letters_is_an_o() -> None:
+    # CTC noise of a third of a space past a word gap's worth: not enough to cut off one letter
+    # (wordninja counts the `s` of `it's` as a word), while a real gap still cuts `Plan B`
+    assert segment("This", [1.3, 0.0, 0.0]) == "This"
+    assert segment("IS", [1.3]) == "IS"
+    assert segment("PlanB", [0.0, 0.0, 0.0, 1.3]) == "Plan B"
+    assert _keep("SECRET WORD-KANGARO0", "eng") == "SECRET WORD-KANGAROO"
+    assert _keep("b00k at 10:00, 1080p H2O A0", "eng") == "book at 10:00, 1080p H2O A0"
 
 
 def _box(x0: float, y0: float, x1: float, y1: float) -> np.ndarray:
@@ -135,3 +146,34 @@ def test_a_still_frame_is_read_once_and_skipped_after(tmp_path: Path) -> None:
     assert got.stats["frames_ocr"] == 1 and got.stats["frames_skipped"] == 5
     [line] = [e for e in got.entries if e.source == "screen"]
     assert line.text == "Quarterly results" and line.start == 0.0 and line.end == pytest.approx(6.0, abs=0.1)
+
+
+@pytest.mark.slow
+def test_white_text_over_bright_texture_is_read_whole(tmp_path: Path) -> None:
+    """Plain white captions over bright, busy content (ffmpeg's `life` cells in light greys),
+    the style the benchmark's misses had: the frame alone (POSTPROCESS 1) read 82/96 words and
+    3/12 captions exactly (the detector loses glyphs that barely differ from what is behind
+    them); with the gamma view, 92/96 and 8/12."""
+    import cv2
+
+    text = "The secret word for the red door is chocolate"
+    frames = []
+    for seed in (1, 2, 3, 4):
+        for size, y in ((22, 60), (24, 160), (26, 260)):
+            out = tmp_path / f"life-{seed}-{size}.png"
+            subprocess.run(
+                ["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i",
+                 f"life=s=640x360:mold=10:r=25:ratio=0.5:seed={seed}:death_color=#909090:life_color=#D0D0D0",
+                 "-vf", "drawtext=fontfile=/usr/share/fonts/truetype/dejavu/DejaVuSans-Bold.ttf:"
+                 f"text='{text}':fontsize={size}:fontcolor=white:x=(w-text_w)/2:y={y}",
+                 "-frames:v", "1", str(out)],
+                check=True,
+            )
+            frames.append(cv2.imread(str(out)))
+    want = text.lower().split()
+    words = exact = 0
+    for lines in scene_ocr_frames(frames):
+        got = re.findall(r"[a-z]+", " ".join(lines).lower())
+        words += sum(w in got for w in set(want))
+        exact += " ".join(want) in " ".join(got)
+    assert words >= 0.9 * len(frames) * len(set(want)) and exact >= 5, (words, exact)
