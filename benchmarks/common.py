@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 
 from compare.serving import weights as models
-from compare.serving.client import metric_deltas, parse_metrics
+from compare.serving.prometheus import metric_deltas, parse_metrics
 
 BENCH_WINDOW = 16384
 PREFILL_KEYS = (

@@ -50,8 +50,9 @@ from benchmarks.common import (  # noqa: E402
 )
 from compare.core.types import Corpus, Document, Example  # noqa: E402
 from compare.serving import weights as models  # noqa: E402
-from compare.serving.client import HttpBackend, metric_deltas  # noqa: E402
+from compare.serving.client import HttpBackend  # noqa: E402
 from compare.serving.pool import Pool  # noqa: E402
+from compare.serving.prometheus import metric_deltas  # noqa: E402
 
 ARMS = ("client", "cache_aware", "consistent_hash", "round_robin", "power_of_two")
 BASELINE = "client"

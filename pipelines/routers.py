@@ -47,7 +47,8 @@ from compare.core.registry import build_pipeline, register_pipeline
 from compare.core.types import Completion, Document, Example, Prediction, Step
 from pipelines.long_context import LongContextPipeline, LongContextSpec
 from pipelines.prompts import UNANSWERABLE, build_messages
-from pipelines.rag import RagPipeline, RagSpec
+from pipelines.rag import RagPipeline
+from pipelines.rag_spec import RagSpec
 
 Route = Literal["rag", "long_context"]
 

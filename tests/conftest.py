@@ -56,7 +56,7 @@ def _print_work(base_url: str) -> None:
     engine seconds; with the probe's rate on another CPU this says how long the suite takes there."""
     import httpx
 
-    from compare.serving.client import parse_metrics
+    from compare.serving.prometheus import parse_metrics
 
     try:
         m = parse_metrics(httpx.get(f"{base_url}/metrics", timeout=10).text)

@@ -24,8 +24,9 @@ from compare.core import metrics as metric_registry
 from compare.core.protocols import Indexed, Pipeline
 from compare.core.types import Corpus, Example, Prediction
 from compare.run.heartbeat import InFlight, Watch, heartbeat
-from compare.serving.client import HttpBackend, cache_salt, first_token_hook, metric_deltas, session_key
+from compare.serving.client import HttpBackend, cache_salt, first_token_hook, session_key
 from compare.serving.pool import Lane, Pool
+from compare.serving.prometheus import metric_deltas
 from compare.serving.replicas import FINGERPRINT_PREFIX
 from compare.serving.schedule import Schedule, plan_run
 from compare.store.db import Store

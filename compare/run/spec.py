@@ -24,7 +24,7 @@ from corpora.leval import LevalCorpusSpec
 from corpora.needle import NeedleCorpusSpec
 from corpora.video_spec import ActivityNetCorpusSpec, VideoNeedleCorpusSpec, VideoQaCorpusSpec
 from pipelines.long_context import LongContextSpec
-from pipelines.rag import RagSpec
+from pipelines.rag_spec import RagSpec
 from pipelines.routers import LengthRuleSpec, SelfRouteSpec
 
 __all__ = [  # the built-in specs, re-exported so a spec is built from one module

@@ -9,34 +9,27 @@ from __future__ import annotations
 
 import json
 import subprocess
-from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import duckdb
 
-from compare.core.metrics import primary_metric
 from compare.core.protocols import Role
-from compare.core.types import Example, Prediction, Span
+from compare.core.types import Example, Prediction
 from compare.store import views
 from compare.store.migrations import MIGRATIONS
+from compare.store.rows import PredictionKey, RowMeta, gold_columns, now, prediction_row
 
-PredictionKey = tuple[str, str, str]  # (example_id, pipeline, params_hash)
+__all__ = ["PredictionKey", "RowMeta", "Store", "StoreBusyError", "git_sha", "prediction_row"]
+
 _ROWS_PER_INSERT = 256  # bounds one statement's parameter list for big example sets
 
 
 class StoreBusyError(RuntimeError):
     """Another process holds the database file; DuckDB allows one writer process."""
-
-
-def _now() -> datetime:
-    return datetime.now(UTC).replace(tzinfo=None)
-
-
-def _spans_json(spans: Sequence[Span]) -> str:
-    return json.dumps([asdict(s) for s in spans])
 
 
 CHECKOUT = Path(__file__).resolve().parents[2]  # where ragvslc's own code lives
@@ -106,16 +99,11 @@ class Store:
         for name, sql in MIGRATIONS:
             if name in done:
                 continue
-            self.con.execute("BEGIN")
-            try:
+            with self.transaction():
                 self.con.execute(sql)
                 self.con.execute(
                     "INSERT INTO schema_migrations (version, applied_at, name) "
-                    "SELECT coalesce(max(version), 0) + 1, ?, ? FROM schema_migrations", [_now(), name])
-                self.con.execute("COMMIT")
-            except Exception:
-                self.con.execute("ROLLBACK")
-                raise
+                    "SELECT coalesce(max(version), 0) + 1, ?, ? FROM schema_migrations", [now(), name])
 
     def migrations(self) -> list[str]:
         """The names of the migrations this file has applied, in order."""
@@ -152,7 +140,7 @@ class Store:
             )
             return True
         self.insert("runs", [{
-            "run_id": run_id, "created_at": _now(), "status": "running", "corpus": corpus,
+            "run_id": run_id, "created_at": now(), "status": "running", "corpus": corpus,
             "model": model, "base_url": base_url, "concurrency": concurrency, "git_sha": git_sha(),
             "spec": json.dumps(spec, default=str), "corpus_params": json.dumps(corpus_params, default=str),
             "server": json.dumps(server, default=str),
@@ -164,7 +152,7 @@ class Store:
                                [run_id]).fetchone()
         self.session = int(row[0]) if row else 0
         self.insert("run_sessions", [{
-            "run_id": run_id, "session": self.session, "started_at": _now(), "git_sha": git_sha(),
+            "run_id": run_id, "session": self.session, "started_at": now(), "git_sha": git_sha(),
             "server": json.dumps(server, default=str),
             "corpus_params": json.dumps(corpus_params, default=str),
         }])
@@ -178,7 +166,7 @@ class Store:
 
     def finish_run(self, run_id: str, status: str) -> None:
         self.con.execute(
-            "UPDATE runs SET status = ?, finished_at = ? WHERE run_id = ?", [status, _now(), run_id]
+            "UPDATE runs SET status = ?, finished_at = ? WHERE run_id = ?", [status, now(), run_id]
         )
 
     def runs(self) -> list[dict[str, Any]]:
@@ -213,6 +201,17 @@ class Store:
                 [row[c] for row in chunk for c in cols],
             )
 
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """One all-or-nothing write: a failure inside rolls everything in it back."""
+        self.con.execute("BEGIN")
+        try:
+            yield
+        except BaseException:
+            self.con.execute("ROLLBACK")
+            raise
+        self.con.execute("COMMIT")
+
     # examples ---------------------------------------------------------------------------
     def add_examples(
         self, run_id: str, examples: Sequence[Example], doc_tokens: Mapping[str, int] | None = None
@@ -222,10 +221,8 @@ class Store:
         rows = [
             {
                 "run_id": run_id, "example_id": ex.id, "doc_ids": json.dumps(list(ex.doc_ids)),
-                "question": ex.question, "answers": json.dumps(list(ex.answers)),
-                "evidence": _spans_json(ex.evidence), "tags": json.dumps(dict(ex.tags)),
+                "question": ex.question, **gold_columns(ex),
                 "doc_tokens": sum(doc_tokens[d] for d in ex.doc_ids) if doc_tokens else None,
-                "primary_metric": primary_metric(ex),
             }
             for ex in examples
         ]
@@ -236,25 +233,18 @@ class Store:
         """Replace the gold side (answers, evidence, tags, headline metric) of examples whose
         question is unchanged, and move the run's content hash to the corpus it now matches,
         noting the change in `corpus_params.refreshed` (a resume then accepts that corpus)."""
-        self.con.execute("BEGIN")
-        try:
+        with self.transaction():
             for ex in examples:
-                self.con.execute(
-                    "UPDATE examples SET answers = ?, evidence = ?, tags = ?, primary_metric = ? "
-                    "WHERE run_id = ? AND example_id = ?",
-                    [json.dumps(list(ex.answers)), _spans_json(ex.evidence), json.dumps(dict(ex.tags)),
-                     primary_metric(ex), run_id, ex.id],
-                )
+                gold = gold_columns(ex)
+                sets = ", ".join(f"{c} = ?" for c in gold)
+                self.con.execute(f"UPDATE examples SET {sets} WHERE run_id = ? AND example_id = ?",
+                                 [*gold.values(), run_id, ex.id])
             row = self.con.execute("SELECT corpus_params FROM runs WHERE run_id = ?", [run_id]).fetchone()
             params = json.loads(row[0] or "{}") if row else {}
             params["content_sha256"] = note["to_sha256"]
             params["refreshed"] = [*params.get("refreshed", []), dict(note)]
             self.con.execute("UPDATE runs SET corpus_params = ? WHERE run_id = ?",
                              [json.dumps(params, default=str), run_id])
-            self.con.execute("COMMIT")
-        except Exception:
-            self.con.execute("ROLLBACK")
-            raise
 
     # predictions ------------------------------------------------------------------------
     def prediction_keys(self, run_id: str, *, errors: bool | None = None) -> set[PredictionKey]:
@@ -290,16 +280,11 @@ class Store:
         row = prediction_row((example_id, pipeline, params_hash), pred, meta)
         where = "run_id = ? AND example_id = ? AND pipeline = ? AND params_hash = ?"
         ids = [run_id, example_id, pipeline, params_hash]
-        self.con.execute("BEGIN")
-        try:
+        with self.transaction():
             self.con.execute(f"DELETE FROM scores WHERE {where}", ids)
             self.con.execute(f"DELETE FROM predictions WHERE {where}", ids)
             self.insert("predictions", [row])
             self._write_scores(ids, scores)
-            self.con.execute("COMMIT")
-        except Exception:
-            self.con.execute("ROLLBACK")
-            raise
 
     def _write_scores(self, key: list[str], scores: Mapping[str, float | None]) -> None:
         run_id, example_id, pipeline, params_hash = key
@@ -313,8 +298,7 @@ class Store:
         self, key: Sequence[str], scores: Mapping[str, float | None], only: Sequence[str]
     ) -> None:
         """Rescoring from stored predictions (no model call) replaces the named metrics' rows."""
-        self.con.execute("BEGIN")
-        try:
+        with self.transaction():
             marks = ", ".join("?" * len(only))
             self.con.execute(
                 "DELETE FROM scores WHERE run_id = ? AND example_id = ? AND pipeline = ? "
@@ -322,10 +306,6 @@ class Store:
                 [*key, *only],
             )
             self._write_scores(list(key), scores)
-            self.con.execute("COMMIT")
-        except Exception:
-            self.con.execute("ROLLBACK")
-            raise
 
     def next_seq(self, run_id: str) -> int:
         row = self.con.execute(
@@ -347,7 +327,7 @@ class Store:
 
     def add_price_sheet(self, run_id: str, name: str, sheet_json: str) -> None:
         """Keep the exact prices a run was costed with, so the numbers can be re-derived."""
-        row = {"run_id": run_id, "name": name, "sheet": sheet_json, "used_at": _now()}
+        row = {"run_id": run_id, "name": name, "sheet": sheet_json, "used_at": now()}
         self.insert("price_sheets", [row], verb="INSERT OR REPLACE")
 
     def add_index_stats(
@@ -364,45 +344,3 @@ class Store:
             for doc_id, s in stats.items()
         ]
         self.insert("index_stats", rows, verb="INSERT OR REPLACE")
-
-
-@dataclass(frozen=True)
-class RowMeta:
-    """Where a prediction row sits in its run: everything the runner knows about the request
-    beyond the pipeline's own answer."""
-
-    run_id: str
-    params: Mapping[str, Any]
-    role: Role | None
-    seq: int
-    resumed: bool
-    started_at: datetime
-    attempts: int = 1
-    replica: str | None = None
-    session: int | None = None  # the run session (configuration) that produced the row
-
-
-def prediction_row(key: PredictionKey, pred: Prediction, meta: RowMeta) -> dict[str, Any]:
-    """A prediction as the `predictions` table's columns (times in ms)."""
-    example_id, pipeline, params_hash = key
-    c = pred.completion
-    e2e_ms = c.e2e_s * 1e3 if c else None
-    # A multi-step row's tokens are summed over its requests, so its TPOT is the answering
-    # request's own (a decode speed), not summed time over summed tokens.
-    tpot = pred.steps[-1].completion.tpot_s if pred.steps else (c.tpot_s if c else None)
-    return {
-        "run_id": meta.run_id, "example_id": example_id, "pipeline": pipeline, "params_hash": params_hash,
-        "params": json.dumps(meta.params, sort_keys=True, default=str), "role": meta.role,
-        "answer": pred.answer, "error": pred.error, "context_tokens": pred.context_tokens,
-        "truncated_tokens": pred.truncated_tokens,
-        "prompt_tokens": c.prompt_tokens if c else None, "cached_tokens": c.cached_tokens if c else None,
-        "cache_write_tokens": c.cache_write_tokens if c else None, "embed_tokens": pred.embed_tokens,
-        "output_tokens": c.output_tokens if c else None, "ttft_ms": c.ttft_s * 1e3 if c else None,
-        "e2e_ms": e2e_ms, "tpot_ms": tpot * 1e3 if tpot is not None else None,
-        "itl_ms": [x * 1e3 for x in c.itl_s] if c else None, "retrieval_ms": pred.retrieval_s * 1e3,
-        "total_ms": (pred.retrieval_s * 1e3 + e2e_ms) if e2e_ms is not None else None,
-        "finish_reason": c.finish_reason if c else None, "retrieved": _spans_json(pred.retrieved),
-        "route": pred.route, "seq": meta.seq, "resumed": meta.resumed, "started_at": meta.started_at,
-        "finished_at": _now(), "attempts": meta.attempts, "replica": meta.replica, "session": meta.session,
-        "steps": json.dumps([st.as_dict() for st in pred.steps]) if pred.steps else None,
-    }

@@ -30,7 +30,8 @@ from compare.store.db import Store
 from pipelines.embed_endpoint import EmbedAuthError, EmbedEndpointError, EndpointEmbedder, api_url
 from pipelines.embedder import DEFAULT_EMBEDDER, embed_texts, embedded_tokens, load_embedder
 from pipelines.index import build_index, cache_key
-from pipelines.rag import RagPipeline, RagSpec
+from pipelines.rag import RagPipeline
+from pipelines.rag_spec import RagSpec
 from tests.fixtures.book import BOOK, NEEDLE, QUESTION, with_needle, words
 from tests.fixtures.embeddings_server import MODEL, EmbeddingsServer
 

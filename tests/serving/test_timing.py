@@ -10,7 +10,8 @@ import pytest
 
 from compare.core.errors import BackendError, EmptyStreamError, MissingUsageError, TruncatedStreamError
 from compare.core.types import Document, Example
-from compare.serving.client import HttpBackend, StreamChunk, collect_stream, metric_deltas, parse_metrics
+from compare.serving.client import HttpBackend, StreamChunk, collect_stream
+from compare.serving.prometheus import metric_deltas, parse_metrics
 from tests.fixtures.sse_server import send_json, serve, sse_chunk, sse_usage
 
 DELAYS = (0.30, 0.05, 0.10, 0.05)  # before each token chunk
