@@ -17,10 +17,10 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, TypeVar
 
 import duckdb
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -32,6 +32,7 @@ VIEWS = ("api", "self_hosted")
 DEFAULT_SHEET = Path(__file__).resolve().parents[2] / "prices" / "example-api.toml"
 
 Usd = Annotated[float, Field(ge=0.0)]
+_T = TypeVar("_T")
 
 
 class _Strict(BaseModel):
@@ -60,6 +61,15 @@ class CacheWrite(_Strict):
     input_multiplier: Annotated[float, Field(ge=1.0, allow_inf_nan=False)]
 
 
+def _by_unique_key(items: list[_T], key: Callable[[_T], float], clash: str) -> list[_T]:
+    """A sheet's list sorted by its key, refusing two entries with one key (which would leave
+    the price for that key to list order)."""
+    keys = [key(i) for i in items]
+    if len(set(keys)) != len(keys):
+        raise ValueError(f"{clash}: {sorted(keys)}")
+    return sorted(items, key=key)
+
+
 class ApiPrices(_Rates):
     tiers: list[Tier] = []
     cache_storage_usd_per_mtok_hour: Usd = 0.0
@@ -73,18 +83,12 @@ class ApiPrices(_Rates):
     @field_validator("tiers")
     @classmethod
     def _sorted_unique(cls, tiers: list[Tier]) -> list[Tier]:
-        limits = [t.above_prompt_tokens for t in tiers]
-        if len(set(limits)) != len(limits):
-            raise ValueError(f"two tiers share a threshold: {sorted(limits)}")
-        return sorted(tiers, key=lambda t: t.above_prompt_tokens)
+        return _by_unique_key(tiers, lambda t: t.above_prompt_tokens, "two tiers share a threshold")
 
     @field_validator("cache_writes")
     @classmethod
     def _one_price_per_ttl(cls, writes: list[CacheWrite]) -> list[CacheWrite]:
-        ttls = [w.ttl_minutes for w in writes]
-        if len(set(ttls)) != len(ttls):
-            raise ValueError(f"two cache writes share a ttl_minutes: {sorted(ttls)}")
-        return sorted(writes, key=lambda w: w.ttl_minutes)
+        return _by_unique_key(writes, lambda w: w.ttl_minutes, "two cache writes share a ttl_minutes")
 
     @model_validator(mode="after")
     def _ttl_is_priced(self) -> ApiPrices:

@@ -40,6 +40,7 @@ from compare.core.types import Completion, Example, Prediction
 from compare.report import data as dashboard
 from compare.store.db import Store
 from tests.fixtures.cost import API, LC, LC_LABEL, RAG, RAG_LABEL, SHEET, Pipe
+from tests.fixtures.dashboard import SHEET_API_TOML
 from tests.fixtures.store import store_fixtures
 
 PRICES = Path(__file__).resolve().parents[2] / "prices"
@@ -53,16 +54,7 @@ W60 = SHEET.model_copy(update={"api": W_API.model_copy(update={"cache_ttl_minute
 STORED = SHEET.model_copy(update={"api": W_API.model_copy(update={
     "cache_storage_usd_per_mtok_hour": 1.0, "cache_hold_hours": 2.0})})
 COLD, COLD60, WARM = 1340e-6, 2090e-6, 190e-6
-W_TOML = """name = "w"
-date = 2026-12-01
-source = "hand-made"
-note = "test rates"
-[api]
-input_usd_per_mtok = 1.0
-cached_input_usd_per_mtok = 0.1
-output_usd_per_mtok = 4.0
-local_usd_per_hour = 0.36
-cache_storage_usd_per_mtok_hour = 1.0
+W_TOML = SHEET_API_TOML + """cache_storage_usd_per_mtok_hour = 1.0
 cache_hold_hours = 2.0
 cache_ttl_minutes = 5
 [[api.cache_writes]]

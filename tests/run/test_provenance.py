@@ -12,7 +12,7 @@ import pytest
 
 from compare.core.types import Corpus, Document, Example
 from compare.run.execute import execute_async
-from compare.run.spec import validate_spec
+from compare.run.spec import RunSpec, validate_spec
 from compare.store.db import Store
 
 pytestmark = pytest.mark.slow
@@ -33,10 +33,14 @@ def _spec(path: Path, n: int) -> dict[str, object]:
             "retries": 0}
 
 
-async def test_a_resume_appends_its_configuration_and_rows_name_it(server_url: str, tmp_path: Path) -> None:
+def _doc_and_spec(tmp_path: Path) -> tuple[Path, RunSpec]:
     src = tmp_path / "doc.txt"
     src.write_text("The gate opens for those who know the password tulip")
-    spec = validate_spec(_spec(src, 2))
+    return src, validate_spec(_spec(src, 2))
+
+
+async def test_a_resume_appends_its_configuration_and_rows_name_it(server_url: str, tmp_path: Path) -> None:
+    _, spec = _doc_and_spec(tmp_path)
     db = tmp_path / "p.duckdb"
     with Store(db) as store:
         first = await execute_async(spec, store, server_url, {"managed": False, "where": "first"})
@@ -53,9 +57,7 @@ async def test_a_resume_appends_its_configuration_and_rows_name_it(server_url: s
 
 
 async def test_a_changed_corpus_under_the_same_run_id_is_refused(server_url: str, tmp_path: Path) -> None:
-    src = tmp_path / "doc.txt"
-    src.write_text("The gate opens for those who know the password tulip")
-    spec = validate_spec(_spec(src, 2))
+    src, spec = _doc_and_spec(tmp_path)
     db = tmp_path / "c.duckdb"
     with Store(db) as store:
         await execute_async(spec, store, server_url, {"managed": False})
