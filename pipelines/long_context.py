@@ -17,8 +17,8 @@ from compare.core.config import Grown
 from compare.core.errors import BackendError
 from compare.core.protocols import Backend, Role
 from compare.core.registry import register_pipeline
-from compare.core.types import Document, Example, Prediction
-from pipelines.prompts import CacheMarker, build_messages, marked_messages
+from compare.core.types import CacheMarker, Document, Example, Prediction
+from pipelines.prompts import build_messages, marked_messages
 
 Truncation = Literal["error", "head", "tail", "middle"]
 

@@ -6,12 +6,13 @@ document's prefill across all questions about it (the cost advantage long contex
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
-# An explicit cache breakpoint after the document, for providers that cache only what a request
-# marks (Anthropic-style `cache_control` on a content part, as OpenAI-compatible gateways pass
-# it through); "none" sends the plain string content every server takes.
-CacheMarker = Literal["none", "ephemeral-5m", "ephemeral-1h"]
+from compare.core.types import CacheMarker
+
+# The wire form of a cache breakpoint after the document, for providers that cache only what a
+# request marks (Anthropic-style `cache_control` on a content part, as OpenAI-compatible gateways
+# pass it through); "none" sends the plain string content every server takes.
 _CACHE_CONTROL: dict[str, dict[str, str]] = {
     "ephemeral-5m": {"type": "ephemeral"}, "ephemeral-1h": {"type": "ephemeral", "ttl": "1h"},
 }

@@ -44,6 +44,7 @@ from compare.analysis.prices import (
     sheet_json,
 )
 from compare.analysis.summary import pipeline_labels
+from compare.core.types import CACHE_MARKER_TTL_MINUTES
 from compare.store.views import WARM_FRACTION
 
 __all__ = [  # the price-sheet names stay importable from here, where callers first met them
@@ -96,13 +97,12 @@ _MARKERS = """
 SELECT run_id, pipeline, params_hash, any_value(json_extract_string(params, '$.cache_marker')) AS cache_marker
 FROM predictions WHERE list_contains($runs, run_id) GROUP BY ALL
 """
-_MARKER_TTL_MINUTES = {"ephemeral-5m": 5.0, "ephemeral-1h": 60.0}
 
 
 def _marker_note(p: dict[str, Any], api: ApiPrices) -> list[str]:
     """A run that marked its documents for one cache TTL, priced at another, says so."""
     marker = p.get("cache_marker")
-    ttl = _MARKER_TTL_MINUTES.get(marker) if isinstance(marker, str) else None
+    ttl = CACHE_MARKER_TTL_MINUTES.get(marker) if isinstance(marker, str) else None
     if ttl is None:
         return []
     write = api.cache_write

@@ -14,6 +14,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 Modality = Literal["text", "video"]
+# An explicit cache breakpoint a long-context prompt may carry for providers that cache only
+# marked prefixes (pipelines/prompts.py sends it), and the cache lifetime each one buys (the cost
+# model checks it against the price sheet's TTL).
+CacheMarker = Literal["none", "ephemeral-5m", "ephemeral-1h"]
+CACHE_MARKER_TTL_MINUTES: dict[str, float] = {"ephemeral-5m": 5.0, "ephemeral-1h": 60.0}
 # One chat message: {"role": ..., "content": a string, or text parts (a cache marker rides on one)}.
 Message = Mapping[str, Any]
 # Counts the tokens of a text with the served model's tokenizer (the server's /tokenize).

@@ -22,12 +22,13 @@ from typing import Any
 from compare.core import registry
 from compare.core.protocols import BuildContext
 from compare.core.registry import spec_kind
-from compare.core.types import Corpus, Example, Span
+from compare.core.types import Corpus, Example
 from compare.run.execute import model_dir
 from compare.run.spec import RunSpec
 from compare.serving import weights as models
 from compare.serving.tokenizers import load_tokenizer
 from compare.store.db import Store
+from compare.store.rows import gold_columns
 
 
 @dataclass
@@ -69,12 +70,12 @@ def _refresh_one(store: Store, run_id: str, data_dir: Path | None) -> Refresh:
         return Refresh(run_id, reason=f"its corpus cannot be rebuilt here: {type(exc).__name__}: {exc}")
     if corpus.content_sha256() == recorded:
         return Refresh(run_id)
-    stored = _stored_examples(store, run_id)
-    new = {ex.id: ex for ex in corpus.examples}
+    stored = store.examples(run_id)
     why = _why_not(stored, corpus, recorded)
     if why:
         return Refresh(run_id, reason=f"{why}: the stored replies answer other prompts; run it again")
-    changed = [i for i, ex in new.items() if _gold(ex) != _gold(stored[i])]
+    new = {ex.id: ex for ex in corpus.examples}
+    changed = [i for i, ex in new.items() if gold_columns(ex) != gold_columns(stored[i])]
     store.refresh_examples(run_id, [new[i] for i in changed], {
         "at": datetime.now(UTC).isoformat(timespec="seconds"), "examples": len(changed),
         "from_sha256": recorded, "to_sha256": corpus.content_sha256(),
@@ -106,22 +107,3 @@ async def _build(spec: RunSpec, data_dir: Path | None) -> Corpus:
     tok = load_tokenizer(ref, served=spec.server.model)
     entry = registry.CORPORA[spec_kind(type(spec.corpus))]
     return await entry.build(spec.corpus, BuildContext(tok.tokenize, data_dir))
-
-
-def _stored_examples(store: Store, run_id: str) -> dict[str, Example]:
-    """Examples exactly as stored (JSON values unconverted, so they hash as they did)."""
-    rows = store.con.execute("SELECT example_id, doc_ids, question, answers, evidence, tags FROM examples "
-                             "WHERE run_id = ?", [run_id]).fetchall()
-    return {
-        ex_id: Example(
-            id=ex_id, doc_ids=tuple(json.loads(doc_ids)), question=q, answers=tuple(json.loads(answers)),
-            evidence=tuple(Span(s["doc_id"], s["start"], s["end"]) for s in json.loads(ev)),
-            tags=json.loads(tags),
-        )
-        for ex_id, doc_ids, q, answers, ev, tags in rows
-    }
-
-
-def _gold(ex: Example) -> tuple[object, ...]:
-    return (ex.answers, tuple((s.doc_id, s.start, s.end) for s in ex.evidence),
-            json.dumps(dict(ex.tags), sort_keys=True, default=str))

@@ -6,18 +6,14 @@ model's replies, does not need to be paid again for that.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 
 from compare.analysis.judgements import JUDGE_METRIC
 from compare.core import metrics as metric_registry
-from compare.core.types import Example, Prediction, Span
+from compare.core.types import Example, Prediction
 from compare.run import judge
 from compare.store.db import Store
-
-
-def _spans(raw: str) -> tuple[Span, ...]:
-    return tuple(Span(s["doc_id"], float(s["start"]), float(s["end"])) for s in json.loads(raw))
+from compare.store.rows import spans_from_json
 
 
 def rescore(store: Store, run_ids: Sequence[str] | None, metric_names: Sequence[str]) -> int:
@@ -28,20 +24,21 @@ def rescore(store: Store, run_ids: Sequence[str] | None, metric_names: Sequence[
     rows = store.con.execute(
         f"""
         SELECT p.run_id, p.example_id, p.pipeline, p.params_hash, p.answer, p.error,
-               p.context_tokens, p.retrieved, e.doc_ids, e.question, e.answers, e.evidence, e.tags
+               p.context_tokens, p.retrieved
         FROM predictions p JOIN examples e USING (run_id, example_id) {where}
         """,
         list(run_ids or []),
     ).fetchall()
     primaries: dict[tuple[str, str], str] = {}
-    for run_id, ex_id, pipe, h, answer, error, ctx, retrieved, doc_ids, q, answers, ev, tags in rows:
-        ex = Example(
-            id=ex_id, doc_ids=tuple(json.loads(doc_ids)), question=q,
-            answers=tuple(json.loads(answers)), evidence=_spans(ev), tags=json.loads(tags),
-        )
+    examples: dict[str, dict[str, Example]] = {}  # each run's questions, read once
+    for run_id, ex_id, pipe, h, answer, error, ctx, retrieved in rows:
+        if run_id not in examples:
+            examples[run_id] = store.examples(run_id)
+        ex = examples[run_id][ex_id]
         primaries[(run_id, ex_id)] = metric_registry.primary_metric(ex)
         pred = Prediction(
-            answer=answer, completion=None, context_tokens=ctx, retrieved=_spans(retrieved), error=error
+            answer=answer, completion=None, context_tokens=ctx, retrieved=spans_from_json(retrieved),
+            error=error,
         )
         if metrics:
             store.replace_scores(

@@ -21,7 +21,7 @@ from compare.core.protocols import Role
 from compare.core.types import Example, Prediction
 from compare.store import views
 from compare.store.migrations import MIGRATIONS
-from compare.store.rows import PredictionKey, RowMeta, gold_columns, now, prediction_row
+from compare.store.rows import PredictionKey, RowMeta, example_from_row, gold_columns, now, prediction_row
 
 __all__ = ["PredictionKey", "RowMeta", "Store", "StoreBusyError", "git_sha", "prediction_row"]
 
@@ -200,6 +200,12 @@ class Store:
                 f"{verb} INTO {table} ({names}) VALUES {', '.join([marks] * len(chunk))} {conflict}",
                 [row[c] for row in chunk for c in cols],
             )
+
+    def examples(self, run_id: str) -> dict[str, Example]:
+        """A run's questions as stored, by id."""
+        rows = self.con.execute("SELECT example_id, doc_ids, question, answers, evidence, tags FROM examples "
+                                "WHERE run_id = ?", [run_id]).fetchall()
+        return {r[0]: example_from_row(*r) for r in rows}
 
     @contextmanager
     def transaction(self) -> Iterator[None]:

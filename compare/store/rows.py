@@ -25,6 +25,19 @@ def spans_json(spans: Sequence[Span]) -> str:
     return json.dumps([asdict(s) for s in spans])
 
 
+def spans_from_json(raw: str) -> tuple[Span, ...]:
+    """Spans as stored (numbers unconverted, so a stored example hashes as it was asked)."""
+    return tuple(Span(s["doc_id"], s["start"], s["end"]) for s in json.loads(raw))
+
+
+def example_from_row(ex_id: str, doc_ids: str, question: str, answers: str, evidence: str,
+                     tags: str) -> Example:
+    """An `examples` row back as the question it was (the inverse of add_examples' columns)."""
+    return Example(id=ex_id, doc_ids=tuple(json.loads(doc_ids)), question=question,
+                   answers=tuple(json.loads(answers)), evidence=spans_from_json(evidence),
+                   tags=json.loads(tags))
+
+
 def gold_columns(ex: Example) -> dict[str, Any]:
     """What a question is scored against: stored when it is first asked, replaced when a
     corrected corpus refreshes it (compare/run/refresh.py)."""

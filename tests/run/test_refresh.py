@@ -88,7 +88,7 @@ def test_a_needle_run_rebuilds_to_its_recorded_hash_from_local_token_counts(
     must come out as the run built it (else every needle run would read as stale), and the
     stored examples must hash as they were asked (the test refresh relies on)."""
     from compare.core.types import Corpus
-    from compare.run.refresh import _build, _stored_examples, refresh_examples
+    from compare.run.refresh import _build, refresh_examples
 
     db = tmp_path / "n.duckdb"
     spec = validate_spec({"corpus": {"kind": "needle", "lengths": [300, 600], "depths": [0.5], "seed": 5},
@@ -97,7 +97,7 @@ def test_a_needle_run_rebuilds_to_its_recorded_hash_from_local_token_counts(
     with Store(db) as store:
         run_id = asyncio.run(execute_async(spec, store, server_url, {"managed": False})).run_id
         [found] = refresh_examples(store, [run_id])
-        stored = _stored_examples(store, run_id)
+        stored = store.examples(run_id)
         [(params,)] = store.con.execute("SELECT corpus_params FROM runs").fetchall()
     recorded = json.loads(params)
     assert found.reason is None and found.refreshed == [], found.line()
