@@ -36,24 +36,17 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+import httpx
+import numpy as np
 
-import httpx  # noqa: E402
-import numpy as np  # noqa: E402
-
-from benchmarks.common import Row, load_avg, median, print_table, ratio_row  # noqa: E402
-from compare.core.types import Document, Example  # noqa: E402
-from compare.serving.cpu import cpu_info  # noqa: E402
-from compare.serving.server import free_port, spawn, stop_group, tail, vllm_build  # noqa: E402
-from corpora.books import data_dir, load_book  # noqa: E402
-from pipelines.chunking import chunk_document  # noqa: E402
-from pipelines.embed_endpoint import EndpointEmbedder  # noqa: E402
-from pipelines.embedder import (  # noqa: E402
+from benchmarks.common import Row, load_avg, median, print_table, ratio_row
+from compare.core.types import Document, Example
+from compare.serving.cpu import cpu_info
+from compare.serving.server import free_port, spawn, stop_group, tail, vllm_build
+from corpora.books import data_dir, load_book
+from pipelines.chunking import chunk_document
+from pipelines.embed_endpoint import EndpointEmbedder
+from pipelines.embedder import (
     DEFAULT_EMBEDDER,
     LocalEmbedder,
     _model_dir,
@@ -62,7 +55,9 @@ from pipelines.embedder import (  # noqa: E402
     embedder_tokenizer,
     load_embedder,
 )
-from pipelines.rag import RagPipeline  # noqa: E402
+from pipelines.rag import RagPipeline
+
+ROOT = Path(__file__).resolve().parent.parent
 
 OUT = ROOT / "benchmarks" / "results" / "embed_endpoint.json"
 NEEDLE = "The special magic number for Lisbon is 4827163."

@@ -24,20 +24,13 @@ import asyncio
 import contextlib
 import json
 import os
-import sys
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, cast
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-
-from benchmarks.common import (  # noqa: E402
+from benchmarks.common import (
     BLOCK,
     Row,
     cache_blocks,
@@ -48,11 +41,13 @@ from benchmarks.common import (  # noqa: E402
     reset_cache,
     scrape,
 )
-from compare.core.types import Corpus, Document, Example  # noqa: E402
-from compare.serving import weights as models  # noqa: E402
-from compare.serving.client import HttpBackend  # noqa: E402
-from compare.serving.pool import Pool  # noqa: E402
-from compare.serving.prometheus import metric_deltas  # noqa: E402
+from compare.core.types import Corpus, Document, Example
+from compare.serving import weights as models
+from compare.serving.client import HttpBackend
+from compare.serving.pool import Pool
+from compare.serving.prometheus import metric_deltas
+
+ROOT = Path(__file__).resolve().parent.parent
 
 ARMS = ("client", "cache_aware", "consistent_hash", "round_robin", "power_of_two")
 BASELINE = "client"

@@ -35,14 +35,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:  # `python benchmarks/run.py` as well as `python -m benchmarks.run`
-    sys.path.insert(0, str(ROOT))
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+from benchmarks.common import Row, load_avg, print_table, server
 
-from benchmarks.common import Row, load_avg, print_table, server  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 SIZES: dict[str, dict[str, dict[str, Any]]] = {
     "quick": {

@@ -24,21 +24,18 @@ import json
 import random
 import re
 import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from benchmarks.common import Row, load_avg, print_table, ratio_row
+from corpora.books import data_dir
+from corpora.video import IngestSettings, ingest
+from corpora.video_needle import CLIPS, KEYS, WORDS
 
-from benchmarks.common import Row, load_avg, print_table, ratio_row  # noqa: E402
-from corpora.books import data_dir  # noqa: E402
-from corpora.video import IngestSettings, ingest  # noqa: E402
-from corpora.video_needle import CLIPS, KEYS, WORDS  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 FONTS = {
     "dejavu-sans-bold": "/usr/share/fonts/truetype/dejavu/DejaVuSans-Bold.ttf",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
@@ -14,8 +14,13 @@ from rich.markup import escape
 
 from cli import console
 
-# Exit codes, the same for every command (README "Exit codes").
-OK, RUN_STOPPED, BAD_INPUT, NO_EVIDENCE, INTERRUPTED = 0, 1, 2, 3, 130
+# Exit codes, the same for every command (README "Exit codes"). PARTIAL_EVIDENCE: `recommend`
+# names a winner, but the runs cover only part of the workload (its caveats say which part).
+OK, RUN_STOPPED, BAD_INPUT, NO_EVIDENCE, PARTIAL_EVIDENCE, INTERRUPTED = 0, 1, 2, 3, 4, 130
+EXIT_CODES = ("Exit codes: 0 ok, 1 run stopped, 2 bad input, 3 no evidence, 4 partial evidence (recommend: "
+              "a winner with caveats), 130 interrupted.")
+# -h as well as --help on every command and group.
+CONTEXT = {"help_option_names": ["-h", "--help"]}
 
 DbOpt = Annotated[
     Path, typer.Option("--db", envvar="RAGVSLC_DB", help="DuckDB file holding runs and results.")
@@ -36,6 +41,7 @@ BaseUrlOpt = Annotated[
 JsonOpt = Annotated[
     bool, typer.Option("--json", help="Print the result as one JSON object on stdout (fields: README).")
 ]
+WideOpt = Annotated[bool, typer.Option("--wide", help="Every column (default: the ones that matter most).")]
 SUMMARY_COLUMNS = (
     "label", "asked", "answered", "headline", "contains", "exact_match", "evidence_recall",
     "ttft_p50_ms", "e2e_p50_ms", "total_p50_ms", "context_tokens_mean", "cached_tokens_mean",
@@ -44,7 +50,10 @@ SUMMARY_COLUMNS = (
 
 def fail(msg: str, code: int = BAD_INPUT) -> NoReturn:
     # Escaped: a message may hold brackets ("the [video] extra") that rich would eat as markup.
-    console.console.print(f"[red]error:[/red] {escape(msg)}", highlight=False)
+    from compare.core.secrets import scrub  # lazy: the CLI starts without pydantic
+
+    # Scrubbed: an error a server sent back may echo a key or a header's value (issue 32).
+    console.console.print(f"[red]error:[/red] {escape(scrub(msg))}", highlight=False)
     raise typer.Exit(code)
 
 
@@ -61,6 +70,60 @@ def interruptible() -> Iterator[None]:
 
 def csv_list(value: str | None, cast: type) -> list[Any] | None:
     return [cast(x) for x in value.split(",") if x.strip()] if value else None
+
+
+class CommaList:
+    """A comma-separated list option ("2000,4000"), each item checked by `item`: a bad one is a
+    usage error naming the option and the item (exit 2), never a traceback from deep inside."""
+
+    def __init__(self, item: Callable[[str], Any], what: str, example: str, metavar: str) -> None:
+        self.item, self.what, self.example, self.name = item, what, example, metavar
+
+    def convert(self, value: Any) -> list[Any]:
+        """The list, or typer.BadParameter with one line. typer 0.29 has no `click_type=`; it runs a
+        `parser=` inside pydantic, which passes typer.BadParameter through untouched (a ValueError
+        would gain pydantic's "Value error, " prefix), and typer names the option in the error."""
+        if isinstance(value, list):  # a default, already a list
+            return value
+        out = []
+        for part in (p.strip() for p in str(value).split(",")):
+            if not part:
+                continue
+            try:
+                out.append(self.item(part))
+            except ValueError:
+                raise typer.BadParameter(f"{part!r} is not {self.what} (e.g. {self.example})") from None
+        if not out:
+            raise typer.BadParameter(f"no values given (e.g. {self.example})")
+        return out
+
+
+def _count(text: str) -> int:
+    n = int(text)
+    if n < 1:
+        raise ValueError(text)
+    return n
+
+
+def _length(text: str) -> int | str:
+    return "full" if text == "full" else _count(text)
+
+
+def _share(text: str) -> float:
+    x = float(text)
+    if not 0.0 <= x <= 1.0:
+        raise ValueError(text)
+    return x
+
+
+COUNTS = CommaList(_count, "a whole number >= 1", "1,10,100", "N,N,...")
+LENGTHS = CommaList(_length, "a whole number of tokens (or full)", "2000,4000", "TOKENS,...")
+DEPTHS = CommaList(_share, "a depth between 0 and 1", "0.1,0.5,0.9", "DEPTH,...")
+
+
+def list_option(kind: CommaList, help_text: str, *names: str) -> Any:
+    """A typed comma-separated list option (`kind` says what each item is)."""
+    return typer.Option(*names, parser=kind.convert, metavar=kind.name, help=help_text)
 
 
 def source_commit(folder: Path) -> str | None:

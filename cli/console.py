@@ -164,9 +164,25 @@ def emit_json(data: Any) -> None:
 
 
 def table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str], title: str = "") -> None:
+    """Rows as a table whose ids and numbers are never broken: such a column is as wide as its
+    widest cell and does not wrap ("0.000389" folded at a narrow terminal read as "0.00"); only
+    text columns (labels, notes) wrap to make room."""
     t = Table(title=title or None)
-    for c in columns:
-        t.add_column(c, overflow="fold")
-    for r in rows:
-        t.add_row(*(_fmt(r.get(c)) for c in columns))
+    cells = [[_fmt(r.get(c)) for c in columns] for r in rows]
+    for i, c in enumerate(columns):
+        if _whole(c, [r.get(c) for r in rows]):
+            widest = max([len(c), *(len(line[i]) for line in cells)])
+            t.add_column(c, no_wrap=True, overflow="ignore", min_width=widest)
+        else:
+            t.add_column(c, overflow="fold")
+    for line in cells:
+        t.add_row(*line)
     out.print(t)
+
+
+def _whole(column: str, values: Sequence[Any]) -> bool:
+    """Ids, hashes, numbers and timestamps: cells that mean nothing once split across lines."""
+    if column.endswith("_id") or column in ("params_hash", "created_at"):
+        return True
+    return all(v is None or (isinstance(v, int | float | Decimal) and not isinstance(v, bool))
+               for v in values)

@@ -4,18 +4,27 @@ from __future__ import annotations
 
 import json
 import statistics
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
 from cli import console, jsonout
-from cli.common import JsonOpt, fail, interruptible
+from cli.common import CONTEXT, JsonOpt, fail, interruptible
 
 
 def _group(help_text: str) -> typer.Typer:
     # Locals in a traceback can hold a document's whole text (or a key): never print them.
-    return typer.Typer(help=help_text, no_args_is_help=True, pretty_exceptions_show_locals=False)
+    return typer.Typer(help=help_text, no_args_is_help=True, pretty_exceptions_show_locals=False,
+                       context_settings=CONTEXT, rich_markup_mode=None)
+
+
+class OcrChoice(StrEnum):
+    """`video ingest --ocr` (corpora/video.py OCR_ENGINES; a test checks the two agree)."""
+
+    rapidocr = "rapidocr"
+    tesseract = "tesseract"
 
 
 models_app = _group("Embedded models that install from PyPI.")
@@ -93,7 +102,9 @@ def corpora_import(
     spec = s.get("spec") or f'kind = "jsonl", path = "{path}"'
     console.out.print(
         f"ok: {s['name']} — {s['documents']} documents{rows}, {s['questions']} questions ({formats}), "
-        f"{s['with_evidence']} with evidence; {chars['min']:,}–{chars['max']:,} chars/doc "
+        f"{s['with_evidence']} with evidence; scored by "
+        f"{', '.join(f'{k}: {v}' for k, v in s['metrics'].items())}; "
+        f"{chars['min']:,}–{chars['max']:,} chars/doc "
         f"(median {chars['median']:,}); sha256 {s['sha256'][:12]}…\n"
         f"use it with [corpus] {spec}", highlight=False, markup=False, soft_wrap=True,
     )
@@ -106,7 +117,7 @@ def _toml(value: str) -> str:
 def _mapped_summary(path: Path, mapping: str, split: str | None, limit: int | None) -> dict[str, Any]:
     """`corpora import --map`: the HF-style rows read as a run would read them, described."""
     from corpora.hf_import import load_hf
-    from corpora.records import CorpusError
+    from corpora.records import CorpusError, metric_counts
 
     fields: dict[str, str] = {}
     for part in (p.strip() for p in mapping.split(",") if p.strip()):
@@ -127,7 +138,8 @@ def _mapped_summary(path: Path, mapping: str, split: str | None, limit: int | No
     return {
         "name": corpus.name, "rows": corpus.params["rows"], "documents": len(corpus.documents),
         "questions": len(corpus.examples), "with_evidence": sum(1 for ex in corpus.examples if ex.evidence),
-        "answer_formats": formats, "sha256": corpus.params["sha256"],
+        "answer_formats": formats, "metrics": metric_counts(corpus.examples),
+        "sha256": corpus.params["sha256"],
         "chars_per_document": {"min": sizes[0], "median": int(statistics.median(sizes)), "max": sizes[-1]},
         "spec": f'kind = "hf", path = {_toml(str(path))}, map = {{ {table} }}{extra}',
     }
@@ -141,8 +153,8 @@ def video_ingest(
     no_ocr: Annotated[bool, typer.Option("--no-ocr", help="Skip on-screen text.")] = False,
     no_asr: Annotated[bool, typer.Option("--no-asr", help="Skip speech.")] = False,
     ocr: Annotated[
-        str, typer.Option("--ocr", help="OCR engine: rapidocr (scene text) or tesseract.")
-    ] = "rapidocr",
+        OcrChoice, typer.Option("--ocr", help="OCR engine: rapidocr (scene text) or tesseract (clean pages).")
+    ] = OcrChoice.rapidocr,
 ) -> None:
     """Turn a video into the timeline both pipelines read (cached by file hash + settings)."""
     from corpora.asr import AsrError
@@ -152,7 +164,7 @@ def video_ingest(
 
     try:
         settings = IngestSettings(fps=fps, scene_threshold=scene, ocr=not no_ocr, asr=not no_asr,
-                                  ocr_engine=ocr)  # type: ignore[arg-type]  # checked by IngestSettings
+                                  ocr_engine=ocr.value)  # type: ignore[arg-type]  # one of OCR_ENGINES
     except ValueError as exc:
         fail(str(exc))
     try:

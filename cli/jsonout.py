@@ -19,7 +19,9 @@ if TYPE_CHECKING:  # the analysis (duckdb, pandas) is not loaded for a listing
 
 Row = Mapping[str, Any]
 
-RUN_FIELDS = ("run_id", "created_at", "status", "corpus", "model", "predictions", "errors")
+# pipelines: [{label, metric, headline}], each pipeline of the run with its mean headline score
+# (`metric` names it: "headline", or for an old run never rescored the answer metric it scored).
+RUN_FIELDS = ("run_id", "created_at", "status", "corpus", "model", "pipelines", "predictions", "errors")
 SUMMARY_FIELDS = (
     "run_id", "label", "pipeline", "params_hash", "n", "errors", "ttft_p50_ms", "ttft_p95_ms",
     "e2e_p50_ms", "e2e_p95_ms", "total_p50_ms", "context_tokens_mean", "prompt_tokens_mean",
@@ -50,7 +52,7 @@ EXPORT_FIELDS = ("table", "path", "rows")
 
 # Top-level keys of each command's object (README lists them too).
 TOP_LEVEL: dict[str, tuple[str, ...]] = {
-    "run": ("run_id", "db", "done", "skipped", "errors", "resumed", "verdict", "pipelines"),
+    "run": ("run_id", "db", "done", "skipped", "errors", "resumed", "decision", "verdict", "pipelines"),
     "runs": ("db", "runs"),
     "models list": ("models",),
     "corpora list": ("corpora",),
@@ -58,9 +60,9 @@ TOP_LEVEL: dict[str, tuple[str, ...]] = {
              "break_even", "caveats"),
     "recommend": (
         "workload", "model", "coverage", "coverage_notes", "winner", "reasons", "assumptions",
-        "run_ids", "lengths_used", "price_sheet", "rows",
+        "run_ids", "lengths_used", "price_sheet", "rows", "decisions",
     ),
-    "retrieval": ("eval_id", "db", "rows"),
+    "retrieval": ("eval_id", "run_id", "db", "rows"),
     "export": ("db", "format", "out", "tables"),
 }
 
@@ -93,8 +95,9 @@ def summary_json(rows: Iterable[Row], metric_names: Iterable[str]) -> list[dict[
 def run_json(result: Any, db: Path, summary: list[dict[str, Any]], verdict: Any = None) -> dict[str, Any]:
     return {
         "run_id": result.run_id, "db": str(db), "done": result.done, "skipped": result.skipped,
-        "errors": result.errors, "resumed": result.resumed, "verdict": verdict_json(verdict),
-        "pipelines": summary,
+        "errors": result.errors, "resumed": result.resumed,
+        "decision": verdict.decision.to_dict() if getattr(verdict, "decision", None) else None,
+        "verdict": verdict_json(verdict), "pipelines": summary,
     }
 
 
@@ -141,4 +144,5 @@ def recommendation_json(rec: Any) -> dict[str, Any]:
         "assumptions": list(rec.assumptions), "run_ids": list(rec.run_ids),
         "lengths_used": dict(rec.lengths_used), "price_sheet": rec.price_sheet,
         "rows": [{**pick(r, RECOMMEND_FIELDS), "notes": _split(r.get("notes"))} for r in rec.rows],
+        "decisions": [d.to_dict() for d in getattr(rec, "decisions", [])],  # one per evidence run
     }

@@ -1,5 +1,5 @@
-"""`ragvslc judge`: grade stored free-text answers with a judge model (parsing only; the work is
-compare/run/judge.py)."""
+"""`ragvslc judge`: grade stored answers with a judge model, checked on controls first (parsing
+and printing only; the work is compare/run/judge.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 
 from cli import console
-from cli.common import DbOpt, fail
+from cli.common import DbOpt, JsonOpt, fail
 
 
 def judge_cmd(
@@ -21,18 +21,36 @@ def judge_cmd(
         typer.Option("--base-url", help="OpenAI-compatible server of the judge; default a managed vLLM."),
     ] = None,
     model: Annotated[
-        str | None, typer.Option("--model", help="Judge model; default the model the runs were made with.")
+        str | None, typer.Option("--model", help="Judge model; default another installed chat model than "
+                                 "the one that wrote the answers (with --base-url: the runs' model).")
     ] = None,
+    metric: Annotated[
+        str | None, typer.Option("--metric", help="Judge the questions scored by this answer metric "
+                                 "(default: free text, token_f1 or judge).")
+    ] = None,
+    every: Annotated[bool, typer.Option("--all", help="Judge every question with a gold answer.")] = False,
+    controls: Annotated[
+        int, typer.Option("--controls", min=1, help="Questions per run whose controls check the judge first.")
+    ] = 20,
+    as_json: JsonOpt = False,
 ) -> None:
-    """Ask a judge model whether each free-text answer is correct (once per row and judge;
-    `ragvslc score` reuses the stored verdicts), then print its agreement with token F1."""
-    from compare.analysis.judgements import agreement
+    """Check a judge model on controls built from the corpus, then ask it whether each answer is
+    correct (once per row and judge; `ragvslc score` reuses the stored verdicts). Prints its
+    control accuracy, what it skipped and why, then its agreement with token F1."""
+    from compare.analysis.judgements import agreement, judge_notes
     from compare.run.execute import server_for
-    from compare.run.judge import judge_runs
+    from compare.run.judge import ALL, JudgeResult, check_scope, default_judge, describe, judge_runs
     from compare.run.spec import validate_spec
     from compare.serving.client import HttpBackend
     from compare.store.db import Store, StoreBusyError
 
+    if metric and every:
+        fail("give --metric or --all, not both")
+    scope = ALL if every else metric
+    try:
+        check_scope(scope)
+    except ValueError as exc:
+        fail(str(exc))
     if not db.exists():
         fail(f"no database at {db}")
     try:
@@ -42,20 +60,34 @@ def judge_cmd(
                 f"SELECT DISTINCT model FROM runs {where} ORDER BY 1", [run] if run else []).fetchall()]
             if model is None and len(models) != 1:
                 fail(f"runs of {len(models)} models ({', '.join(models) or 'none'}): pass --model or --run")
-            name = model or models[0]
+            # a named judge, or the runs' model on a given server, else another installed model
+            if model or base_url:
+                name, note = model or models[0], None
+            else:
+                name, note = default_judge(models[0])
+            if note:
+                console.say(note)
             with server_for(validate_spec({"server": {"model": name}}), console.say, base_url) as (url, _, _):
                 first = url if isinstance(url, str) else url[0]
 
-                async def go() -> object:
+                async def go() -> JudgeResult:
                     async with HttpBackend(first, name) as backend:
-                        return await judge_runs(store, backend, run or None)
+                        return await judge_runs(store, backend, run or None, scope,
+                                                control_questions=controls)
 
                 result = asyncio.run(go())
-            console.out.print(result)
             runs = run or [str(r[0]) for r in store.con.execute("SELECT run_id FROM runs").fetchall()]
             rows = agreement(store.con, runs).to_dict("records")
+            notes = judge_notes(store.con, runs)
     except (StoreBusyError, ValueError) as exc:
         fail(str(exc))
         return
+    if as_json:
+        console.emit_json({**describe(result), "notes": notes, "agreement": rows})
+        return
+    lines = result.lines()
+    # then each run's scoring judge where it is not the one just checked (an earlier judge's)
+    for line in [*lines, *(n for n in notes if n not in lines)]:
+        console.out.print(line, highlight=False, markup=False, soft_wrap=True)
     cols = ["run_id", "pipeline", "n", "judge_mean", "token_f1_mean", "agreement", "correlation"]
     console.table(rows, cols, title="judge vs token F1")

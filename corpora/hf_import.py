@@ -334,7 +334,7 @@ class _Reader:
             tags |= {"answer_format": "letter", "choices": json.dumps(choices)}
         elif answers:
             tags["answer_format"] = "free"
-        tags["primary_metric"] = self.primary or default_primary(tags)
+        tags["primary_metric"] = self.primary or default_primary(tags, answers)
         evidence = tuple(Span(doc_id, s, e) for part in spans for s, e in part)
         self.examples.append(Example(qid, (doc_id,), q, answers, evidence, tags))
 

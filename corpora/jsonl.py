@@ -15,7 +15,9 @@ questions.jsonl, one object per line:
      "evidence": [["d1", start, end], ...]   (character offsets into that document's text),
      "tags": {"topic": "x", "year": 2020}}
     A question's headline metric follows its format (choices: choice accuracy or the exact set;
-    otherwise `contains`); `"tags": {"primary_metric": "token_f1"}` declares another one.
+    otherwise its golds: one of at most 3 words is a short answer, scored by `contains`, a longer
+    one free text, scored by `token_f1`: compare/core/metrics.py answer_format, the one rule);
+    `"tags": {"primary_metric": "judge"}` (or any answer metric) declares another one.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import hashlib
 import json
 import re
 import statistics
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
@@ -31,12 +34,19 @@ from typing import Annotated, Any, ClassVar, Literal
 from pydantic import Field, StrictInt, model_validator
 
 from compare.core.config import Strict
-from compare.core.metrics import MULTI_SELECT, default_primary
+from compare.core.metrics import MULTI_SELECT, answer_format, default_primary
 from compare.core.protocols import BuildContext
 from compare.core.registry import register_corpus
 from compare.core.types import Corpus, Document, Example, Span
 from corpora.leval import load_leval_file
-from corpora.records import CorpusError, StrictRecord, declared_metric_problems, read_jsonl, with_doc_tokens
+from corpora.records import (
+    CorpusError,
+    StrictRecord,
+    declared_metric_problems,
+    metric_counts,
+    read_jsonl,
+    with_doc_tokens,
+)
 
 NonBlank = Annotated[str, Field(min_length=1, pattern=r"\S")]
 Label = Annotated[str, Field(pattern=r"^[A-Z]$")]
@@ -180,7 +190,7 @@ def _example(q: QuestionRecord) -> Example:
         if multi:  # every answer is then a set of letters, stored sorted ("ACD")
             answers = tuple("".join(sorted(_labels(a))) for a in answers)
         tags |= {"answer_format": MULTI_SELECT if multi else "letter", "choices": json.dumps(choices)}
-    tags.setdefault("primary_metric", default_primary(tags))
+    tags.setdefault("primary_metric", default_primary(tags, answers))
     return Example(
         id=q.id,
         doc_ids=tuple(q.doc_ids),
@@ -195,17 +205,15 @@ def import_summary(path: Path | str) -> dict[str, Any]:
     """Validate a user corpus and describe it; raises CorpusError listing every problem."""
     corpus = load_jsonl_dir(path)
     sizes = sorted(len(d.text) for d in corpus.documents.values())
-    formats: dict[str, int] = {}
-    for ex in corpus.examples:
-        fmt = str(ex.tags.get("answer_format", "free"))
-        formats[fmt] = formats.get(fmt, 0) + 1
+    formats = Counter(answer_format(ex.tags, ex.answers) for ex in corpus.examples)
     return {
         "name": corpus.name,
         "path": str(path),
         "documents": len(corpus.documents),
         "questions": len(corpus.examples),
         "with_evidence": sum(1 for ex in corpus.examples if ex.evidence),
-        "answer_formats": formats,
+        "answer_formats": dict(sorted(formats.items())),
+        "metrics": metric_counts(corpus.examples),
         "chars_per_document": {
             "min": sizes[0],
             "median": int(statistics.median(sizes)),

@@ -5,15 +5,16 @@ what", all at once, nothing imported when there is one) and the measured documen
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections import Counter
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from compare.core.metrics import check_primary
-from compare.core.types import Corpus, TokenCounter
+from compare.core.metrics import check_primary, primary_metric
+from compare.core.types import Corpus, Example, TokenCounter
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -96,3 +97,8 @@ def declared_metric_problems(where: str, tags: Mapping[str, object] | None) -> l
     except ValueError as exc:
         return [f"{where}: tags.{exc}"]
     return []
+
+
+def metric_counts(examples: Sequence[Example]) -> dict[str, int]:
+    """Questions per headline metric: what each question will be scored by, said at import."""
+    return dict(sorted(Counter(primary_metric(ex) for ex in examples).items()))

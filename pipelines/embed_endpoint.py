@@ -28,7 +28,7 @@ import base64
 import re
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -38,6 +38,7 @@ from numpy.typing import NDArray
 
 from compare.core.endpoints import DEFAULT_KEY_ENV, KeyNotSet, api_url, read_key
 from compare.core.errors import BackendError
+from compare.core.secrets import HeaderValue, SecretNotSet, resolve_headers
 from pipelines.chunking import Tokenizer
 from pipelines.embedder import DEFAULT_EMBEDDER, Embedded, file_tokenizer
 
@@ -68,6 +69,7 @@ class EndpointEmbedder:
     def __init__(
         self, base_url: str, model: str, *, api_key_env: str = DEFAULT_KEY_ENV, tokenizer: str | None = None,
         retries: int = RETRIES, backoff_s: float = BACKOFF_S, timeout_s: float = TIMEOUT_S,
+        headers: Mapping[str, str | HeaderValue] | None = None,
     ) -> None:
         if urlsplit(base_url).scheme not in ("http", "https"):
             raise EmbedConfigError(f"embed_base_url must be an http(s) URL, got {base_url!r}")
@@ -80,7 +82,9 @@ class EndpointEmbedder:
         self.api_key_env = api_key_env
         self.tokenizer_name = tokenizer or DEFAULT_EMBEDDER
         self.retries, self.backoff_s, self.timeout_s = retries, backoff_s, timeout_s
+        self._headers = dict(headers or {})  # values secret: sent, never recorded (not in params)
         self._key()  # now: a missing variable is a configuration error, not a failed row later
+        self._extra_headers()
         self._client: httpx.Client | None = None
         self._lock = threading.Lock()
         self.query_usage = {"requests": 0, "tokens": 0, "retries": 0, "seconds": 0.0}
@@ -94,6 +98,12 @@ class EndpointEmbedder:
             return read_key(self.api_key_env, self.url)
         except KeyNotSet as exc:
             raise EmbedConfigError(str(exc)) from None
+
+    def _extra_headers(self) -> dict[str, str]:
+        try:
+            return resolve_headers(self._headers)
+        except SecretNotSet as exc:
+            raise EmbedConfigError(f"embed_headers: {exc}") from None
 
     def params(self) -> dict[str, object]:
         """What a run records: where the vectors came from, never the key (only its variable)."""
@@ -169,7 +179,7 @@ class EndpointEmbedder:
     def _post(self, texts: Sequence[str]) -> tuple[NDArray[np.float32], int | None, int]:
         """One batch: (vectors, usage tokens, retries it took). Raises EmbedEndpointError."""
         body = {"model": self.name, "input": list(texts), "encoding_format": "float"}
-        headers = {"Authorization": f"Bearer {self._key()}"}
+        headers = {**self._extra_headers(), "Authorization": f"Bearer {self._key()}"}
         last = ""
         for attempt in range(self.retries + 1):
             wait = min(BACKOFF_CAP_S, self.backoff_s * 2**attempt)

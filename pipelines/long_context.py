@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import PositiveInt
 
 from compare.core.config import Grown
 from compare.core.errors import BackendError
-from compare.core.protocols import Backend, Role
+from compare.core.protocols import Backend, Plan, Role
 from compare.core.registry import register_pipeline
 from compare.core.types import CacheMarker, Document, Example, Prediction
 from pipelines.prompts import build_messages, marked_messages
@@ -35,6 +35,8 @@ def cut(text: str, keep: float, policy: Truncation) -> str:
 
 
 class LongContextSpec(Grown):
+    """Long context's configuration: the constructor's input, its params, its label."""
+
     kind: Literal["long_context"] = "long_context"
     truncation: Literal["error", "head", "tail", "middle"] = "error"
     max_tokens: PositiveInt = 32
@@ -44,6 +46,15 @@ class LongContextSpec(Grown):
 
     NEW_DEFAULTS: ClassVar[dict[str, object]] = {"cache_marker": "none"}
 
+    def label(self) -> str:
+        """"Long context", with what differs from the default: how it cuts, its cache marker."""
+        extra = [f"{self.truncation}-cut" if self.truncation != "error" else "",
+                 f"cache marker {self.cache_marker}" if self.cache_marker != "none" else ""]
+        return ", ".join(["Long context", *(e for e in extra if e)])
+
+    def plan(self) -> Plan:
+        return Plan(None, self.max_tokens)  # the whole document(s)
+
 
 @register_pipeline(LongContextSpec)
 class LongContextPipeline:
@@ -52,11 +63,15 @@ class LongContextPipeline:
     name = "long_context"
     role: ClassVar[Role] = "long_context"
 
-    def __init__(self, *, truncation: Truncation = "error", max_tokens: int = 32,
-                 cache_marker: CacheMarker = "none") -> None:
-        self.truncation = truncation
-        self.max_tokens = max_tokens
-        self.cache_marker = cache_marker
+    def __init__(self, spec: LongContextSpec | None = None, /, **knobs: Any) -> None:
+        """Built from its spec; keywords are the spec's fields, validated by it."""
+        if spec is None or knobs:
+            base = spec.model_dump() if spec is not None else {}
+            spec = LongContextSpec.model_validate({**base, **knobs})
+        self.spec = spec
+        self.truncation: Truncation = spec.truncation
+        self.max_tokens = spec.max_tokens
+        self.cache_marker: CacheMarker = spec.cache_marker
         self._docs: Mapping[str, Document] = {}
         # A document's token count, measured once (its later questions reuse it): the count
         # is a server round trip over the whole text, paid on the request's critical path but,
@@ -64,10 +79,20 @@ class LongContextPipeline:
         # outside the measured time: TTFT and E2E are the completion request's own.
         self._context_tokens: dict[tuple[str, ...], int] = {}
 
+    @classmethod
+    def from_spec(cls, spec: LongContextSpec) -> LongContextPipeline:
+        return cls(spec)
+
+    def label(self) -> str:
+        return self.spec.label()
+
+    def plan(self) -> Plan:
+        return self.spec.plan()
+
     def params(self) -> dict[str, object]:
-        marker = {} if self.cache_marker == "none" else {"cache_marker": self.cache_marker}  # old hashes stay
-        return {"kind": "long_context", "truncation": self.truncation, "max_tokens": self.max_tokens,
-                **marker}
+        """The spec's dump: a knob added later is left out at its default (Grown), so old
+        params hashes stay as they were."""
+        return dict(self.spec.model_dump(mode="json"))
 
     async def prepare(self, documents: Mapping[str, Document], backend: Backend) -> None:
         self._docs = documents

@@ -27,23 +27,28 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 import numpy as np
 from numpy.typing import NDArray
 
 from compare.core.errors import BackendError
-from compare.core.protocols import Backend, Role
+from compare.core.protocols import Backend, Plan, Role
 from compare.core.registry import register_pipeline
 from compare.core.types import CORPUS_INDEX, Document, Example, Prediction, Span, TokenCounter
-from pipelines.chunking import SPLITTERS, Chunk, Splitter, longest_fitting_prefix
-from pipelines.embed_endpoint import DEFAULT_KEY_ENV, EndpointEmbedder
-from pipelines.embedder import DEFAULT_EMBEDDER, LocalEmbedder, embed_device
+from pipelines.chunking import Chunk, Splitter, longest_fitting_prefix
+from pipelines.embed_endpoint import EndpointEmbedder
 from pipelines.embedder import QUERY_THREADS as QUERY_THREADS  # where llama_retriever finds it
-from pipelines.faiss_kinds import IndexConfig, IndexKind
+from pipelines.embedder import LocalEmbedder, embed_device
+from pipelines.faiss_kinds import IndexConfig
 from pipelines.index import DocIndex, build_index
 from pipelines.prompts import build_messages, join_passages
 from pipelines.rag_spec import Order, RagSpec, Scope, Selection
+
+# The spec's fields that params() records in another shape: the index's own knobs (only the
+# chosen kind's, under index_params) and the endpoint's (its URL normalised, by the endpoint).
+_RESHAPED = {"hnsw_m", "hnsw_ef_construction", "hnsw_ef_search", "ivf_nlist", "ivf_nprobe",
+             "embed_base_url", "embed_api_key_env", "embed_tokenizer", "embed_headers"}
 
 
 @register_pipeline(RagSpec)
@@ -54,103 +59,72 @@ class RagPipeline:
     role: ClassVar[Role] = "retrieval"
 
     def __init__(
-        self,
-        *,
-        chunk_size: int = 200,
-        chunk_overlap: int = 20,
-        splitter: Splitter = "sentence",
-        timeline_chunking: Literal["lines", "splitter"] = "lines",
-        top_k: int = 4,
-        budget_tokens: int | None = None,
-        order: Order = "relevance",
-        scope: Scope = "document",
-        index: IndexKind = "flat",
-        hnsw_m: int = 32,
-        hnsw_ef_construction: int = 40,
-        hnsw_ef_search: int = 64,
-        ivf_nlist: int | None = None,
-        ivf_nprobe: int = 8,
-        embedder: str = DEFAULT_EMBEDDER,
-        embed_batch_size: int = 32,
-        embed_threads: int | None = None,
-        embed_base_url: str | None = None,
-        embed_api_key_env: str = DEFAULT_KEY_ENV,
-        embed_tokenizer: str | None = None,
-        max_tokens: int = 32,
-        cache_dir: Path | None = None,
+        self, spec: RagSpec | None = None, /, *, cache_dir: Path | None = None, **knobs: Any
     ) -> None:
-        if chunk_size <= 0 or not 0 <= chunk_overlap < chunk_size:
-            raise ValueError(f"need 0 <= chunk_overlap < chunk_size, got {chunk_overlap}, {chunk_size}")
-        if top_k < 1:
-            raise ValueError(f"top_k must be >= 1, got {top_k}")
-        if budget_tokens is not None and budget_tokens < 1:
-            raise ValueError(f"budget_tokens must be >= 1 or None, got {budget_tokens}")
-        for knob, value, choices in (
-            ("order", order, ("relevance", "document")), ("scope", scope, ("document", "corpus")),
-            ("splitter", splitter, SPLITTERS),
-            ("timeline_chunking", timeline_chunking, ("lines", "splitter")),
-        ):
-            if value not in choices:
-                raise ValueError(f"{knob} must be one of {choices}, got {value!r}")
-        if embed_batch_size < 1 or (embed_threads is not None and embed_threads < 1):
-            raise ValueError(f"need embed_batch_size >= 1 and embed_threads >= 1 or None, got "
-                             f"{embed_batch_size}, {embed_threads}")
-        if embed_base_url is None and (embed_tokenizer is not None or embed_api_key_env != DEFAULT_KEY_ENV):
-            raise ValueError("embed_tokenizer and embed_api_key_env apply to an embed_base_url only")
-        self.chunk_size = chunk_size
-        self.chunk_overlap = chunk_overlap
-        self.splitter: Splitter = splitter
+        """Built from its spec (the registry's way); keywords are the spec's fields, validated by
+        it (`RagPipeline(top_k=2)` is `RagPipeline(RagSpec(top_k=2))`), so a knob is declared,
+        bounded and checked once, in pipelines/rag_spec.py."""
+        if spec is None or knobs:
+            base = spec.model_dump() if spec is not None else {}
+            spec = RagSpec.model_validate({**base, **knobs})
+        self.spec = spec
+        self.chunk_size = spec.chunk_size
+        self.chunk_overlap = spec.chunk_overlap
+        self.splitter: Splitter = spec.splitter
         # Video timelines are cut on line boundaries (each chunk starts with a time stamp);
         # "splitter" chunks them like any text, as before the option existed.
-        self.timeline_chunking = timeline_chunking
-        self.top_k = top_k
-        self.budget_tokens = budget_tokens
-        self.order: Order = order
-        self.scope: Scope = scope
-        self.index = IndexConfig(index, hnsw_m, hnsw_ef_construction, hnsw_ef_search, ivf_nlist, ivf_nprobe)
-        self.embedder = embedder
+        self.timeline_chunking = spec.timeline_chunking
+        self.top_k = spec.top_k
+        self.budget_tokens = spec.budget_tokens
+        self.order: Order = spec.order
+        self.scope: Scope = spec.scope
+        self.index = IndexConfig(spec.index, spec.hnsw_m, spec.hnsw_ef_construction, spec.hnsw_ef_search,
+                                 spec.ivf_nlist, spec.ivf_nprobe)
+        self.embedder = spec.embedder
         # Where vectors come from: the local model, or the endpoint (which checks its key now).
-        self.endpoint = EndpointEmbedder(embed_base_url, embedder, api_key_env=embed_api_key_env,
-                                         tokenizer=embed_tokenizer) if embed_base_url else None
-        self.source = self.endpoint or LocalEmbedder(embedder)
-        self.embed_batch_size = embed_batch_size
-        self.embed_threads = embed_threads
-        self.max_tokens = max_tokens
+        self.endpoint = EndpointEmbedder(
+            spec.embed_base_url, spec.embedder, api_key_env=spec.embed_api_key_env,
+            tokenizer=spec.embed_tokenizer, headers=spec.embed_headers,
+        ) if spec.embed_base_url else None
+        self.source = self.endpoint or LocalEmbedder(spec.embedder)
+        self.embed_batch_size = spec.embed_batch_size
+        self.embed_threads = spec.embed_threads
+        self.max_tokens = spec.max_tokens
         self.cache_dir = cache_dir
         self._indexes: dict[str, DocIndex] = {}
         self._doc_pos: dict[str, int] = {}
         self.index_stats: dict[str, dict[str, Any]] = {}
 
+    @classmethod
+    def from_spec(cls, spec: RagSpec) -> RagPipeline:
+        return cls(spec)
+
+    def label(self) -> str:
+        return self.spec.label()
+
+    def plan(self) -> Plan:
+        return self.spec.plan()
+
     def params(self) -> dict[str, object]:
-        """Every knob that can change a result (or its cost); top_k is None in budget mode."""
-        return {
-            "kind": "rag",
-            "splitter": self.splitter,
-            "chunk_size": self.chunk_size,
-            "chunk_overlap": self.chunk_overlap,
-            "top_k": self.top_k if self.budget_tokens is None else None,
-            "budget_tokens": self.budget_tokens,
-            "budget_counter": "server" if self.budget_tokens is not None else None,
+        """Every knob that can change a result (or its cost), derived from the spec's dump (so a
+        knob added later is left out at its default, as in the run id: compare.core.config.Grown);
+        top_k is None in budget mode."""
+        params: dict[str, object] = self.spec.model_dump(mode="json", exclude=_RESHAPED)
+        budget = self.budget_tokens is not None
+        params |= {
+            "top_k": None if budget else self.top_k,
+            "budget_counter": "server" if budget else None,
             # Budget mode counts with the server; those round trips are outside retrieval time
             # (timed_select). Only here, where the rule changed what is measured: the params
             # hash of top-k runs, which never counted inside measured time, stays as it was.
-            **({"tokenize_in_latency": False} if self.budget_tokens is not None else {}),
-            "order": self.order,
-            "scope": self.scope,
-            "index": self.index.kind,
+            **({"tokenize_in_latency": False} if budget else {}),
             "index_params": self.index.params(),
-            "embedder": self.embedder,
-            "embed_batch_size": self.embed_batch_size,
-            "embed_threads": self.embed_threads,
-            "max_tokens": self.max_tokens,
-            # only when not the default: the params hash (the resume key) of every run made
-            # before the option stays as it was (text documents are chunked as before either way)
-            **({"timeline_chunking": self.timeline_chunking} if self.timeline_chunking != "lines" else {}),
             # where the embedder ran: CUDA vectors differ slightly from CPU ones; on the CPU (every
             # run so far) it is left out, so those params hashes stay as they were
             **(self.endpoint.params() if self.endpoint else
                {"embed_device": device} if (device := embed_device()) != "cpu" else {}),
         }
+        return params
 
     def splitter_for(self, docs: Sequence[Document]) -> Splitter:
         """The splitter an index over `docs` uses: whole lines when they are all video timelines."""

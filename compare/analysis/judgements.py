@@ -1,13 +1,21 @@
-"""What the LLM judge's stored verdicts say beside token F1 (the asking is compare/run/judge.py)."""
+"""What the LLM judge's stored verdicts say beside token F1, and how far to believe them: its
+accuracy on controls built from the corpus (the asking is compare/run/judge.py)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import duckdb
 import pandas as pd
 
 JUDGE_METRIC = "judge"  # the verdicts' metric name in `scores`
+# A judge is believed (its verdicts may enter the headline, the verdict and a recommendation's
+# ranking) only when it rules right on at least this share of its controls. 90%: a judge that
+# calls one in ten known-wrong replies correct moves a mean by more than pipelines differ.
+JUDGE_TRUST = 0.90
+JUDGE_FIX = ("judge with a stronger model (`ragvslc judge --model NAME`, another installed model "
+             "than the one that wrote the answers), or use token_f1")
 
 
 def agreement(con: duckdb.DuckDBPyConnection, run_ids: Sequence[str], f1_at: float = 0.5) -> pd.DataFrame:
@@ -42,3 +50,83 @@ def judges(con: duckdb.DuckDBPyConnection, run_ids: Sequence[str]) -> list[tuple
         "GROUP BY ALL ORDER BY ALL", [list(run_ids)]
     ).fetchall()
     return [(str(m), str(h), int(n)) for m, h, n in rows]
+
+
+@dataclass(frozen=True)
+class ControlAccuracy:
+    """One judge's record on its controls over some runs."""
+
+    judge_model: str
+    prompt_hash: str
+    n: int
+    correct: int
+    by_control: dict[str, tuple[int, int]]  # control kind -> (correct, n)
+
+    @property
+    def accuracy(self) -> float:
+        return self.correct / self.n if self.n else 0.0
+
+    @property
+    def trusted(self) -> bool:
+        return self.n > 0 and self.accuracy >= JUDGE_TRUST
+
+    def words(self) -> str:
+        """"control accuracy 87% (26 of 30)", with the kinds it got wrong."""
+        wrong = ", ".join(f"{k} {n - c}/{n} wrong" for k, (c, n) in sorted(self.by_control.items()) if c < n)
+        return (f"control accuracy {self.accuracy:.0%} ({self.correct} of {self.n})"
+                + (f"; {wrong}" if wrong else ""))
+
+    def note(self) -> str:
+        """The one line a reader needs: the judge, its controls, and whether it is believed."""
+        who = f"judge {self.judge_model} (prompt {self.prompt_hash})"
+        if self.trusted:
+            return f"{who}: {self.words()}, at or above {JUDGE_TRUST:.0%}: its verdicts are used"
+        why = "no controls were asked" if not self.n else self.words()
+        return (f"{who}: {why}, below {JUDGE_TRUST:.0%}: shown, but kept out of the headline, the "
+                f"verdict and recommendations; fix: {JUDGE_FIX}")
+
+
+def _has(con: duckdb.DuckDBPyConnection, table: str) -> bool:
+    row = con.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = ?",
+                      [table]).fetchone()
+    return bool(row and row[0])
+
+
+def control_accuracy(con: duckdb.DuckDBPyConnection, run_ids: Sequence[str]) -> list[ControlAccuracy]:
+    """Per judge (model, prompt hash): its controls in these runs, an unparsed reply counted as
+    wrong; [] for a store without controls. Judges of these runs without any control get n = 0."""
+    out: dict[tuple[str, str], dict[str, tuple[int, int]]] = {
+        (m, h): {} for m, h, _ in judges(con, run_ids)}
+    if _has(con, "judge_controls"):
+        rows = con.execute(
+            "SELECT judge_model, prompt_hash, control, count(*) FILTER (WHERE verdict = expected), count(*) "
+            "FROM judge_controls WHERE list_contains(?, run_id) GROUP BY ALL ORDER BY ALL",
+            [list(run_ids)]).fetchall()
+        for m, h, kind, c, n in rows:
+            out.setdefault((str(m), str(h)), {})[str(kind)] = (int(c), int(n))
+    return [ControlAccuracy(m, h, sum(n for _, n in k.values()), sum(c for c, _ in k.values()), k)
+            for (m, h), k in sorted(out.items())]
+
+
+def score_judge(con: duckdb.DuckDBPyConnection, run_ids: Sequence[str]) -> ControlAccuracy | None:
+    """The judge whose verdicts the `judge` column of these runs holds (the one that ruled
+    last), with its control record; None when no judge ruled."""
+    if not _has(con, "judgements"):
+        return None
+    row = con.execute(
+        "SELECT judge_model, prompt_hash FROM judgements WHERE list_contains(?, run_id) "
+        "ORDER BY judged_at DESC, judge_model, prompt_hash LIMIT 1", [list(run_ids)]).fetchone()
+    if row is None:
+        return None
+    return next(a for a in control_accuracy(con, run_ids) if (a.judge_model, a.prompt_hash) == row)
+
+
+def judge_notes(con: duckdb.DuckDBPyConnection, run_ids: Sequence[str]) -> list[str]:
+    """One line per run's scoring judge: shown beside every judge column, and a caveat of the
+    verdict (a judge below JUDGE_TRUST is kept out of it)."""
+    notes = []
+    for run in run_ids:
+        got = score_judge(con, [run])
+        if got is not None:
+            notes.append(got.note() if len(run_ids) == 1 else f"{run}: {got.note()}")
+    return list(dict.fromkeys(notes))

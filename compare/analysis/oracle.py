@@ -18,6 +18,9 @@ Rules, stated once:
 - Every strategy is compared on the same questions: those every configuration of the run
   answered (a partial run is compared on what all of them finished).
 - Cost of a failed request is unknown (NULL): the oracle never prefers it, means skip it.
+- The oracle pays for the caches it uses (compare/analysis/oracle_cache.py): a warm long-context
+  answer is only as cheap as measured if the oracle also took (and paid cold for) the request
+  that warmed that document; otherwise its first long-context pick on a document pays cold.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from typing import Literal, get_args
 import duckdb
 import pandas as pd
 
+from compare.analysis.oracle_cache import oracle_choice
 from compare.analysis.summary import headline_metric, pipeline_labels
 from compare.store import views
 
@@ -41,13 +45,13 @@ STRATEGY_COLUMNS = (
     "share_long_context",
 )
 
-# Per run: every counted row with its kind, quality, correctness and the chosen cost.
+# Per run: every counted row with its kind, quality, correctness, document and the chosen cost.
 _ROWS = """
-p AS (
-    SELECT p.run_id, p.example_id, p.pipeline, p.params_hash,
+WITH p AS (
+    SELECT p.run_id, p.example_id, p.pipeline, p.params_hash, p.seq, e.doc_ids,
         p.kind, p.role, p.error, p.prompt_tokens, p.cached_tokens, p.output_tokens, p.total_ms, p.route,
-        s.value AS score
-    FROM request_rows p LEFT JOIN scores s
+        p.context_tokens, s.value AS score
+    FROM request_rows p JOIN example_rows e USING (run_id, example_id) LEFT JOIN scores s
         ON s.run_id = p.run_id AND s.example_id = p.example_id AND s.pipeline = p.pipeline
         AND s.params_hash = p.params_hash AND s.metric = $metric
     WHERE list_contains($runs, p.run_id) AND (s.value IS NOT NULL OR p.error IS NOT NULL)
@@ -57,20 +61,16 @@ p AS (
     SELECT p.run_id, p.example_id FROM p JOIN configs USING (run_id)
     GROUP BY p.run_id, p.example_id, configs.n_configs
     HAVING count(DISTINCT p.pipeline || '/' || p.params_hash) = configs.n_configs
-), oracle_rows AS (
-    SELECT p.*,
-        CASE WHEN p.error IS NOT NULL THEN 0.0 ELSE p.score END AS quality,
-        (p.error IS NULL AND p.score >= $correct_at) AS correct,
-        CASE $cost_by WHEN 'total_ms' THEN p.total_ms WHEN 'prompt_tokens' THEN p.prompt_tokens
-            ELSE p.prompt_tokens - coalesce(p.cached_tokens, 0) END AS cost
-    FROM p JOIN common USING (run_id, example_id)
-), chosen AS (  -- the oracle's pick per question
-    SELECT * FROM oracle_rows WHERE role IN ('retrieval', 'long_context')
-    QUALIFY row_number() OVER (
-        PARTITION BY run_id, example_id ORDER BY quality DESC, cost ASC NULLS LAST, pipeline, params_hash
-    ) = 1
 )
+SELECT p.*,
+    CASE WHEN p.error IS NOT NULL THEN 0.0 ELSE p.score END AS quality,
+    (p.error IS NULL AND p.score >= $correct_at) AS correct,
+    CASE $cost_by WHEN 'total_ms' THEN p.total_ms WHEN 'prompt_tokens' THEN p.prompt_tokens
+        ELSE p.prompt_tokens - coalesce(p.cached_tokens, 0) END AS cost
+FROM p JOIN common USING (run_id, example_id)
 """
+# The oracle's picks (oracle_choice) and every counted row are registered as these two relations.
+_CTES = "oracle_rows AS (SELECT * FROM _oracle_rows), chosen AS (SELECT * FROM _oracle_chosen)"
 
 _VS_LC = {"prompt_tokens_mean": "prompt_tokens_vs_lc", "total_ms_mean": "total_ms_vs_lc",
           "total_ms_p95": "total_ms_p95_vs_lc"}
@@ -83,7 +83,7 @@ _AGG = """
 """
 
 _STRATEGIES = f"""
-WITH {_ROWS}
+WITH {_CTES}
 SELECT run_id, 'oracle' AS kind, 'oracle' AS role, NULL AS pipeline, NULL AS params_hash, {_AGG},
     avg((role = 'long_context')::INTEGER) AS share_long_context
 FROM chosen GROUP BY run_id
@@ -95,7 +95,7 @@ FROM oracle_rows GROUP BY run_id, pipeline, params_hash
 """
 
 _ROUTES = f"""
-WITH {_ROWS}, routed AS (
+WITH {_CTES}, routed AS (
     SELECT run_id, NULL AS pipeline, NULL AS params_hash,
         CASE role WHEN 'long_context' THEN 'long_context' ELSE 'rag' END AS route,  -- Prediction.route names
         quality, prompt_tokens, total_ms
@@ -126,7 +126,14 @@ def _query(
     metric = metric or headline_metric(con, runs)
     params = {"runs": runs, "metric": metric, "correct_at": correct_at, "cost_by": cost_by}
     views.install(con)
-    return con.execute(sql, params).df()
+    rows = con.execute(_ROWS, params).df()
+    con.register("_oracle_rows", rows)
+    con.register("_oracle_chosen", oracle_choice(rows, cost_by))
+    try:
+        return con.execute(sql).df()
+    finally:
+        con.unregister("_oracle_rows")
+        con.unregister("_oracle_chosen")
 
 
 def _label(df: pd.DataFrame, con: duckdb.DuckDBPyConnection, runs: list[str]) -> pd.DataFrame:

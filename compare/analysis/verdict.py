@@ -2,8 +2,11 @@
 workload's questions per document, with the break-even and the caveats, in plain words.
 
 Everything here is read off numbers the report already shows (the summary rows, quality per
-length, the cost table and its break-even pairs): the verdict restates the evidence, it never
-computes a second version of it. A difference too small to call is said to be a tie, not a win.
+length, the cost table and its break-even pairs) and off the run's decision
+(compare/analysis/decision.py: paired quality tests, intervals, the break-even's interval): the
+verdict restates the evidence, it never computes a second version of it. Quality is a win only
+when the paired difference's 95% interval excludes 0 (else "no detectable difference at n = ..."),
+and every line states its n (issue 24).
 """
 
 from __future__ import annotations
@@ -16,23 +19,33 @@ from typing import Any
 import duckdb
 import pandas as pd
 
+from compare.analysis.answer_checks import answer_caveats
 from compare.analysis.cache_checks import leak_caveats, prefix_hit_rates
+from compare.analysis.decision import BreakEven, Decision, PipelineFacts, break_even_words
+from compare.analysis.stats import Interval
 
 # NoLiMa's rule (Modarressi et al. 2025): the effective length is the longest tested context at
 # which a model keeps at least 85% of its score at the shortest tested length.
 EFFECTIVE_SHARE = 0.85
-QUALITY_TIE = 0.02  # headline means closer than this are a tie (a few questions flip that much)
-LATENCY_TIE = 0.05  # latencies within 5% of each other are a tie
+# Measured only on a grid: at least MIN_LENGTHS lengths with MIN_PER_LENGTH questions each (ten
+# documents of ten lengths, one question each, are noise along a length axis, not a trend).
+MIN_LENGTHS = 3
+MIN_PER_LENGTH = 5
+COST_TIE = 0.05  # the cost line: pipelines within 5% of the cheapest are named together (the
+# decision line, not this, says whether the cost difference is real: bootstrap over documents)
 
 
 @dataclass(frozen=True)
 class EffectiveLength:
     label: str
-    length: float | None  # None: no length keeps 85% (or the shortest scores 0)
+    length: float | None  # None: no length keeps 85% (or the shortest scores 0, or not measured)
     tested_max: float
     base_score: float | None
+    not_measured: str | None = None  # why no effective length is stated (too few lengths/questions)
 
     def words(self) -> str:
+        if self.not_measured:
+            return f"{self.label}: not measured ({self.not_measured})"
         if self.base_score is None or self.base_score <= 0:
             return f"{self.label}: n/a (scores 0 at the shortest length)"
         if self.length is None:
@@ -50,6 +63,7 @@ class Verdict:
     lines: list[str] = field(default_factory=list)
     effective: list[EffectiveLength] = field(default_factory=list)
     caveats: list[str] = field(default_factory=list)
+    decision: Decision | None = None  # the one decision line, first wherever the verdict is shown
 
 
 def effective_lengths(by_length: pd.DataFrame, metric: str) -> list[EffectiveLength]:
@@ -61,6 +75,14 @@ def effective_lengths(by_length: pd.DataFrame, metric: str) -> list[EffectiveLen
         return out
     for label, g in by_length.dropna(subset=["length"]).groupby("label", sort=True):
         g = g.sort_values("length")
+        counts = g["n"] if "n" in g else pd.Series(0, index=g.index)
+        enough = g[counts >= MIN_PER_LENGTH]
+        if len(enough) < MIN_LENGTHS:
+            why = (f"{len(g)} tested length(s), {len(enough)} with >= {MIN_PER_LENGTH} questions; needs "
+                   f">= {MIN_LENGTHS}")
+            out.append(EffectiveLength(str(label), None, float(g["length"].max()), None, why))
+            continue
+        g = enough
         scores = [float(s) if s is not None and not pd.isna(s) else 0.0 for s in g[metric]]
         lengths = [float(x) for x in g["length"]]
         base = scores[0] if scores else None
@@ -74,26 +96,74 @@ def effective_lengths(by_length: pd.DataFrame, metric: str) -> list[EffectiveLen
     return out
 
 
-def _best(rows: Sequence[Mapping[str, Any]], key: str, higher: bool, tie: float, absolute: bool
-          ) -> tuple[list[str], float | None]:
-    """Labels that win on `key` (several: a tie within `tie`, absolute or relative)."""
+def _best(rows: Sequence[Mapping[str, Any]], key: str, tie: float) -> tuple[list[str], float | None]:
+    """Labels lowest on `key` (several: a tie within `tie`, relative)."""
     vals = [(str(r["label"]), float(r[key])) for r in rows if r.get(key) is not None and not _nan(r[key])]
     if not vals:
         return [], None
-    top = max(v for _, v in vals) if higher else min(v for _, v in vals)
-    margin = tie if absolute else tie * abs(top)
-    return [lab for lab, v in vals if abs(v - top) <= margin], top
+    top = min(v for _, v in vals)
+    return [lab for lab, v in vals if abs(v - top) <= tie * abs(top)], top
 
 
 def _nan(v: Any) -> bool:
     return isinstance(v, float) and math.isnan(v)
 
 
-def _say(kind: str, winners: list[str], value: float | None, unit: str) -> str:
-    if not winners or value is None:
-        return f"{kind}: not measured"
-    who = winners[0] if len(winners) == 1 else "tie between " + ", ".join(winners)
-    return f"{kind}: {who} ({value:{unit}})"
+def _ci(i: Interval, fmt: str = ".3f") -> str:
+    hi = "unbounded" if math.isinf(i.hi) else f"{i.hi:{fmt}}"
+    lo = "unbounded" if math.isinf(i.lo) else f"{i.lo:{fmt}}"
+    return f"[{lo}, {hi}]"
+
+
+def quality_lines(d: Decision) -> list[str]:
+    """Each pipeline's quality with its interval and n; then each against the best, paired."""
+    scored = [f for f in d.pipelines if f.quality is not None]
+    if not d.metric or not scored:
+        return [f"quality ({d.metric or 'no metric'}): not measured"]
+    each = "; ".join(f"{f.label} {f.quality.value:.3f} {_ci(f.quality)} (n = {f.quality.n}, "
+                     f"{f.quality.method})" for f in scored if f.quality)
+    lines = [f"quality ({d.metric}, 95% intervals): {each}"]
+    p = d.paired
+    if p is None:
+        return lines
+    a, b = d.candidate, d.versus
+    if p.separated:
+        who = a if p.diff.value > 0 else b
+        lines.append(f"quality difference: {who} better by {abs(p.diff.value):.3f} {_ci(p.diff)} "
+                     f"({p.test}, p = {p.p:.2g}, n = {p.diff.n})")
+    else:
+        more = (f"; ~{p.n_needed:,} questions would detect a gap of {abs(p.diff.value):.3f} at power 0.8"
+                if p.n_needed else "")
+        lines.append(f"quality difference: no detectable difference at n = {p.diff.n} between {a} and {b} "
+                     f"({p.diff.value:+.3f} {_ci(p.diff)}, {p.test}, p = {p.p:.2g}){more}")
+    return lines
+
+
+def latency_lines(d: Decision) -> list[str]:
+    """p50 and p95 on one basis (retrieval + E2E) with order-statistic intervals and n, the
+    cold/partial/warm mix, and cold and warm p50 apart (what q questions per document mixes)."""
+    def one(f: PipelineFacts, key: str) -> str:
+        i = f.p50_ms if key == "p50" else f.p95_ms
+        if i is None:
+            return f"{f.label} not measured"
+        if i.method == "max of n":
+            return f"{f.label} max of {i.n}: {i.value:,.0f} ms (too few rows for a p95)"
+        return f"{f.label} {i.value:,.0f} {_ci(i, ',.0f')} ms (n = {i.n})"
+
+    p50 = "; ".join(one(f, "p50") for f in d.pipelines)
+    p95 = "; ".join(one(f, "p95") for f in d.pipelines)
+    lines = [f"latency p50 (retrieval + E2E, 95% intervals): {p50}",
+             f"latency p95 (retrieval + E2E): {p95}"]
+    for f in d.pipelines:
+        mix = f.cache_mix
+        if not mix.get("warm") and not mix.get("partial"):
+            continue
+        cold = "-" if f.cold_p50_ms is None else f"{f.cold_p50_ms:,.0f}"
+        warm = "-" if f.warm_p50_ms is None else f"{f.warm_p50_ms:,.0f}"
+        lines.append(f"latency mix {f.label}: {mix.get('cold', 0)} cold / {mix.get('partial', 0)} partial / "
+                     f"{mix.get('warm', 0)} warm requests; p50 cold {cold} ms, warm {warm} ms; at {d.q} "
+                     f"questions per document 1 of {d.q} is cold")
+    return lines
 
 
 def run_verdict(
@@ -104,33 +174,54 @@ def run_verdict(
     cost_rows: Sequence[Mapping[str, Any]] = (),
     pairs: Sequence[Mapping[str, Any]] = (),
     q: int = 10,
+    decision: Decision | None = None,
 ) -> Verdict:
-    """The verdict of one run: quality (the headline), p50 and p95 latency (retrieval + E2E and
-    E2E), cost per query at `q` questions per document in each price view, the break-even."""
+    """The verdict of one run: quality (paired, from the decision), p50 and p95 latency
+    (retrieval + E2E) with intervals, cost per query at `q` questions per document in each price
+    view, the break-even (with its interval from the decision)."""
     rows = [r for r in summary if r.get("run_id") == run_id]
-    v = Verdict(run_id, metric)
-    if metric:
-        winners, top = _best(rows, metric, True, QUALITY_TIE, True)
-        v.lines.append(_say(f"quality ({metric}, over every asked question)", winners, top, ".3f"))
-    for key, kind in (("total_p50_ms", "latency p50 (retrieval + E2E)"), ("e2e_p95_ms", "latency p95 (E2E)")):
-        winners, top = _best(rows, key, False, LATENCY_TIE, False)
-        v.lines.append(_say(kind, winners, top, ",.0f") + (" ms" if top is not None else ""))
+    v = Verdict(run_id, metric, decision=decision)
+    if decision is not None:
+        v.lines += quality_lines(decision) if metric else []
+        v.lines += latency_lines(decision)
+    elif metric:
+        each = "; ".join(f"{r['label']} {float(r[metric]):.3f} (n = {r.get('asked')})" for r in rows
+                         if r.get(metric) is not None)
+        v.lines.append(f"quality ({metric}): {each} (not tested: no decision built)")
     mine = [r for r in cost_rows if r.get("run_id", run_id) == run_id]
     for view in dict.fromkeys(r["view"] for r in mine):
         in_view = [r for r in mine if r["view"] == view]
-        winners, top = _best(in_view, f"usd_per_query_q{q}", False, LATENCY_TIE, False)
-        v.lines.append(_say(f"cost at {q} questions per document ({view})", winners, top, ".3g")
-                       + (" $/query" if top is not None else ""))
+        winners, top = _best(in_view, f"usd_per_query_q{q}", COST_TIE)
+        docs = max((int(r.get("docs") or 0) for r in in_view), default=0)
+        derived = [f"{r['label']} ({r['warm_basis']})" for r in in_view
+                   if str(r.get("warm_basis", "")).startswith("derived")]
+        flag = f"; warm cost DERIVED for {', '.join(derived)}" if derived else ""
+        who = "not measured" if not winners or top is None else (
+            (winners[0] if len(winners) == 1 else "tie between " + ", ".join(winners))
+            + f" ({top:.3g} $/query)")
+        v.lines.append(f"cost at {q} questions per document ({view}, n = {docs} documents): {who}{flag}")
     labels = {str(r["label"]) for r in rows}
+    be = decision.break_even if decision else None
     for p in pairs:
         if p.get("a") in labels and p.get("b") in labels and p.get("break_even_q"):
+            if be is not None and decision and p.get("view") == decision.view and {p["a"], p["b"]} == {
+                    be.cheaper_below, be.cheaper_above}:
+                continue  # said below, with its interval
+            pair_derived = any(str(r.get("warm_basis", "")).startswith("derived") for r in mine
+                               if r["label"] in (p["a"], p["b"]) and r["view"] == p["view"])
             v.lines.append(f"break-even ({p['view']}): {p['a']} vs {p['b']} at {p['break_even_q']:.3g} "
-                           f"questions per document; below it {p['cheaper_below']} is cheaper, "
-                           f"above it {p['cheaper_above']}")
+                           f"questions per document{' (derived)' if pair_derived else ''}; below it "
+                           f"{p['cheaper_below']} is cheaper, above it {p['cheaper_above']} (no interval)")
+    if be is not None and decision is not None:
+        v.lines.append(f"break-even ({decision.view})" + _break_even_text(be))
     if metric:
         v.effective = effective_lengths(by_length[by_length["run_id"] == run_id], metric)
-    v.caveats = _caveats(rows)
+    v.caveats = _caveats(rows) + (decision.notes if decision else [])
     return v
+
+
+def _break_even_text(be: BreakEven) -> str:
+    return ": " + break_even_words(be).lstrip("; ")
 
 
 def _caveats(rows: Sequence[Mapping[str, Any]]) -> list[str]:
@@ -155,6 +246,7 @@ def add_cache_facts(v: Verdict, con: duckdb.DuckDBPyConnection) -> Verdict:
     if rate is not None:
         v.lines.append(f"prefix cache: {rate:.0%} of prompt tokens served from cache (server /metrics)")
     v.caveats += leak_caveats(con, [v.run_id])
+    v.caveats += answer_caveats(con, [v.run_id])  # cut answers, the judge's controls (issue 25)
     return v
 
 
@@ -163,6 +255,7 @@ def verdict_for(con: duckdb.DuckDBPyConnection, run_id: str, q: int = 10) -> Ver
     terminal prints after a run; the report builds the same from the numbers it shows)."""
     from compare.analysis import prices, summary
     from compare.analysis.cost import break_even, cost_table
+    from compare.analysis.decision import decision_for
 
     rows = summary.pipeline_summary(con, [run_id])
     lengths = summary.by_length(con, [run_id])
@@ -170,4 +263,6 @@ def verdict_for(con: duckdb.DuckDBPyConnection, run_id: str, q: int = 10) -> Ver
     metric = metric if metric and any(r.get(metric) is not None for r in rows) else None
     sheet = prices.choose_sheet(con, [run_id], None).sheet
     table = cost_table(con, [run_id], sheet, (q,))
-    return add_cache_facts(run_verdict(run_id, rows, lengths, metric, table, break_even(table), q), con)
+    decision = decision_for(con, run_id, q, sheet)
+    return add_cache_facts(run_verdict(run_id, rows, lengths, metric, table, break_even(table), q, decision),
+                           con)

@@ -40,7 +40,9 @@ def chosen_letter(reply: str, choices: Mapping[str, str], normalize: Callable[[s
     text = reply.strip()
     for pattern in (
         rf"^\(?([{letters}])(?:[).:\]]|$)",
-        rf"\b(?i:answer)(?:\s+(?i:is))?\s*[:\-]?\s*\(?([{letters}])\b",
+        # after "Answer:" a letter followed by a word is the article or the pronoun ("Answer: A
+        # careful reading shows C"), not a choice: "A"/"I" count there only when marked off
+        rf"\b(?i:answer)(?:\s+(?i:is))?\s*[:\-]?\s*\(?([{letters}])(?:(?<![AI])\b|(?=[).:,;\]]|\s*$))",
     ):
         m = re.search(pattern, text)
         if m:
@@ -56,7 +58,12 @@ def chosen_letter(reply: str, choices: Mapping[str, str], normalize: Callable[[s
         k for k, v in texts.items()
         if v and (_words_inside(v, got) or (len(got.split()) >= 3 and f" {got}" in f" {v}"))
     ]
-    return named[0] if len(named) == 1 else None
+    if len(named) == 1:
+        return named[0]
+    # Last, a reply that ends on a lone letter ("... shows C."): the letter it concludes with
+    # (an article never ends a sentence).
+    last = re.search(rf"(?<![\w'])([{letters}])[.)]?\s*$", text)
+    return last.group(1) if last else None
 
 
 def gold_letters(answer: str) -> frozenset[str]:

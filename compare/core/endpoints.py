@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 from urllib.parse import urlsplit
 
+from compare.core.secrets import remember
+
 DEFAULT_KEY_ENV = "OPENAI_API_KEY"
 
 
@@ -27,6 +29,7 @@ def read_key(api_key_env: str, for_url: str) -> str:
     unset); a variable the user named explicitly must be set."""
     value = os.environ.get(api_key_env)
     if value:
+        remember(value)  # scrubbed from anything written or shown, should a server echo it
         return value
     if api_key_env != DEFAULT_KEY_ENV:
         raise KeyNotSet(f"the API key variable {api_key_env} is not set "

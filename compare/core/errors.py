@@ -6,9 +6,15 @@ HTTP client that raises them (pipelines only see the Backend protocol).
 
 from __future__ import annotations
 
+from compare.core.secrets import scrub
+
 
 class BackendError(RuntimeError):
-    """A request the server could not complete; its message ends up in the prediction row."""
+    """A request the server could not complete; its message ends up in the prediction row, so
+    a secret a server echoes back (a header's value in an error body) is taken out here."""
+
+    def __init__(self, *args: object) -> None:
+        super().__init__(*(scrub(a) if isinstance(a, str) else a for a in args))
 
 
 class EmptyStreamError(BackendError):

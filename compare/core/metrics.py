@@ -23,8 +23,15 @@ from compare.core.timeline import retrieved_seconds  # the one char<->seconds ma
 from compare.core.types import Example, Prediction
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
-_DECIMAL_POINT = re.compile(r"(?<=\d)\.(?=\d)")
-_KEPT_POINT = "\x00"  # stands for a decimal point while punctuation is removed
+# Punctuation that changes what a number is, kept while the rest is removed: a decimal point
+# ("3.5" is not "35"), a fraction's slash ("1/2" is not "12"), a leading minus ("-5" is not "5";
+# not one inside a word or a range: "x-ray", "5-10"). Each stands for itself behind a
+# placeholder while punctuation is deleted.
+_KEPT_IN_NUMBERS = (
+    (re.compile(r"(?<=\d)\.(?=\d)"), "\x00", "."),
+    (re.compile(r"(?<=\d)/(?=\d)"), "\x01", "/"),
+    (re.compile(r"(?<![\w.\-\u2212])[-\u2212](?=\d)"), "\x02", "-"),
+)
 # ASCII punctuation is deleted (SQuAD). Other Unicode punctuation too (curly quotes, ellipsis,
 # guillemets), except the dashes that separate words ("Paris—the capital"): a space.
 _SEPARATING_DASHES = "\u2012\u2013\u2014\u2015\u2e3a\u2e3b"
@@ -36,9 +43,14 @@ _PUNCT = {
 
 
 def _strip_punct(text: str) -> str:
-    """Lower case without punctuation; a decimal point between digits stays ("3.5" is not "35")."""
-    text = _DECIMAL_POINT.sub(_KEPT_POINT, text.lower()).translate(_PUNCT)
-    return text.replace(_KEPT_POINT, ".")
+    """Lower case without punctuation, but a number's point, slash and sign kept (see above)."""
+    text = text.lower()
+    for pattern, placeholder, _ in _KEPT_IN_NUMBERS:
+        text = pattern.sub(placeholder, text)
+    text = text.translate(_PUNCT)
+    for _, placeholder, kept in _KEPT_IN_NUMBERS:
+        text = text.replace(placeholder, kept)
+    return text
 
 
 def normalize(text: str) -> str:
@@ -305,17 +317,41 @@ PRIMARY_BY_FORMAT: Mapping[str, str] = {
     "true_false": "true_false",
     "all": "contains_all",  # multi-needle: share of the values found
     "time": "time_iou",  # a time interval
-    "free": "token_f1",  # free text (a judge, once there is one)
+    "free": "token_f1",  # free text: a phrase or sentences (or the judge, where declared)
     "exact": "contains",  # a short gold said inside a chatty reply (topic retrieval)
+    "short": "contains",  # a short answer (a needle's number, a bAbI word, a name)
 }
-SHORT_ANSWER = "contains"  # no format: a short answer (a needle's number, a bAbI word)
+SHORT_ANSWER = "contains"  # no format, short golds: said inside a chatty reply
+JUDGE = "judge"  # the LLM judge's verdicts (compare/run/judge.py): declared, never a default
+# The one rule for a question without a format: a gold of at most this many words (after
+# normalisation: "the Eiffel Tower", "12 March 1999", "5.01%") is a short answer, found inside a
+# chatty reply (`contains`); a longer gold is free text (`token_f1`): a correct "5.01%" for the
+# gold "A 5.01% improvement in MRR." must not score 0 for not repeating the whole sentence.
+SHORT_GOLD_WORDS = 3
 ANSWER_METRICS = frozenset({*PRIMARY_BY_FORMAT.values(), SHORT_ANSWER, "exact_match", "choice_set_f1",
-                            "time_hit"})
+                            "time_hit", JUDGE})
 
 
-def default_primary(tags: Mapping[str, str | float]) -> str:
-    """The metric a question of these tags is judged by, from its answer format."""
-    return PRIMARY_BY_FORMAT.get(str(tags.get("answer_format", "")), SHORT_ANSWER)
+def answer_format(tags: Mapping[str, str | float], answers: Sequence[str] = ()) -> str:
+    """A question's answer format: the one its corpus declares (tag `answer_format`), else by its
+    golds: "free" when any is longer than SHORT_GOLD_WORDS words, "short" otherwise."""
+    declared = tags.get("answer_format")
+    if declared is not None and str(declared):
+        return str(declared)
+    longest = max((len(normalize(a).split()) for a in answers), default=0)
+    return "free" if longest > SHORT_GOLD_WORDS else "short"
+
+
+def default_primary(tags: Mapping[str, str | float], answers: Sequence[str] = ()) -> str:
+    """The metric a question of these tags and golds is judged by, from its answer format
+    (answer_format above: the one rule)."""
+    return PRIMARY_BY_FORMAT.get(answer_format(tags, answers), SHORT_ANSWER)
+
+
+def is_free_text(ex: Example) -> bool:
+    """Free text: scored by token F1 or the judge (what the judge rules on by default and what
+    gets a free-text answer budget)."""
+    return primary_metric(ex) in ("token_f1", JUDGE)
 
 
 def check_primary(name: str) -> str:
@@ -329,7 +365,15 @@ def primary_metric(ex: Example) -> str:
     """The example's declared primary metric; an example stored before corpora declared one
     gets the same default its corpus now declares."""
     declared = ex.tags.get("primary_metric")
-    return check_primary(declared) if isinstance(declared, str) else default_primary(ex.tags)
+    return check_primary(declared) if isinstance(declared, str) else default_primary(ex.tags, ex.answers)
+
+
+def scoring_metric(ex: Example) -> str:
+    """The metric that scores the question when a run is made: its primary metric, except that a
+    judge-declared question is scored by token F1 until a judge that passed its controls rules
+    on it (compare/run/judge.py then puts the judge's verdicts in the headline)."""
+    name = primary_metric(ex)
+    return "token_f1" if name == JUDGE else name
 
 
 @register_metric(HEADLINE)
@@ -337,7 +381,7 @@ def headline(ex: Example, pred: Prediction) -> float | None:
     """The question's own metric, so one mean can cover a mix of question kinds. A failed
     request scores 0 (it answered nothing; the headline compares pipelines over the same asked
     questions), unless the metric cannot apply to this question at all (then None for all)."""
-    fn = METRICS[primary_metric(ex)]
+    fn = METRICS[scoring_metric(ex)]
     if pred.ok:
         return fn(ex, pred)
     applies = fn(ex, Prediction(answer="", completion=None, context_tokens=0)) is not None

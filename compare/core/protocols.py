@@ -82,6 +82,43 @@ class SharesPrefix(Protocol):
     def context_for(self, example: Example) -> str: ...
 
 
+@dataclass(frozen=True)
+class Plan:
+    """What one question will cost a pipeline before it runs, declared by the pipeline itself
+    (the duration estimate reads this, never a pipeline's knob names)."""
+
+    context_tokens: int | None  # retrieved context per question; None: the whole document(s)
+    max_tokens: int  # the generation cap
+    fallback: bool = False  # a router: its retrieval step, then (at most) the whole document
+
+
+@runtime_checkable
+class Described(Protocol):
+    """A pipeline that names itself for a reader ("RAG k=4") and plans its requests: the label
+    is stored with every row, so the report never derives it from knob names."""
+
+    def label(self) -> str: ...
+
+    def plan(self) -> Plan: ...
+
+
+def label_of(pipeline: Pipeline) -> str:
+    """The pipeline's own short label (a plug-in without one: its name)."""
+    return pipeline.label() if isinstance(pipeline, Described) else pipeline.name
+
+
+# A plug-in that declares no plan is estimated by its role, with RAG's default context (4 chunks
+# of 200 tokens) for a retriever and the shared 32-token generation cap.
+_ROLE_PLANS: dict[Role, Plan] = {
+    "long_context": Plan(None, 32), "retrieval": Plan(800, 32), "router": Plan(800, 32, fallback=True),
+}
+
+
+def plan_of(pipeline: Pipeline) -> Plan:
+    """What the pipeline plans per question (see `Plan`)."""
+    return pipeline.plan() if isinstance(pipeline, Described) else _ROLE_PLANS[pipeline.role]
+
+
 class Router(Pipeline, Protocol):
     """A pipeline that answers through one of two paths and records which in `Prediction.route`."""
 

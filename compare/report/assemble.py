@@ -17,6 +17,7 @@ import altair as alt
 import duckdb
 
 from compare.analysis import prices, summary
+from compare.report.front import details_html
 from compare.report.html import Section, knobs_section, render_page, run_picker
 from compare.report.sections import SectionBuilder, quality_metric
 
@@ -50,6 +51,8 @@ def _check_runs(con: duckdb.DuckDBPyConnection, db_path: Path, run_ids: list[str
     except duckdb.CatalogException as exc:
         raise ValueError(f"{db_path} is not a ragvslc store (no runs table)") from exc
     if run_ids is None:
+        run_ids = summary.last_command_runs(con)
+    if run_ids is None:
         latest = summary.latest_run_id(con)
         if latest is None:
             raise ValueError(f"{db_path}: no run has predictions yet; nothing to report")
@@ -62,8 +65,9 @@ def _check_runs(con: duckdb.DuckDBPyConnection, db_path: Path, run_ids: list[str
 
 @dataclass
 class Report:
-    """A report in memory: its Altair charts by name, the summary rows, and the page's parts
-    (what `write_report` renders; a notebook displays `charts[...]` directly)."""
+    """A report in memory: its Altair charts by name, the summary rows, and the page's parts.
+    `write(folder)` writes the page (and chart images); in a notebook the report displays itself
+    (`_repr_html_`: the page in a frame) and `charts[...]` are Altair charts."""
 
     run_ids: list[str]
     summary: list[dict[str, Any]]
@@ -71,6 +75,19 @@ class Report:
     notes: list[str]
     header: list[str]
     sections: list[Section]
+
+    def html(self) -> str:
+        """The whole page, self-contained (the Vega bundle inlined)."""
+        return render_page(self.header, self.sections, self.charts)
+
+    def write(self, out_dir: Path | str, *, images: bool = True) -> ReportFiles:
+        """Write report.html (and a PNG and an SVG per chart unless `images=False`) into `out_dir`."""
+        return _write(self, Path(out_dir), images)
+
+    def _repr_html_(self) -> str:
+        """The page in a sandboxed frame: its scripts and styles stay out of the notebook's."""
+        return (f'<iframe srcdoc="{html.escape(self.html(), quote=True)}" style="width: 100%; height: 900px; '
+                'border: 1px solid #ccc" sandbox="allow-scripts"></iframe>')
 
 
 def build_report(
@@ -83,8 +100,9 @@ def build_report(
 ) -> Report:
     """The report's charts and sections for the given runs, nothing written.
 
-    Default is the latest run with predictions, not every run: a database accumulates runs of
-    different corpora and models, and mixing them on one axis would compare unlike things.
+    Default: the runs the last `run` / `demo` command produced (recorded in the store), else the
+    latest run with predictions; never every run: a database accumulates runs of different
+    corpora and models, and mixing them on one axis would compare unlike things.
     Prices: `price_sheet`, else the sheet stored with the runs, else the shipped example (the
     page says which). Raises ValueError when there is nothing to report.
     """
@@ -110,20 +128,24 @@ def build_report(
         b.routing()
         b.verdict(frontier_q)
         runs = _fetch_runs(con, run_ids)
+        labels = summary.pipeline_labels(con, run_ids)
     finally:
         con.close()
     knobs = Section(
-        "Runs: knobs and caveats",
+        "Details: runs, ids, knobs and caveats",
         before=[
-            knobs_section(r, [c for c in b.cost_caveats if not b.multi or f"@{r['run_id']}" in c])
-            for r in runs
+            details_html(runs, labels, b.names),
+            *(knobs_section(r, [c for c in b.cost_caveats
+                                if not b.multi or f"\u00b7 {b.names.get(r['run_id'])}" in c],
+                            b.names.get(r["run_id"])) for r in runs),
         ],
     )
     sheet = chosen.sheet
+    models = ", ".join(dict.fromkeys(str(r["model"]) for r in runs))
     header = [
-        f"<p>Runs: {html.escape(', '.join(run_ids))}. Prices: <b>{html.escape(sheet.name)} @ "
-        f"{sheet.date.isoformat()}</b> ({html.escape(chosen.origin)}).</p>",
-        run_picker(run_ids),
+        f"<p class='sub'>{html.escape('; '.join(b.names[r] for r in run_ids))} &middot; model "
+        f"{html.escape(models)} &middot; prices {html.escape(sheet.name)} @ {sheet.date.isoformat()}</p>",
+        run_picker(run_ids, b.names),
     ]
     return Report(run_ids, rows, dict(b.charts), list(b.notes), header, [*b.sections, knobs])
 
@@ -145,6 +167,10 @@ def write_report(
     """
     rep = build_report(db_path, run_ids, price_sheet=price_sheet, queries_per_doc=queries_per_doc,
                        frontier_q=frontier_q)
+    return rep.write(out_dir, images=images)
+
+
+def _write(rep: Report, out_dir: Path, images: bool) -> ReportFiles:
     out_dir.mkdir(parents=True, exist_ok=True)
     files = ReportFiles(html=out_dir / "report.html", charts=list(rep.charts), notes=rep.notes)
     for name, chart in rep.charts.items() if images else ():
@@ -152,5 +178,5 @@ def write_report(
         files.svg[name] = out_dir / f"{name}.svg"
         chart.save(files.png[name], scale_factor=2)
         chart.save(files.svg[name])
-    files.html.write_text(render_page(rep.header, rep.sections, rep.charts), encoding="utf-8")
+    files.html.write_text(rep.html(), encoding="utf-8")
     return files

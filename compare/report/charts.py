@@ -2,8 +2,12 @@
 
 Interactivity is the same on every chart, so a reader learns it once: clicking a pipeline in a
 legend highlights it (the others fade), and when a page shows several runs one run selector
-(the page's, see page.py) sets the `run_pick` parameter each chart declares. Static PNG/SVG are
+(the page's, see html.py) sets the `run_pick` parameter each chart declares. Static PNG/SVG are
 rendered with nothing picked: every run, every pipeline.
+
+Colour means the same on every chart: one colour per pipeline kind (compare/report/palette.py).
+A frame's `kind_name` and `colour` columns carry it (`with_colours`); configurations differ by
+line dash and point shape (the "pipeline" legend), so no line hides another where they coincide.
 """
 
 from __future__ import annotations
@@ -14,6 +18,9 @@ from typing import Any, TypeVar
 import altair as alt
 import pandas as pd
 
+from compare.report.palette import DASHES, KIND_COLOURS, ROUTE_COLOURS, SHAPES
+from compare.report.palette import with_colours as with_colours  # the sections colour frames here
+
 RUN_PARAM = "run_pick"
 _C = TypeVar("_C", alt.Chart, alt.LayerChart, alt.FacetChart)
 VIEW_NAMES = {"api": "API-equivalent", "self_hosted": "self-hosted"}
@@ -21,6 +28,27 @@ _LEGEND = alt.Legend(labelLimit=400)  # labels carry the knobs (and run ids): ne
 _LOG = alt.Scale(type="log", nice=False, padding=12)  # tight: a nice log domain wastes decades
 _MS_AXIS = alt.Axis(format="~s")
 _USD_AXIS = alt.Axis(format="$.3~g", tickCount=6, labelOverlap="greedy")
+
+
+def _colour(df: pd.DataFrame) -> alt.Color:
+    """Colour by pipeline KIND (the frame's `kind_name` and `colour` columns, `with_colours`), an
+    explicit domain and range so a kind has its colour on every chart and every page. Each
+    configuration is told apart by the "pipeline" legend's dash and shape, which is computed
+    from the rows shown, so it shrinks to the run the page's picker picks."""
+    if "colour" not in df.columns or df.empty:
+        return alt.Color("label:N", title="pipeline", legend=_LEGEND)
+    pairs = df[["kind_name", "colour"]].drop_duplicates("kind_name").sort_values("kind_name")
+    return alt.Color("kind_name:N", title="kind", legend=_LEGEND,
+                     scale=alt.Scale(domain=pairs["kind_name"].tolist(), range=pairs["colour"].tolist()))
+
+
+def _dash(title: str = "pipeline", legend: bool = True) -> alt.StrokeDash:
+    return alt.StrokeDash("label:N", title=title, legend=_LEGEND if legend else None,
+                          scale=alt.Scale(range=DASHES))
+
+
+def _shape(title: str = "pipeline") -> alt.Shape:
+    return alt.Shape("label:N", title=title, legend=_LEGEND, scale=alt.Scale(range=SHAPES))
 
 
 def _pick() -> alt.Parameter:
@@ -66,17 +94,19 @@ def metric_title(metric: str) -> str:
 
 def quality_chart(df: pd.DataFrame, metric: str, multi_run: bool = False) -> alt.TopLevelMixin:
     """Quality vs length: does a pipeline degrade as the document grows?"""
-    data = df[["run_id", "label", "length", "doc_tokens", "n", "errors", metric]].rename(
-        columns={metric: "score"}
-    )
+    cols = ["run_id", "label", "length", "doc_tokens", "n", "errors", metric]
+    data = df[[*cols, *(["kind_name", "colour"] if "colour" in df.columns else [])]].rename(
+        columns={metric: "score"})
     pick = _pick()
     chart = (
         alt.Chart(data, title=f"Quality vs document length ({metric})")
-        .mark_line(point=alt.OverlayMarkDef(size=60))
+        .mark_line(point=alt.OverlayMarkDef(size=70, filled=False, strokeWidth=2), strokeWidth=2.5)
         .encode(
             x=_length_axis(df, title=length_title(df)),
-            y=alt.Y("score:Q", title=f"mean {metric_title(metric)}", scale=alt.Scale(domain=[0, 1])),
-            color=alt.Color("label:N", title="pipeline", legend=_LEGEND),
+            y=alt.Y("score:Q", title=f"mean {metric_title(metric)}", scale=alt.Scale(domain=[0, 1.02])),
+            color=_colour(data),
+            strokeDash=_dash(legend=False),  # the shape legend names them
+            shape=_shape(),
             opacity=_faded(pick),
             tooltip=["label", "length", "doc_tokens", "score", "n", "errors"],
         )
@@ -97,9 +127,10 @@ def needle_heatmap(grid: pd.DataFrame, metric: str, multi_run: bool = False) -> 
         y=alt.Y("target_tokens:O", title="document length (target tokens)", sort=lengths),
     )
     rect = base.mark_rect(stroke="white").encode(
+        # viridis: ordered dark to light for every reader (red-green fails the commonest deficiency)
         color=alt.Color(
-            "score:Q", title=f"mean {metric_title(metric)}",
-            scale=alt.Scale(domain=[0, 1], scheme="redyellowgreen"),
+            "score:Q", title="mean score", scale=alt.Scale(domain=[0, 1], scheme="viridis"),
+            legend=alt.Legend(titleLimit=0, gradientLength=120),
         ),
         tooltip=["label", "target_tokens", alt.Tooltip("depth:Q", format=".0%"), "score", "n"],
     )
@@ -108,7 +139,7 @@ def needle_heatmap(grid: pd.DataFrame, metric: str, multi_run: bool = False) -> 
         .mark_text(fontSize=12)
         .encode(
             text="shown:N",
-            color=alt.when("datum.score != null && (datum.score < 0.2 || datum.score > 0.8)")
+            color=alt.when("datum.score != null && datum.score < 0.55")
             .then(alt.value("white"))
             .otherwise(alt.value("black")),
         )
@@ -118,7 +149,7 @@ def needle_heatmap(grid: pd.DataFrame, metric: str, multi_run: bool = False) -> 
         by_run(layered, multi_run)
         .properties(width=width, height=max(120, 30 * len(lengths)))
         .facet(column=alt.Column("label:N", title=None, header=alt.Header(labelFontSize=13, labelLimit=0)))
-        .properties(title=f"Needle recall by length and depth ({metric})")
+        .properties(title=f"Needle recall by length and depth (mean {metric_title(metric)})")
     )
     return with_run_param(chart, multi_run)
 
@@ -134,7 +165,8 @@ def latency_chart(long: pd.DataFrame, subtitle: str, multi_run: bool = False) ->
         .encode(
             x=_length_axis(long),
             y=alt.Y("ms:Q", title="milliseconds (log)", scale=_LOG, axis=_MS_AXIS),
-            color=alt.Color("label:N", title="pipeline", legend=_LEGEND),
+            color=_colour(long),
+            shape=_shape(),
             strokeDash=alt.StrokeDash("percentile:N", title="percentile", sort=["p50", "p95", "p99"]),
             opacity=_faded(pick),
             tooltip=[
@@ -170,16 +202,21 @@ def latency_chart(long: pd.DataFrame, subtitle: str, multi_run: bool = False) ->
 def cost_chart(
     curve: pd.DataFrame, marks: pd.DataFrame, subtitle: Sequence[str], multi_run: bool = False
 ) -> alt.TopLevelMixin:
-    """$ per query vs questions per document, one panel per price view, crossings marked:
-    where the long-context curve (cold prefill amortised over q) meets RAG's flatter one."""
+    """$ per 1,000 queries vs questions per document, one panel per price view, crossings
+    marked: where the long-context curve (cold prefill amortised over q) meets RAG's flatter one.
+    Each break-even's label sits on its own row at the top of the panel, so labels never overlap."""
     frames = [curve.assign(layer="curve")]
     if not marks.empty:
-        frames.append(marks.rename(columns={"break_even_q": "queries_per_doc"}).assign(layer="mark"))
+        m = marks.rename(columns={"break_even_q": "queries_per_doc"}).assign(layer="mark")
+        panel = ["view", *(["run_id"] if "run_id" in m.columns else [])]
+        m["row"] = m.groupby(panel)["queries_per_doc"].rank(method="first").astype(int) - 1
+        frames.append(m)
     data = pd.concat(frames, ignore_index=True)
     data["view"] = data["view"].map(VIEW_NAMES).fillna(data["view"])
+    data["usd_per_1k"] = data["usd_per_query"] * 1000
     pick = _pick()
     x = alt.X("queries_per_doc:Q", title="queries per document (log)", scale=_LOG, axis=alt.Axis(format="~s"))
-    y = alt.Y("usd_per_query:Q", title="$ per query (log)", scale=_LOG, axis=_USD_AXIS)
+    y = alt.Y("usd_per_1k:Q", title="$ per 1,000 queries (log)", scale=_LOG, axis=_USD_AXIS)
     is_mark = "datum.layer == 'mark'"
     lines = (
         alt.Chart()
@@ -188,9 +225,11 @@ def cost_chart(
         .encode(
             x=x,
             y=y,
-            color=alt.Color("label:N", title="pipeline", legend=_LEGEND),
+            color=_colour(curve),
+            strokeDash=_dash(),
             opacity=_faded(pick),
-            tooltip=["label", "view", "queries_per_doc", alt.Tooltip("usd_per_query:Q", format="$.3~g")],
+            tooltip=["label", "view", "queries_per_doc", alt.Tooltip("usd_per_1k:Q", format="$.3~g",
+                                                                     title="$ per 1,000 queries")],
         )
         .add_params(pick)
     )
@@ -200,7 +239,7 @@ def cost_chart(
             "a",
             "b",
             alt.Tooltip("queries_per_doc:Q", format=".3~g", title="break-even q"),
-            alt.Tooltip("usd_per_query:Q", format="$.3~g"),
+            alt.Tooltip("usd_per_1k:Q", format="$.3~g", title="$ per 1,000 queries"),
             "status",
         ]
         layers += [
@@ -209,15 +248,18 @@ def cost_chart(
             .transform_filter(is_mark)
             .mark_point(shape="diamond", size=110, filled=True, color="black")
             .encode(x=x, y=y, tooltip=tip),
-            alt.Chart()
-            .transform_filter(is_mark)
-            .mark_text(align="left", dx=7, dy=-9, fontSize=12)
-            .encode(x=x, y=y, text="text:N"),
         ]
+        for row in range(int(data["row"].max()) + 1):  # one text row per crossing of a panel
+            layers.append(
+                alt.Chart()
+                .transform_filter(f"{is_mark} && datum.row == {row}")
+                .mark_text(align="left", dx=4, fontSize=11, baseline="top")
+                .encode(x=x, y=alt.value(4 + 14 * row), text="text:N")
+            )
     chart = by_run(alt.LayerChart(data=data, layer=layers), multi_run).properties(width=400, height=280)
     faceted = chart.facet(column=alt.Column("view:N", title=None, header=alt.Header(labelFontSize=13)))
     faceted = faceted.resolve_scale(y="independent").properties(
-        title=alt.Title("Cost per query vs queries per document", subtitle=list(subtitle))
+        title=alt.Title("Cost per 1,000 queries vs queries per document", subtitle=list(subtitle))
     )
     return with_run_param(faceted, multi_run)
 
@@ -233,9 +275,10 @@ def frontier_chart(points: pd.DataFrame, q: int, metric: str, multi_run: bool = 
         else "datum.on_frontier"
     )
     pick = _pick()
+    data["usd_per_1k"] = data["usd_per_query"] * 1000
     x = alt.X(
-        "usd_per_query:Q",
-        title=f"$ per query at {q} queries/document (log)",
+        "usd_per_1k:Q",
+        title=f"$ per 1,000 queries at {q} queries/document (log)",
         scale=alt.Scale(type="log", nice=False, padding=40),
         axis=_USD_AXIS,
     )
@@ -244,7 +287,7 @@ def frontier_chart(points: pd.DataFrame, q: int, metric: str, multi_run: bool = 
         alt.Chart()
         .transform_filter(now)
         .mark_line(interpolate="step-after", color="#333", strokeDash=[5, 3])
-        .encode(x=x, y=y, order="usd_per_query:Q")
+        .encode(x=x, y=y, order="usd_per_1k:Q")
     )
     dots = (
         alt.Chart()
@@ -252,13 +295,15 @@ def frontier_chart(points: pd.DataFrame, q: int, metric: str, multi_run: bool = 
         .encode(
             x=x,
             y=y,
-            color=alt.Color("label:N", title="pipeline", legend=_LEGEND),
-            shape=alt.Shape("frontier:N", title=None, sort=["on frontier", "dominated"]),
+            color=_colour(data),
+            shape=_shape(),
+            size=alt.Size("frontier:N", title=None, sort=["on frontier", "dominated"],
+                          scale=alt.Scale(range=[160, 50])),
             opacity=_faded(pick),
             tooltip=[
                 "label",
                 "view",
-                alt.Tooltip("usd_per_query:Q", format="$.3~g"),
+                alt.Tooltip("usd_per_1k:Q", format="$.3~g", title="$ per 1,000 queries"),
                 "quality",
                 "n",
                 "frontier:N",
@@ -289,7 +334,11 @@ def recall_vs_k_chart(recall: pd.DataFrame, multi_run: bool = False) -> alt.TopL
         .encode(
             x=alt.X("top_k:Q", title="k (chunks retrieved)", axis=alt.Axis(values=ks, format="d")),
             y=alt.Y("recall:Q", title="mean evidence recall", scale=alt.Scale(domain=[0, 1])),
-            color=alt.Color("series:N", title="configuration", legend=_LEGEND),
+            # every line is a RAG configuration: RAG's colour, told apart by dash and shape
+            color=alt.value(KIND_COLOURS["rag"]),
+            strokeDash=alt.StrokeDash("series:N", title="configuration", legend=_LEGEND,
+                                      scale=alt.Scale(range=DASHES)),
+            shape=alt.Shape("series:N", title="configuration", legend=_LEGEND, scale=alt.Scale(range=SHAPES)),
             tooltip=["label", "top_k", "chunk_size", alt.Tooltip("recall:Q", format=".3f"), "n"],
         )
         .properties(width=420, height=260)
@@ -304,8 +353,8 @@ def recall_bars_chart(recall: pd.DataFrame, multi_run: bool = False) -> alt.TopL
         x=alt.X("recall:Q", title="mean evidence recall", scale=alt.Scale(domain=[0, 1])),
         tooltip=["label", "top_k", "chunk_size", alt.Tooltip("recall:Q", format=".3f"), "n"],
     )
-    bars = base.mark_bar(color="#4c78a8")
-    text = base.mark_text(align="right", dx=-4, color="white").encode(text=alt.Text("recall:Q", format=".2f"))
+    bars = base.mark_bar(color=KIND_COLOURS["rag"])  # recall is RAG's: its kind's colour
+    text = base.mark_text(align="right", dx=-4, color="black").encode(text=alt.Text("recall:Q", format=".2f"))
     chart = alt.LayerChart(layer=[bars, text]).properties(width=420, height=max(40, 28 * len(recall)))
     return with_run_param(by_run(chart, multi_run), multi_run)
 
@@ -338,7 +387,9 @@ def route_share_chart(routes: pd.DataFrame, multi_run: bool = False) -> alt.TopL
         .encode(
             y=alt.Y("strategy:N", title=None, axis=alt.Axis(labelLimit=400)),
             x=alt.X("share:Q", title="share of questions", stack="normalize", axis=alt.Axis(format="%")),
-            color=alt.Color("route:N", title="route", legend=_LEGEND),
+            # the route's colour is its pipeline kind's: long context blue, RAG orange, as everywhere
+            color=alt.Color("route:N", title="route", legend=_LEGEND, scale=alt.Scale(
+                domain=list(ROUTE_COLOURS), range=list(ROUTE_COLOURS.values()))),
             tooltip=[
                 "strategy",
                 "route",

@@ -21,7 +21,7 @@ import pandas as pd
 
 from compare.analysis import cost
 from compare.analysis.prices import ChosenSheet
-from compare.analysis.summary import pipeline_labels
+from compare.analysis.summary import pipeline_labels, run_names
 from compare.store import views
 
 PERCENTILES = (50, 95, 99)
@@ -115,8 +115,7 @@ class CostData:
 
 def usd_at(row: dict[str, Any], q: float) -> float | None:
     """A pipeline's $ per query at q questions per document: the model's own formula."""
-    one_time, marginal = row["one_time_usd_per_doc"], row["marginal_usd_per_query"]
-    return None if one_time is None or marginal is None else marginal + one_time / q
+    return cost.usd_at(row, q)  # a router's fallback term included
 
 
 def curve_points(hi: float) -> list[int]:
@@ -247,11 +246,11 @@ def evidence_recall(con: duckdb.DuckDBPyConnection, runs: Sequence[str]) -> pd.D
     keys = sorted({k for p in params for k in p} - {"top_k"})
     varying = [k for k in keys if k != "chunk_size" and len({json.dumps(p.get(k)) for p in params}) > 1]
     df["series"] = params.map(
-        lambda p: " ".join([f"cs={p.get('chunk_size')}", *(f"{k}={p.get(k)}" for k in varying)])
+        lambda p: ", ".join([f"{p.get('chunk_size')}-tok chunks", *(f"{k}={p.get(k)}" for k in varying)])
     )
     df = pipeline_labels(con, list(runs)).merge(df, on=_KEY)
     if df["run_id"].nunique() > 1:
-        df["series"] = df["series"] + " @" + df["run_id"]
+        df["series"] = df["series"] + " \u00b7 " + df["run_id"].map(run_names(con, list(runs)))
     return df.sort_values(["run_id", "series", "top_k", "label"]).reset_index(drop=True)
 
 

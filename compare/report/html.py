@@ -24,16 +24,34 @@ from compare.report.charts import RUN_PARAM
 
 _EMBED_OPTIONS = {"actions": {"export": True, "source": False, "compiled": False, "editor": False}}
 _CSS = """
-body { font-family: system-ui, sans-serif; margin: 2rem; color: #222; max-width: 1280px; }
+body { font-family: system-ui, sans-serif; margin: 0 auto; padding: 1rem 2rem; color: #222;
+  max-width: 1280px; }
+h1 { margin-bottom: 0.25rem; } .sub { color: #555; margin-top: 0; }
 table { border-collapse: collapse; font-size: 0.85rem; margin: 0.5rem 0 1.5rem; }
 th, td { border: 1px solid #ccc; padding: 0.25rem 0.5rem; text-align: right; vertical-align: top; }
 th { background: #f3f3f3; } td.l, th.l { text-align: left; }
 pre { background: #f7f7f7; padding: 0.5rem; overflow-x: auto; font-size: 0.8rem; }
-.caveat { color: #8a4b00; } .chart { margin: 1rem 0 2rem; } .note { color: #666; font-style: italic; }
+.caveat { color: #8a4b00; } .note { color: #666; font-style: italic; }
+.chart { margin: 1rem 0 2rem; width: 100%; max-width: 100%; overflow-x: auto; }
 .scroll { overflow: auto; max-height: 32rem; max-width: 100%; margin: 0.5rem 0 1.5rem; }
 .scroll table { margin: 0; }
-.verdict { background: #eef6ee; border: 1px solid #8fbf8f; padding: 0.5rem 1rem; margin: 0.5rem 0 1rem; }
+.decision { font-size: 1.1rem; line-height: 1.45; background: #eef3fb; border-left: 6px solid #0072B2;
+  padding: 0.6rem 0.9rem; margin: 0.75rem 0; }
+.cards { display: grid; grid-template-columns: repeat(auto-fit, minmax(14rem, 1fr)); gap: 0.75rem;
+  margin: 0.75rem 0; }
+.card { border: 1px solid #ccc; border-top-width: 8px; border-radius: 4px; padding: 0.5rem 0.75rem; }
+.card h3 { margin: 0 0 0.4rem; font-size: 1.05rem; overflow-wrap: anywhere; }
+.card.chosen { box-shadow: 0 0 0 2px #222; }
+.card dl { display: grid; grid-template-columns: auto 1fr; gap: 0.15rem 0.75rem; margin: 0; }
+.card dt { color: #555; } .card dd { margin: 0; font-weight: 600; }
+.card small { font-weight: 400; color: #555; }
+.terms { font-size: 0.85rem; color: #444; } .terms dt { font-weight: 600; }
+.terms dd { margin: 0 0 0.3rem 1rem; }
+.verdict { background: #f6f6f6; border: 1px solid #ccc; padding: 0.5rem 1rem; margin: 0.5rem 0 1rem; }
 .sheet { background: #fff8e6; border: 1px solid #e6c878; padding: 0.5rem 0.75rem; margin: 0.5rem 0; }
+@media (max-width: 640px) {
+  body { padding: 0.5rem 0.75rem; } h1 { font-size: 1.4rem; } .decision { font-size: 1rem; }
+}
 """
 
 
@@ -59,8 +77,10 @@ def fmt(value: Any, column: str = "") -> str:
         value = float(value)
         if "_vs_" in column:  # ratios and differences: 0.179, not "0 tokens"
             return f"{value:.3g}"
+        if per_1k(column):  # $ per query is read per 1,000 queries: "$0.052", never "$5.2e-05"
+            return dollars(1000 * value)
         if "usd" in column:
-            return f"${value:.3g}"
+            return dollars(value)
         if column == "share" or column.startswith("share_"):
             return f"{value:.0%}"
         if column.endswith("_ms") or column.endswith("_tokens") or "tokens_" in column:
@@ -69,6 +89,19 @@ def fmt(value: Any, column: str = "") -> str:
             return f"{int(value):,d}"
         return f"{value:.3g}" if abs(value) < 1000 else f"{value:,.0f}"
     return str(value)
+
+
+def per_1k(column: str) -> bool:
+    """A $-per-query column (shown per 1,000 queries)."""
+    return "usd_per_query" in column
+
+
+def dollars(value: float) -> str:
+    """Three significant digits in plain notation: $1,234, $12.3, $0.0523, $0.0000520."""
+    if value == 0 or not math.isfinite(value):
+        return f"${value:.0f}" if value == 0 else str(value)
+    decimals = max(2, 2 - math.floor(math.log10(abs(value))))
+    return f"${value:,.{decimals if abs(value) < 100 else 0}f}"
 
 
 def table(rows: Sequence[Mapping[str, Any]], columns: Mapping[str, str], left: Sequence[str] = ()) -> str:
@@ -104,9 +137,9 @@ _SUMMARY_TAIL = {
 }
 
 
-def verdict_box(v: Verdict, multi: bool) -> str:
-    """The run's answer in plain words, first on the page."""
-    title = f"Verdict, run {v.run_id}" if multi else "Verdict"
+def verdict_box(v: Verdict, multi: bool, run_name: str | None = None) -> str:
+    """The run's evidence in plain words, per axis (after the decision and the cards)."""
+    title = f"The evidence, {run_name or v.run_id}" if multi else "The evidence"
     lines = "".join(f"<li>{html.escape(s)}</li>" for s in v.lines)
     eff = "; ".join(e.words() for e in v.effective)
     eff_line = (f"<li>effective length (keeps {EFFECTIVE_SHARE:.0%} of its score at the shortest length): "
@@ -115,9 +148,9 @@ def verdict_box(v: Verdict, multi: bool) -> str:
     return f"<div class='verdict'><h3>{html.escape(title)}</h3><ul>{lines}{eff_line}{caveats}</ul></div>"
 
 
-def effective_table(v: Verdict, multi: bool) -> str:
+def effective_table(v: Verdict, multi: bool, run_name: str | None = None) -> str:
     """Effective length per pipeline, side by side (NoLiMa's 85% rule)."""
-    head = f"<h3>Effective length{' (run ' + html.escape(v.run_id) + ')' if multi else ''}</h3>"
+    head = f"<h3>Effective length{' (' + html.escape(run_name or v.run_id) + ')' if multi else ''}</h3>"
     rows = [{"label": e.label, "effective": e.length, "tested_max": e.tested_max, "base": e.base_score}
             for e in v.effective]
     cols = {"label": "pipeline", "effective": "effective length (tokens)", "tested_max": "longest tested",
@@ -152,6 +185,9 @@ def run_caveats(run: Mapping[str, Any]) -> list[str]:
     ]
     if "cpu" in str(server.get("vllm", "cpu")).lower():  # unknown build: assume the worst
         notes.insert(0, "CPU build; latency numbers are relative (compare pipelines, not absolute ms).")
+    notes += [f"Secrets taken out of this run's stored record ({', '.join(n['fields'])}) on {n['at']} by "
+              f"{n['by']}: the spec says where each header's value came from, never the value."
+              for n in json.loads(run.get("redacted") or "[]")]  # issue 32: a run stored before
     return notes
 
 
@@ -183,7 +219,9 @@ def speed_line(server: Mapping[str, Any]) -> str:
     return "; ".join(p for p in parts if p) or "–"
 
 
-def knobs_section(run: Mapping[str, Any], cost_caveats: Sequence[str] = ()) -> str:
+def knobs_section(
+    run: Mapping[str, Any], cost_caveats: Sequence[str] = (), run_name: str | None = None
+) -> str:
     """The knobs of a run, verbatim, so a reader can reproduce or question the numbers."""
 
     def pretty(raw: str | None) -> str:
@@ -192,7 +230,7 @@ def knobs_section(run: Mapping[str, Any], cost_caveats: Sequence[str] = ()) -> s
     server = json.loads(run["server"]) if run["server"] else {}
     spec = json.loads(run["spec"]) if run["spec"] else {}
     facts: dict[str, Any] = {
-        k: run[k] for k in ("model", "corpus", "status", "concurrency", "created_at", "git_sha")
+        k: run[k] for k in ("run_id", "model", "corpus", "status", "concurrency", "created_at", "git_sha")
     }
     facts["server"] = ", ".join(
         f"{k}={server[k]}" for k in ("vllm", "max_model_len", "kv_cache_gib") if k in server
@@ -208,7 +246,9 @@ def knobs_section(run: Mapping[str, Any], cost_caveats: Sequence[str] = ()) -> s
     )
     caveats = "".join(f"<li class='caveat'>{html.escape(c)}</li>" for c in [*run_caveats(run), *cost_caveats])
     return (
-        f"<h3>Run {html.escape(run['run_id'])}</h3><table>{items}</table><ul>{caveats}</ul>"
+        f"<h3>Run {html.escape(run_name or run['run_id'])}</h3>"
+        f"<div class='scroll'><table>{items}</table></div>"
+        f"<ul>{caveats}</ul>"
         f"<details><summary>server</summary><pre>{pretty(run['server'])}</pre></details>"
         f"<details><summary>spec</summary><pre>{pretty(run['spec'])}</pre></details>"
     )
@@ -242,16 +282,30 @@ function runFromHash() {{  // report.html#run=<run_id> opens with that run picke
 """
 
 
-def run_picker(run_ids: Sequence[str]) -> str:
-    """One selector for every chart (each declares the run parameter): no per-chart dropdowns."""
+def run_picker(run_ids: Sequence[str], names: Mapping[str, str] | None = None) -> str:
+    """One selector for every chart (each declares the run parameter): no per-chart dropdowns.
+    A run shows as its name (corpus and time); the id is only the option's value."""
     if len(run_ids) < 2:
         return ""
-    options = "".join(f'<option value="{html.escape(r)}">{html.escape(r)}</option>' for r in run_ids)
+    names = names or {}
+    options = "".join(f'<option value="{html.escape(r)}">{html.escape(names.get(r, r))}</option>'
+                      for r in run_ids)
     return (
         f'<p><label>Run: <select id="run-picker" onchange="pickRun(this.value)">'
         f'<option value="">all runs</option>{options}</select></label> '
         "(click a legend entry to highlight a pipeline; shift-click for more)</p>"
     )
+
+
+_COMPOUND = ("facet", "hconcat", "vconcat", "concat", "repeat")
+
+
+def fit_width(spec: dict[str, Any]) -> dict[str, Any]:
+    """A single view takes its box's width in the page (a phone's too); a faceted chart keeps its
+    panel widths and scrolls inside its box. PNG/SVG files keep the fixed width."""
+    if "width" in spec and not any(k in spec for k in _COMPOUND):
+        return {**spec, "width": "container", "autosize": {"type": "fit-x", "contains": "padding"}}
+    return spec
 
 
 def render_page(
@@ -264,17 +318,20 @@ def render_page(
     bundle = vlc.javascript_bundle(vl_version=_vl_version())  # type: ignore[call-arg]
     body = []
     for sec in sections:
-        body.append(f"<h2>{html.escape(sec.title)}</h2>")
+        if sec.title:  # the first screen (decision and cards) has no heading of its own
+            body.append(f"<h2>{html.escape(sec.title)}</h2>")
         body += sec.before
         body += [f'<div class="chart" id="chart-{name}"></div>' for name in sec.charts if name in charts]
         body += sec.after
     embeds = "".join(
-        f"  vegaEmbed('#chart-{name}', {_script_json(c.to_dict())}, {_script_json(_EMBED_OPTIONS)})"
+        f"  vegaEmbed('#chart-{name}', {_script_json(fit_width(c.to_dict()))}, "
+        f"{_script_json(_EMBED_OPTIONS)})"
         ".then((r) => views.push(r.view)).catch(console.error),\n"
         for name, c in charts.items()
     )
     return (
-        '<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>ragvslc report</title>'
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1"><title>ragvslc report</title>'
         f"<style>{_CSS}</style>\n<script>\n{bundle}\n</script></head><body>\n"
         "<h1>Long context vs RAG</h1>\n"
         + "\n".join(header)

@@ -11,7 +11,6 @@ many shapes. Opening the store, the knobs section and writing files are compare/
 from __future__ import annotations
 
 import html
-import importlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -19,11 +18,13 @@ import altair as alt
 import duckdb
 import pandas as pd
 
-from compare.analysis import judgements, prices, summary
+from compare.analysis import judgements, oracle, prices, summary
 from compare.analysis.cost import BREAK_EVEN_COLUMNS, WARM_FRACTION, cost_columns
+from compare.analysis.decision import Decision, decision_for
 from compare.analysis.verdict import add_cache_facts, run_verdict
 from compare.report import charts
 from compare.report import data as dashboard
+from compare.report.front import cards_html, decision_html, terms_html
 from compare.report.html import Section, effective_table, note, summary_table, table, verdict_box
 
 QUALITY_METRICS = ("headline", *summary.FALLBACK_METRICS, "request_ok")
@@ -50,6 +51,19 @@ class SectionBuilder:
         self.cost_caveats: list[str] = []
         self.cost_data: dashboard.CostData | None = None
         self.lengths = pd.DataFrame(columns=["run_id", "label", "length"])
+        # label -> pipeline kind: what each chart's colour follows (one colour per kind)
+        labels = summary.pipeline_labels(con, run_ids)
+        self.kinds: dict[str, str] = dict(zip(labels["label"], labels["pipeline"], strict=True))
+        self.names = summary.run_names(con, run_ids)
+
+    def coloured(self, df: pd.DataFrame) -> pd.DataFrame:
+        """The frame with each label's kind colour, for a chart."""
+        return charts.with_colours(df, self.kinds)
+
+    def named(self, rows: Any) -> list[dict[str, Any]]:
+        """Table rows with the run's name in place of its id (ids live in the details table)."""
+        return [{**r, "run_id": self.names.get(str(r.get("run_id")), r.get("run_id"))}
+                for r in _records(rows)]
 
     def omit(self, sec: Section, name: str, why: str) -> None:
         self.notes.append(f"{name}: {why}")
@@ -62,7 +76,8 @@ class SectionBuilder:
         metric = quality_metric(lengths)
         sec.before.append(note(_headline_note(metric, summary.primary_metrics(self.con, self.run_ids))))
         if metric:
-            self.charts["quality_vs_length"] = charts.quality_chart(lengths, metric, self.multi)
+            self.charts["quality_vs_length"] = charts.quality_chart(self.coloured(lengths), metric,
+                                                                    self.multi)
             sec.charts.append("quality_vs_length")
         else:
             self.omit(sec, "quality_vs_length", "no quality scores stored")
@@ -87,6 +102,7 @@ class SectionBuilder:
         sec.after.append("<h3>LLM judge vs token F1 (free-text questions)</h3>")
         sec.after.append(note(f"Judge: {who}. Agreement: share of rows where token F1 >= 0.5 and the "
                               "judge's CORRECT say the same; correlation: Pearson of the two."))
+        sec.after.append(note(" ".join(judgements.judge_notes(self.con, self.run_ids))))  # its controls
         sec.after.append(table(_records(rows), {"label": "pipeline", "n": "n", "judge_mean": "judge",
                                                 "token_f1_mean": "token F1", "agreement": "agreement",
                                                 "correlation": "correlation"}, left=("label",)))
@@ -102,14 +118,18 @@ class SectionBuilder:
         conc_text = (
             f"concurrency {conc.iloc[0]}"
             if conc.nunique() == 1 and not self.multi
-            else "concurrency " + ", ".join(f"{r}={c}" for r, c in conc.items())
+            else "concurrency " + ", ".join(f"{self.names.get(r, r)}: {c}" for r, c in conc.items())
         )
         subtitle = (
             f"{conc_text}; warm = cached tokens >= {WARM_FRACTION:.0%} of context; E2E includes "
             "RAG's retrieval; x = document length (RAG sends only its top-k chunks)"
         )
+        sec.before.append(note(
+            "TTFT: time to first token (the prompt's prefill); E2E: end to end, from sending the "
+            "question to the answer's last token (RAG's retrieval included); p50/p95: the median and "
+            "the 95th percentile; warm: the document was already in the server's prefix cache."))
         self.charts["latency_percentiles"] = charts.latency_chart(
-            dashboard.latency_long(pct), subtitle, self.multi
+            self.coloured(dashboard.latency_long(pct)), subtitle, self.multi
         )
         sec.charts.append("latency_percentiles")
         cols = {
@@ -125,7 +145,7 @@ class SectionBuilder:
             del cols["run_id"]
         for m, (_, head) in dashboard.LATENCY_MEASURES.items():
             cols |= {f"{m}_p{p}_ms": f"{head} p{p} ms" for p in dashboard.PERCENTILES}
-        sec.after.append(table(pct.to_dict("records"), cols, left=("run_id", "label", "cache")))
+        sec.after.append(table(self.named(pct), cols, left=("run_id", "label", "cache")))
         self.sections.append(sec)
 
     def cost(self, chosen: prices.ChosenSheet, qs: Sequence[int], frontier_q: int) -> None:
@@ -143,12 +163,18 @@ class SectionBuilder:
             list(data.verdicts) if len(data.verdicts) <= 6 else [*data.verdicts[:5], "... (see the table)"]
         )
         if not data.marks.empty:
-            verdicts.append("diamonds: break-even (both cost the same per query)")
-        self.charts["cost_vs_queries"] = charts.cost_chart(data.curve, data.marks, verdicts, self.multi)
+            verdicts.append("diamonds: break-even q* (both cost the same per query)")
+        self.charts["cost_vs_queries"] = charts.cost_chart(self.coloured(data.curve), data.marks, verdicts,
+                                                           self.multi)
         sec.charts.append("cost_vs_queries")
-        cols = {c: c.replace("usd_per_query_q", "$/query q=").replace("_", " ") for c in cost_columns(qs)}
+        cols = {c: _cost_header(c) for c in cost_columns(qs)}
         cols = {**({"run_id": "run"} if self.multi else {}), **cols}
-        sec.after.append(table(data.table, cols, left=("run_id", "label", "view", "warm_basis", "caveats")))
+        sec.before.append(note(
+            "$ per 1,000 queries at q questions per document: long context pays a document's prefill "
+            "once (one-time), then each question its cached re-read (marginal); RAG pays its index "
+            "once and its chunks per question. q* (break-even): the q where two pipelines cost the same."))
+        sec.after.append(table(self.named(data.table), cols,
+                               left=("run_id", "label", "view", "warm_basis", "caveats")))
         sec.after.append("<h3>Break-even (queries per document)</h3>")
         sec.after.append(
             table(
@@ -168,7 +194,8 @@ class SectionBuilder:
             self.omit(front, "quality_vs_cost", "no pipeline has both a quality score and a cost")
             return
         assert metric is not None
-        self.charts["quality_vs_cost"] = charts.frontier_chart(points, frontier_q, metric, self.multi)
+        self.charts["quality_vs_cost"] = charts.frontier_chart(self.coloured(points), frontier_q, metric,
+                                                               self.multi)
         front.charts.append("quality_vs_cost")
         front.after.append(
             table(
@@ -176,7 +203,7 @@ class SectionBuilder:
                 {
                     "label": "pipeline",
                     "view": "view",
-                    "usd_per_query": f"$/query at q={frontier_q}",
+                    "usd_per_query": f"$/1k queries at q={frontier_q}",
                     "quality": f"mean {metric}",
                     "n": "n",
                     "on_frontier": "on frontier",
@@ -207,18 +234,11 @@ class SectionBuilder:
         self.sections.append(sec)
 
     def routing(self) -> None:
-        """Rendered only when compare.analysis.oracle provides routing_section(con, run_ids)."""
-        try:
-            oracle = importlib.import_module("compare.analysis.oracle")
-        except ImportError:
-            return
-        hook = getattr(oracle, "routing_section", None)
-        if hook is None:
-            return
+        """What routing bought: compare.analysis.oracle's section (the best route per question)."""
         sec = Section("Routing")
         try:
-            result = hook(self.con, self.run_ids)
-        except Exception as exc:  # another module's hook must not take the whole report down
+            result = oracle.routing_section(self.con, self.run_ids)
+        except Exception as exc:  # one section's failure must not take the whole report down
             sec.after.append(note(f"Routing section failed: {type(exc).__name__}: {exc}"))
             self.sections.append(sec)
             return
@@ -228,11 +248,13 @@ class SectionBuilder:
             cols = {
                 k: k.replace("_", " ") for k in strategies[0] if k not in ("pipeline", "params_hash", "kind")
             }
-            sec.before.append(table(strategies, cols, left=("run_id", "strategy", "route", "label")))
+            sec.before.append(table(self.named(strategies) if "run_id" in strategies[0] else strategies, cols,
+                                    left=("run_id", "strategy", "route", "label")))
         if not routes.empty:
             if self.multi and "run_id" in routes.columns:
                 is_oracle = routes["strategy"] == "oracle"
-                routes.loc[is_oracle, "strategy"] = "oracle @" + routes.loc[is_oracle, "run_id"].astype(str)
+                routes.loc[is_oracle, "strategy"] = "oracle \u00b7 " + routes.loc[is_oracle, "run_id"].map(
+                    self.names).fillna(routes.loc[is_oracle, "run_id"]).astype(str)
             self.charts["routing_shares"] = charts.route_share_chart(
                 routes, self.multi and "run_id" in routes
             )
@@ -243,19 +265,48 @@ class SectionBuilder:
 
 
     def verdict(self, q: int) -> None:
-        """The answer first: one box per run, put before every other section; the needle
+        """The answer first: per run, the decision line and one card per pipeline, then the words
+        they use; the per-axis evidence in words next; all before every other section. The needle
         section gets the effective lengths side by side."""
         metric = quality_metric(self.rows)
         data = self.cost_data
-        boxes = []
+        names = self.names
+        front: list[str] = []
+        boxes: list[str] = []
+        decisions: list[Decision] = []
         for run_id in self.run_ids:
             table, pairs = (data.table, data.pairs) if data else ([], [])
-            v = run_verdict(run_id, self.rows, self.lengths, metric, table, pairs, q)
+            decision = self.decision_line(run_id, q)  # first on the page (issue 24 item 12)
+            decisions.append(decision)
+            v = run_verdict(run_id, self.rows, self.lengths, metric, table, pairs, q, decision)
             v = add_cache_facts(v, self.con)
-            boxes.append(verdict_box(v, self.multi))
+            name = names.get(run_id) if self.multi else None
+            labels = summary.pipeline_labels(self.con, [run_id])
+            kinds = dict(zip(labels["label"], labels["pipeline"], strict=True))
+            front += [decision_html(decision, name), cards_html(decision, kinds)]
+            boxes.append(verdict_box(v, self.multi, names.get(run_id)))
             if v.effective and self.lengths["length"].nunique() > 1:  # Quality is sections[0]
-                self.sections[0].after.append(effective_table(v, self.multi))
-        self.sections.insert(0, Section("Verdict", before=boxes))
+                self.sections[0].after.append(effective_table(v, self.multi, names.get(run_id)))
+        front.append(terms_html(decisions))
+        self.sections[0:0] = [Section("", before=front), Section("The evidence, in words", before=boxes)]
+
+    def decision_line(self, run_id: str, q: int) -> Decision:
+        """The one decision line (compare/analysis/decision.py), priced with the report's sheet.
+        Note for the report's layout (helper G and later): it must stay the FIRST thing of the
+        verdict section (issue 24 item 12); it is this one call and `decision_html`."""
+        sheet = self.cost_data.chosen.sheet if self.cost_data else prices.choose_sheet(
+            self.con, [run_id], None).sheet
+        return decision_for(self.con, run_id, q, sheet)
+
+
+def _cost_header(column: str) -> str:
+    """A cost table's header: $ per query columns are shown per 1,000 queries."""
+    named = {"one_time_usd_per_doc": "one-time $ per document",
+             "marginal_usd_per_query": "marginal $/1k queries",
+             "run_paid_usd_per_query": "this run paid, $/1k queries"}
+    if column in named:
+        return named[column]
+    return column.replace("usd_per_query_q", "$/1k queries, q=").replace("_", " ")
 
 
 def _sheet_section(chosen: prices.ChosenSheet) -> Section:

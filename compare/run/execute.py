@@ -18,12 +18,14 @@ from pydantic import BaseModel
 
 from compare.core import registry
 from compare.core.errors import BackendError
-from compare.core.protocols import Backend, BuildContext, Pipeline, Role
+from compare.core.protocols import Backend, BuildContext, Pipeline, Plan, Role
 from compare.core.registry import spec_kind
 from compare.core.types import Corpus, Example
+from compare.run.answer_budget import answer_budget, with_answer_budget
 from compare.run.heartbeat import Watch
 from compare.run.runner import FailurePolicy, Progress, RunResult, ServerDown, run
 from compare.run.spec import RunSpec
+from compare.serving import capabilities as capability
 from compare.serving import weights as models
 from compare.serving.client import HttpBackend
 from compare.serving.endpoint import AuthError
@@ -48,7 +50,7 @@ from compare.serving.router import (
     session_routing,
 )
 from compare.serving.server import ManagedServer, ServerConfig, split_args
-from compare.serving.tokenizers import load_tokenizer
+from compare.serving.tokenizers import LocalTokenizer, TokenizerError, load_tokenizer
 from compare.store.db import Store
 
 
@@ -163,7 +165,8 @@ async def execute_async(
         corpus = await build_corpus(spec, backend, data_dir)
         pool.plan(corpus.examples, corpus.documents)  # each document's replica, fixed up front
         server_info |= pool.describe()
-        pipelines = [build_pipeline(p) for p in spec.pipelines]
+        budget = await answer_budget(corpus.examples, backend.tokenize)  # fitted to the golds
+        pipelines = [build_pipeline(with_answer_budget(p, budget["answer_tokens"])) for p in spec.pipelines]
         run_id = spec.run_id(_content_sha(spec, corpus))
         content = corpus.content_sha256()
         _same_questions(store, run_id, content)
@@ -177,7 +180,7 @@ async def execute_async(
                 "model": spec.server.model,
                 "base_url": ",".join(urls),
                 "spec": spec.model_dump(mode="json"),
-                "corpus_params": {**corpus.params, "content_sha256": content},
+                "corpus_params": {**corpus.params, "content_sha256": content, "answer_budget": budget},
                 "server": server_info,
             },
             metric_names=spec.metrics,
@@ -208,23 +211,39 @@ def _access(spec: RunSpec) -> Access:
 
 
 async def _discover(pool: Pool, spec: RunSpec, say: Callable[[str], None] | None) -> dict[str, Any]:
-    """What the endpoint offers; an endpoint without /tokenize and no tokenizer in the spec
-    counts with the default model's tokenizer, recorded (and said) as an approximation."""
+    """What the endpoint offers (each capability asked for, compare/serving/capabilities.py); an
+    endpoint without /tokenize counts with the spec's tokenizer, else the one its model's name
+    names, else the run stops with the options in one line. Said once, recorded with the run."""
     try:
         caps = await pool.discover()
     except AuthError:
         raise
     except BackendError as exc:  # nothing answers at the URL: the run's server is down
         raise ServerDown(f"server not reachable: {exc}") from exc
-    if not caps["vllm"] and caps["tokenizer"] is None:
-        tok = load_tokenizer(models.DEFAULT_MODEL, served=spec.server.model)
+    if not caps["tokenize"] and caps["tokenizer"] is None:
+        tok = _tokenizer_from_model(spec, caps)
         for b in pool.backends:
             b.tokenizer = tok
-        caps |= {"tokenizer": tok.name, "tokenizer_approximate": tok.approximate, "tokenizer_default": True}
-    if say and not caps["vllm"]:
-        say(f"endpoint {caps['api_url']}: no vLLM extras (/tokenize, /metrics, /health); tokens counted "
-            f"with {caps['tokenizer']}" + (" (an approximation)" if caps["tokenizer_approximate"] else ""))
+        caps |= {"tokenizer": tok.name, "tokenizer_approximate": tok.approximate,
+                 "tokenizer_from_model": True}
+        caps["sources"] = capability.sources(caps)
+    line = capability.fallback_line(caps)
+    if say and line:
+        say(line)
     return caps
+
+
+def _tokenizer_from_model(spec: RunSpec, caps: Mapping[str, Any]) -> LocalTokenizer:
+    """The served model's own tokenizer when its name is one we have offline (a registry model or
+    a local folder); else one clear line naming the options."""
+    try:
+        return load_tokenizer(spec.server.model, served=spec.server.model)
+    except (TokenizerError, OSError, ValueError) as exc:
+        raise TokenizerError(
+            f"{caps['api_url']} has no /tokenize and no local tokenizer for {spec.server.model!r} ({exc}); "
+            "set [server] tokenizer = \"hf:FOLDER\" (the model's tokenizer files), \"tiktoken:ENCODING\", "
+            "or \"approximate\" (budgets and window checks then use an approximate count, recorded as such)"
+        ) from None
 
 
 # Versions that can change a result (tokenizer, chunker, embedder, index, engine): with the run.
@@ -278,7 +297,7 @@ def model_dir(spec: RunSpec) -> Path | None:
     return None
 
 
-def _estimate_line(todo: Sequence[tuple[Example, Mapping[str, Any], Role]], measured: ProbeResult,
+def _estimate_line(todo: Sequence[tuple[Example, Plan, Role]], measured: ProbeResult,
                    dims: ModelDims | None) -> str:
     requests = planned_requests(todo)
     secs = estimate_s(requests, measured, dims)
@@ -317,6 +336,8 @@ def execute(
     shared: Serving | None = None,
 ) -> RunResult:
     """Run a spec end to end: server up (or `shared`), corpus built, every request stored."""
+    if warning := spec.secret_warning():  # a literal secret in the spec: said once, at start
+        say(warning)
     up_for_run = contextlib.nullcontext(shared) if shared else serving(spec, say, base_url)
     with Store(db) as store, up_for_run as srv:
 
@@ -382,7 +403,7 @@ async def health_of(urls: Sequence[str], access: Access) -> list[bool]:
     async def one(url: str) -> bool:
         async with Pool.connect([url], "health-check", timeout_s=30.0, access=access) as pool:
             try:
-                await pool.discover()
+                await pool.discover(chat=False)
             except BackendError:
                 return False
             return await pool.primary.health()

@@ -13,12 +13,16 @@ from compare.core import metrics as metric_registry
 from compare.core.types import Example, Prediction
 from compare.run import judge
 from compare.store.db import Store
+from compare.store.migrations import redact_stored_secrets
 from compare.store.rows import spans_from_json
 
 
 def rescore(store: Store, run_ids: Sequence[str] | None, metric_names: Sequence[str]) -> int:
     """Replace the named metrics' rows for every stored prediction; returns rows rescored.
-    Judge scores are restored from the stored verdicts (never by asking the judge again)."""
+    Judge scores are restored from the stored verdicts (never by asking the judge again); a
+    secret an older ragvslc stored with a run (a header's value) is taken out first, noted."""
+    with store.transaction():
+        redact_stored_secrets(store.con, run_ids)
     metrics = metric_registry.resolve([m for m in metric_names if m != JUDGE_METRIC])
     where = "" if not run_ids else f"WHERE p.run_id IN ({', '.join('?' * len(run_ids))})"
     rows = store.con.execute(

@@ -139,18 +139,6 @@ def _means(pairs: Sequence[tuple[float, float]]) -> Row:
     return {"recall": _mean([r for r, _ in pairs]), "mrr": _mean([m for _, m in pairs])}
 
 
-def evaluate_retrieval(
-    corpus: Corpus,
-    configs: Sequence[RagPipeline],
-    ks: Sequence[int],
-    *,
-    budgets: Sequence[int] = (),
-    count: TokenCounter | None = None,
-) -> list[Row]:
-    """Blocking wrapper of `evaluate_retrieval_async` for callers without an event loop."""
-    return asyncio.run(evaluate_retrieval_async(corpus, configs, ks, budgets=budgets, count=count))
-
-
 def format_rows(rows: Sequence[Row]) -> str:
     """A plain fixed-width table of the rows (the CLI prints it; rich is not needed here)."""
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -20,11 +21,22 @@ from compare.serving.tokenizers import load_tokenizer
 from compare.store.db import Store
 
 
+@dataclass(frozen=True)
+class Evaluation:
+    """An evaluation's rows and what they were measured on: the corpus, and the id a `run` of
+    the same spec gets (so a report of that run shows this evaluation, and no other)."""
+
+    rows: list[Row]
+    corpus: str
+    corpus_params: dict[str, Any]
+    run_id: str
+
+
 async def evaluate(
     spec: RunSpec, ks: Sequence[int], budgets: Sequence[int], data_dir: Path | None
-) -> tuple[list[Row], str, dict[str, Any]]:
+) -> Evaluation:
     """Rows of recall@k / MRR per RAG configuration of the spec (a plain RAG one if none)."""
-    from compare.run.execute import build_corpus, build_pipeline
+    from compare.run.execute import _content_sha, build_corpus, build_pipeline
     from pipelines.rag import RagPipeline
 
     tok = load_tokenizer(spec.server.tokenizer or spec.server.model)  # the served model's own, in-process
@@ -40,11 +52,13 @@ async def evaluate(
         corpus, [c for c in configs if isinstance(c, RagPipeline)], ks, budgets=budgets,
         count=tok.tokenize,
     )
-    return rows, corpus.name, dict(corpus.params)
+    return Evaluation(rows, corpus.name, dict(corpus.params), spec.run_id(_content_sha(spec, corpus)))
 
 
-def store_rows(db: Path, rows: Sequence[Row], corpus: str, corpus_params: dict[str, Any]) -> str:
-    """Keep an evaluation beside the runs, so the report can draw recall vs k from it."""
+def store_rows(db: Path, ev: Evaluation) -> str:
+    """Keep an evaluation beside the runs, under the run id of its spec, so the report of that
+    run can draw recall vs k from it."""
+    rows, corpus, corpus_params = ev.rows, ev.corpus, ev.corpus_params
     blob = json.dumps([corpus, corpus_params, list(rows)], sort_keys=True, default=str)
     eval_id = "retr-" + hashlib.sha256(blob.encode()).hexdigest()[:12]
     now = datetime.now(UTC).replace(tzinfo=None)
@@ -53,7 +67,7 @@ def store_rows(db: Path, rows: Sequence[Row], corpus: str, corpus_params: dict[s
         store.insert(
             "retrieval_eval",
             [
-                {"eval_id": eval_id, "created_at": now, "corpus": corpus,
+                {"eval_id": eval_id, "run_id": ev.run_id, "created_at": now, "corpus": corpus,
                  "corpus_params": json.dumps(corpus_params, default=str), "config": r["config"],
                  "params_hash": r.get("params_hash") or params_hash({"config": r["config"]}),
                  "params": json.dumps(r.get("index") or {}, default=str), "k": r.get("k"),

@@ -21,10 +21,12 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 from compare.core import metrics as metric_registry
-from compare.core.protocols import Indexed, Pipeline
+from compare.core.protocols import Indexed, Pipeline, label_of, plan_of
 from compare.core.types import Corpus, Example, Prediction
-from compare.run.heartbeat import InFlight, Watch, heartbeat
-from compare.serving.client import HttpBackend, cache_salt, first_token_hook, session_key
+from compare.run.heartbeat import InFlight, Watch, heartbeat, watched
+from compare.run.interrupt import Latch, latch_sigint
+from compare.serving.client import BoundBackend, HttpBackend, RequestOptions
+from compare.serving.endpoint import retry_after_s
 from compare.serving.pool import Lane, Pool
 from compare.serving.prometheus import metric_deltas
 from compare.serving.replicas import FINGERPRINT_PREFIX
@@ -56,6 +58,7 @@ class ServerDown(RunStopped):
 
 # Failures that another attempt cannot fix: the prompt itself is the problem.
 PERMANENT_ERRORS = ("context_overflow",)
+MAX_RETRY_AFTER_S = 300.0  # the longest a 429 makes a request wait before its retry
 
 
 def retryable(pred: Prediction) -> bool:
@@ -121,7 +124,7 @@ async def run(
     lane_of = lanes.lanes([ex for ex, _, _ in todo], plan.after)
     watch = watch or Watch()
     if watch.estimate is not None and todo:
-        watch.estimate([(ex, params[id(p)], p.role) for ex, p, _ in todo])
+        watch.estimate([(ex, plan_of(p), p.role) for ex, p, _ in todo])
     if progress:
         progress("preparing pipelines", 0, len(todo))
     await _prepare(todo, pipelines, hashes, corpus, backend, store, run_id)
@@ -202,7 +205,9 @@ class _RunContext:
     result: RunResult
     seq: int
     isolate_cache: bool = False
+    salt_scope: str = ""  # a load step's name: each step's cache starts cold (compare/run/load.py)
     writer: RowWriter = field(default_factory=lambda: RowWriter())
+    latch: Latch = field(default_factory=Latch)
     flights: InFlight = field(init=False)
 
     def __post_init__(self) -> None:
@@ -210,6 +215,7 @@ class _RunContext:
 
     async def ask(self, i: int, ex: Example, pipe: Pipeline, h: str) -> None:
         """One request, in its lane's turn; its row is queued before the next result is awaited."""
+        self.latch.check()
         lane = self.lane_of[i]
         label = f"{pipe.name} {ex.id}"
         async with lane.turn(i):
@@ -220,15 +226,16 @@ class _RunContext:
                 self.flights.first_token(i)
                 lane.dispatcher.prefilled(i)
 
-            hook = first_token_hook.set(on_first_token)
-            salt = cache_salt.set(salt_for(self.run_id, h, ex.doc_ids) if self.isolate_cache else None)
-            session = session_key.set(session_for(ex.doc_ids))
+            salt = salt_for(self.run_id + self.salt_scope, h, ex.doc_ids) if self.isolate_cache else None
+            options = RequestOptions(  # passed with the request, not through a context variable
+                cache_salt=salt,
+                session_key=session_for(ex.doc_ids), on_first_token=on_first_token,
+            )
             try:
-                pred, attempts = await _attempts(pipe, ex, lane.backend, self.policy)
+                # the heartbeat sees each request
+                backend = watched(lane.backend.with_options(options), self.flights, i)
+                pred, attempts = await _attempts(pipe, ex, backend, self.policy)
             finally:
-                first_token_hook.reset(hook)
-                cache_salt.reset(salt)
-                session_key.reset(session)
                 self.flights.end(i)
         progress, total = self.progress, self.total
         self.writer.submit(
@@ -236,7 +243,7 @@ class _RunContext:
             self.store.add_prediction, self.run_id, ex.id, pipe.name, h, self.params[id(pipe)], pred,
             seq=self.seq, resumed=self.resumed, started_at=started, attempts=attempts,
             scores=metric_registry.score(self.metrics, ex, pred), replica=_replica(pred, lane.name),
-            role=pipe.role,
+            role=pipe.role, label=label_of(pipe),
         )
         self.seq += 1
         self.result.done += 1
@@ -266,12 +273,13 @@ async def _drive(
     """Ask everything, then mark the run with how it ended, whatever ended it."""
     status = "failed"
     try:
-        async with heartbeat(ctx.flights, watch.say, watch.interval_s):
-            if serial:
-                for i, item in enumerate(todo):
-                    await ctx.ask(i, *item)
-            else:
-                await _all_or_nothing([ctx.ask(i, *item) for i, item in enumerate(todo)])
+        with latch_sigint(ctx.latch):
+            async with heartbeat(ctx.flights, watch.say, watch.interval_s):
+                if serial:
+                    for i, item in enumerate(todo):
+                        await ctx.ask(i, *item)
+                else:
+                    await _all_or_nothing([ctx.ask(i, *item) for i, item in enumerate(todo)])
         status = "done"
     except RunStopped as exc:
         status = "server_down" if isinstance(exc, ServerDown) else "stopped"
@@ -310,19 +318,21 @@ async def _all_or_nothing(coros: Sequence[Coroutine[Any, Any, None]]) -> None:
 
 
 async def _attempts(
-    pipe: Pipeline, ex: Example, backend: HttpBackend, policy: FailurePolicy
+    pipe: Pipeline, ex: Example, backend: BoundBackend, policy: FailurePolicy
 ) -> tuple[Prediction, int]:
     """Answer, retrying transient failures with exponential backoff; returns the attempts used."""
     attempt = 1
     pred = await _answer(pipe, ex, backend)
     while retryable(pred) and attempt <= policy.retries:
-        await asyncio.sleep(policy.backoff_s * 2 ** (attempt - 1))
+        wait = policy.backoff_s * 2 ** (attempt - 1)
+        asked = retry_after_s(pred.error)  # an endpoint's 429 says how long: at least that
+        await asyncio.sleep(max(wait, min(asked, MAX_RETRY_AFTER_S)) if asked is not None else wait)
         attempt += 1
         pred = await _answer(pipe, ex, backend)
     return pred, attempt
 
 
-async def _answer(pipe: Pipeline, ex: Example, backend: HttpBackend) -> Prediction:
+async def _answer(pipe: Pipeline, ex: Example, backend: BoundBackend) -> Prediction:
     """Pipelines return failures as rows; anything they raise becomes a row too."""
     try:
         return await pipe.answer(ex, backend)

@@ -9,14 +9,18 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, Field, PositiveInt, model_validator
 
+from compare.core import metrics as _metrics  # noqa: F401  (registers the built-in metrics)
 from compare.core.config import Strict, read_toml, validate
-from compare.core.registry import CORPORA, PIPELINES, Registry
+from compare.core.registry import CORPORA, METRICS, PIPELINES, Registry
+from compare.core.secrets import REVEAL, HeaderValue, literal_secrets, warning_line
 from compare.run import components  # noqa: F401  (importing it registers every built-in kind)
+from compare.run.load_spec import LoadSpec
 from compare.serving.weights import DEFAULT_MODEL
 from corpora.babi import BabiCorpusSpec
 from corpora.jsonl import JsonlCorpusSpec
@@ -70,13 +74,14 @@ class ServerSpec(Strict):
     router: Literal["cache_aware", "consistent_hash", "round_robin", "power_of_two", "client"] | None = None
     router_args: list[str] = Field(default_factory=list)
     # Any OpenAI-compatible endpoint (a hosted API): the NAME of the variable that holds its key
-    # (never the key), extra headers (a value may be "${VAR}", expanded at run time and stored
-    # as written), which generation-cap parameter it takes, and the local tokenizer that counts
-    # tokens where the endpoint has no /tokenize ("hf:FOLDER", a model name, or
-    # "tiktoken:ENCODING"). Only the tokenizer can change a result (budgets, needle lengths), so
-    # only it joins the run id.
+    # (never the key), extra headers (a value from the environment, `{ env = "VAR" }` or "${VAR}",
+    # or a literal; a dump of the spec, hence the store and the report, holds only each header's
+    # name and where its value comes from: compare/core/secrets.py), which generation-cap
+    # parameter it takes, and the local tokenizer that counts tokens where the endpoint has no
+    # /tokenize ("hf:FOLDER", a model name, or "tiktoken:ENCODING"). Only the tokenizer can
+    # change a result (budgets, needle lengths), so only it joins the run id.
     api_key_env: str = "OPENAI_API_KEY"
-    headers: dict[str, str] = Field(default_factory=dict)
+    headers: dict[str, HeaderValue] = Field(default_factory=dict)
     token_param: Literal["auto", "max_tokens", "max_completion_tokens"] = "auto"
     tokenizer: str | None = None
 
@@ -85,6 +90,14 @@ class ServerSpec(Strict):
         if self.replicas > 1 and self.base_url:
             raise ValueError("replicas starts managed servers; with base_url, list every replica's URL")
         return self
+
+    def secret_warning(self) -> str | None:
+        """One line at start when the spec itself holds a secret (a literal header value or a
+        secret flag's value): it is sent, but the spec file is where it should not be."""
+        return warning_line(self.secret_names())
+
+    def secret_names(self) -> list[str]:
+        return literal_secrets(self.headers, self.extra_args, self.router_args)
 
     @model_validator(mode="after")
     def _router_args_need_a_router(self) -> ServerSpec:
@@ -108,12 +121,10 @@ class RunSpec(Strict):
     pipelines: list[PipelineSpec] = Field(default_factory=lambda: _default_pipelines(), min_length=1)
     server: ServerSpec = ServerSpec()
     concurrency: Annotated[int, Field(ge=1, le=256)] = 1
-    # headline: each question's own metric (compare/core/metrics.py)
-    metrics: list[str] = Field(default_factory=lambda: [
-        "headline", "contains", "exact_match", "token_f1", "choice_accuracy", "choice_set_match",
-        "choice_set_f1", "true_false", "contains_all",
-        "evidence_recall", "evidence_mrr", "time_iou", "time_hit", "evidence_recall_time", "request_ok",
-    ])
+    # Metrics stored per row; default: every metric registered when the spec is made, as `score`
+    # computes them, so a newly registered metric is not skipped (the list is stored with the
+    # run's spec). headline is each question's own metric (compare/core/metrics.py).
+    metrics: list[str] = Field(default_factory=lambda: list(METRICS))
     timeout_s: Annotated[float, Field(gt=0)] = 900.0
     retries: Annotated[int, Field(ge=0, le=10)] = 1
     retry_backoff_s: Annotated[float, Field(ge=0, le=600)] = 2.0
@@ -125,6 +136,9 @@ class RunSpec(Strict):
     # cold by construction (no sibling document or other pipeline warms it); "shared": requests
     # share the prefix cache freely, as runs did before the field (their run ids are kept).
     cache_isolation: Literal["document", "shared"] = "document"
+    # `ragvslc load`'s traffic (compare/run/load_spec.py). A load run has its own id, covering
+    # this section (compare/run/load.py load_run_id); the idle run of the spec keeps its id.
+    load: LoadSpec | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -134,6 +148,16 @@ class RunSpec(Strict):
             data = {**data, "corpus": {"kind": "needle", **data["corpus"]}}
         return data
 
+    def secret_warning(self) -> str | None:
+        """The one warning line at start: literal secrets in [server] and in any pipeline's
+        embed_headers (a router's rag table included)."""
+        names = self.server.secret_names()
+        for p in self.pipelines:
+            dumped = p.model_dump(mode="json", context=REVEAL)
+            for table in (dumped, dumped.get("rag") or {}):
+                names += [f"embed_headers.{n}" for n in literal_secrets(table.get("embed_headers") or {})]
+        return warning_line(names)
+
     def run_id(self, corpus_sha256: str | None = None) -> str:
         """Stable id of what the run measures (not where the server happens to be).
 
@@ -141,12 +165,14 @@ class RunSpec(Strict):
         when given, joins the id, so editing the files starts a new run instead of resuming
         the old one with answers to other questions."""
         data = self.model_dump(mode="json", exclude=set(NOT_IN_RUN_ID))
+        data.pop("load", None)  # a load run's id covers it (compare/run/load.py); an idle run's not
         data["server"].pop("base_url", None)
         data["server"].pop("replicas", None)
         data["server"].pop("router", None)  # how requests reach the replicas, like replicas
         data["server"].pop("router_args", None)
         for where_not_what in ("api_key_env", "headers", "token_param"):
             data["server"].pop(where_not_what, None)
+        _drop_key(data["pipelines"], "embed_headers")  # like [server] headers (a router's rag too)
         if data["server"].get("tokenizer") is None:  # the server's own /tokenize, as before the field
             data["server"].pop("tokenizer", None)
         if data["server"].get("dtype") == "auto":  # runs from before the field keep their ids
@@ -161,12 +187,39 @@ class RunSpec(Strict):
         return "run-" + hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
+def _drop_key(obj: Any, key: str) -> None:
+    """Remove `key` from every mapping nested in `obj` (a dump of pipeline specs)."""
+    if isinstance(obj, dict):
+        obj.pop(key, None)
+        obj = list(obj.values())
+    if isinstance(obj, list):
+        for item in obj:
+            _drop_key(item, key)
+
+
 class SpecError(ValueError):
     """A spec file that cannot be used; the message names the file and the fields."""
 
 
-def load_spec(path: Path) -> RunSpec:
-    return validate_spec(read_toml(path, SpecError, "run spec"), source=str(path))
+def load_spec(path: Path | None, overrides: Mapping[str, Any] | None = None) -> RunSpec:
+    """A spec file (no file: the defaults) with `overrides` put in before it is validated, once.
+
+    Overrides are what a command line or a caller sets on top of the file: keys are dotted paths
+    ("corpus.lengths", "server.model", "concurrency"); a None value is an option not given and is
+    left out. Errors name the file, and "options" when an override took part."""
+    data = read_toml(path, SpecError, "run spec") if path is not None else {}
+    given = {k: v for k, v in (overrides or {}).items() if v is not None}
+    for dotted, value in given.items():
+        *parents, key = dotted.split(".")
+        node = data
+        for part in parents:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise SpecError(f"{path}: {part} must be a table to set {dotted}")
+            node = child
+        node[key] = value
+    source = " + ".join([*([str(path)] if path is not None else []), *(["options"] if given else [])])
+    return validate_spec(data, source=source or "defaults")
 
 
 def validate_spec(data: dict[str, Any], source: str = "spec") -> RunSpec:

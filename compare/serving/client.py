@@ -1,16 +1,17 @@
 """OpenAI-compatible async client, timed the way vLLM's serving benchmark times requests.
 
 Streaming goes through the `openai` SDK (it owns SSE parsing, auth and connection reuse); the
-timing rules live in `collect_stream`, a pure function over (timestamp, chunk) pairs so that a
-scripted stream can pin them in a unit test. `/tokenize` and `/metrics` are vLLM extensions the
-SDK does not cover, so they are plain `httpx` calls on the same connection settings.
+timing rules live in compare/serving/stream.py. `/tokenize` and `/metrics` are vLLM extensions the
+SDK does not cover, so they are plain `httpx` calls on the same connection settings, made only
+where `discover` found them (compare/serving/capabilities.py).
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
-from contextvars import ContextVar
+import uuid
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,127 +20,58 @@ import openai
 
 from compare.core.errors import BackendError, EmptyStreamError, MissingUsageError, TruncatedStreamError
 from compare.core.types import Completion, Message
-from compare.serving.endpoint import AuthError, BadRequest, Endpoint, read_usage, refuses_max_tokens
+from compare.serving import capabilities as capability
+from compare.serving.endpoint import (
+    AuthError,
+    BadRequest,
+    ContextTooLong,
+    Endpoint,
+    RateLimited,
+    rate_limited,
+    refuses_max_tokens,
+    too_long,
+)
 from compare.serving.prometheus import parse_metrics
+from compare.serving.stream import StreamChunk, chunk_from_openai, collect_stream
 from compare.serving.tokenizers import LocalTokenizer
 
 __all__ = ["AuthError", "BackendError", "EmptyStreamError", "Endpoint", "HttpBackend", "MissingUsageError",
-           "TruncatedStreamError"]
-
-# Called once when the request running in this context receives its first token, i.e. when its
-# prompt has been prefilled (and, with prefix caching, is reusable by requests sent after it).
-# A context variable rather than an argument, so pipelines need not thread it through.
-first_token_hook: ContextVar[Callable[[], None] | None] = ContextVar("first_token_hook", default=None)
-# vLLM's `cache_salt` for the request running in this context: requests with different salts
-# share no prefix-cache block, so a document's first request is cold by construction (not warmed
-# by a sibling document's identical haystack prefix) while its later questions, sent with the
-# same salt, are warm. Set by the runner per (pipeline config, document); only vLLM gets it.
-cache_salt: ContextVar[str | None] = ContextVar("cache_salt", default=None)
-# The document key of the request running in this context, sent to vLLM-served endpoints as
-# `x-session-id`: vllm-router's consistent_hash policy hashes that header (a chat body has
-# nothing else it hashes), so a document's questions reach one replica and its prefix cache.
-session_key: ContextVar[str | None] = ContextVar("session_key", default=None)
+           "RequestOptions", "StreamChunk", "TruncatedStreamError", "collect_stream"]
 
 
 @dataclass(frozen=True)
-class StreamChunk:
-    """What one SSE chunk contributes to timing: its token text and, at the end, usage."""
+class RequestOptions:
+    """What the runner says about one request beyond its messages. Bound to the backend a
+    pipeline is handed (`HttpBackend.with_options`), so pipelines need not thread it through.
 
-    text: str
-    finish_reason: str | None = None
-    prompt_tokens: int | None = None
-    cached_tokens: int | None = None
-    output_tokens: int | None = None
-    cache_write_tokens: int | None = None
-    served_by: str | None = None
+    `cache_salt`: vLLM's per-request salt: requests with different salts share no prefix-cache
+    block, so a document's first request is cold by construction (not warmed by a sibling
+    document's identical haystack prefix) while its later questions, sent with the same salt,
+    are warm; sent only where the endpoint accepted it. `session_key`: the document's routing
+    key, sent as `x-session-id`: vllm-router's consistent_hash policy hashes that header (a chat
+    body has nothing else it hashes), so a document's questions reach one replica and its cache.
+    `on_first_token`: called once when the first token arrives, i.e. when the prompt has been
+    prefilled (and, with prefix caching, is reusable by requests sent after it)."""
 
-
-def collect_stream(start: float, chunks: Iterable[tuple[float, StreamChunk]]) -> Completion:
-    """Turn timestamped chunks into a Completion.
-
-    TTFT is the first chunk carrying text; ITL are the gaps between text chunks; E2E ends at
-    the last text chunk (so E2E - TTFT == sum(ITL) exactly); usage comes from the usage chunk.
-    A stream without a token, without a finish reason or without usage raises (see the errors).
-    """
-    first: float | None = None
-    last: float | None = None
-    itl: list[float] = []
-    parts: list[str] = []
-    finish: str | None = None
-    prompt_tokens: int | None = None
-    cached: int | None = None
-    output_tokens: int | None = None
-    written: int | None = None
-    served_by: str | None = None
-    text_chunks = 0
-    for ts, chunk in chunks:
-        served_by = chunk.served_by or served_by
-        if chunk.finish_reason is not None:
-            finish = chunk.finish_reason
-        if chunk.prompt_tokens is not None:
-            prompt_tokens = chunk.prompt_tokens
-            cached = chunk.cached_tokens
-            output_tokens = chunk.output_tokens
-            written = chunk.cache_write_tokens
-        if chunk.text:
-            text_chunks += 1
-            parts.append(chunk.text)
-            if first is None:
-                first = ts
-            elif last is not None:
-                itl.append(ts - last)
-            last = ts
-    if first is None or last is None:
-        raise EmptyStreamError(f"stream ended without a token (finish_reason={finish})")
-    if finish is None:
-        raise TruncatedStreamError(
-            f"stream_cut: ended without a finish reason after {text_chunks} token chunk(s); "
-            "the reply may be cut mid-answer"
-        )
-    if prompt_tokens is None:
-        raise MissingUsageError(
-            "usage_missing: the stream carried no usage chunk (stream_options.include_usage), "
-            "so its tokens are unknown and it cannot be priced"
-        )
-    return Completion(
-        text="".join(parts),
-        prompt_tokens=prompt_tokens,
-        cached_tokens=cached,
-        output_tokens=output_tokens if output_tokens is not None else text_chunks,
-        ttft_s=first - start,
-        e2e_s=last - start,
-        itl_s=tuple(itl),
-        finish_reason=finish,
-        cache_write_tokens=written,
-        served_by=served_by,
-    )
+    cache_salt: str | None = None
+    session_key: str | None = None
+    on_first_token: Callable[[], None] | None = None
 
 
-def chunk_from_openai(raw: Any) -> StreamChunk:
-    """Map one `ChatCompletionChunk` from the SDK to the fields timing needs."""
-    text = ""
-    finish = None
-    if raw.choices:
-        choice = raw.choices[0]
-        text = (choice.delta.content or "") if choice.delta is not None else ""
-        finish = choice.finish_reason
-    usage = getattr(raw, "usage", None)
-    got = read_usage(usage.model_dump() if hasattr(usage, "model_dump") else usage) if usage else None
-    fp = getattr(raw, "system_fingerprint", None)
-    if got is None:
-        return StreamChunk(text=text, finish_reason=finish, served_by=fp)
-    return StreamChunk(text=text, finish_reason=finish, prompt_tokens=got.prompt, cached_tokens=got.cached,
-                       output_tokens=got.output, cache_write_tokens=got.cache_write, served_by=fp)
+NO_OPTIONS = RequestOptions()
+PROBE_TIMEOUT_S = 120.0  # a stalled endpoint delays the run's start by at most this, not by timeout_s
+PROBE_MESSAGES: tuple[Message, ...] = ({"role": "user", "content": "Reply with the word OK."},)
 
 
 class HttpBackend:
-    """One OpenAI-compatible endpoint serving one model: vLLM, or a hosted API.
+    """One OpenAI-compatible endpoint serving one model: vLLM, a gateway in front of it, or a
+    hosted API.
 
-    What the endpoint can do beyond chat completions is discovered (`discover`), not assumed: a
-    vLLM server lists its models as `owned_by: "vllm"` and has /tokenize, /metrics, /health and
-    /version at its root; any other endpoint gets none of those calls. Without /tokenize, counts
-    come from `tokenizer` (a LocalTokenizer named in the spec); without /health, liveness is
-    whether the standard `/models` still answers."""
+    What the endpoint can do beyond chat completions is asked for (`discover`), never guessed
+    from a name: vLLM's routes (/tokenize, /metrics, /health, /version) are used where they
+    answer, and a tiny chat says whether `cache_salt` is accepted and what the usage reports.
+    Without /tokenize, counts come from `tokenizer` (a LocalTokenizer named in the spec or
+    known from the model's name); without /health, liveness is whether `/models` answers."""
 
     def __init__(
         self,
@@ -166,8 +98,10 @@ class HttpBackend:
         self._http = httpx.AsyncClient(timeout=timeout_s, headers=auth)
         self._max_model_len: int | None = None
         self._token_param = self.endpoint.token_param
-        # None: not discovered yet (a plain vLLM URL keeps today's behaviour: extras assumed).
+        # None: not discovered yet (a plain vLLM URL keeps today's behaviour: extras assumed at
+        # the root). After `discover`, each route's URL where it answered (None: not here).
         self.capabilities: dict[str, Any] | None = None
+        self._routes: dict[str, str | None] = {r: f"{self.endpoint.root_url}/{r}" for r in capability.ROUTES}
 
     async def aclose(self) -> None:
         await self._client.close()
@@ -179,11 +113,17 @@ class HttpBackend:
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
 
+    def with_options(self, options: RequestOptions) -> BoundBackend:
+        """This backend with one request's options bound (what a pipeline is handed)."""
+        return BoundBackend(self, options)
+
     def _has(self, extra: str) -> bool:
         return self.capabilities is None or bool(self.capabilities.get(extra))
 
-    async def discover(self) -> dict[str, Any]:
-        """What this endpoint offers, from its standard `/models` (one GET, key checked)."""
+    async def discover(self, *, chat: bool = True) -> dict[str, Any]:
+        """What this endpoint offers: `/models` (one GET, key checked), then each optional route
+        at the URL given and at the server root, then (`chat`) one tiny chat that says whether
+        `cache_salt` is accepted and what its streamed usage reports."""
         try:
             resp = await self._http.get(f"{self.endpoint.api_url}/models", timeout=30.0)
         except httpx.HTTPError as exc:
@@ -191,23 +131,60 @@ class HttpBackend:
         if resp.status_code in (401, 403):
             raise AuthError(f"{self.endpoint.api_url} refused the API key in ${self.endpoint.api_key_env} "
                             f"(HTTP {resp.status_code})")
-        entries = resp.json().get("data", []) if resp.status_code == 200 else []
-        vllm = any(e.get("owned_by") == "vllm" for e in entries)
+        entries = _entries(resp)
         mine = next((e for e in entries if e.get("id") == self.model), None)
         if mine and mine.get("max_model_len"):
             self._max_model_len = int(mine["max_model_len"])
+        routes, tried, tokenized = await capability.find_routes(self._http, self.endpoint, self.model)
+        self._routes = routes
+        if tokenized.get("max_model_len"):
+            self._max_model_len = int(tokenized["max_model_len"])
+        found = {r: routes[r] is not None for r in capability.ROUTES}
         self.capabilities = {
-            "models_endpoint": resp.status_code == 200, "vllm": vllm,
-            "tokenize": vllm, "metrics": vllm, "health": vllm, "version": vllm,
+            "models_endpoint": resp.status_code == 200,
             "model_listed": mine is not None if entries else None,
-            **self._counter(vllm),
+            "owned_by": sorted({str(e.get("owned_by")) for e in entries if e.get("owned_by")}),
+            # vLLM's own extras answer here (not: /models says vllm, which a gateway passes through).
+            "vllm": found["tokenize"] or found["metrics"],
+            **found, "routes": {r: u for r, u in routes.items() if u}, "not_found": tried,
+            **self._counter(found["tokenize"]),
             **self.endpoint.describe(),
         }
-        return self.capabilities
+        if chat:
+            self.capabilities |= await self._probe_chat()
+        # Where the routing key may go: a vLLM, or a gateway that forwards vLLM's request fields.
+        caps = self.capabilities
+        caps["session_header"] = bool(caps["vllm"] or caps.get("cache_salt"))
+        caps["sources"] = capability.sources(caps)
+        return caps
 
-    def _counter(self, vllm: bool) -> dict[str, Any]:
+    async def _probe_chat(self) -> dict[str, Any]:
+        """One two-token chat with a fresh `cache_salt`: a 400 naming it means not accepted (the
+        chat is then asked again without it); the usage says what is reported. Best effort: a
+        failure here is met again, and reported, by the run's own requests."""
+        salt = RequestOptions(cache_salt=f"ragvslc-probe-{uuid.uuid4().hex[:12]}")
+        out: dict[str, Any] = {"cache_salt": True}
+        wait = min(self.timeout_s, PROBE_TIMEOUT_S)
+        try:
+            try:
+                got = await self._complete(PROBE_MESSAGES, 2, 0.0, 0, salt, force_salt=True, timeout_s=wait)
+            except BadRequest as exc:
+                if "cache_salt" not in str(exc) and "extra" not in str(exc).lower():
+                    raise
+                out["cache_salt"] = False
+                got = await self._complete(PROBE_MESSAGES, 2, 0.0, 0, NO_OPTIONS, timeout_s=wait)
+        except MissingUsageError:
+            return {**out, "stream_usage": False, "cached_tokens_reported": False}
+        except AuthError:
+            raise
+        except BackendError as exc:
+            return {"cache_salt": None, "stream_usage": None, "cached_tokens_reported": None,
+                    "chat_probe_error": str(exc)[:300]}
+        return {**out, "stream_usage": True, "cached_tokens_reported": got.cached_tokens is not None}
+
+    def _counter(self, tokenize: bool) -> dict[str, Any]:
         """Who counts tokens before a request: the server, the local tokenizer, or nobody."""
-        if vllm:
+        if tokenize:
             return {"tokenizer": "server /tokenize", "tokenizer_approximate": False}
         if self.tokenizer is None:
             return {"tokenizer": None, "tokenizer_approximate": None}
@@ -216,27 +193,34 @@ class HttpBackend:
     async def complete(
         self, messages: Sequence[Message], *, max_tokens: int, temperature: float = 0.0, seed: int = 0
     ) -> Completion:
-        """Stream one chat completion and time it."""
+        """Stream one chat completion and time it (no request options: see `with_options`)."""
+        return await self._complete(messages, max_tokens, temperature, seed, NO_OPTIONS)
+
+    async def _complete(
+        self, messages: Sequence[Message], max_tokens: int, temperature: float, seed: int,
+        options: RequestOptions, *, force_salt: bool = False, timeout_s: float | None = None,
+    ) -> Completion:
         try:
-            return await self._stream(messages, max_tokens, temperature, seed)
+            return await self._stream(messages, max_tokens, temperature, seed, options, force_salt, timeout_s)
         except BadRequest as exc:
             if self._token_param != "auto" or not refuses_max_tokens(str(exc)):
                 raise
             self._token_param = "max_completion_tokens"  # remembered for the rest of the run
-            return await self._stream(messages, max_tokens, temperature, seed)
+            return await self._stream(messages, max_tokens, temperature, seed, options, force_salt, timeout_s)
 
     async def _stream(
-        self, messages: Sequence[Message], max_tokens: int, temperature: float, seed: int
+        self, messages: Sequence[Message], max_tokens: int, temperature: float, seed: int,
+        options: RequestOptions, force_salt: bool = False, timeout_s: float | None = None,
     ) -> Completion:
+        client = self._client if timeout_s is None else self._client.with_options(timeout=timeout_s)
         cap = "max_completion_tokens" if self._token_param == "max_completion_tokens" else "max_tokens"
-        salt = cache_salt.get()
-        extra: dict[str, Any] = {"extra_body": {"cache_salt": salt}} if salt and self._has("vllm") else {}
-        key = session_key.get()
-        if key and self._has("vllm"):
-            extra["extra_headers"] = {"x-session-id": key}
+        salt = options.cache_salt if force_salt or self._has("cache_salt") else None
+        extra: dict[str, Any] = {"extra_body": {"cache_salt": salt}} if salt else {}
+        if options.session_key and self._has("session_header"):
+            extra["extra_headers"] = {"x-session-id": options.session_key}
         start = time.perf_counter()
         try:
-            stream = await self._client.chat.completions.create(  # type: ignore[call-overload]
+            stream = await client.chat.completions.create(  # type: ignore[call-overload]
                 model=self.model,
                 messages=[dict(m) for m in messages],
                 temperature=temperature,
@@ -246,7 +230,7 @@ class HttpBackend:
                 **{cap: max_tokens},
                 **extra,
             )
-            hook = first_token_hook.get()
+            hook = options.on_first_token
             timed: list[tuple[float, StreamChunk]] = []
             async for raw in _aiter(stream):
                 ts = time.perf_counter()
@@ -259,18 +243,31 @@ class HttpBackend:
             raise AuthError(f"{self.endpoint.api_url} refused the API key in ${self.endpoint.api_key_env} "
                             f"({type(exc).__name__})") from exc
         except openai.BadRequestError as exc:  # complete() may retry with max_completion_tokens
+            if too_long(str(exc)):
+                raise ContextTooLong(self._overflow(exc)) from exc
             raise BadRequest(f"{type(exc).__name__}: {exc}") from exc
+        except openai.RateLimitError as exc:  # the runner waits what Retry-After says, then retries
+            raise RateLimited(rate_limited(exc.response.headers.get("retry-after"), str(exc))) from exc
         except (openai.APIError, httpx.HTTPError) as exc:  # httpx: a connection lost mid-stream
             raise BackendError(f"{type(exc).__name__}: {exc}") from exc
         return collect_stream(start, timed)
 
+    def _overflow(self, exc: Exception) -> str:
+        """A provider's context-length refusal, as a row says it: the counts it was planned with."""
+        local = None if self._has("tokenize") else self.tokenizer
+        counter = "server /tokenize" if local is None else local.name
+        approx = " (approximate)" if local is not None and local.approximate else ""
+        return (f"context_overflow: the endpoint refused the prompt as longer than its context window "
+                f"(counted before sending with {counter}{approx}): {str(exc)[:300]}")
+
     async def tokenize(self, text: str | None = None, *, messages: Sequence[Message] | None = None) -> int:
         """Exact prompt length with the server's own tokenizer (and chat template for messages);
         the local tokenizer when the endpoint has no /tokenize."""
-        if not self._has("tokenize"):
+        url = self._routes.get("tokenize")
+        if url is None or not self._has("tokenize"):
             if self.tokenizer is None:
                 raise BackendError(f"{self.endpoint.api_url} has no /tokenize: name a local tokenizer "
-                                   "([server] tokenizer = \"hf:FOLDER\" or a model name)")
+                                   "([server] tokenizer = \"hf:FOLDER\", a model name, or \"approximate\")")
             return await self.tokenizer.tokenize(text, messages=messages)
         body: dict[str, Any] = {"model": self.model}
         if messages is not None:
@@ -279,21 +276,22 @@ class HttpBackend:
         else:
             body["prompt"] = text or ""
             body["add_special_tokens"] = False
-        data = await self._post_json("/tokenize", body)
+        data = await self._post_json(url, body)
         if data.get("max_model_len"):
             self._max_model_len = int(data["max_model_len"])
         return int(data["count"])
 
     async def max_model_len(self) -> int:
-        """The served context window, as the server reports it (else as the spec declares it)."""
+        """The served context window, as the server reports it (/tokenize's answer, or `/models`
+        where a vLLM's listing is passed through), else as the spec declares it."""
         if self._max_model_len is None and self._has("tokenize"):
             await self.tokenize("x")
-        if self._max_model_len is None and self._has("vllm"):
-            resp = await self._http.get(f"{self.endpoint.api_url}/models")
-            resp.raise_for_status()
-            for entry in resp.json().get("data", []):
-                if entry.get("id") == self.model and entry.get("max_model_len"):
-                    self._max_model_len = int(entry["max_model_len"])
+        if self._max_model_len is None and self._has("models_endpoint"):
+            with contextlib.suppress(httpx.HTTPError):
+                resp = await self._http.get(f"{self.endpoint.api_url}/models")
+                for entry in _entries(resp):
+                    if entry.get("id") == self.model and entry.get("max_model_len"):
+                        self._max_model_len = int(entry["max_model_len"])
         if self._max_model_len is None and self._declared_len is not None:
             self._max_model_len = self._declared_len
         if self._max_model_len is None:
@@ -301,11 +299,12 @@ class HttpBackend:
         return self._max_model_len
 
     async def metrics(self) -> dict[str, float]:
-        """Current values of the server's counters; empty if the server has no /metrics."""
-        if not self._has("metrics"):
+        """Current values of the server's counters; empty if the endpoint has no vLLM /metrics."""
+        url = self._routes.get("metrics")
+        if url is None or not self._has("metrics"):
             return {}
         try:
-            resp = await self._http.get(f"{self.endpoint.root_url}/metrics")
+            resp = await self._http.get(url)
         except httpx.HTTPError:
             return {}
         if resp.status_code != 200:
@@ -317,10 +316,10 @@ class HttpBackend:
         /health, the standard /models answering counts as alive. A vllm-router's /health is 503
         as soon as one worker is down while it still serves from the others: its /readiness
         (200 while a worker is up; a plain vLLM has none) then says it is alive."""
-        if not self._has("health"):
+        url = self._routes.get("health")
+        if url is None or not self._has("health"):
             return await self._ok(f"{self.endpoint.api_url}/models")
-        return await self._ok(f"{self.endpoint.root_url}/health") or \
-            await self._ok(f"{self.endpoint.root_url}/readiness")
+        return await self._ok(url) or await self._ok(url.removesuffix("/health") + "/readiness")
 
     async def _ok(self, url: str) -> bool:
         try:
@@ -330,23 +329,61 @@ class HttpBackend:
         return resp.status_code == 200
 
     async def version(self) -> str | None:
-        if not self._has("version"):
+        url = self._routes.get("version")
+        if url is None or not self._has("version"):
             return None
         try:
-            resp = await self._http.get(f"{self.endpoint.root_url}/version")
+            resp = await self._http.get(url)
         except httpx.HTTPError:
             return None
         return str(resp.json().get("version")) if resp.status_code == 200 else None
 
-    async def _post_json(self, path: str, body: Mapping[str, Any]) -> dict[str, Any]:
+    async def _post_json(self, url: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        path = "/" + url.rsplit("/", 1)[-1]
         try:
-            resp = await self._http.post(f"{self.endpoint.root_url}{path}", json=body)
+            resp = await self._http.post(url, json=body)
         except httpx.HTTPError as exc:
             raise BackendError(f"{path}: {type(exc).__name__}: {exc}") from exc
         if resp.status_code != 200:
             raise BackendError(f"{path}: HTTP {resp.status_code}: {resp.text[:300]}")
         result: dict[str, Any] = resp.json()
         return result
+
+
+class BoundBackend:
+    """An HttpBackend with one request's options (cache salt, routing key, first-token hook):
+    the Backend a pipeline is handed for one question. Everything else is the shared backend's
+    (its clients, what it discovered, what it learned during the run)."""
+
+    def __init__(self, backend: HttpBackend, options: RequestOptions) -> None:
+        self.backend = backend
+        self.options = options
+        self.model = backend.model
+
+    async def complete(
+        self, messages: Sequence[Message], *, max_tokens: int, temperature: float = 0.0, seed: int = 0
+    ) -> Completion:
+        return await self.backend._complete(messages, max_tokens, temperature, seed, self.options)
+
+    async def tokenize(self, text: str | None = None, *, messages: Sequence[Message] | None = None) -> int:
+        return await self.backend.tokenize(text, messages=messages)
+
+    async def max_model_len(self) -> int:
+        return await self.backend.max_model_len()
+
+    def __getattr__(self, name: str) -> Any:  # metrics, version, endpoint, ...: the shared backend's
+        return getattr(self.backend, name)
+
+
+def _entries(resp: httpx.Response) -> list[dict[str, Any]]:
+    """A `/models` answer's entries; none when it is not one."""
+    if resp.status_code != 200:
+        return []
+    try:
+        data = resp.json().get("data", [])
+    except (ValueError, AttributeError):
+        return []
+    return [e for e in data if isinstance(e, dict)] if isinstance(data, list) else []
 
 
 async def _aiter(stream: Any) -> AsyncIterator[Any]:

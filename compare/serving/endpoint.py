@@ -8,18 +8,19 @@ tokens. This module holds those differences so the client stays one code path.
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from compare.core.endpoints import DEFAULT_KEY_ENV, KeyNotSet, api_url, read_key
 from compare.core.errors import BackendError
+from compare.core.secrets import HeaderValue, SecretNotSet, resolve_headers
 
 TokenParam = Literal["auto", "max_tokens", "max_completion_tokens"]
-_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
 class EndpointConfigError(KeyNotSet):
@@ -28,6 +29,16 @@ class EndpointConfigError(KeyNotSet):
 
 class BadRequest(BackendError):
     """The endpoint rejected the request itself (HTTP 400): not a server failure."""
+
+
+class ContextTooLong(BackendError):
+    """The endpoint refused the prompt as longer than its window: its message starts with
+    `context_overflow` (a permanent failure: another attempt cannot fix the prompt)."""
+
+
+class RateLimited(BackendError):
+    """HTTP 429: the message says how long the endpoint asked to wait (`retry_after_s` reads it
+    back), so the runner's retry honours the provider's Retry-After instead of its own backoff."""
 
 
 class AuthError(BackendError):
@@ -44,7 +55,7 @@ class Endpoint:
 
     base_url: str
     api_key_env: str = DEFAULT_KEY_ENV
-    headers: Mapping[str, str] = field(default_factory=dict)
+    headers: Mapping[str, str | HeaderValue] = field(default_factory=dict, repr=False)  # values secret
     token_param: TokenParam = "auto"
 
     @property
@@ -65,15 +76,12 @@ class Endpoint:
             raise EndpointConfigError(str(exc)) from None
 
     def resolved_headers(self) -> dict[str, str]:
-        """Extra headers with `${VAR}` taken from the environment (stored unexpanded)."""
-        def expand(value: str) -> str:
-            def one(m: re.Match[str]) -> str:
-                if m.group(1) not in os.environ:
-                    raise EndpointConfigError(f"header variable {m.group(1)} is not set")
-                return os.environ[m.group(1)]
-            return _VAR.sub(one, value)
-
-        return {k: expand(v) for k, v in self.headers.items()}
+        """Extra headers with their values from the environment (`{ env = "VAR" }`, `${VAR}`) or
+        the spec; each secret one remembered, so nothing written or shown can carry it."""
+        try:
+            return resolve_headers(self.headers)
+        except SecretNotSet as exc:
+            raise EndpointConfigError(str(exc)) from None
 
     def describe(self) -> dict[str, Any]:
         """What a run records about the endpoint: never the key, only where it came from."""
@@ -130,3 +138,43 @@ def refuses_max_tokens(message: str) -> bool:
     """A 400 saying the model takes `max_completion_tokens` instead (OpenAI's reasoning models)."""
     text = message.lower()
     return "max_tokens" in text and ("max_completion_tokens" in text or "unsupported" in text)
+
+
+# How providers word a prompt over the window: vLLM ("This model's maximum context length is
+# 4096 tokens"), OpenAI (code context_length_exceeded), Anthropic ("prompt is too long"), Gemini
+# ("exceeds the maximum number of tokens"), and gateways that pass them on (LiteLLM's
+# ContextWindowExceededError).
+_TOO_LONG = ("maximum context length", "context_length_exceeded", "context window", "prompt is too long",
+             "contextwindowexceeded", "exceeds the maximum number of tokens", "input is too long",
+             "too many input tokens")
+
+
+def too_long(message: str) -> bool:
+    """A 400 saying the prompt does not fit the model's window."""
+    text = message.lower()
+    return any(p in text for p in _TOO_LONG)
+
+
+_RETRY_AFTER = re.compile(r"^rate_limited: HTTP 429, retry after (\d+(?:\.\d+)?) s")
+
+
+def rate_limited(retry_after: str | None, detail: str) -> str:
+    """A 429's row message: `rate_limited: HTTP 429, retry after 60 s: ...` (seconds or an HTTP
+    date in Retry-After; none given: the runner's own backoff)."""
+    wait: float | None = None
+    if retry_after:
+        try:
+            wait = max(float(retry_after), 0.0)
+        except ValueError:
+            try:
+                wait = max((parsedate_to_datetime(retry_after) - datetime.now(UTC)).total_seconds(), 0.0)
+            except (TypeError, ValueError):
+                wait = None
+    after = f", retry after {wait:g} s" if wait is not None else ""
+    return f"rate_limited: HTTP 429{after}: {detail[:300]}"
+
+
+def retry_after_s(error: str | None) -> float | None:
+    """The wait a `rate_limited` row message carries (None: not one, or no Retry-After)."""
+    m = _RETRY_AFTER.match(error or "")
+    return float(m.group(1)) if m else None

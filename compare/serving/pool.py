@@ -24,6 +24,7 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
+from compare.core.secrets import HeaderValue
 from compare.core.types import Document, Example
 from compare.serving.client import HttpBackend
 from compare.serving.endpoint import DEFAULT_KEY_ENV, Endpoint, TokenParam
@@ -123,7 +124,7 @@ class Access:
     """How every replica of a pool is reached (see compare/serving/endpoint.py)."""
 
     api_key_env: str = DEFAULT_KEY_ENV
-    headers: Mapping[str, str] = field(default_factory=dict)
+    headers: Mapping[str, str | HeaderValue] = field(default_factory=dict, repr=False)  # values secret
     token_param: TokenParam = "auto"
     tokenizer: LocalTokenizer | None = None
     declared_max_model_len: int | None = None
@@ -165,10 +166,11 @@ class Pool:
         return cls([client(u, timeout_s) for u in urls], concurrency, owned=True,
                    stats=[client(u, 30.0) for u in stats_urls])
 
-    async def discover(self) -> dict[str, Any]:
+    async def discover(self, *, chat: bool = True) -> dict[str, Any]:
         """Each replica's capabilities (they serve one model the same way: the first's are the
-        run's; a replica that differs is named)."""
-        caps = await asyncio.gather(*(b.discover() for b in self.backends))
+        run's; a replica that differs is named). `chat`: also the one-chat probe of request
+        fields (a liveness check skips it)."""
+        caps = await asyncio.gather(*(b.discover(chat=chat) for b in self.backends))
         first = caps[0]["vllm"]
         differ = [b.base_url for b, c in zip(self.backends, caps, strict=True) if c["vllm"] != first]
         return {**caps[0], **({"differing_replicas": differ} if differ else {})}

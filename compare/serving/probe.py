@@ -15,12 +15,12 @@ from __future__ import annotations
 import json
 import random
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from compare.core.protocols import Role
+from compare.core.protocols import Plan, Role
 from compare.core.types import Example
 from compare.serving.client import HttpBackend
 
@@ -120,31 +120,26 @@ class Request:
 
 
 def planned_requests(
-    items: Iterable[tuple[Example, Mapping[str, Any], Role]], overhead_tokens: int = 60
+    items: Iterable[tuple[Example, Plan, Role]], overhead_tokens: int = 60
 ) -> list[Request]:
-    """Each (example, pipeline params, the pipeline's declared role) in run order, with what the
+    """Each (example, the pipeline's declared plan, its role) in run order, with what the
     prefix cache will hold.
 
     Long context pays a document once; later questions on it reuse the prefix. A retriever pays
-    its chunks (top_k x chunk_size, or its budget; a plug-in's own names unknown: the RAG
-    defaults). A router is counted as its retrieval step plus the long-context fallback (an
-    upper bound)."""
+    the context it plans (compare.core.protocols.Plan: k chunks, or its budget). A router is
+    counted as its retrieval step plus the long-context fallback (an upper bound). No pipeline's
+    knob names are read here: a pipeline says what it plans."""
     seen: set[tuple[str, ...]] = set()
     out: list[Request] = []
-    for ex, params, role in items:
-        max_tokens = int(params.get("max_tokens") or 32)
-        if role in ("retrieval", "router"):
-            rag = params.get("rag") if isinstance(params.get("rag"), Mapping) else params
-            assert isinstance(rag, Mapping)
-            k, size = int(rag.get("top_k") or 4), int(rag.get("chunk_size") or 200)
-            budget = rag.get("budget_tokens") or k * size
-            out.append(Request(int(budget) + overhead_tokens, 0, max_tokens))
-            if role == "retrieval":
+    for ex, plan, role in items:
+        if plan.context_tokens is not None:
+            out.append(Request(plan.context_tokens + overhead_tokens, 0, plan.max_tokens))
+            if not plan.fallback and role != "router":
                 continue
         doc = _doc_tokens(ex)
         warm = ex.doc_ids in seen
         seen.add(ex.doc_ids)
-        out.append(Request(doc + overhead_tokens, doc if warm else 0, max_tokens))
+        out.append(Request(doc + overhead_tokens, doc if warm else 0, plan.max_tokens))
     return out
 
 

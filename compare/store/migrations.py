@@ -8,7 +8,51 @@ opening. Inserts name their columns, so a column added here never shifts another
 
 from __future__ import annotations
 
-MIGRATIONS: tuple[tuple[str, str], ...] = (
+import json
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+
+import duckdb
+
+from compare.core.secrets import redact_json
+
+
+def redact_stored_secrets(con: duckdb.DuckDBPyConnection, run_ids: Sequence[str] | None = None) -> list[str]:
+    """Take secrets out of runs stored before they were kept out on write (issue 32): a header's
+    literal value in `runs.spec`, a secret flag's value in a server record, a remembered key.
+    Each run changed gets a note in `runs.redacted` (what and when), which the report shows;
+    returns the run ids changed. Idempotent: `ragvslc score` runs it again at no cost."""
+    where = f"WHERE run_id IN ({', '.join('?' * len(run_ids))})" if run_ids else ""
+    changed: list[str] = []
+    rows = con.execute(f"SELECT run_id, spec, server, redacted FROM runs {where}",
+                       list(run_ids or [])).fetchall()
+    for run_id, spec, server, note in rows:
+        new_spec, a = redact_json(json.loads(spec) if spec else {}, "spec")
+        new_server, b = redact_json(json.loads(server) if server else {}, "server")
+        sessions = con.execute("SELECT session, server FROM run_sessions WHERE run_id = ?",
+                               [run_id]).fetchall()
+        cleaned = [(n, *redact_json(json.loads(s) if s else {}, f"run_sessions[{n}].server"))
+                   for n, s in sessions]
+        fields = [*a, *b, *(p for _, _, ps in cleaned for p in ps)]
+        if not fields:
+            continue
+        notes = [*(json.loads(note) if note else []), {
+            "at": datetime.now(UTC).isoformat(timespec="seconds"), "by": "migration redact_stored_secrets",
+            "fields": fields}]
+        con.execute("UPDATE runs SET spec = ?, server = ?, redacted = ? WHERE run_id = ?",
+                    [json.dumps(new_spec), json.dumps(new_server), json.dumps(notes), run_id])
+        for n, clean, ps in cleaned:
+            if ps:
+                con.execute("UPDATE run_sessions SET server = ? WHERE run_id = ? AND session = ?",
+                            [json.dumps(clean), run_id, n])
+        changed.append(run_id)
+    return changed
+
+
+# A migration is SQL, or a function of the connection where rows must be rewritten in Python.
+Migration = tuple[str, "str | Callable[[duckdb.DuckDBPyConnection], object]"]
+
+MIGRATIONS: tuple[Migration, ...] = (
     ("initial_schema", """
     CREATE TABLE runs (
         run_id VARCHAR PRIMARY KEY,
@@ -174,4 +218,75 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
     # The question's embedding tokens as an embeddings endpoint billed them (RAG and routers'
     # retrieval through `embed_base_url`); NULL: embedded in-process (priced by time) or none.
     ("prediction_embed_tokens", "ALTER TABLE predictions ADD COLUMN embed_tokens INTEGER;"),
+    # The LLM judge's controls (compare/run/judge.py): replies built from the corpus itself whose
+    # right verdict is known (the gold must pass; the question restated, another question's gold,
+    # an empty or "I don't know" reply must fail), asked once per judge model and prompt, so its
+    # control accuracy is stored with the judge it measures.
+    ("judge_controls", """
+    CREATE TABLE judge_controls (
+        run_id VARCHAR NOT NULL,
+        example_id VARCHAR NOT NULL,
+        control VARCHAR NOT NULL,
+        judge_model VARCHAR NOT NULL,
+        prompt_hash VARCHAR NOT NULL,
+        reply VARCHAR NOT NULL,
+        expected DOUBLE NOT NULL,
+        verdict DOUBLE,
+        raw VARCHAR NOT NULL,
+        judged_at TIMESTAMP NOT NULL,
+        PRIMARY KEY (run_id, example_id, control, judge_model, prompt_hash)
+    );
+    """),
+    # The run id of the spec a retrieval-only evaluation measured (the id a `run` of that spec
+    # gets), so a report shows its own runs' evaluations only; NULL: stored before, unattributed.
+    ("retrieval_eval_run_id", "ALTER TABLE retrieval_eval ADD COLUMN run_id VARCHAR;"),
+    # The label the pipeline gives itself ("RAG k=4", compare.core.protocols.Described), stored
+    # like its role so the report never derives it from knob names; NULL: stored before.
+    ("prediction_label", "ALTER TABLE predictions ADD COLUMN label VARCHAR;"),
+    # What the last `run` / `demo` command produced, so `ragvslc report` without `--run` shows
+    # that (one row per run id; a new command replaces them).
+    ("last_command", """
+    CREATE TABLE last_command (
+        command VARCHAR NOT NULL,
+        run_id VARCHAR NOT NULL,
+        position INTEGER NOT NULL,
+        recorded_at TIMESTAMP NOT NULL,
+        PRIMARY KEY (run_id)
+    );
+    """),
+    # A load run's requests (compare/run/load.py, issue 28): the step that sent each (`rate=0.5`,
+    # `concurrency=4`), when it was due and when it really went out (ms from the step's start)
+    # and the wait between (a concurrency slot, or the generator's own lag); and each step's
+    # record: how it ended (done, saturated, incomplete, skipped), how long it ran and what the
+    # server did meanwhile (/metrics deltas), summed over the step's sessions.
+    ("load_steps", """
+    ALTER TABLE predictions ADD COLUMN load_step VARCHAR;
+    ALTER TABLE predictions ADD COLUMN scheduled_ms DOUBLE;
+    ALTER TABLE predictions ADD COLUMN sent_ms DOUBLE;
+    ALTER TABLE predictions ADD COLUMN queue_ms DOUBLE;
+    CREATE TABLE load_steps (
+        run_id VARCHAR NOT NULL,
+        pipeline VARCHAR NOT NULL,
+        params_hash VARCHAR NOT NULL,
+        step VARCHAR NOT NULL,
+        rate DOUBLE,
+        concurrency INTEGER,
+        requests INTEGER NOT NULL,
+        status VARCHAR NOT NULL,
+        note VARCHAR,
+        sessions INTEGER NOT NULL,
+        sent INTEGER NOT NULL,
+        duration_s DOUBLE NOT NULL,
+        started_at TIMESTAMP NOT NULL,
+        finished_at TIMESTAMP,
+        server_deltas JSON NOT NULL,
+        load JSON NOT NULL,
+        idle_run_id VARCHAR,
+        PRIMARY KEY (run_id, pipeline, params_hash, step)
+    );
+    """),
+    # Secrets out of old runs (issue 32): where a run's stored record had a secret taken out
+    # (what and when, a JSON list of notes; NULL: nothing was), then the taking out itself.
+    ("runs_redacted", "ALTER TABLE runs ADD COLUMN redacted JSON;"),
+    ("redact_stored_secrets", redact_stored_secrets),
 )

@@ -59,6 +59,7 @@ class RowMeta:
     attempts: int = 1
     replica: str | None = None
     session: int | None = None  # the run session (configuration) that produced the row
+    label: str | None = None  # the pipeline's own short label ("RAG k=4")
 
 
 def prediction_row(key: PredictionKey, pred: Prediction, meta: RowMeta) -> dict[str, Any]:
@@ -72,6 +73,7 @@ def prediction_row(key: PredictionKey, pred: Prediction, meta: RowMeta) -> dict[
     return {
         "run_id": meta.run_id, "example_id": example_id, "pipeline": pipeline, "params_hash": params_hash,
         "params": json.dumps(meta.params, sort_keys=True, default=str), "role": meta.role,
+        "label": meta.label,
         "answer": pred.answer, "error": pred.error, "context_tokens": pred.context_tokens,
         "truncated_tokens": pred.truncated_tokens,
         "prompt_tokens": c.prompt_tokens if c else None, "cached_tokens": c.cached_tokens if c else None,
@@ -84,4 +86,17 @@ def prediction_row(key: PredictionKey, pred: Prediction, meta: RowMeta) -> dict[
         "route": pred.route, "seq": meta.seq, "resumed": meta.resumed, "started_at": meta.started_at,
         "finished_at": now(), "attempts": meta.attempts, "replica": meta.replica, "session": meta.session,
         "steps": json.dumps([st.as_dict() for st in pred.steps]) if pred.steps else None,
+        **NO_LOAD_TIMING,  # a load run stamps them right after (compare/run/load.py)
     }
+
+
+# The load-timing columns of a row not sent by a load run (every column is written by name).
+NO_LOAD_TIMING: dict[str, Any] = {"load_step": None, "scheduled_ms": None, "sent_ms": None, "queue_ms": None}
+
+
+def load_timing(step: str, scheduled_s: float, sent_s: float) -> dict[str, Any]:
+    """A load run's request timing as `predictions` columns (ms from the step's start): when it
+    was due, when it went out, and the wait between (a concurrency slot, or generator lag; a
+    timer that fires a hair early makes it slightly negative, kept as measured)."""
+    return {"load_step": step, "scheduled_ms": scheduled_s * 1e3, "sent_ms": sent_s * 1e3,
+            "queue_ms": (sent_s - scheduled_s) * 1e3}

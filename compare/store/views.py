@@ -4,7 +4,13 @@ restating an expression (a rule restated in five queries drifts in one of them).
 
 - `request_rows`: every prediction, with `kind` (the pipeline's `params.kind`, else its name),
   `role` (long_context / retrieval / router, declared by the pipeline class and stored per row)
-  and `warm` (at least WARM_FRACTION of the row's context was served from the prefix cache).
+  `cache` (cold / partial / warm, below) and `warm` (cache = 'warm').
+- Cache classes (issue 24 item 10): a row's template is every prompt token that is not its
+  context (prompt_tokens - context_tokens: the chat template, the system prompt, the question).
+  cold = at most the template's tokens cached; warm = at least WARM_FRACTION of the DOCUMENT
+  cached, counted after taking the whole template off the cached tokens (so a cached system
+  prompt never makes a short document read as warm; conservative by the question's tokens);
+  partial = anything between (a shared haystack prefix, a half-evicted document).
 - `example_rows`: every example, with `length` (the needle grid's target tokens, else the measured
   document tokens: the x-axis of the report) and `doc_length` (the document's measured tokens,
   what a workload's document length is matched against).
@@ -18,6 +24,7 @@ from __future__ import annotations
 from typing import Any
 
 import duckdb
+import numpy as np
 
 # Warm means "the document was already in the cache": nearly all of it, not a shared haystack
 # prefix. At 0.5 a needle-grid request that reused half a haystack (the prefix before an
@@ -26,13 +33,31 @@ WARM_FRACTION = 0.9
 
 
 
-def is_warm(cached: Any, context: Any) -> Any:
+def _template(context: Any, prompt: Any) -> Any:
+    """Tokens of the prompt that are not the context (0 where the prompt is unknown)."""
+    return 0 * context if prompt is None else np.maximum(prompt - context, 0)
+
+
+def is_warm(cached: Any, context: Any, prompt: Any = None) -> Any:
     """The same rule for priced requests in pandas (a router's steps are requests of one row):
-    numbers or Series in, bool or a bool Series out."""
-    return (context > 0) & (cached >= WARM_FRACTION * context)
+    numbers or Series in, bool or a bool Series out. `prompt`: the request's prompt tokens, so
+    the template's cached tokens are not counted as the document's (None: no template known)."""
+    return (context > 0) & (cached - _template(context, prompt) >= WARM_FRACTION * context)
+
+
+def cache_class(cached: Any, context: Any, prompt: Any = None) -> Any:
+    """cold / partial / warm for one request (numbers) as the view's `cache` column says it."""
+    if is_warm(cached, context, prompt):
+        return "warm"
+    return "cold" if cached <= _template(context, prompt) else "partial"
 
 
 KIND_SQL = "coalesce(json_extract_string(params, '$.kind'), pipeline)"
+_CACHED_SQL = "coalesce(cached_tokens, 0)"
+_TEMPLATE_SQL = "greatest(coalesce(prompt_tokens, context_tokens) - context_tokens, 0)"
+WARM_SQL = f"(context_tokens > 0 AND {_CACHED_SQL} - {_TEMPLATE_SQL} >= {WARM_FRACTION} * context_tokens)"
+CACHE_SQL = (f"CASE WHEN {WARM_SQL} THEN 'warm' WHEN {_CACHED_SQL} <= {_TEMPLATE_SQL} THEN 'cold' "
+             "ELSE 'partial' END")
 # Rows written before roles were recorded (schema migration "prediction_role") carry no role:
 # the four pipeline kinds that existed then are mapped here, the one place that names them.
 _LEGACY_ROLE = (
@@ -61,7 +86,7 @@ def install(con: duckdb.DuckDBPyConnection) -> None:
     con.execute(f"""
         CREATE OR REPLACE TEMP VIEW request_rows AS
         SELECT {rest}, {KIND_SQL} AS kind, {role} AS role,
-            context_tokens > 0 AND coalesce(cached_tokens, 0) >= {WARM_FRACTION} * context_tokens AS warm
+            coalesce({WARM_SQL}, false) AS warm, {CACHE_SQL} AS cache
         FROM main.predictions
     """)
     con.execute(f"""

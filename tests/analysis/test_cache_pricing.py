@@ -36,6 +36,7 @@ from compare.analysis.cost import ApiPrices, PriceSheet, PriceSheetError, api_co
 from compare.analysis.prices import ChosenSheet, load_price_sheet
 from compare.analysis.recommend import recommend
 from compare.analysis.workload import Workload, WorkloadError
+from compare.core.protocols import Role
 from compare.core.types import Completion, Example, Prediction
 from compare.report import data as dashboard
 from compare.store.db import Store
@@ -91,7 +92,7 @@ class _Run:
 
     def add(self, ex: str, pipe: Pipe, pred: Prediction) -> None:
         name, h, params = pipe
-        role = "long_context" if name == "long_context" else "retrieval"
+        role: Role = "long_context" if name == "long_context" else "retrieval"
         self.s.add_prediction(self.run, ex, name, h, params, pred, seq=self.seq, resumed=False,
                               started_at=datetime(2026, 1, 1), scores={"contains": 1.0}, role=role)
         self.seq += 1
@@ -362,7 +363,7 @@ def test_workload_cache_knobs_are_validated(tmp_path: Path) -> None:
 def test_a_run_marked_for_one_ttl_priced_at_another_says_so(con: duckdb.DuckDBPyConnection) -> None:
     """cache_marker = "ephemeral-1h" bought the 1-hour write; a sheet pricing the 5-minute one
     under-charges it (1.25x instead of 2x): the caveat names both and the fix."""
-    label = "long_context cache=ephemeral-1h"
+    label = "Long context, cache marker ephemeral-1h"  # summary.legacy_label
     five = _row(con, "marked", W, label)["caveats"]
     assert "marked documents for a 60-min cache (ephemeral-1h)" in five and "cache_ttl_minutes = 60" in five
     assert "marked documents" not in _row(con, "marked", W60, label)["caveats"]

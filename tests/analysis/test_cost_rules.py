@@ -19,10 +19,19 @@ Runs:
   "evict"     d2: from nothing, warm, then from nothing again (evicted and re-prefilled).
   "route"     d1: Self-Route (answered by RAG; fallback with both steps; fallback failed after
               its RAG step), long context (cold, warm, context overflow: nothing sent) and RAG.
+  "fallback"  issue 24 item 5: d1 x3, a Self-Route that always falls back (RAG step 330, then its
+              long-context step: from nothing, then twice warm), long context (cold, warm, warm),
+              both with a 0.2 s index for Self-Route.
+  "overflow"  item 6: d1 and d2 x3; long context cold/warm/warm on d1 and overflows on every d2
+              question (nothing sent); RAG on both, d2's RAG prompts 630 tokens (670e-6).
+  "conc1", "conc4"  item 7: the "order" run's rows (d1: cold, warm, warm long context; RAG x3)
+              at concurrency 1 and 4, uncalibrated.
+  "oracle"    item 8: d1 x3, long context cold/warm/warm (all right), RAG right on q1 only.
 """
 
 from __future__ import annotations
 
+import math
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -30,9 +39,10 @@ from typing import Any
 import duckdb
 import pytest
 
-from compare.analysis import prices, summary
+from compare.analysis import cost, oracle, prices, summary
 from compare.analysis.cache_terms import CacheUse
 from compare.analysis.cost import CacheWrite, PriceSheet, Tier, break_even, cost_report, cost_table
+from compare.analysis.doc_costs import doc_costs
 from compare.analysis.prices import ChosenSheet, sheet_json
 from compare.analysis.recommend import recommend
 from compare.analysis.workload import Workload
@@ -64,9 +74,9 @@ def _rag() -> Prediction:
 
 
 class _Run:
-    def __init__(self, s: Store, run: str, docs: list[str], n: int = 3) -> None:
+    def __init__(self, s: Store, run: str, docs: list[str], n: int = 3, concurrency: int = 1) -> None:
         self.s, self.run, self.seq = s, run, 0
-        s.start_run(run, corpus="needle", model="tiny", base_url=None, concurrency=1, spec={},
+        s.start_run(run, corpus="needle", model="tiny", base_url=None, concurrency=concurrency, spec={},
                     corpus_params={}, server={})
         exs = [Example(f"{d}-q{i}", (d,), f"question {i}?", ("answer",))
                for d in docs for i in range(1, n + 1)]
@@ -118,6 +128,45 @@ def _fill(db: Path) -> None:
         r.index(SR, ["d1"])
         r.index(RAG, ["d1"])
         s.finish_run("route", "done")
+        _fill_issue_24(s)
+
+
+def _fill_issue_24(s: Store) -> None:
+    r = _Run(s, "fallback", ["d1"])
+    for i, c in enumerate((0, 1000, 1000), 1):
+        rag_step = Step("rag", _done(330, 0, 0.5, 1.5), 300)
+        lc_step = Step("long_context", _done(1050, c, 2.0 if c == 0 else 0.2, 3.0 if c == 0 else 1.2), 1000)
+        lc_done = lc_step.completion
+        both = Completion("answer", 1380, c, 20, 0.5 + lc_done.ttft_s, 1.5 + lc_done.e2e_s, ())
+        r.add(f"d1-q{i}", SR, Prediction("answer", both, 1300, retrieval_s=0.05, route="long_context",
+                                         steps=(rag_step, lc_step)))
+        r.add(f"d1-q{i}", LC, _ok(1050, c, 2.0 if c == 0 else 0.2))
+    r.index(SR, ["d1"])
+    s.finish_run("fallback", "done")
+
+    r = _Run(s, "overflow", ["d1", "d2"])
+    for i, c in enumerate((0, 1000, 1000), 1):
+        r.add(f"d1-q{i}", LC, _ok(1050, c, 2.0 if c == 0 else 0.2))
+        r.add(f"d1-q{i}", RAG, _rag())
+        overflow = Prediction("", None, 5000, error="context_overflow: prompt is 5050 tokens")
+        r.add(f"d2-q{i}", LC, overflow, None)
+        r.add(f"d2-q{i}", RAG, _ok(630, 0, 0.5, ctx=600, retr=0.05))
+    r.index(RAG, ["d1", "d2"])
+    s.finish_run("overflow", "done")
+
+    for run, conc in (("conc1", 1), ("conc4", 4)):
+        r = _Run(s, run, ["d1"], concurrency=conc)
+        for i, c in enumerate((0, 1000, 1000), 1):
+            r.add(f"d1-q{i}", LC, _ok(1050, c, 2.0 if c == 0 else 0.2))
+            r.add(f"d1-q{i}", RAG, _rag())
+        r.index(RAG, ["d1"])
+        s.finish_run(run, "done")
+
+    r = _Run(s, "oracle", ["d1"])
+    for i, c in enumerate((0, 1000, 1000), 1):
+        r.add(f"d1-q{i}", LC, _ok(1050, c, 2.0 if c == 0 else 0.2))
+        r.add(f"d1-q{i}", RAG, _rag(), float(i == 1))
+    s.finish_run("oracle", "done")
 
 
 db, con = store_fixtures(_fill, "cost-rules")
@@ -157,21 +206,28 @@ def test_worked_example_self_hosted(con: duckdb.DuckDBPyConnection) -> None:
     assert rag["one_time_usd_per_doc"] == pytest.approx(0.2e-3)
 
 
-def test_one_time_does_not_depend_on_run_order(con: duckdb.DuckDBPyConnection) -> None:
+def test_the_first_question_costs_cold_whatever_the_run_order(con: duckdb.DuckDBPyConnection) -> None:
     first, last = _rows(con, "order")[(LC_LABEL, "api")], _rows(con, "order-rev")[(LC_LABEL, "api")]
+    assert first["usd_per_query_q1"] == last["usd_per_query_q1"] == pytest.approx(1090e-6)
     assert first["one_time_usd_per_doc"] == pytest.approx(900e-6)
-    assert last["one_time_usd_per_doc"] == pytest.approx(900e-6)
-    # asked last, the 500-cached request is a partial re-prefill: marginal (190 + 640) / 2
+    # asked last, the 500-cached request is a partial re-prefill: marginal (190 + 640) / 2, and
+    # one-time = cold - later = 1090 - 415 (issue 24 item 4; was cold - warm = 900, so q = 1 cost 1315)
     assert last["marginal_usd_per_query"] == pytest.approx(415e-6)
+    assert last["one_time_usd_per_doc"] == pytest.approx(675e-6)
 
 
 def test_a_re_prefill_after_eviction_raises_the_marginal_not_the_one_time(
     con: duckdb.DuckDBPyConnection,
 ) -> None:
     lc = _rows(con, "evict")[(LC_LABEL, "api")]
-    assert lc["one_time_usd_per_doc"] == pytest.approx(1090e-6 - 190e-6)
-    # the requests after the first: warm 190e-6 and re-prefilled 1090e-6
+    # the requests after the first: warm 190e-6 and re-prefilled 1090e-6 -> later 640e-6
     assert lc["marginal_usd_per_query"] == pytest.approx((190e-6 + 1090e-6) / 2)
+    # issue 24 item 4: one-time = cold - later = 1090 - 640 (was cold - warm = 900e-6, so one
+    # question cost 1540e-6 > the cold request's 1090e-6, and q = 3 940e-6 where the run paid 790e-6)
+    assert lc["one_time_usd_per_doc"] == pytest.approx(450e-6)
+    assert _rows(con, "evict", qs=(1, 3))[(LC_LABEL, "api")]["usd_per_query_q1"] == pytest.approx(1090e-6)
+    at3 = _rows(con, "evict", qs=(3,))[(LC_LABEL, "api")]
+    assert at3["usd_per_query_q3"] == pytest.approx(790e-6) == at3["run_paid_usd_per_query"]
     assert (lc["cold"], lc["warm"]) == (2, 1)
 
 
@@ -184,7 +240,14 @@ def test_router_steps_priced_apart_and_a_failed_fallback_pays_its_rag_step(
     # the tier (the summed 1380-token prompt is above it: 380*2 + 1000*0.2 + 20*8 = 1120e-6 today);
     # q3 failed after its RAG step: 370e-6 spent. Mean (370 + 560 + 370) / 3, + retrieval 5e-6.
     assert sr["marginal_usd_per_query"] == pytest.approx((370 + 560 + 370) / 3 * 1e-6 + 5e-6)
-    assert sr["one_time_usd_per_doc"] == pytest.approx(20e-6)
+    # issue 24 item 5: per step, the marginal is the RAG try 370e-6 + 1/3 x the fallback's later
+    # (its warm step, 190e-6): the same 438.3e-6 + 5e-6. The one-time carries the fallback's cold
+    # (derived: the step found the document cached; 1090 - 190 = 900e-6) beside the 20e-6 index,
+    # paid on a document with probability 1 - (2/3)^q: q = 1 costs 370 + 1090/3 + 20 + 5.
+    assert sr["one_time_usd_per_doc"] == pytest.approx(920e-6)
+    assert sr["usd_per_query_q1"] == pytest.approx((370 + 1090 / 3 + 20 + 5) * 1e-6)
+    assert sr["usd_per_query_q10"] == pytest.approx(
+        (370 + 190 / 3 + 5) * 1e-6 + (920e-6 - 900e-6 * (2 / 3) ** 10) / 10)
     assert (sr["n"], sr["failed"], sr["unpriced"]) == (3, 1, 0)
     assert "1 failed requests priced at what they spent before failing" in sr["caveats"]
     # uncalibrated self-hosted: busy per request 1.5 / 1.5 + 1.2 / 1.5 s, + 0.05 s retrieval
@@ -298,3 +361,106 @@ def test_a_cache_writing_sheet_gives_the_same_dollars_everywhere(db: Path, tmp_p
             assert plain[label]["usd_per_1k"] / 1000 == pytest.approx(want, rel=1e-9, abs=0)
             got = rated[label]["usd_per_1k"] / 1000
             assert got == pytest.approx(told[label][f"usd_per_query_q{q}"], rel=1e-9, abs=0), (label, q)
+
+
+# issue 24 items 5-8 ------------------------------------------------------------------------------
+def test_a_router_that_always_falls_back_is_priced_per_step_and_never_undercuts_long_context(
+    con: duckdb.DuckDBPyConnection,
+) -> None:
+    rows = _rows(con, "fallback", qs=(1, 10))
+    sr = rows[("self_route", "api")]
+    # per question: RAG step 370e-6 + retrieval 5e-6; its long-context step as long context:
+    # cold 1090e-6 on the document's first question, later 190e-6; the 0.2 s index 20e-6.
+    assert sr["marginal_usd_per_query"] == pytest.approx((370 + 5 + 190) * 1e-6)
+    assert sr["one_time_usd_per_doc"] == pytest.approx((900 + 20) * 1e-6)
+    # q = 10: 565 + 920 / 10 = 657e-6 (the run's own mix, extrapolated, said 865 + 20/10 = 867e-6)
+    assert sr["usd_per_query_q10"] == pytest.approx(657e-6)
+    assert sr["usd_per_query_q1"] == pytest.approx((370 + 5 + 1090 + 20) * 1e-6)
+    (pair,) = [p for p in break_even(list(rows.values())) if p["view"] == "api"]
+    # 565 + 920/q > 190 + 900/q at every q: no crossing (was "crosses at q=1.3", self_route cheaper below)
+    assert pair["break_even_q"] is None and pair["status"] == "never for q >= 1"
+    assert pair["cheaper_below"] == pair["cheaper_above"] == LC_LABEL
+    assert "long-context fallback for 100% of questions" in sr["caveats"]
+
+
+def test_a_partial_fallback_crossing_is_found_numerically(con: duckdb.DuckDBPyConnection) -> None:
+    rows = _rows(con, "route", qs=(1, 10))
+    sr, rag = rows[("self_route", "api")], rows[(RAG_LABEL, "api")]
+    (pair,) = [p for p in break_even([sr, rag])]
+    # RAG 375e-6 + 20e-6 / q is below self_route's 438.3e-6 + (920 - 900 (2/3)^q) / q at every q
+    assert pair["status"] == "never for q >= 1" and pair["cheaper_below"] == RAG_LABEL
+    # against a made-up rival of 500e-6 flat: self_route (758.3 at q = 1, 438.3 + ... later) crosses
+    rival = {"label": "flat", "view": "api", "one_time_usd_per_doc": 0.0, "marginal_usd_per_query": 500e-6}
+    (cross,) = break_even([sr, rival])
+    q = cross["break_even_q"]
+    assert q is not None and 1 < q < 20 and cross["cheaper_below"] == "flat"
+    assert cost.usd_at(sr, q) == pytest.approx(500e-6, rel=1e-9)
+
+
+def test_pipelines_are_compared_over_the_same_documents(con: duckdb.DuckDBPyConnection) -> None:
+    rows = _rows(con, "overflow")
+    lc, rag = rows[(LC_LABEL, "api")], rows[(RAG_LABEL, "api")]
+    # d2 overflowed every long-context request: RAG is priced over d1 alone, 375e-6 (with d2's
+    # 675e-6 it was (375 + 675) / 2 = 525e-6 and the break-even 880 / 335 = 2.63)
+    assert rag["marginal_usd_per_query"] == pytest.approx(375e-6)
+    assert (rag["n"], rag["docs"]) == (3, 1)
+    (pair,) = [p for p in break_even(cost_table(con, ["overflow"], SHEET, (1, 10))) if p["view"] == "api"]
+    assert pair["break_even_q"] == pytest.approx(880 / 185)
+    assert "left out 1 (d2)" in rag["caveats"] and "compared over" not in lc["caveats"]
+
+
+def test_self_hosted_cost_is_refused_above_concurrency_one(
+    db: Path, con: duckdb.DuckDBPyConnection, tmp_path: Path,
+) -> None:
+    one, four = _rows(con, "conc1"), _rows(con, "conc4")
+    # concurrency 1, uncalibrated: long context cold 2.0 + 1.0 s, later 0.2 + 1.0 s; RAG 1.5 + 0.05 s
+    assert one[(LC_LABEL, "self_hosted")]["usd_per_query_q1"] == pytest.approx(3.0e-3)
+    assert one[(LC_LABEL, "self_hosted")]["marginal_usd_per_query"] == pytest.approx(1.2e-3)
+    assert one[(RAG_LABEL, "self_hosted")]["marginal_usd_per_query"] == pytest.approx(1.55e-3)
+    for label in (LC_LABEL, RAG_LABEL):
+        hosted = four[(label, "self_hosted")]
+        assert hosted["usd_per_query_q1"] is None and hosted["marginal_usd_per_query"] is None
+        assert "self-hosted $ refused at concurrency 4" in hosted["caveats"]
+        api_q1 = one[(label, "api")]["usd_per_query_q1"]
+        assert four[(label, "api")]["usd_per_query_q1"] == pytest.approx(api_q1)
+    assert [p for p in break_even(list(four.values())) if p["view"] == "self_hosted"] == []
+    path = tmp_path / "sheet.toml"
+    path.write_text(_toml(SHEET))
+    rec = recommend(db, _workload(path, 3), ["conc4"], view="self_hosted")
+    assert any("ranked on tokens, not $" in r for r in rec.reasons)
+
+
+def test_the_oracle_pays_for_the_cache_it_uses(con: duckdb.DuckDBPyConnection) -> None:
+    table = oracle.strategy_table(con, ["oracle"], metric="contains")
+    orc = table[table["strategy"] == "oracle"].iloc[0]
+    # q1: both right, RAG cheaper (330 computed vs 1050); q2, q3: only long context is right. Its
+    # answers there found d1 cached by the q1 request the oracle did not take, so its first pick
+    # pays cold: cached 50 (the template) instead of 1000. Cached means (0 + 50 + 1000) / 3.
+    assert orc["quality"] == pytest.approx(1.0) and orc["share_long_context"] == pytest.approx(2 / 3)
+    assert orc["cached_tokens_mean"] == pytest.approx(350.0)  # the free ride said (0 + 1000 + 1000) / 3
+    # all right on every question with cost_by prompt tokens: no cache in the price, RAG each time
+    same = oracle.strategy_table(con, ["order"], metric="contains", cost_by="prompt_tokens")
+    assert same[same["strategy"] == "oracle"].iloc[0]["share_long_context"] == pytest.approx(0.0)
+
+
+def test_an_oracle_never_picks_a_warm_answer_it_did_not_pay_for(con: duckdb.DuckDBPyConnection) -> None:
+    # "order": every answer right; long context's later two are warm (50 computed tokens each vs
+    # RAG's 330), but they lean on a cache whose first request costs 550 (found 500 cached from a
+    # sibling: priced from the template, 1000): RAG x 3 = 990 < 330 + 1000 + 50 = 1380.
+    table = oracle.strategy_table(con, ["order"], metric="contains")
+    orc = table[table["strategy"] == "oracle"].iloc[0]
+    assert orc["share_long_context"] == pytest.approx(0.0) and orc["prompt_tokens_mean"] == pytest.approx(330)
+
+
+def test_a_routers_fallbacks_find_the_cache_expired_at_their_own_rate(con: duckdb.DuckDBPyConnection) -> None:
+    # A 5-minute TTL and 12 questions per document per hour: long context sends d1 with each of
+    # them, p = exp(-12 x 5/60) = exp(-1); Self-Route sends it with 1 of its 3 questions (q2), so
+    # its fallbacks arrive at 12/3 = 4 per hour: p = exp(-4 x 5/60) = exp(-1/3).
+    api = API.model_copy(update={"cache_writes": [CacheWrite(ttl_minutes=5, input_multiplier=1.25)],
+                                 "cache_ttl_minutes": 5.0})
+    sheet = SHEET.model_copy(update={"api": api, "self_hosted": None})
+    docs = doc_costs(con, ["route"], sheet, CacheUse(queries_per_doc_per_hour=12.0)).docs
+    p = docs.set_index("pipeline")["expiry_p"]
+    assert p["long_context"] == pytest.approx(math.exp(-1.0))
+    assert p["self_route"] == pytest.approx(math.exp(-1 / 3))
+    assert p["rag"] == 0.0  # sends no document: nothing to expire

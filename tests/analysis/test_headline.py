@@ -177,17 +177,19 @@ def test_oracle_takes_the_best_graded_answer_before_the_cheapest(tmp_path: Path)
     assert t.loc["rag", "quality"] == pytest.approx(0.5)
 
 
-def test_oracle_cost_is_cache_aware_and_defaults_to_the_headline(tmp_path: Path) -> None:
+def test_oracle_pays_for_the_cache_it_uses_and_defaults_to_the_headline(tmp_path: Path) -> None:
     db = tmp_path / "w.duckdb"
     f1 = _free(1)
     # Both exact. LC is warm: 1000 prompt tokens, 950 from the prefix cache -> 50 computed; RAG
-    # computes all of its 200. Cache-aware, LC is cheaper; by raw prompt tokens RAG would be.
+    # computes all of its 200. The warm answer's cache was paid by no request of this run, so the
+    # oracle may not take it at 50 (issue 24 item 8: it pays for the caches it uses): it prices it
+    # as the cold request it would have been, 1000, and RAG is cheaper either way (was (1.0, 1000.0)).
     store_rows(db, {"long_context": [(f1, _pred("jean valjean mayor", prompt=1000, cached=950))],
                 "rag": [(f1, _pred("jean valjean mayor", prompt=200))]})
     with duckdb.connect(str(db), read_only=True) as con:
         default = strategy_table(con, ["r"]).set_index("kind").loc["oracle"]
         raw = strategy_table(con, ["r"], cost_by="prompt_tokens").set_index("kind").loc["oracle"]
-    assert (default["share_long_context"], default["prompt_tokens_mean"]) == (1.0, 1000.0)
+    assert (default["share_long_context"], default["prompt_tokens_mean"]) == (0.0, 200.0)
     assert (raw["share_long_context"], raw["prompt_tokens_mean"]) == (0.0, 200.0)
     assert default["quality"] == 1.0
 

@@ -234,3 +234,56 @@ def test_routing_section_on_a_real_run(real_db: Any) -> None:
     shares = sec.routes[sec.routes["strategy"] == "self_route"].set_index("route")["share"]
     assert shares.sum() == pytest.approx(1.0)
     print("\n" + sec.strategies.to_string() + "\n" + sec.routes.to_string())
+
+
+# issue 33 items 1-2: distinct questions, shared and borrowed bins (a hand-built store) -----------
+def _held_out(db: Path) -> None:
+    """Three documents of 15.0k, 15.6k and 19.5k tokens, four RAG questions each; right answers:
+    A all four, B two, C one (the issue's shape: 12 questions)."""
+    from datetime import datetime
+
+    from compare.core.types import Completion, Example, Prediction
+    from compare.store.db import Store
+    from tests.fixtures.cost import RAG
+
+    right = {"A": [1, 1, 1, 1], "B": [1, 1, 0, 0], "C": [1, 0, 0, 0]}
+    with Store(db) as s:
+        s.start_run("held", corpus="held-out", model="tiny", base_url=None, concurrency=1, spec={},
+                    corpus_params={}, server={})
+        exs = [Example(f"{d}-q{i}", (d,), f"question {i} on {d}?", ("a",)) for d in right for i in range(4)]
+        s.add_examples("held", exs, {"A": 15_000, "B": 15_600, "C": 19_500})
+        for seq, ex in enumerate(exs):
+            done = Completion("a", 330, 0, 10, 0.5, 1.5, ())
+            score = float(right[ex.doc_ids[0]][int(ex.id[-1])])
+            s.add_prediction("held", ex.id, *RAG, Prediction("a", done, 300), seq=seq, resumed=False,
+                             started_at=datetime(2026, 1, 1), scores={"contains": score})
+        s.finish_run("held", "done")
+
+
+def test_a_question_in_two_bins_is_counted_once(tmp_path: Path) -> None:
+    db = tmp_path / "held.duckdb"
+    _held_out(db)
+    rec = recommend(db, workload(documents={"tokens": [15000, 20000]}, quality_metric="contains"))
+    (row,) = rec.rows
+    # 15000 (11,250-18,750) holds A and B, 20000 (15,000-25,000) all three: A's and B's questions
+    # serve both bins, 1/16 + 1/24 = 5/48 each, C's 1/24 = 2/48. n = 12 distinct questions (was 20).
+    assert row["n"] == 12
+    assert row["quality"] == pytest.approx((4 * 5 + 2 * 5 + 1 * 2) / 48)  # 32/48
+    # Wilson at the Kish size of those 12 weights: 48^2 / (8 x 25 + 4 x 4) = 10.667 (was 19.2)
+    n_eff = 48**2 / (8 * 25 + 4 * 4)
+    assert (row["quality_low"], row["quality_high"]) == pytest.approx(wilson(32 / 48, n_eff))
+    assert (row["quality_low"], row["quality_high"]) == pytest.approx((0.3760, 0.8691), abs=1e-4)
+    assert not any("same" in a or "borrowed" in a for a in rec.assumptions)
+
+
+def test_bins_sharing_their_documents_and_borrowed_evidence_are_said(tmp_path: Path) -> None:
+    db = tmp_path / "held.duckdb"
+    _held_out(db)
+    # 15300 (11,475-19,125) and 12500 (9,375-15,625) both hold A and B only; both documents lie
+    # nearer 15300 than 12500, so 12500 has no document of its own.
+    rec = recommend(db, workload(documents={"tokens": [15300, 12500]}, quality_metric="contains"))
+    assert "15300 and 12500 tokens are measured by the same 2 document(s)" in rec.assumptions
+    assert any(a.startswith("12500 tokens: no document of its own; its evidence is borrowed from 15300")
+               for a in rec.assumptions)
+    (row,) = rec.rows
+    assert "evidence for 12500 tokens borrowed from 15300" in row["notes"] and row["n"] == 8

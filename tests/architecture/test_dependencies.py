@@ -27,9 +27,9 @@ from compare.serving.weights import DEFAULT_MODEL, MODELS
 
 ROOT = Path(__file__).resolve().parents[2]
 LOCK = ROOT / "requirements" / "lock-cpu.txt"
-PRODUCT = ("compare", "cli", "pipelines", "corpora", "main.py")
+PRODUCT = ("compare", "cli", "pipelines", "corpora", "ragvslc", "main.py")
 SUPPORT = ("tests", "benchmarks")  # may use the dev extra too
-LOCAL = {"compare", "cli", "pipelines", "corpora", "main", "prices", "tests", "benchmarks"}
+LOCAL = {"compare", "cli", "pipelines", "corpora", "main", "prices", "tests", "benchmarks", "ragvslc"}
 LOCKED_GROUPS = ("cpu", "router", "video", "models", "dev")  # what setup.sh installs on the CPU
 
 

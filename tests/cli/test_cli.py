@@ -201,7 +201,7 @@ def test_wheel_ships_the_data_read_at_run_time(tmp_path: Path) -> None:
     src.mkdir()
     for name in ("pyproject.toml", "README.md", "main.py"):
         shutil.copy(ROOT / name, src / name)
-    for folder in ("cli", "compare", "pipelines", "corpora", "prices"):
+    for folder in ("cli", "compare", "pipelines", "corpora", "prices", "ragvslc"):
         shutil.copytree(ROOT / folder, src / folder, ignore=shutil.ignore_patterns("__pycache__"))
     built = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",

@@ -108,7 +108,7 @@ def test_cost_json_prices_by_queries_per_doc(db: Path, tmp_path: Path) -> None:
             want = r["marginal_usd_per_query"] + r["one_time_usd_per_doc"] / q
             assert math.isclose(r["usd_per_query"][str(q)], want, rel_tol=1e-9)
         assert isinstance(r["caveats"], list)
-    rag2 = next(r for r in rows if r["label"] == "rag k=2 cs=200 relevance")
+    rag2 = next(r for r in rows if r["label"] == "RAG k=2")
     # 10 questions on 2 documents; RAG's 430 prompt tokens are never cached, 10 output tokens:
     # its marginal $ is at least 430 x $1/M + 10 x $4/M = 470e-6 (plus retrieval seconds).
     assert (rag2["n"], rag2["docs"]) == (10, 2) and rag2["marginal_usd_per_query"] >= 470e-6
@@ -134,11 +134,11 @@ def test_recommend_json_names_the_winner_and_exits_3_without_evidence(db: Path, 
     # By hand: long context answers all 10 (quality 1.0); rag k=2 3 of 5 per document (0.6).
     # No price sheet, so cost = computed tokens per 1k queries: rag k=2 sends 430 uncached
     # prompt + 10 output tokens, the cheapest of all, and meets the 0.5 floor: it wins.
-    assert math.isclose(rows["long_context"]["quality"], 1.0)
-    k2 = rows["rag k=2 cs=200 relevance"]
+    assert math.isclose(rows["Long context"]["quality"], 1.0)
+    k2 = rows["RAG k=2"]
     assert math.isclose(k2["quality"], 0.6)
     assert (k2["input_tokens_per_1k"], k2["output_tokens_per_1k"]) == (430_000, 10_000)
-    assert data["winner"] == "rag k=2 cs=200 relevance" and k2["rank"] == 1
+    assert data["winner"] == "RAG k=2" and k2["rank"] == 1
     assert data["workload"]["name"] == "fixture"
     assert data["lengths_used"] == {"1000": [1000.0], "4000": [4000.0]}
 

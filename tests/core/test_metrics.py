@@ -88,3 +88,53 @@ def test_contains_all_ignores_golds_without_content() -> None:
     assert f(ex, _pred("4827163")) == 1.0
     assert f(_ex("The", "a", answer_format="all"), _pred("")) is None
     assert METRICS["contains"](_ex("The"), _pred("")) is None
+
+
+# residue (issue 25 item 5): each failed on the code before the fix ------------------------------
+def test_a_fraction_is_not_a_number_run_together() -> None:
+    assert normalize("1/2") == "1/2" and normalize("1/2") != normalize("12")
+    assert METRICS["exact_match"](_ex("1/2"), _pred("12")) == 0.0
+    assert METRICS["contains"](_ex("1/2"), _pred("About 1/2 of them.")) == 1.0
+    assert normalize("and/or") == "andor"  # a slash between words still goes
+
+
+def test_a_minus_sign_is_part_of_the_number() -> None:
+    contains = METRICS["contains"]
+    assert contains(_ex("-5"), _pred("5")) == 0.0
+    assert contains(_ex("-5"), _pred("It fell to -5 degrees.")) == 1.0
+    assert contains(_ex("-5"), _pred("It fell to \u22125 degrees.")) == 1.0  # the Unicode minus
+    assert contains(_ex("5"), _pred("-5")) == 0.0
+    assert normalize("x-5") == "x5" and normalize("5-10") == "510"  # inside a word or a range: as before
+
+
+def test_an_article_after_answer_is_not_a_choice() -> None:
+    choices = '{"A": "Paris", "B": "Rome", "C": "Oslo", "D": "Bern"}'
+    ex = _ex("C", answer_format="letter", choices=choices)
+    acc = METRICS["choice_accuracy"]
+    assert acc(ex, _pred("Answer: A careful reading shows C")) == 1.0  # read as A before the fix
+    gold_a = _ex("A", answer_format="letter", choices=choices)
+    assert acc(gold_a, _pred("Answer: A careful reading shows C")) == 0.0
+    assert acc(_ex("A", answer_format="letter", choices=choices), _pred("Answer: A")) == 1.0
+    assert acc(_ex("A", answer_format="letter", choices=choices), _pred("Answer: (A) Paris")) == 1.0
+    assert acc(_ex("B", answer_format="letter", choices=choices), _pred("Answer: B because it is")) == 1.0
+
+
+# one rule for free text (issue 25 item 2) -------------------------------------------------------
+def test_a_long_gold_without_a_format_is_free_text() -> None:
+    from compare.core.metrics import answer_format, default_primary
+
+    gold = "A 5.01% improvement in MRR."
+    assert answer_format({}, [gold]) == "free" and default_primary({}, [gold]) == "token_f1"
+    assert default_primary({}, ["4827163"]) == "contains"
+    assert default_primary({}, ["12 March 1999"]) == "contains"
+    assert default_primary({"answer_format": "letter"}, [gold]) == "choice_accuracy"  # a declared format wins
+    # The issue's case: RAG's correct "5.01%" scored 0 under `contains`; token F1 gives it credit:
+    # gold tokens "5.01 improvement in mrr" (4), reply "5.01" (1): p = 1, r = 1/4 -> F1 = 0.4.
+    assert METRICS["headline"](_ex(gold), _pred("5.01%")) == pytest.approx(0.4)
+    assert METRICS["headline"](_ex("4827163"), _pred("It is 4827163.")) == 1.0  # short: contains
+
+
+def test_a_judge_declared_question_scores_token_f1_until_a_trusted_judge_rules() -> None:
+    ex = _ex("jean valjean mayor", primary_metric="judge")
+    assert METRICS["headline"](ex, _pred("jean valjean")) == pytest.approx(0.8)  # p = 1, r = 2/3
+    assert METRICS["headline"](ex, Prediction("", None, 0, error="x")) == 0.0

@@ -114,7 +114,8 @@ async def test_evaluate_ranks_among_all_documents(tmp_path: Path) -> None:
     relevant document's, ranked against the other documents (scope = "corpus")."""
     rag = {"kind": "rag", "scope": "corpus", "chunk_size": 128, "chunk_overlap": 0, "top_k": 1}
     spec = validate_spec({"corpus": {"kind": "beir", "path": str(_beir(tmp_path / "t"))}, "pipelines": [rag]})
-    rows, name, params = await evaluate(spec, [1, 2], [], None)
+    got = await evaluate(spec, [1, 2], [], None)
+    rows, name, params = got.rows, got.corpus, got.corpus_params
     assert name == "t-test" and params["builder"] == "beir"
     assert [r["k"] for r in rows] == [1, 2] and rows[0]["n_chunks"] == 3
     assert rows[0]["recall"] == 1.0 and rows[1]["mean_chunks"] == 2

@@ -53,7 +53,8 @@ def test_valid_directory_round_trips(tmp_path: Path) -> None:
     assert len(str(corpus.params["sha256"])) == 64
     summary = import_summary(tmp_path / "c")
     assert summary["documents"] == 2 and summary["questions"] == 3
-    assert summary["with_evidence"] == 1 and summary["answer_formats"] == {"free": 1, "letter": 2}
+    assert summary["with_evidence"] == 1 and summary["answer_formats"] == {"letter": 2, "short": 1}
+    assert summary["metrics"] == {"choice_accuracy": 2, "contains": 1}
     assert summary["chars_per_document"]["min"] == len("Alpha. The code word is heron.")
 
 
@@ -170,3 +171,29 @@ def test_jsonl_run_id_follows_the_files_content(tmp_path: Path) -> None:
     assert spec.run_id(_content_sha(spec, load_jsonl_dir(root))) != first
     needle = validate_spec({})
     assert _content_sha(needle, load_jsonl_dir(root)) is None  # generated corpora: the spec says all
+
+
+FREE_TEXT = Path(__file__).resolve().parents[1] / "fixtures" / "free_text"
+
+
+def test_free_text_is_scored_as_free_text_and_the_summary_says_so() -> None:
+    """Issue 25 item 2: the summary said `free: 12` while every question was stored with
+    `contains`; now the one rule (compare/core/metrics.py answer_format) decides both."""
+    corpus = load_jsonl_dir(FREE_TEXT)
+    got = {ex.id: ex.tags["primary_metric"] for ex in corpus.examples}
+    # golds of at most 3 words are short answers; the sentences (and "not in the text") free text
+    assert got == {"m1": "contains", "m2": "token_f1", "m3": "contains", "m4": "token_f1",
+                   "o1": "contains", "o2": "contains", "o3": "token_f1", "o4": "token_f1"}
+    summary = import_summary(FREE_TEXT)
+    assert summary["answer_formats"] == {"free": 4, "short": 4}
+    assert summary["metrics"] == {"contains": 4, "token_f1": 4}
+
+
+def test_the_import_command_names_the_metric_of_each_question() -> None:
+    from typer.testing import CliRunner
+
+    from main import app
+
+    out = CliRunner().invoke(app, ["corpora", "import", str(FREE_TEXT)])
+    assert out.exit_code == 0, out.output
+    assert "scored by contains: 4, token_f1: 4" in out.output

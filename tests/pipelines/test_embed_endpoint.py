@@ -198,7 +198,7 @@ def test_the_endpoint_is_recorded_and_the_default_spec_dump_is_unchanged(srv: Em
     assert params_hash(remote.params()) != params_hash(local.params())
     # new fields at their defaults are left out of the dump, so every existing run id stays
     assert set(RagSpec().model_dump()) == set(RagSpec.model_fields) - {
-        "timeline_chunking", "embed_base_url", "embed_api_key_env", "embed_tokenizer"}
+        "timeline_chunking", "embed_base_url", "embed_api_key_env", "embed_tokenizer", "embed_headers"}
     dumped = RagSpec(embed_base_url=srv.root, embedder=MODEL, embed_api_key_env=KEY_ENV).model_dump()
     assert (dumped["embed_base_url"], dumped["embed_api_key_env"]) == (srv.root, KEY_ENV)
     assert "embed_tokenizer" not in dumped and KEY not in json.dumps(dumped)

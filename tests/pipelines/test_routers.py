@@ -165,7 +165,7 @@ def test_oracle_picks_the_cheapest_correct_answer(hand_db: Path) -> None:
     assert (rag["quality"], rag["prompt_tokens_mean"], rag["total_ms_mean"]) == (0.6, 230.0, 544.0)
     assert (sr["quality"], sr["prompt_tokens_mean"], sr["share_long_context"]) == (0.8, 450.0, 0.2)
     assert sr["total_ms_mean"] == pytest.approx(1352.0)
-    assert t.loc["oracle", "strategy"] == "oracle" and rag["strategy"].startswith("rag k=1")
+    assert t.loc["oracle", "strategy"] == "oracle" and rag["strategy"].startswith("RAG k=1")
 
 
 def test_routing_section_compares_routers_to_both_baselines_and_the_oracle(hand_db: Path) -> None:

@@ -78,8 +78,8 @@ def test_pipeline_summary_numbers(db: Path) -> None:
     with duckdb.connect(str(db), read_only=True) as con:
         assert summary.latest_run_id(con) == RUN
         rows = {r["label"]: r for r in summary.pipeline_summary(con, None)}
-    assert set(rows) == {"long_context", "rag k=4 cs=200 relevance"}
-    lc, rag = rows["long_context"], rows["rag k=4 cs=200 relevance"]
+    assert set(rows) == {"Long context", "RAG k=4"}  # short labels (issue 29 item 2)
+    lc, rag = rows["Long context"], rows["RAG k=4"]
     assert (lc["n"], lc["errors"], rag["n"], rag["errors"]) == (6, 0, 6, 1)
     assert lc["contains"] == pytest.approx(1.0)
     # hits at depth 0.1 of both lengths; the failed request scores 0 over the 6 asked (issue #14)
@@ -95,7 +95,7 @@ def test_pipeline_summary_numbers(db: Path) -> None:
     assert lc["cached_tokens_mean"] == pytest.approx(sum((t + 30) // 2 for t in LENGTHS) / 2)
     with duckdb.connect(str(db), read_only=True) as con:
         answered = {r["label"]: r for r in summary.pipeline_summary(con, None, answered_only=True)}
-    assert answered["rag k=4 cs=200 relevance"]["contains"] == pytest.approx(2 / 5)  # the named second view
+    assert answered["RAG k=4"]["contains"] == pytest.approx(2 / 5)  # the named second view
 
 
 def test_by_length_and_grid(db: Path) -> None:
@@ -118,7 +118,7 @@ def test_write_report_offline_html_and_images(db: Path, tmp_path: Path) -> None:
     assert not re.search(r"<script[^>]*\bsrc\s*=", page, re.I)  # all JavaScript is inline
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", page, re.I)  # nothing fetched
     assert "cdn" not in page.lower() and "vegaEmbed(" in page
-    for label in ("long_context", "rag k=4 cs=200 relevance", "CPU build", "Concurrency 1"):
+    for label in ("Long context", "RAG k=4", "CPU build", "Concurrency 1"):
         assert label in page
     assert set(files.png) == {"quality_vs_length", "latency_percentiles", "needle_heatmap", "cost_vs_queries",
                               "quality_vs_cost", "routing_shares"}
@@ -160,10 +160,12 @@ def test_plain_corpus_second_run_no_heatmap_and_distinct_labels(db: Path, tmp_pa
         assert summary.latest_run_id(con) == "run-plain"
         df = summary.by_length(con, ["run-plain"])
         labels = {r["label"] for r in summary.pipeline_summary(con, None)}
+        names = summary.run_names(con, None)
     assert list(df["length"]) == [6400.0] and not df["is_target"].any()
-    assert labels == {
-        "long_context @run-plain", "long_context @run-test", "rag k=4 cs=200 relevance @run-test"
-    }
+    # two runs: each label ends with its run's name (corpus and time), never its id
+    assert labels == {f"Long context \u00b7 {names['run-plain']}", f"Long context \u00b7 {names[RUN]}",
+                      f"RAG k=4 \u00b7 {names[RUN]}"}
+    assert names["run-plain"].startswith("books, ") and names[RUN].startswith("needle, ")
     plain = write_report(copy, tmp_path / "plain")
     assert set(plain.png) == {
         "quality_vs_length", "latency_percentiles", "cost_vs_queries", "quality_vs_cost"
@@ -171,4 +173,5 @@ def test_plain_corpus_second_run_no_heatmap_and_distinct_labels(db: Path, tmp_pa
     assert "Concurrency 2" in plain.html.read_text()
     both = write_report(copy, tmp_path / "both", ["run-test", "run-plain"])
     page = both.html.read_text()
-    assert all(label in page for label in labels) and "Run run-plain" in page
+    assert all(label in page for label in labels) and f"Run {names['run-plain']}" in page
+    assert "run-plain" in page  # its id lives in the details table

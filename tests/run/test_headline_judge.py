@@ -15,6 +15,7 @@ from compare.core.types import Example
 from compare.report.assemble import write_report
 from compare.run import judge
 from compare.run.rescore import rescore
+from compare.store import judge_rows
 from compare.store.db import Store
 from tests.fixtures.headline import FAILED, store_rows
 from tests.fixtures.headline import pred as _pred
@@ -75,6 +76,9 @@ def test_agreement_with_token_f1_and_restoring_without_asking(tmp_path: Path) ->
     assert a["correlation"] == pytest.approx(0.225 / math.sqrt(1.0 * sum(d * d for d in dev)))
     page = write_report(db, tmp_path / "report", images=False).html.read_text()
     assert "LLM judge vs token F1" in page and f"j (prompt {judge.PROMPT_HASH}, 4 verdicts)" in page
+    # Its controls beside the judge column: none were asked of "j", so it is not believed (issue 25).
+    note = f"judge j (prompt {judge.PROMPT_HASH}): no controls were asked, below 90%: shown, but kept out"
+    assert note in page
     assert "Quality is the headline: each question scored by its own metric" in page
     assert "token_f1 (4 questions)" in page
 
@@ -85,18 +89,23 @@ async def test_the_served_model_judges_once(tmp_path: Path, backend: Any) -> Non
     store_rows(db, {"long_context": [(_free(1), _pred(REPLIES[1])), (_free(2), _pred(REPLIES[2])),
                                  (_free(3), FAILED), (c, _pred("C"))]})
     with Store(db) as s:
-        first = await judge.judge_runs(s, backend, ["r"])
-        # f1 and f2 are answered free text; f3 failed and the tpo question is multiple choice.
-        assert (first.asked, first.reused, first.failed) == (2, 0, 0)
+        first = await judge.judge_runs(s, backend, ["r"], control_questions=1)
+        # f1 and f2 are answered free text; f3 failed (0 without asking); tpo is multiple choice.
+        assert (first.asked, first.reused, first.failed, first.failed_rows) == (2, 0, 0, 1)
+        assert first.skipped == {"scored by choice_accuracy, not free text (use --metric or --all)": 1}
         assert (first.judge_model, first.prompt_hash) == (backend.model, judge.PROMPT_HASH)
+        # f1's controls: gold, question, empty, I don't know (no other question's gold)
+        assert first.controls is not None and first.controls.n == 4
         rows = s.con.execute("SELECT example_id, judge_model, prompt_hash, verdict, raw FROM judgements "
                              "ORDER BY 1").fetchall()
         assert [r[:3] for r in rows] == [("f1", backend.model, judge.PROMPT_HASH),
-                                          ("f2", backend.model, judge.PROMPT_HASH)]
-        for _, _, _, verdict, raw in rows:
+                                          ("f2", backend.model, judge.PROMPT_HASH),
+                                          ("f3", backend.model, judge.PROMPT_HASH)]
+        for _, _, _, verdict, raw in rows[:2]:
             assert raw.strip() and verdict == judge.parse_verdict(raw)
-        again = await judge.judge_runs(s, backend, ["r"])
-        assert (again.asked, again.reused) == (0, 2)
+        assert rows[2][3:] == (0.0, judge_rows.FAILED_RAW)
+        again = await judge.judge_runs(s, backend, ["r"], control_questions=1)
+        assert (again.asked, again.reused) == (0, 3)
         scored = s.con.execute(
             "SELECT example_id, value FROM scores WHERE metric = 'judge' ORDER BY 1").fetchall()
         assert scored == [(r[0], r[3]) for r in rows]

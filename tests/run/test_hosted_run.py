@@ -20,6 +20,7 @@ from compare.analysis.cost import cost_report
 from compare.analysis.prices import DEFAULT_SHEET
 from compare.report.assemble import write_report
 from compare.serving import weights as models
+from compare.serving.client import PROBE_MESSAGES
 from tests.fixtures.hosted_proxy import HostedProxy
 
 pytestmark = pytest.mark.slow
@@ -80,7 +81,9 @@ def test_three_pipelines_run_through_a_hosted_style_endpoint(
         result = api.run(_spec(_corpus(tmp_path), proxy.base_url), db, say=said.append)
         hits = dict(proxy.hits)
     assert result.done == 9 and result.errors == 0
-    assert set(hits) <= {"/api/openai/models", "/api/openai/chat/completions"}, hits  # no vLLM extras
+    served = ("/api/openai/models", "/api/openai/chat/completions")
+    extras = {p: n for p, n in hits.items() if p not in served}
+    assert extras and all(n == 1 for n in extras.values()), hits  # each vLLM extra asked for once, then never
     assert any("no vLLM extras" in s and "approximation" not in s for s in said), said
     with duckdb.connect(str(db), read_only=True) as con:
         server = json.loads(con.execute("SELECT server FROM runs").fetchone()[0])
@@ -196,7 +199,7 @@ def test_a_cache_marker_rides_on_the_document_part_and_keeps_old_run_ids(
         spec["server"] = {**spec["server"], "base_url": proxy.base_url}  # type: ignore[dict-item]
         spec["pipelines"] = [{"kind": "long_context", "max_tokens": 12, "cache_marker": "ephemeral-1h"}]
         result = api.run(spec, tmp_path / "m.duckdb", say=lambda _: None)
-        sent = [b["messages"][1]["content"] for b in proxy.bodies]
+        sent = [b["messages"][1]["content"] for b in proxy.bodies if b["messages"] != list(PROBE_MESSAGES)]
     assert result.errors == 0 and result.done == 3
     for parts in sent:
         head, tail = parts
@@ -213,3 +216,75 @@ def test_a_cache_marker_rides_on_the_document_part_and_keeps_old_run_ids(
     plain = {**spec, "pipelines": [{"kind": "long_context", "max_tokens": 12}]}
     explicit = {**spec, "pipelines": [{"kind": "long_context", "max_tokens": 12, "cache_marker": "none"}]}
     assert validate_spec(plain).run_id() == validate_spec(explicit).run_id() != validate_spec(spec).run_id()
+
+
+def test_a_gateway_passing_vllms_models_through_runs_long_context_and_rag(
+    server_url: str, tmp_path: Path, key_env: None
+) -> None:
+    """Issue 27: a gateway (key, `/v1beta/openai` prefix, no /tokenize, /metrics, /health) that
+    passes vLLM's own `/models` answer through (`owned_by: "vllm"`). The client once took that
+    name for vLLM's extras at the server root and died on `/tokenize: HTTP 404` storing nothing;
+    each capability is now asked for once (here, then at the root), and what was found and
+    what each number falls back to is recorded with the run."""
+    db = tmp_path / "gateway.duckdb"
+    spec = _spec(_corpus(tmp_path), "")
+    with HostedProxy(server_url, KEY, prefix="/v1beta/openai", verbatim_models=True) as proxy:
+        spec["server"] = {**spec["server"], "base_url": proxy.base_url}  # type: ignore[dict-item]
+        spec["pipelines"] = spec["pipelines"][:2]  # type: ignore[index]
+        said: list[str] = []
+        result = api.run(spec, db, say=said.append)
+        hits = dict(proxy.hits)
+    assert result.done == 6 and result.errors == 0
+    for route in ("tokenize", "metrics", "health", "version"):  # asked here and at the root, once each
+        assert hits.get(f"/v1beta/openai/{route}") == 1 and hits.get(f"/{route}") == 1, hits
+    assert any("no vLLM extras" in s and "no server-side cache hit rate" in s for s in said), said
+    with duckdb.connect(str(db), read_only=True) as con:
+        server = json.loads(con.execute("SELECT server FROM runs").fetchone()[0])
+        rows = con.execute("SELECT pipeline, count(prompt_tokens), count(error) FROM predictions "
+                           "GROUP BY 1 ORDER BY 1").fetchall()
+    caps = server["capabilities"]
+    assert caps["owned_by"] == ["vllm"] and caps["vllm"] is False
+    assert not any(caps[r] for r in ("tokenize", "metrics", "health", "version"))
+    assert len(caps["not_found"]["tokenize"]) == 2  # the URL given, then the server root
+    assert caps["cache_salt"] is True and caps["stream_usage"] is True  # the chat probe, through the gateway
+    assert caps["tokenizer"] == f"hf:{models.DEFAULT_MODEL}" and caps["tokenizer_approximate"] is False
+    assert caps["sources"]["server_hit_rate"].startswith("none")
+    assert caps["sources"]["liveness"] == "/models answering"
+    assert rows == [("long_context", 3, 0), ("rag", 3, 0)]
+
+
+def test_a_hosted_model_without_a_tokenizer_says_the_options_and_approximate_runs_on(
+    server_url: str, tmp_path: Path, key_env: None
+) -> None:
+    """A model whose tokenizer nobody has here: one line naming the options, nothing stored; with
+    `tokenizer = "approximate"` the run goes on marked approximate, and the provider's own
+    context-length refusal (the window declared too large) is an error row that says so."""
+    corpus = _corpus(tmp_path)
+    docs = corpus / "documents.jsonl"
+    docs.write_text(docs.read_text() + json.dumps({"id": "long", "text": TEXT * 14}) + "\n")
+    with (corpus / "questions.jsonl").open("a") as f:
+        q9 = {"id": "q9", "doc_ids": ["long"], "question": "What is the code?", "answers": ["7361"]}
+        f.write(json.dumps(q9) + "\n")
+    spec = _spec(corpus, "")
+    spec["pipelines"] = [{"kind": "long_context", "max_tokens": 8}]
+    with HostedProxy(server_url, KEY, alias="acme-large") as proxy:
+        server = {**spec["server"], "base_url": proxy.base_url, "model": "acme-large",  # type: ignore[dict-item]
+                  "max_model_len": 32768}
+        with pytest.raises(ValueError, match=r"no local tokenizer for .acme-large.*, or \"approximate\""):
+            api.run({**spec, "server": server}, tmp_path / "none.duckdb", say=lambda _: None)
+        chats_before = len(proxy.bodies)
+        result = api.run({**spec, "server": {**server, "tokenizer": "approximate"}}, tmp_path / "a.duckdb",
+                         say=lambda _: None)
+    assert chats_before == 1  # the capability probe only: no question was asked without a counter
+    with duckdb.connect(str(tmp_path / "none.duckdb"), read_only=True) as con:
+        assert con.execute("SELECT count(*) FROM predictions").fetchone() == (0,)
+    with duckdb.connect(str(tmp_path / "a.duckdb"), read_only=True) as con:
+        caps = json.loads(con.execute("SELECT server FROM runs").fetchone()[0])["capabilities"]
+        rows = dict(con.execute("SELECT example_id, error FROM predictions").fetchall())
+        attempts = con.execute("SELECT attempts FROM predictions WHERE example_id = 'q9'").fetchone()
+    assert caps["tokenizer"].startswith("approximate:") and caps["tokenizer_approximate"] is True
+    assert "(approximate)" in caps["sources"]["budgets_and_windows"]
+    assert result.done == 4 and result.errors == 1 and rows["q1"] is None
+    assert rows["q9"].startswith("context_overflow: the endpoint refused the prompt")
+    assert "approximate" in rows["q9"]
+    assert attempts == (1,)  # a prompt over the window is not retried

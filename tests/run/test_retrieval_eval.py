@@ -125,3 +125,24 @@ async def test_needle_corpus_recall_is_monotone_and_complete(hf_tokenizer: Any, 
         assert ks[0]["n_examples"] == 6
         (budget,) = [r for r in rows if r["config"] == config and r["k"] is None]
         assert budget["counter"] == "server" and budget["max_context_tokens"] <= 256
+
+
+def test_an_evaluation_is_stored_with_its_run_id_and_shown_only_with_that_run(tmp_path: Path) -> None:
+    """Two evaluations (of two specs) in one file: each report shows its own, not every one."""
+    import duckdb
+
+    from compare.report import data as report_data
+    from compare.run.retrieval_run import Evaluation, store_rows
+
+    db = tmp_path / "r.duckdb"
+    row = {"config": "fixed-200/0 flat document", "params_hash": "h", "k": 1, "recall": 0.5, "mrr": 0.5,
+           "n_examples": 2}
+    ids = [store_rows(db, Evaluation([{**row, "recall": r}], "needle", {"lengths": [n]}, f"run-{n}"))
+           for n, r in ((300, 0.5), (600, 1.0))]
+    assert len(set(ids)) == 2
+    with duckdb.connect(str(db), read_only=True) as con:
+        assert con.execute("SELECT eval_id, run_id FROM retrieval_eval ORDER BY run_id").fetchall() == [
+            (ids[0], "run-300"), (ids[1], "run-600")]
+        shown = report_data.retrieval_eval(con, ["run-600"])
+    recall = shown[shown["metric"] == "recall"]
+    assert list(recall["value"]) == [1.0] and set(recall["run_id"]) == {"run-600"}

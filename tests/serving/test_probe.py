@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from compare.core.protocols import Plan, Role, plan_of
 from compare.core.types import Example
 from compare.run.heartbeat import InFlight, heartbeat
 from compare.serving import weights as models
@@ -21,6 +22,8 @@ from compare.serving.probe import (
     probe,
     probe_prompt,
 )
+from pipelines.long_context import LongContextSpec
+from pipelines.rag_spec import RagSpec
 
 
 def test_model_dims_of_the_default_model_by_hand(model_path: Path) -> None:
@@ -50,13 +53,13 @@ def _ex(i: int, doc: str, tokens: int) -> Example:
 
 
 def test_planned_requests_pay_a_document_once_and_rag_its_chunks() -> None:
-    lc = {"kind": "long_context", "max_tokens": 32}
-    rag = {"kind": "rag", "top_k": 4, "chunk_size": 200, "budget_tokens": None, "max_tokens": 16}
-    # a plug-in retriever is read by its declared role, not its kind (it was counted as a
-    # whole document before); a router as its retrieval step plus the fallback
-    plug = {"kind": "llama_retriever", "top_k": 3, "chunk_size": 100, "max_tokens": 8}
-    route = {"kind": "self_route", "rag": {"top_k": 2, "chunk_size": 100}, "max_tokens": 4}
-    items = [(_ex(0, "d1", 1000), lc, "long_context"), (_ex(1, "d1", 1000), lc, "long_context"),
+    # each pipeline declares its plan (compare.core.protocols.Plan); the estimate reads no knob names
+    lc = LongContextSpec(max_tokens=32).plan()
+    rag = RagSpec(top_k=4, chunk_size=200, max_tokens=16).plan()
+    plug = Plan(300, 8)  # a plug-in retriever that declares its own plan
+    route = Plan(200, 4, fallback=True)  # a router: its retrieval step plus the fallback
+    items: list[tuple[Example, Plan, Role]] = [
+             (_ex(0, "d1", 1000), lc, "long_context"), (_ex(1, "d1", 1000), lc, "long_context"),
              (_ex(0, "d1", 1000), rag, "retrieval"), (_ex(2, "d2", 500), lc, "long_context"),
              (_ex(3, "d3", 700), plug, "retrieval"), (_ex(4, "d3", 700), route, "router")]
     got = planned_requests(items, overhead_tokens=50)
@@ -66,11 +69,18 @@ def test_planned_requests_pay_a_document_once_and_rag_its_chunks() -> None:
     ]
 
 
+def test_a_plug_in_without_a_plan_is_estimated_by_its_role() -> None:
+    class Plugin:
+        name, role = "mine", "retrieval"
+
+    assert plan_of(Plugin()) == Plan(800, 32)  # type: ignore[arg-type]
+
+
 def test_estimate_uses_flops_when_the_shape_is_known() -> None:
     dims = ModelDims(params=1000, layers=2, attn_width=10)
     probe_result = ProbeResult(prompt_tokens=100, cached_tokens=0, ttft_s=1.0, tpot_s=0.5,
                                tokens_per_s=100.0, flops_per_s=600_000.0)
-    reqs = planned_requests([(_ex(0, "d", 200), {"kind": "long_context", "max_tokens": 2}, "long_context")],
+    reqs = planned_requests([(_ex(0, "d", 200), Plan(None, 2), "long_context")],
                             overhead_tokens=0)
     # 200 tokens: 2*1000*200 + 2*2*10*200^2 = 2,000,000 FLOPs / 600,000 = 3.333 s, + 2 x 0.5 s decode
     assert estimate_s(reqs, probe_result, dims) == pytest.approx(2_000_000 / 600_000 + 1.0)

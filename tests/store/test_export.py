@@ -12,11 +12,12 @@ import json
 from pathlib import Path
 
 import duckdb
+import pandas as pd
 from typer.testing import CliRunner
 
 from compare.store.export import export_tables
 from main import app
-from tests.fixtures.dashboard import fill
+from tests.fixtures.dashboard import LC_LABEL, RAG_LABELS, fill
 from tests.fixtures.store import store_fixtures
 
 runner = CliRunner()
@@ -39,7 +40,7 @@ def test_parquet_export_reads_back_with_the_same_rows_and_values(db: Path, tmp_p
     listed = {t["table"]: t for t in json.loads(res.stdout)["tables"]}
     with duckdb.connect(str(db), read_only=True) as con:
         tables = _tables(con)
-        assert set(listed) == set(tables) and set(BY_HAND) <= set(tables)
+        assert set(listed) == {*tables, "requests"} and set(BY_HAND) <= set(tables)
         for table in tables:
             path = out / f"{table}.parquet"
             assert listed[table]["path"] == str(path)
@@ -85,3 +86,21 @@ def test_export_refuses_bad_input_with_exit_2(db: Path, tmp_path: Path) -> None:
     none = tmp_path / "none.duckdb"
     missing = runner.invoke(app, ["export", "--db", str(none), "--out", str(tmp_path / "y")])
     assert missing.exit_code == 2 and "no database" in missing.output
+
+
+def test_export_carries_labels_dollars_zoned_times_and_a_data_dictionary(db: Path, tmp_path: Path) -> None:
+    """Issue 29 item 12: `requests` has each row's pipeline label and its $ in both views, every
+    stored time is marked UTC, and data_dictionary.csv says each column's unit and meaning."""
+    out = tmp_path / "out"
+    res = runner.invoke(app, ["export", "--db", str(db), "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    req = pd.read_parquet(out / "requests.parquet")
+    assert len(req) == BY_HAND["predictions"]
+    assert set(req["label"]) == {LC_LABEL, *RAG_LABELS.values()} and "run_name" in req.columns
+    assert {"usd_api", "usd_self_hosted", "cached_tokens", "score_contains"} <= set(req.columns)
+    assert str(req["started_at"].dt.tz) == "UTC"
+    assert str(pd.read_parquet(out / "runs.parquet")["created_at"].dt.tz) == "UTC"
+    words = pd.read_csv(out / "data_dictionary.csv").set_index("column")
+    assert list(words.columns) == ["file", "unit", "meaning"]
+    assert words.loc["usd_api", "unit"] == "USD" and words.loc["ttft_ms", "unit"] == "ms"
+    assert {c for c in req.columns if not c.startswith("score_")} <= set(words.index)

@@ -7,6 +7,7 @@ add the role column, and leave the old rows readable with their roles.
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from pathlib import Path
 
@@ -24,6 +25,7 @@ def _old_file(path: Path) -> None:
     con = duckdb.connect(str(path))
     con.execute("CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, applied_at TIMESTAMP)")
     for version, (_, sql) in enumerate(MIGRATIONS[:9], start=1):
+        assert isinstance(sql, str)  # the first nine are SQL
         con.execute(sql)
         con.execute("INSERT INTO schema_migrations VALUES (?, ?)", [version, NOW])
     for pipeline, kind in (("lc", "long_context"), ("sr", "self_route"), ("r", "rag")):
@@ -75,3 +77,52 @@ def test_warm_is_defined_once_for_sql_and_pandas(tmp_path: Path) -> None:
         views.install(s.con)
         sql = [bool(r[0]) for r in s.con.execute("SELECT warm FROM request_rows ORDER BY seq").fetchall()]
     assert sql == [False, False, True, True] == [bool(views.is_warm(c, 100)) for c in (0, 89, 90, 100)]
+
+
+OLD_SECRET = "sk-oldrun-literal-8d2f61c0"  # a header value an older ragvslc stored verbatim
+OLD_FLAG = "vllm-flag-secret-51e7a9"
+
+
+def _file_with_a_stored_secret(path: Path) -> None:
+    """A results file as ragvslc wrote it before issue 32: every migration up to the redaction,
+    a run whose spec holds a literal header value and whose server record a secret flag."""
+    con = duckdb.connect(str(path))
+    con.execute("CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, applied_at TIMESTAMP, "
+                "name VARCHAR)")
+    for version, (name, sql) in enumerate(MIGRATIONS, start=1):
+        if name == "runs_redacted":
+            break
+        con.execute(sql) if isinstance(sql, str) else sql(con)
+        con.execute("INSERT INTO schema_migrations VALUES (?, ?, ?)", [version, NOW, name])
+    spec = {"server": {"headers": {"X-Org-Token": OLD_SECRET, "X-Team": "${TEAM}"},
+                       "extra_args": ["--api-key", OLD_FLAG]}, "metrics": ["contains"]}
+    server = {"args": ["--port", "8000", f"--api-key={OLD_FLAG}"], "vllm": "0.1 cpu"}
+    con.execute("INSERT INTO runs (run_id, created_at, status, corpus, model, concurrency, spec, "
+                "corpus_params, server) VALUES ('old', ?, 'done', 'c', 'm', 1, ?, '{}', ?)",
+                [NOW, json.dumps(spec), json.dumps(server)])
+    con.execute("INSERT INTO run_sessions VALUES ('old', 0, ?, NULL, ?, '{}')", [NOW, json.dumps(server)])
+    con.close()
+
+
+def test_an_old_run_s_stored_secrets_are_taken_out_and_the_report_says_so(tmp_path: Path) -> None:
+    from compare.report.html import run_caveats
+    from compare.run.rescore import rescore
+
+    db = tmp_path / "old-secret.duckdb"
+    _file_with_a_stored_secret(db)
+    with Store(db) as s:  # opening it for writing (as `ragvslc score` does) applies the migration
+        assert "redact_stored_secrets" in s.migrations()
+        rescore(s, None, ["contains"])  # and score itself takes out what it finds: nothing is left
+        cur = s.con.execute("SELECT * FROM runs")
+        run = dict(zip([c[0] for c in cur.description], cur.fetchone() or (), strict=True))
+        session = s.con.execute("SELECT server FROM run_sessions").fetchone()
+    spec, server = json.loads(run["spec"]), json.loads(run["server"])
+    assert spec["server"]["headers"] == {"X-Org-Token": "literal, redacted", "X-Team": "env:TEAM"}
+    assert spec["server"]["extra_args"] == ["--api-key", "[redacted]"]
+    assert server["args"][-1] == "--api-key=[redacted]" and session and OLD_FLAG not in session[0]
+    notes = json.loads(run["redacted"])
+    assert len(notes) == 1  # once: the rescore found nothing more
+    assert notes[0]["fields"] == ["spec.server.headers.X-Org-Token", "spec.server.extra_args[1]",
+                                  "server.args[2]", "run_sessions[0].server.args[2]"]
+    said = " ".join(run_caveats(run))
+    assert "Secrets taken out of this run's stored record (spec.server.headers.X-Org-Token" in said

@@ -1,0 +1,145 @@
+"""What an OpenAI-compatible endpoint offers beyond chat completions, found by asking for it.
+
+vLLM's extra routes (/tokenize, /metrics, /health, /version) make counts exact, cache hit rates
+measurable and a dead server tellable from a bad request. Behind a gateway (LiteLLM, an API
+gateway, an ingress with a path prefix, a provider serving vLLM under its own URL) any of them
+may be missing even when `/models` is vLLM's own answer passed through (`owned_by: "vllm"`),
+so nothing is inferred from a name: each route is asked for once, at the URL the user gave and
+then at the server root, and a 404/405/501 (or an answer not in the route's own shape: a
+gateway's page, its own metrics) means "not here". What was found is remembered for the run
+and recorded with it (`runs.server.capabilities`), with the fallback each missing one implies,
+so a report can say which numbers the server measured and which were estimated.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Mapping
+from typing import Any
+
+import httpx
+
+from compare.serving.endpoint import Endpoint
+from compare.serving.prometheus import parse_metrics
+
+ROUTES = ("tokenize", "metrics", "health", "version")
+NOT_HERE = (404, 405, 501)  # the answers that mean "no such route"; anything else is recorded as seen
+
+
+def candidates(endpoint: Endpoint) -> list[str]:
+    """Where a route may live: under the URL as given (a gateway that forwards a prefix), then at
+    the server root (vLLM's own layout, `http://host:8000/v1` -> `http://host:8000/tokenize`)."""
+    given = endpoint.base_url.rstrip("/")
+    return [given] if given == endpoint.root_url else [given, endpoint.root_url]
+
+
+def _usable(route: str, resp: httpx.Response) -> tuple[bool, str]:
+    """Whether a 200 is the route itself, and why not: a gateway can answer any path with a page,
+    export its own Prometheus series, or report the health of its upstreams with a 200."""
+    if resp.status_code != 200:
+        return False, f"HTTP {resp.status_code}"
+    if route == "metrics":
+        try:
+            series = parse_metrics(resp.text)
+        except ValueError:
+            return False, "not Prometheus text"
+        return (True, "") if series else (False, "no vllm: series (not the engine's counters)")
+    if route == "health":
+        # LiteLLM's /health answers 200 with {"unhealthy_endpoints": [...]} while its upstream is
+        # down, so it cannot tell a dead server; vLLM's (and vllm-router's) carries no such list.
+        body = _json(resp)
+        ok = not (isinstance(body, Mapping) and "unhealthy_endpoints" in body)
+        return ok, "" if ok else "a gateway's upstream report"
+    body = _json(resp)
+    if route == "tokenize":
+        ok = isinstance(body, Mapping) and isinstance(body.get("count"), int)
+        return ok, "" if ok else "no token count in the answer"
+    ok = isinstance(body, Mapping) and isinstance(body.get("version"), str)
+    return ok, "" if ok else "no version in the answer"
+
+
+def _json(resp: httpx.Response) -> Any:
+    try:
+        return resp.json()
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None
+
+
+async def _ask(http: httpx.AsyncClient, route: str, url: str, model: str) -> httpx.Response | str:
+    try:
+        if route == "tokenize":
+            return await http.post(url, json={"model": model, "prompt": "x", "add_special_tokens": False},
+                                   timeout=30.0)
+        return await http.get(url, timeout=30.0)
+    except httpx.HTTPError as exc:
+        return type(exc).__name__
+
+
+async def find_route(
+    http: httpx.AsyncClient, endpoint: Endpoint, route: str, model: str
+) -> tuple[str | None, list[str], httpx.Response | None]:
+    """The URL where `route` answers in its own shape (or None), what each place tried said, and
+    the answer found (a /tokenize answer carries the window)."""
+    tried: list[str] = []
+    for base in candidates(endpoint):
+        url = f"{base}/{route}"
+        got = await _ask(http, route, url, model)
+        if isinstance(got, str):
+            tried.append(f"{url}: {got}")
+            continue
+        ok, why = _usable(route, got)
+        if ok:
+            return url, tried, got
+        tried.append(f"{url}: {why}" + (" (not here)" if got.status_code in NOT_HERE else ""))
+    return None, tried, None
+
+
+async def find_routes(
+    http: httpx.AsyncClient, endpoint: Endpoint, model: str
+) -> tuple[dict[str, str | None], dict[str, list[str]], dict[str, Any]]:
+    """Every optional route at once: where each answers, what was tried, and the /tokenize answer."""
+    found = await asyncio.gather(*(find_route(http, endpoint, r, model) for r in ROUTES))
+    urls = {r: f[0] for r, f in zip(ROUTES, found, strict=True)}
+    tried = {r: f[1] for r, f in zip(ROUTES, found, strict=True) if f[1] and f[0] is None}
+    tok = found[0][2]
+    return urls, tried, (_json(tok) if tok is not None else None) or {}
+
+
+def sources(caps: Mapping[str, Any]) -> dict[str, str]:
+    """Which number came from where in this run: the server's own measurement or an estimate."""
+    counter = caps.get("tokenizer") or "none"
+    if caps.get("tokenizer_approximate"):
+        counter += " (approximate)"
+    return {
+        "prompt_tokens": "each response's usage" if caps.get("stream_usage") is not False else "not reported",
+        "cached_tokens": "each response's usage" if caps.get("cached_tokens_reported") else "not reported",
+        "budgets_and_windows": counter,
+        "server_hit_rate": "server /metrics" if caps.get("metrics") else "none (no /metrics here)",
+        "liveness": "server /health" if caps.get("health") else "/models answering",
+        "cache_isolation": "cache_salt" if caps.get("cache_salt") else "none (cache_salt not accepted)",
+    }
+
+
+def fallback_line(caps: Mapping[str, Any]) -> str | None:
+    """The one line a run says about what it will do without: None when nothing is missing."""
+    missing = [r for r in ROUTES if not caps.get(r)]
+    if not missing and caps.get("cache_salt") is not False and caps.get("stream_usage") is not False:
+        return None
+    tok = f"{caps.get('tokenizer')}" + (" (an approximation)" if caps.get("tokenizer_approximate") else "")
+    head = (f"endpoint {caps.get('api_url')}: no vLLM extras (/tokenize, /metrics, /health, /version "
+            "not found here or at the server root)" if len(missing) == len(ROUTES) else
+            f"endpoint {caps.get('api_url')}: not found: " + ", ".join(f"/{r}" for r in missing))
+    parts = [head]
+    if not caps.get("tokenize"):
+        parts.append(f"tokens counted with {tok} before a request, each response's usage after it")
+    if not caps.get("metrics"):
+        parts.append("no server-side cache hit rate (cached tokens from each response's usage"
+                     + ("" if caps.get("cached_tokens_reported") else ", which reports none") + ")")
+    if not caps.get("health"):
+        parts.append("liveness from /models")
+    if caps.get("cache_salt") is False:
+        parts.append("cache_salt refused: documents are not cache-isolated")
+    if caps.get("stream_usage") is False:
+        parts.append("no usage in the stream: rows cannot be counted or priced")
+    return "; ".join(parts)
