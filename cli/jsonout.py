@@ -41,7 +41,7 @@ BREAK_EVEN_FIELDS = ("view", "a", "b", "break_even_q", "cheaper_below", "cheaper
 RECOMMEND_FIELDS = (
     "rank", "strategy", "kind", "run_ids", "n", "quality", "quality_low", "quality_high", "p95_ms",
     "utilization", "input_tokens_per_1k", "cached_tokens_per_1k", "output_tokens_per_1k",
-    "usd_per_1k", "meets_floor", "meets_target", "notes",
+    "usd_per_1k", "meets_floor", "meets_target", "utilization_measured", "notes",
 )
 RETRIEVAL_FIELDS = (
     "config", "params_hash", "index", "k", "budget_tokens", "recall", "mrr", "n_examples",

@@ -18,7 +18,9 @@ prompt tokens over prompt tokens, as the responses' usage reported them.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import duckdb
@@ -144,3 +146,43 @@ def _quality(
 
 def _num(v: Any) -> float | None:
     return None if v is None else float(v)
+
+
+@dataclass(frozen=True)
+class Busy:
+    """The busy share a load step measured: the part of its wall time with at least one of its
+    requests in flight, the quantity `recommend` estimates as rate x busy seconds per request."""
+
+    share: float  # at the step's own rate
+    at_rate: float  # scaled linearly to the rate asked for (what recommend compares)
+    rate: float
+    run_id: str
+    step: str
+
+
+def measured_busy(
+    con: duckdb.DuckDBPyConnection, pipeline: str, params_hash: str, rate: float,
+) -> Busy | None:
+    """From the steady rate step nearest `rate` (by ratio) of any load sweep of this pipeline
+    configuration in the file; None without one. Overlapping requests (a batch) count once, so
+    under batching the measurement falls below the estimate, and under queueing above it."""
+    if not con.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = 'load_steps'"
+                       ).fetchone()[0]:  # type: ignore[index]
+        return None
+    steps = con.execute(
+        "SELECT run_id, step, rate, duration_s FROM load_steps WHERE pipeline = ? AND params_hash = ? "
+        "AND rate > 0 AND status = 'done' AND duration_s > 0", [pipeline, params_hash]).fetchall()
+    if not steps or not rate > 0:
+        return None
+    run_id, step, step_rate, duration_s = min(steps, key=lambda s: (abs(math.log(s[2] / rate)), s[0], s[1]))
+    spans = sorted(con.execute(
+        "SELECT sent_ms, sent_ms + total_ms FROM predictions WHERE run_id = ? AND pipeline = ? "
+        "AND params_hash = ? AND load_step = ? AND sent_ms IS NOT NULL AND total_ms IS NOT NULL",
+        [run_id, pipeline, params_hash, step]).fetchall())
+    busy_ms, end = 0.0, -math.inf
+    for start, stop in spans:  # the union of [sent, sent + time in system]
+        if stop > end:
+            busy_ms += stop - max(start, end)
+            end = stop
+    share = busy_ms / (1e3 * float(duration_s))
+    return Busy(share, share * rate / float(step_rate), float(step_rate), run_id, step)

@@ -55,16 +55,18 @@ from compare.analysis.bins import Bins, bin_evidence, length_bins
 from compare.analysis.cache_terms import expiry_probability
 from compare.analysis.decision import Decision, decision_for
 from compare.analysis.doc_costs import doc_costs, weighted_usd
+from compare.analysis.load import Busy, measured_busy
 from compare.analysis.prices import ApiPrices, choose_sheet
 from compare.analysis.summary import describe
 from compare.analysis.workload import Workload
 from compare.store import views
 
 Coverage = Literal["covered", "partial", "none"]
+BUSY_TOLERANCE = 0.25  # estimate vs a load sweep's measurement: a larger gap is said loudly
 COLUMNS = (
     "rank", "strategy", "n", "quality", "quality_low", "quality_high", "p95_ms", "utilization",
     "input_tokens_per_1k", "cached_tokens_per_1k", "output_tokens_per_1k", "usd_per_1k",
-    "meets_floor", "meets_target", "notes",
+    "meets_floor", "meets_target", "utilization_measured", "notes",
 )
 
 
@@ -242,6 +244,8 @@ def recommend(db_path: Path | str, workload: Workload, run_ids: Sequence[str] | 
         judged = judge_for_ranking(con, runs, workload.quality_metric)  # raises below the trust threshold
         ev = con.execute(_EVIDENCE, {"runs": runs, "metric": workload.quality_metric}).df()
         terms = doc_costs(con, runs, sheet, workload.cache_use).docs
+        busy = {(p, h): measured_busy(con, p, h, workload.requests_per_s)
+                for p, h in set(zip(ev["pipeline"], ev["params_hash"], strict=True))}
         decisions = [decision_for(con, r, workload.questions_per_doc, sheet, workload.cache_use, view)
                      for r in runs]  # the one decision line per evidence run (issue 24 item 12)
     terms = terms[terms["view"] == view] if not terms.empty else terms
@@ -270,7 +274,8 @@ def recommend(db_path: Path | str, workload: Workload, run_ids: Sequence[str] | 
         if len(mine) and mine["self_hosted_refused"].any():  # doc_costs: busy seconds overlap
             row_notes.append(f"no self-hosted $: measured at concurrency {int(mine['concurrency'].max())}, "
                              "where requests' busy seconds overlap in a batch (measure at concurrency 1)")
-        assumptions += [f"{label}: {n}" for n in row_notes if n.startswith("ASSUMPTION")]
+        stats["utilization_measured"] = _busy(busy.get((pipe, h)), stats["utilization"], workload, row_notes)
+        assumptions += [f"{label}: {n}" for n in row_notes if n.startswith(("ASSUMPTION", "UTILISATION"))]
         rows.append({"strategy": label, "kind": df["kind"].iloc[0], "run_ids": sorted(set(df["run_id"])),
                      **stats, "usd_per_1k": 1000 * usd, "notes": "; ".join(marks + row_notes)})
     if not rows:
@@ -287,6 +292,21 @@ def recommend(db_path: Path | str, workload: Workload, run_ids: Sequence[str] | 
         workload, model, "partial" if notes else "covered", notes, rows, winner, reasons + excluded,
         sorted({r for row in rows for r in row["run_ids"]}), {k: ms for k, (_, ms) in bins.items()},
         assumptions, sheet_name, decisions)
+
+
+def _busy(b: Busy | None, estimate: float, wl: Workload, notes: list[str]) -> float:
+    """The load sweep's measured busy share beside the estimate (issue 33 item 4); a gap of more
+    than 25 % of the measurement is said loudly: the estimate assumes an idle server."""
+    if b is None or math.isnan(estimate):
+        return math.nan
+    scaled = f", {b.at_rate:.2f} scaled to {wl.requests_per_s:g} req/s" if b.rate != wl.requests_per_s else ""
+    where = f"measured {b.share:.2f} at {b.rate:g} req/s (load run {b.run_id}, step {b.step}){scaled}"
+    if abs(estimate - b.at_rate) > BUSY_TOLERANCE * b.at_rate:
+        notes.append(f"UTILISATION DISAGREES: estimate {estimate:.2f} (rate x idle busy seconds) vs {where}; "
+                     "trust the measurement")
+    else:
+        notes.append(f"utilisation {where}, estimate {estimate:.2f}")
+    return b.at_rate
 
 
 def _expiry_note(wl: Workload, api: ApiPrices | None, p: float) -> list[str]:

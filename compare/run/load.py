@@ -53,10 +53,10 @@ from compare.run.runner import (
     RowWriter,
     RunResult,
     RunStopped,
-    ServerDown,
     _doc_tokens,
     _prepare,
     _RunContext,
+    ending,
     params_hash,
 )
 from compare.run.spec import RunSpec, SpecError, validate_spec
@@ -176,11 +176,8 @@ async def run_load(
                     saturated_at = pt.label if step.status == "saturated" else saturated_at
                     result.steps.append(step.result(store))
             status = "done"
-        except RunStopped as exc:
-            status = "server_down" if isinstance(exc, ServerDown) else "stopped"
-            raise
-        except (asyncio.CancelledError, KeyboardInterrupt):
-            status = "interrupted"
+        except BaseException as exc:
+            status = ending(exc)
             raise
         finally:
             store.finish_run(run_id, status)

@@ -56,6 +56,14 @@ class ServerDown(RunStopped):
     """Requests fail because the server no longer answers /health; a managed one can restart."""
 
 
+def ending(exc: BaseException) -> str:
+    """How a run that raised `exc` ended, as runs.status records it (one rule for an idle run and
+    a load run)."""
+    if isinstance(exc, RunStopped):
+        return "server_down" if isinstance(exc, ServerDown) else "stopped"
+    return "interrupted" if isinstance(exc, asyncio.CancelledError | KeyboardInterrupt) else "failed"
+
+
 # Failures that another attempt cannot fix: the prompt itself is the problem.
 PERMANENT_ERRORS = ("context_overflow",)
 MAX_RETRY_AFTER_S = 300.0  # the longest a 429 makes a request wait before its retry
@@ -281,11 +289,8 @@ async def _drive(
                 else:
                     await _all_or_nothing([ctx.ask(i, *item) for i, item in enumerate(todo)])
         status = "done"
-    except RunStopped as exc:
-        status = "server_down" if isinstance(exc, ServerDown) else "stopped"
-        raise
-    except (asyncio.CancelledError, KeyboardInterrupt):
-        status = "interrupted"
+    except BaseException as exc:
+        status = ending(exc)
         raise
     finally:
         ctx.writer.close()  # every answered row is on disk before the run is marked, even on Ctrl-C

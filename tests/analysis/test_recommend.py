@@ -287,3 +287,62 @@ def test_bins_sharing_their_documents_and_borrowed_evidence_are_said(tmp_path: P
                for a in rec.assumptions)
     (row,) = rec.rows
     assert "evidence for 12500 tokens borrowed from 15300" in row["notes"] and row["n"] == 8
+
+
+# issue 33 item 4: the estimate beside a load sweep's measurement ---------------------------------
+def _with_a_load_step(db: Path, rate: float, sent_ms: list[float]) -> None:
+    """A load run of the same RAG configuration: one steady step at `rate`, 10 s long, whose
+    requests went out at `sent_ms` (each 1.5 s in the system, as in `_held_out`)."""
+    import json
+    from datetime import datetime
+
+    from compare.core.types import Completion, Example, Prediction
+    from compare.store.db import Store
+    from tests.fixtures.cost import RAG
+
+    with Store(db) as s:
+        s.start_run("load-1", corpus="held-out", model="tiny", base_url=None, concurrency=1, spec={},
+                    corpus_params={}, server={})
+        exs = [Example(f"L{i}", ("A",), "q?", ("a",)) for i in range(len(sent_ms))]
+        s.add_examples("load-1", exs, {"A": 15_000})
+        done = Completion("a", 330, 0, 10, 0.5, 1.5, ())
+        for seq, ex in enumerate(exs):
+            s.add_prediction("load-1", ex.id, *RAG, Prediction("a", done, 300), seq=seq, resumed=False,
+                             started_at=datetime(2026, 1, 2), scores={"contains": 1.0})
+        for ex, sent in zip(exs, sent_ms, strict=True):
+            s.con.execute("UPDATE predictions SET load_step = ?, scheduled_ms = ?, sent_ms = ?, queue_ms = 0 "
+                          "WHERE run_id = 'load-1' AND example_id = ?", [f"rate={rate:g}", sent, sent, ex.id])
+        s.insert("load_steps", [{
+            "run_id": "load-1", "pipeline": RAG[0], "params_hash": RAG[1], "step": f"rate={rate:g}",
+            "rate": rate, "concurrency": None, "requests": len(sent_ms), "status": "done", "note": None,
+            "sessions": 1, "sent": len(sent_ms), "duration_s": 10.0, "started_at": datetime(2026, 1, 2),
+            "finished_at": datetime(2026, 1, 2), "server_deltas": "{}", "load": json.dumps({}),
+            "idle_run_id": "held"}])
+        s.finish_run("load-1", "done")
+
+
+def test_the_estimate_is_shown_with_a_load_sweeps_measurement_and_a_gap_is_loud(tmp_path: Path) -> None:
+    db = tmp_path / "held.duckdb"
+    _held_out(db)
+    wl = workload(documents={"tokens": [15000, 20000]}, quality_metric="contains", requests_per_s=0.4)
+    (row,) = recommend(db, wl, ["held"]).rows
+    assert row["utilization"] == pytest.approx(0.4 * 1.5)  # rate x idle busy seconds (1.5 s each)
+    assert row["utilization_measured"] != row["utilization_measured"]  # NaN: no sweep in the file
+    # Four requests at 1 req/s, 1.5 s each in the system, out at 0, 1.0, 2.0, 2.5 s: they overlap
+    # (a batch), busy [0, 4.0] s of the step's 10 s = 0.40 at 1 req/s, scaled to 0.4 req/s: 0.16.
+    # The estimate 0.60 is 275 % above it: said loudly.
+    _with_a_load_step(db, 1.0, [0.0, 1000.0, 2000.0, 2500.0])
+    rec = recommend(db, wl, ["held"])
+    (row,) = rec.rows
+    assert row["utilization_measured"] == pytest.approx(0.16)
+    assert "UTILISATION DISAGREES: estimate 0.60" in row["notes"]
+    assert "measured 0.40 at 1 req/s (load run load-1, step rate=1), 0.16 scaled to 0.4 req/s" in row["notes"]
+    assert any(a.startswith("RAG") and "UTILISATION DISAGREES" in a for a in rec.assumptions)
+    # At 0.4 req/s itself with no overlap (out at 0, 2, 4, 6 s: 6 s busy of 10 = 0.60 = the estimate):
+    # agreement is shown quietly.
+    db2 = tmp_path / "held2.duckdb"
+    _held_out(db2)
+    _with_a_load_step(db2, 0.4, [0.0, 2000.0, 4000.0, 6000.0])
+    (row,) = recommend(db2, wl, ["held"]).rows
+    assert row["utilization_measured"] == pytest.approx(0.6)
+    assert "utilisation measured 0.60 at 0.4 req/s" in row["notes"] and "DISAGREES" not in row["notes"]
