@@ -14,8 +14,8 @@ from rich.markup import escape
 
 from cli import console
 
-# Exit codes, the same for every command (README "Exit codes"). PARTIAL_EVIDENCE: `recommend`
-# names a winner, but the runs cover only part of the workload (its caveats say which part).
+# Exit codes, the same for every command (docs/reference.md "Exit codes"). PARTIAL_EVIDENCE:
+# `recommend` names a winner, but the runs cover only part of the workload (its caveats say which).
 OK, RUN_STOPPED, BAD_INPUT, NO_EVIDENCE, PARTIAL_EVIDENCE, INTERRUPTED = 0, 1, 2, 3, 4, 130
 EXIT_CODES = ("Exit codes: 0 ok, 1 run stopped, 2 bad input, 3 no evidence, 4 partial evidence (recommend: "
               "a winner with caveats), 130 interrupted.")
@@ -39,7 +39,8 @@ BaseUrlOpt = Annotated[
     ),
 ]
 JsonOpt = Annotated[
-    bool, typer.Option("--json", help="Print the result as one JSON object on stdout (fields: README).")
+    bool, typer.Option("--json", help="Print the result as one JSON object on stdout "
+                       "(fields: docs/reference.md).")
 ]
 WideOpt = Annotated[bool, typer.Option("--wide", help="Every column (default: the ones that matter most).")]
 SUMMARY_COLUMNS = (

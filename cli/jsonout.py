@@ -4,7 +4,7 @@ These are an interface (scripts, notebooks and CI parse them), so the fields are
 rather than passed through from whatever the engine returns: a new engine column does not
 appear, or vanish, unannounced. Units are in the names (`_ms`, `_s`, `_usd`, `_tokens`,
 `_bytes`); shares and scores are 0..1; timestamps are ISO 8601 (UTC); missing is null.
-README.md ("Machine-readable output") lists the same fields; tests/test_json_output.py checks
+docs/reference.md lists the same fields; tests/test_json_output.py checks
 that the two agree.
 """
 
@@ -50,7 +50,7 @@ RETRIEVAL_FIELDS = (
 )
 EXPORT_FIELDS = ("table", "path", "rows")
 
-# Top-level keys of each command's object (README lists them too).
+# Top-level keys of each command's object (docs/reference.md lists them too).
 TOP_LEVEL: dict[str, tuple[str, ...]] = {
     "run": ("run_id", "db", "done", "skipped", "errors", "resumed", "decision", "verdict", "pipelines"),
     "runs": ("db", "runs"),

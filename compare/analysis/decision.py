@@ -2,7 +2,7 @@
 built once here and shown by the run's terminal output, `run --json`, the top of report.html and
 `recommend`.
 
-The rules, stated once (README's verdict section says the same):
+The rules, stated once (docs/guide.md's verdict section says the same):
 - Quality is compared PAIRED, on the questions both pipelines were asked (a failed request
   scores 0 where its metric applies): 0/1 scores by the exact McNemar test, graded scores by a
   paired bootstrap (compare/analysis/stats.py). Each pipeline's quality carries a 95% interval

@@ -165,8 +165,8 @@ def test_json_has_no_nan_and_timestamps_are_iso() -> None:
 
 
 def test_readme_documents_every_json_field() -> None:
-    """README's "--json" list names each command's top-level keys and row fields."""
-    text = (ROOT / "README.md").read_text()
+    """docs/reference.md's "--json" list names each command's top-level keys and row fields."""
+    text = (ROOT / "docs" / "reference.md").read_text()
     rows = {
         "run": jsonout.SUMMARY_FIELDS, "runs": jsonout.RUN_FIELDS, "models list": jsonout.MODEL_FIELDS,
         "corpora list": jsonout.CORPUS_FIELDS, "cost": jsonout.COST_FIELDS + jsonout.BREAK_EVEN_FIELDS,
@@ -175,7 +175,7 @@ def test_readme_documents_every_json_field() -> None:
     }
     for command, top in jsonout.TOP_LEVEL.items():
         match = re.search(rf"^- `{command} --json`: (.*?)(?=^- |^\n)", text, re.M | re.S)
-        assert match, f"README has no line for `{command} --json`"
+        assert match, f"docs/reference.md has no line for `{command} --json`"
         named = set(re.findall(r"[a-z_0-9]+", match.group(1)))
         missing = [f for f in (*top, *rows[command]) if f not in named]
-        assert not missing, f"`{command} --json`: README does not name {missing}"
+        assert not missing, f"`{command} --json`: docs/reference.md does not name {missing}"
