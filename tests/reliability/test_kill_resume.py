@@ -11,6 +11,8 @@ from pathlib import Path
 import duckdb
 import pytest
 
+from tests.fixtures.interruptible import popen
+
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
 SPEC = """
@@ -28,11 +30,8 @@ TOTAL = 10
 
 
 def _start(url: str, db: Path, spec: Path) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, str(ROOT / "main.py"), "run", "--spec", str(spec), "--db", str(db),
-         "--base-url", url],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
+    return popen([sys.executable, str(ROOT / "main.py"), "run", "--spec", str(spec), "--db", str(db),
+                  "--base-url", url])
 
 
 def _wait_for(proc: subprocess.Popen[str], n: int) -> None:

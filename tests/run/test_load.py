@@ -33,6 +33,7 @@ from compare.run.load_spec import LoadSpec
 from compare.run.spec import SpecError, validate_spec
 from compare.serving import weights as models
 from compare.store.db import Store
+from tests.fixtures.interruptible import popen
 from tests.fixtures.sse_server import send_json, serve, sse_chunk, sse_usage
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -262,8 +263,7 @@ async def test_an_over_saturated_step_stops_early_and_higher_rates_are_skipped(t
 
 def _cli(args: list[str]) -> subprocess.Popen[str]:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "RAGVSLC_BASE_URL": ""}
-    return subprocess.Popen([sys.executable, str(ROOT / "main.py"), "load", *args], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return popen([sys.executable, str(ROOT / "main.py"), "load", *args], cwd=ROOT, env=env)
 
 
 def test_ctrl_c_keeps_rows_marks_the_step_incomplete_and_the_same_command_resumes(tmp_path: Path) -> None:
