@@ -18,13 +18,13 @@ from typing import Any, TypeVar
 import altair as alt
 import pandas as pd
 
-from compare.report.palette import DASHES, KIND_COLOURS, ROUTE_COLOURS, SHAPES
+from compare.report.palette import DASHES, ROUTE_COLOURS, SHAPES
 from compare.report.palette import with_colours as with_colours  # the sections colour frames here
 
 RUN_PARAM = "run_pick"
 _C = TypeVar("_C", alt.Chart, alt.LayerChart, alt.FacetChart)
 VIEW_NAMES = {"api": "API-equivalent", "self_hosted": "self-hosted"}
-_LEGEND = alt.Legend(labelLimit=400)  # labels carry the knobs (and run ids): never truncate them
+LEGEND = alt.Legend(labelLimit=400)  # labels carry the knobs (and run ids): never truncate them
 _LOG = alt.Scale(type="log", nice=False, padding=12)  # tight: a nice log domain wastes decades
 _MS_AXIS = alt.Axis(format="~s")
 _USD_AXIS = alt.Axis(format="$.3~g", tickCount=6, labelOverlap="greedy")
@@ -36,19 +36,19 @@ def _colour(df: pd.DataFrame) -> alt.Color:
     configuration is told apart by the "pipeline" legend's dash and shape, which is computed
     from the rows shown, so it shrinks to the run the page's picker picks."""
     if "colour" not in df.columns or df.empty:
-        return alt.Color("label:N", title="pipeline", legend=_LEGEND)
+        return alt.Color("label:N", title="pipeline", legend=LEGEND)
     pairs = df[["kind_name", "colour"]].drop_duplicates("kind_name").sort_values("kind_name")
-    return alt.Color("kind_name:N", title="kind", legend=_LEGEND,
+    return alt.Color("kind_name:N", title="kind", legend=LEGEND,
                      scale=alt.Scale(domain=pairs["kind_name"].tolist(), range=pairs["colour"].tolist()))
 
 
 def _dash(title: str = "pipeline", legend: bool = True) -> alt.StrokeDash:
-    return alt.StrokeDash("label:N", title=title, legend=_LEGEND if legend else None,
+    return alt.StrokeDash("label:N", title=title, legend=LEGEND if legend else None,
                           scale=alt.Scale(range=DASHES))
 
 
 def _shape(title: str = "pipeline") -> alt.Shape:
-    return alt.Shape("label:N", title=title, legend=_LEGEND, scale=alt.Scale(range=SHAPES))
+    return alt.Shape("label:N", title=title, legend=LEGEND, scale=alt.Scale(range=SHAPES))
 
 
 def _pick() -> alt.Parameter:
@@ -324,61 +324,6 @@ def frontier_chart(points: pd.DataFrame, q: int, metric: str, multi_run: bool = 
     return with_run_param(faceted, multi_run)
 
 
-def recall_vs_k_chart(recall: pd.DataFrame, multi_run: bool = False) -> alt.TopLevelMixin:
-    """Evidence recall as k grows, one line per configuration (all knobs but k): how many chunks
-    does retrieval need before the evidence is among them?"""
-    ks = sorted(recall["top_k"].unique())
-    chart = (
-        alt.Chart(recall, title="RAG evidence recall vs k")
-        .mark_line(point=alt.OverlayMarkDef(size=70))
-        .encode(
-            x=alt.X("top_k:Q", title="k (chunks retrieved)", axis=alt.Axis(values=ks, format="d")),
-            y=alt.Y("recall:Q", title="mean evidence recall", scale=alt.Scale(domain=[0, 1])),
-            # every line is a RAG configuration: RAG's colour, told apart by dash and shape
-            color=alt.value(KIND_COLOURS["rag"]),
-            strokeDash=alt.StrokeDash("series:N", title="configuration", legend=_LEGEND,
-                                      scale=alt.Scale(range=DASHES)),
-            shape=alt.Shape("series:N", title="configuration", legend=_LEGEND, scale=alt.Scale(range=SHAPES)),
-            tooltip=["label", "top_k", "chunk_size", alt.Tooltip("recall:Q", format=".3f"), "n"],
-        )
-        .properties(width=420, height=260)
-    )
-    return with_run_param(by_run(chart, multi_run), multi_run)
-
-
-def recall_bars_chart(recall: pd.DataFrame, multi_run: bool = False) -> alt.TopLevelMixin:
-    """Evidence recall per retrieving config (one k each: no curve to draw)."""
-    base = alt.Chart(recall, title="RAG evidence recall per configuration").encode(
-        y=alt.Y("label:N", title=None, axis=alt.Axis(labelLimit=400)),
-        x=alt.X("recall:Q", title="mean evidence recall", scale=alt.Scale(domain=[0, 1])),
-        tooltip=["label", "top_k", "chunk_size", alt.Tooltip("recall:Q", format=".3f"), "n"],
-    )
-    bars = base.mark_bar(color=KIND_COLOURS["rag"])  # recall is RAG's: its kind's colour
-    text = base.mark_text(align="right", dx=-4, color="black").encode(text=alt.Text("recall:Q", format=".2f"))
-    chart = alt.LayerChart(layer=[bars, text]).properties(width=420, height=max(40, 28 * len(recall)))
-    return with_run_param(by_run(chart, multi_run), multi_run)
-
-
-def retrieval_eval_chart(df: pd.DataFrame, multi_run: bool = False) -> alt.TopLevelMixin:
-    """recall@k / MRR vs k from a retrieval-only evaluation, one panel per metric."""
-    chart = (
-        alt.Chart(df)
-        .mark_line(point=True)
-        .encode(
-            x=alt.X("k:Q", title="k"),
-            y=alt.Y("value:Q", title=None, scale=alt.Scale(domain=[0, 1])),
-            color=alt.Color("series:N", title="configuration", legend=_LEGEND),
-            tooltip=["series", "metric", "k", alt.Tooltip("value:Q", format=".3f")],
-        )
-        .properties(width=300, height=220)
-    )
-    filtered = by_run(chart, multi_run and "run_id" in df.columns)
-    faceted = filtered.facet(column=alt.Column("metric:N", title=None)).properties(
-        title="Retrieval evaluation vs k"
-    )
-    return with_run_param(faceted, multi_run and "run_id" in df.columns)
-
-
 def route_share_chart(routes: pd.DataFrame, multi_run: bool = False) -> alt.TopLevelMixin:
     """Where each router (and the oracle) sent the questions: share per route."""
     chart = (
@@ -388,7 +333,7 @@ def route_share_chart(routes: pd.DataFrame, multi_run: bool = False) -> alt.TopL
             y=alt.Y("strategy:N", title=None, axis=alt.Axis(labelLimit=400)),
             x=alt.X("share:Q", title="share of questions", stack="normalize", axis=alt.Axis(format="%")),
             # the route's colour is its pipeline kind's: long context blue, RAG orange, as everywhere
-            color=alt.Color("route:N", title="route", legend=_LEGEND, scale=alt.Scale(
+            color=alt.Color("route:N", title="route", legend=LEGEND, scale=alt.Scale(
                 domain=list(ROUTE_COLOURS), range=list(ROUTE_COLOURS.values()))),
             tooltip=[
                 "strategy",

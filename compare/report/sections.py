@@ -22,7 +22,7 @@ from compare.analysis import judgements, oracle, prices, summary
 from compare.analysis.cost import BREAK_EVEN_COLUMNS, WARM_FRACTION, cost_columns
 from compare.analysis.decision import Decision, decision_for
 from compare.analysis.verdict import add_cache_facts, run_verdict
-from compare.report import charts
+from compare.report import charts, retrieval_charts
 from compare.report import data as dashboard
 from compare.report.front import cards_html, decision_html, terms_html
 from compare.report.html import Section, effective_table, note, summary_table, table, verdict_box
@@ -219,17 +219,17 @@ class SectionBuilder:
         if recall.empty:
             self.omit(sec, "evidence_recall", "no evidence_recall scores for a retrieving pipeline")
         elif dashboard.varies_k(recall):
-            self.charts["evidence_recall_vs_k"] = charts.recall_vs_k_chart(recall, self.multi)
+            self.charts["evidence_recall_vs_k"] = retrieval_charts.recall_vs_k_chart(recall, self.multi)
             sec.charts.append("evidence_recall_vs_k")
         else:
-            self.charts["evidence_recall"] = charts.recall_bars_chart(recall, self.multi)
+            self.charts["evidence_recall"] = retrieval_charts.recall_bars_chart(recall, self.multi)
             sec.charts.append("evidence_recall")
             sec.after.append(
                 note("One k per chunk size in these runs: recall per configuration, no curve in k.")
             )
         evals = dashboard.retrieval_eval(self.con, self.run_ids)
         if not evals.empty:  # an optional table: absent is normal, so no note
-            self.charts["retrieval_eval"] = charts.retrieval_eval_chart(evals, self.multi)
+            self.charts["retrieval_eval"] = retrieval_charts.retrieval_eval_chart(evals, self.multi)
             sec.charts.append("retrieval_eval")
         self.sections.append(sec)
 

