@@ -24,6 +24,7 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from main import app
+from tests.cli.test_json_output import WORKLOAD_TOML
 from tests.fixtures.dashboard import RUN_A, RUN_B, SHEET_API_TOML, fill
 from tests.fixtures.store import store_fixtures
 
@@ -31,18 +32,7 @@ ROOT = Path(__file__).resolve().parents[2]
 runner = CliRunner()
 db, _ = store_fixtures(fill, "contract")
 
-WORKLOAD = """name = "fixture"
-model = "tiny"
-questions_per_doc = 5
-requests_per_s = 0.01
-quality_metric = "contains"
-quality_floor = 0.5
-[documents]
-tokens = {tokens}
-[latency]
-metric = "e2e"
-p95_ms = 100000
-"""
+WORKLOAD = WORKLOAD_TOML.replace("tokens = [1000, 4000]", "tokens = {tokens}")  # lengths given per test
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
