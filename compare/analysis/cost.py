@@ -46,6 +46,7 @@ from compare.analysis.prices import (
 )
 from compare.analysis.summary import pipeline_labels
 from compare.core.types import CACHE_MARKER_TTL_MINUTES
+from compare.store import views
 from compare.store.views import WARM_FRACTION
 
 __all__ = [  # the price-sheet names stay importable from here, where callers first met them
@@ -71,7 +72,7 @@ GROUP BY ALL
 def _run_ids(con: duckdb.DuckDBPyConnection, run_ids: Sequence[str] | None) -> list[str]:
     if run_ids is not None:
         return list(run_ids)
-    return [str(r[0]) for r in con.execute("SELECT run_id FROM runs ORDER BY created_at").fetchall()]
+    return views.idle_runs(con)  # load runs only when named
 
 
 def _num(v: Any) -> float | None:
@@ -150,9 +151,8 @@ def _cache_notes(p: dict[str, Any], api: ApiPrices, use: CacheUse) -> list[str]:
     if write.input_multiplier > 1.0:
         notes.append(f"cache write at {write.input_multiplier:g}x input ({write.ttl_minutes:g}-min TTL) "
                      "on each document's cold prefill")
-        if p["docs_write_derived"]:
-            notes.append(f"cache write DERIVED for {int(p['docs_write_derived'])}/{int(p['docs'])} docs "
-                         "(no cache_write_tokens reported: the document's context tokens)")
+        notes += _derived_docs(p, "docs_write_derived", "cache write",
+                               "no cache_write_tokens reported: the document's context tokens")
         if p["writes_derived"]:
             notes.append(f"cache writes DERIVED for {int(p['writes_derived'])} requests in what the run "
                          "paid (the context tokens they did not find cached)")
@@ -177,13 +177,18 @@ def _router_notes(p: dict[str, Any]) -> list[str]:
     share = p["prefix_requests"] / p["n"] if p["n"] else 0.0
     notes = [f"priced per step: the RAG try per question, the long-context fallback for {share:.0%} of "
              "questions, its cold prefill on a document's first fallback (fallbacks taken as independent)"]
-    if p["docs_warm_derived"]:
-        notes.append(f"fallback's later cost DERIVED for {int(p['docs_warm_derived'])}/{int(p['docs'])} docs "
-                     "(no later fallback measured: the step with its document cached)")
-    if p["docs_cold_derived"]:
-        notes.append(f"fallback's cold cost DERIVED for {int(p['docs_cold_derived'])}/{int(p['docs'])} docs "
-                     "(its document was already cached: cached tokens priced as computed)")
+    notes += _derived_docs(p, "docs_warm_derived", "fallback's later cost",
+                           "no later fallback measured: the step with its document cached")
+    notes += _derived_docs(p, "docs_cold_derived", "fallback's cold cost",
+                           "its document was already cached: cached tokens priced as computed")
     return notes
+
+
+def _derived_docs(p: dict[str, Any], key: str, what: str, how: str) -> list[str]:
+    """One shape for 'this term was derived, not measured, for k of n documents' notes."""
+    if not p[key]:
+        return []
+    return [f"{what} DERIVED for {int(p[key])}/{int(p['docs'])} docs ({how})"]
 
 
 def _notes(p: dict[str, Any], sheet: PriceSheet, use: CacheUse = NO_USE) -> tuple[str, list[str]]:
