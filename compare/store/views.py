@@ -30,6 +30,17 @@ import numpy as np
 # prefix. At 0.5 a needle-grid request that reused half a haystack (the prefix before an
 # earlier needle) counted as warm and made long context's marginal cost look like a cold one.
 WARM_FRACTION = 0.9
+# A load run's id starts with this (compare/run/load.py load_run_id): its rows are requests
+# under traffic, each step's cache started cold, so a view that defaults to "every run" (an idle
+# comparison: quality, latency, cost) leaves load runs out unless they are named.
+LOAD_RUN_PREFIX = "load-"
+IDLE_RUN_SQL = f"NOT starts_with(run_id, '{LOAD_RUN_PREFIX}')"
+
+
+def idle_runs(con: duckdb.DuckDBPyConnection) -> list[str]:
+    """Every run but load runs, oldest first (what "all runs" means to an idle comparison)."""
+    return [str(r[0]) for r in con.execute(
+        f"SELECT run_id FROM runs WHERE {IDLE_RUN_SQL} ORDER BY created_at").fetchall()]
 
 
 
