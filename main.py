@@ -13,6 +13,7 @@ import typer
 
 from cli import console
 from cli.common import CONTEXT, EXIT_CODES, version_text
+from cli.context_need import context_need_cmd
 from cli.data import corpora_app, models_app, serve_cmd, video_app
 from cli.judge import judge_cmd
 from cli.load import load_cmd
@@ -73,6 +74,7 @@ app.command("export")(export_cmd)
 app.command("demo")(demo_cmd)
 app.command("load")(load_cmd)
 app.command("serve")(serve_cmd)
+app.command("context-need")(context_need_cmd)
 
 
 def _sigterm_as_interrupt(signum: int, frame: object) -> None:

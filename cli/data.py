@@ -36,6 +36,8 @@ CORPUS_KINDS = {
     "needle": "a fact planted in a book (Les Misérables) at set lengths x depths; variants single, "
               "multi, paraphrase, distractor",
     "babi": "bAbI facts planted through a book; evidence = where each supporting fact landed",
+    "aggregate": "one fact planted N times in a book among near-miss decoys: count / list / which-first "
+                 "questions that need every copy (RAG at k < N must miss some)",
     "leval": "an L-Eval long-document QA subset (quality, tpo, sci_fi, natural_question, ...)",
     "jsonl": "your own documents.jsonl + questions.jsonl (check with `ragvslc corpora import DIR`)",
     "hf": "HF-datasets-style JSON / JSONL / Parquet rows through a field mapping "
@@ -147,7 +149,7 @@ def _mapped_summary(path: Path, mapping: str, split: str | None, limit: int | No
 
 @video_app.command("ingest")
 def video_ingest(
-    file: Annotated[Path, typer.Argument(help="A video file.")],
+    file: Annotated[Path, typer.Argument(help="A video or audio file (.wav, .mp3, .flac: speech only).")],
     fps: Annotated[float, typer.Option(help="Frames sampled per second for OCR.")] = 1.0,
     scene: Annotated[float | None, typer.Option(help="Also sample on scene cuts above this.")] = None,
     no_ocr: Annotated[bool, typer.Option("--no-ocr", help="Skip on-screen text.")] = False,
@@ -155,8 +157,13 @@ def video_ingest(
     ocr: Annotated[
         OcrChoice, typer.Option("--ocr", help="OCR engine: rapidocr (scene text) or tesseract (clean pages).")
     ] = OcrChoice.rapidocr,
+    asr_model: Annotated[
+        str, typer.Option(help="Speech model: tiny.en or base (from PyPI packages).")
+    ] = "tiny.en",
+    asr_beam: Annotated[int, typer.Option(help="Speech beam size (1-10).")] = 1,
 ) -> None:
-    """Turn a video into the timeline both pipelines read (cached by file hash + settings)."""
+    """Turn a video or audio file into the timeline both pipelines read (cached by file hash +
+    settings)."""
     from corpora.asr import AsrError
     from corpora.ocr import OcrError
     from corpora.video import IngestSettings, VideoError, ingest
@@ -164,7 +171,8 @@ def video_ingest(
 
     try:
         settings = IngestSettings(fps=fps, scene_threshold=scene, ocr=not no_ocr, asr=not no_asr,
-                                  ocr_engine=ocr.value)  # type: ignore[arg-type]  # one of OCR_ENGINES
+                                  ocr_engine=ocr.value,  # type: ignore[arg-type]  # one of OCR_ENGINES
+                                  asr_model=asr_model, asr_beam_size=asr_beam)  # type: ignore[arg-type]
     except ValueError as exc:
         fail(str(exc))
     try:

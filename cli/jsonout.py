@@ -21,7 +21,8 @@ Row = Mapping[str, Any]
 
 # pipelines: [{label, metric, headline}], each pipeline of the run with its mean headline score
 # (`metric` names it: "headline", or for an old run never rescored the answer metric it scored).
-RUN_FIELDS = ("run_id", "created_at", "status", "corpus", "model", "pipelines", "predictions", "errors")
+RUN_FIELDS = ("run_id", "created_at", "status", "load", "corpus", "model", "pipelines", "predictions",
+              "errors")
 SUMMARY_FIELDS = (
     "run_id", "label", "pipeline", "params_hash", "n", "errors", "ttft_p50_ms", "ttft_p95_ms",
     "e2e_p50_ms", "e2e_p95_ms", "total_p50_ms", "context_tokens_mean", "prompt_tokens_mean",

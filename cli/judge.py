@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from cli import console
 from cli.common import DbOpt, JsonOpt, fail
+
+if TYPE_CHECKING:
+    from compare.core.secrets import HeaderValue
 
 
 def judge_cmd(
@@ -19,6 +22,15 @@ def judge_cmd(
     base_url: Annotated[
         str | None,
         typer.Option("--base-url", help="OpenAI-compatible server of the judge; default a managed vLLM."),
+    ] = None,
+    api_key_env: Annotated[
+        str, typer.Option("--api-key-env", metavar="VAR", help="The variable holding the judge "
+                          "endpoint's key (as [server] api_key_env; the key itself is never an option).")
+    ] = "OPENAI_API_KEY",
+    header: Annotated[
+        list[str] | None, typer.Option("--header", metavar="NAME=${VAR}", help="An extra header for the "
+                                       "judge's endpoint, its value read from the environment (as [server] "
+                                       "headers); repeatable. Never stored.")
     ] = None,
     model: Annotated[
         str | None, typer.Option("--model", help="Judge model; default another installed chat model than "
@@ -42,10 +54,12 @@ def judge_cmd(
     from compare.run.judge import ALL, JudgeResult, check_scope, default_judge, describe, judge_runs
     from compare.run.spec import validate_spec
     from compare.serving.client import HttpBackend
+    from compare.serving.endpoint import AuthError, Endpoint
     from compare.store.db import Store, StoreBusyError
 
     if metric and every:
         fail("give --metric or --all, not both")
+    headers = _headers(header or [])
     scope = ALL if every else metric
     try:
         check_scope(scope)
@@ -71,7 +85,7 @@ def judge_cmd(
                 first = url if isinstance(url, str) else url[0]
 
                 async def go() -> JudgeResult:
-                    async with HttpBackend(first, name) as backend:
+                    async with HttpBackend(Endpoint(first, api_key_env, headers), name) as backend:
                         return await judge_runs(store, backend, run or None, scope,
                                                 control_questions=controls)
 
@@ -79,7 +93,7 @@ def judge_cmd(
             runs = run or [str(r[0]) for r in store.con.execute("SELECT run_id FROM runs").fetchall()]
             rows = agreement(store.con, runs).to_dict("records")
             notes = judge_notes(store.con, runs)
-    except (StoreBusyError, ValueError) as exc:
+    except (StoreBusyError, ValueError, AuthError) as exc:  # a key variable unset or refused: one line
         fail(str(exc))
         return
     if as_json:
@@ -91,3 +105,19 @@ def judge_cmd(
         console.out.print(line, highlight=False, markup=False, soft_wrap=True)
     cols = ["run_id", "pipeline", "n", "judge_mean", "token_f1_mean", "agreement", "correlation"]
     console.table(rows, cols, title="judge vs token F1")
+
+
+def _headers(given: list[str]) -> dict[str, HeaderValue]:
+    """`NAME=${VAR}` per --header, as `[server] headers` spells a value from the environment. A
+    secret-looking literal is refused: on a command line it sits in the shell's history and `ps`."""
+    from compare.core.secrets import HeaderValue, literal_secrets
+
+    out: dict[str, HeaderValue] = {}
+    for item in given:
+        name, eq, value = item.partition("=")
+        if not eq or not name.strip():
+            fail(f"--header {name!r}: give NAME=${{VAR}} (the value read from $VAR)")
+        out[name.strip()] = HeaderValue.parse(value)
+    if found := literal_secrets(out):
+        fail(f"--header {', '.join(found)}: a secret-looking literal value; give NAME=${{VAR}} and set $VAR")
+    return out

@@ -19,7 +19,7 @@ COLUMNS = (
     "pipeline", "step", "status", "sent", "answered", "achieved_rps", "ttft_p50_ms", "ttft_p99_ms",
     "e2e_p50_ms", "e2e_p99_ms", "slo_attainment", "goodput_rps", "hit_rate", "quality", "quality_idle",
 )
-TOP_LEVEL = ("run_id", "idle_run_id", "db", "slos", "steps")
+TOP_LEVEL = ("run_id", "idle_run_id", "db", "slos", "probes", "steps")
 
 
 def _positive(name: str, values: list[Any] | None) -> list[Any] | None:
@@ -38,11 +38,19 @@ def _slo(name: str, value: float | None) -> float | None:
 def load_cmd(
     spec: Annotated[
         Path, typer.Option(help="Run spec (TOML) with the corpus, pipelines and a [load] section.")],
-    rates: Annotated[
-        str | None, typer.Option(help="Request rates (requests/s), one step each, e.g. 0.5,1.")] = None,
+    rates: Annotated[str | None, typer.Option(
+        help="Request rates (requests/s), one step each, e.g. 0.5,1; or auto: a saturation probe, "
+             "then rates spread up to its throughput.")] = None,
     concurrency: Annotated[
         str | None, typer.Option(help="Fixed-concurrency steps (closed loop), e.g. 1,4.")] = None,
     requests: Annotated[int | None, typer.Option(help="Requests per step and pipeline.")] = None,
+    trace: Annotated[Path | None, typer.Option(
+        help="A timestamped JSONL trace replayed as one more step (timestamp in ms, doc_id / "
+             "doc_index / hash_ids).")] = None,
+    trace_time_scale: Annotated[float | None, typer.Option(
+        help="The trace's offsets times this (0.5: twice as fast).")] = None,
+    workload: Annotated[Path | None, typer.Option(
+        help="A workload TOML: its questions_per_doc sets each document's question mix.")] = None,
     slo_ttft_ms: Annotated[float | None, typer.Option(help="SLO: time to first token, ms.")] = None,
     slo_e2e_ms: Annotated[float | None, typer.Option(help="SLO: end-to-end latency, ms.")] = None,
     slo_tpot_ms: Annotated[float | None, typer.Option(help="SLO: time per output token, ms.")] = None,
@@ -60,14 +68,19 @@ def load_cmd(
     from compare.store.db import StoreBusyError
 
     try:
-        rate_list = _positive("--rates", csv_list(rates, float))
+        rate_list: list[Any] | str | None = (
+            "auto" if rates is not None and rates.strip().lower() == "auto"
+            else _positive("--rates", csv_list(rates, float)))
         conc_list = _positive("--concurrency", csv_list(concurrency, int))
     except ValueError as exc:  # "0.5,x": not a number
         fail(f"--rates/--concurrency: {exc}")
     _positive("--requests", [requests] if requests is not None else None)
+    _positive("--trace-time-scale", [trace_time_scale] if trace_time_scale is not None else None)
     try:
         run_spec = with_traffic(
             load_spec(spec), str(spec), rates=rate_list, concurrency=conc_list, requests=requests,
+            trace=str(trace.resolve()) if trace else None, trace_time_scale=trace_time_scale,
+            workload=str(workload.resolve()) if workload else None,
             slo_ttft_ms=_slo("--slo-ttft-ms", slo_ttft_ms), slo_e2e_ms=_slo("--slo-e2e-ms", slo_e2e_ms),
             slo_tpot_ms=_slo("--slo-tpot-ms", slo_tpot_ms))
     except SpecError as exc:
@@ -85,10 +98,14 @@ def load_cmd(
         console.say("interrupted: finished rows are saved and the step is marked incomplete; "
                     "run the same command again to resume")
         raise typer.Exit(INTERRUPTED) from None
-    print_steps(db, result.run_id, result.idle_run_id, run_spec.load.slos() if run_spec.load else {}, as_json)
+    print_steps(db, result.run_id, result.idle_run_id, run_spec.load.slos() if run_spec.load else {}, as_json,
+                result.probes)
 
 
-def print_steps(db: Path, run_id: str, idle_run_id: str, slos: dict[str, float], as_json: bool) -> None:
+def print_steps(db: Path, run_id: str, idle_run_id: str, slos: dict[str, float], as_json: bool,
+                probes: dict[str, dict[str, Any]] | None = None) -> None:
+    """The steps' table (or --json); `probes`: an automatic sweep's probe per pipeline
+    (probe_rps, probe_concurrency, the rates derived from it)."""
     import duckdb
 
     from compare.analysis.load import step_metrics
@@ -97,10 +114,13 @@ def print_steps(db: Path, run_id: str, idle_run_id: str, slos: dict[str, float],
         rows = step_metrics(con, run_id, slos)
     if as_json:
         console.emit_json({"run_id": run_id, "idle_run_id": idle_run_id, "db": str(db), "slos": slos,
-                           "steps": rows})
+                           "probes": probes or {}, "steps": rows})
         return
     slo_text = ", ".join(f"{k} <= {v:g} ms" for k, v in slos.items()) or "none given (every answer is good)"
     console.table(rows, COLUMNS, title=f"{run_id} ({db}); SLOs: {slo_text}")
+    for name, probe in (probes or {}).items():
+        console.say(f"{name}: saturation probe {probe['probe_rps']:.3g} requests/s at concurrency "
+                    f"{probe['probe_concurrency']} -> rates {', '.join(f'{r:g}' for r in probe['rates'])}")
     for r in rows:
         if not r["steady"]:
             note = f" ({r['note']})" if r["note"] else ""

@@ -29,6 +29,8 @@ def print_recommendation(rec: Recommendation, *, wide: bool = False) -> None:
     wl, say = rec.workload, console.out.print
     for d in rec.decisions:  # issue 24: the same decision line as the run's output and the report
         say(f"decision (run {d.run_id}): {d.sentence}", markup=False, highlight=False)
+    for sv in rec.strata:  # issue 30: the same rules per kind of question, each with its n
+        say(f"  {sv.line}", markup=False, highlight=False)
     if rec.coverage != "covered":
         console.say(f"[red]evidence {rec.coverage.upper()}[/red] for workload {wl.name!r} "
                     f"(model {rec.model or '?'}):")

@@ -28,7 +28,7 @@ RunOpt = Annotated[
     typer.Option("--run", help="Run id(s), or a unique prefix of one; repeatable. Default: all."),
 ]
 # `runs` without --wide: what a run is and how it went, the ids whole.
-NARROW_RUNS = ("run_id", "created_at", "status", "corpus", "pipelines", "predictions", "errors")
+NARROW_RUNS = ("run_id", "created_at", "status", "load", "corpus", "pipelines", "predictions", "errors")
 # `cost` without --wide: the strategy, its price view, then $ per query at each q.
 NARROW_COST = ("label", "view", "n")
 
@@ -61,18 +61,44 @@ def runs_cmd(
             # Per run: `headline`, or for a run stored before it (never rescored) the answer
             # metric it did score, named, as the report reads it.
             metric = {str(r["run_id"]): headline_metric(store.con, [str(r["run_id"])]) for r in rows}
+            steps = _load_steps(store.con)
     except (StoreBusyError, duckdb.Error) as exc:
         fail(str(exc))
     for r in rows:
         m = metric[str(r["run_id"])]
         mine = [s for s in summary if s["run_id"] == r["run_id"]]
         r["pipelines"] = [{"label": s["label"], "metric": m, "headline": s.get(m)} for s in mine]
+        r["load"] = steps.get(str(r["run_id"]))
     if as_json:
         console.emit_json({"db": str(db), "runs": [jsonout.pick(r, jsonout.RUN_FIELDS) for r in rows]})
         return
-    shown = [{**r, "pipelines": "; ".join(f"{p['label']} {_score(p['headline'], p['metric'])}"
-                                          for p in r["pipelines"])} for r in rows]
+    shown = [{**r, "load": _load_text(r["load"]), "pipelines": "; ".join(
+        f"{p['label']} {_score(p['headline'], p['metric'])}" for p in r["pipelines"])} for r in rows]
     console.table(shown, jsonout.RUN_FIELDS if wide else NARROW_RUNS)
+
+
+def _load_steps(con: Any) -> dict[str, dict[str, int]]:
+    """A load run's steps by status (`ragvslc load`: its headline is quality under traffic, not
+    an idle comparison); idle runs have none. A store from before load runs has no table."""
+    import duckdb
+
+    try:
+        got = con.execute("SELECT run_id, status, count(*) FROM load_steps GROUP BY ALL").fetchall()
+    except duckdb.CatalogException:
+        return {}
+    out: dict[str, dict[str, int]] = {}
+    for run_id, status, n in got:
+        out.setdefault(str(run_id), {"steps": 0})[str(status)] = int(n)
+        out[str(run_id)]["steps"] += int(n)
+    return out
+
+
+def _load_text(load: dict[str, int] | None) -> str:
+    """A load run's tag, e.g. `load: 6 steps (1 saturated)`; nothing for an idle run."""
+    if not load:
+        return ""
+    odd = [f"{n} {s}" for s, n in sorted(load.items()) if s not in ("steps", "done")]
+    return f"load: {load['steps']} steps" + (f" ({', '.join(odd)})" if odd else "")
 
 
 def _score(value: float | None, metric: str) -> str:

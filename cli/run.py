@@ -4,6 +4,7 @@ same door a notebook uses), and the summary is printed with the exit codes of cl
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -87,34 +88,35 @@ def run_cmd(
     wide: WideOpt = False,
 ) -> None:
     """Run a comparison; rerunning the same spec resumes it."""
-    from compare.run.spec import SpecError, load_spec
-
-    try:
-        run_spec = load_spec(spec, {
-            "corpus.lengths": lengths, "corpus.depths": depths, "server.model": model,
-            "concurrency": concurrency, "server.replicas": replicas,
-            "schedule": schedule.value if schedule else None,
-            "server.router": router.value if router else None,
-        })
-    except SpecError as exc:
-        fail(str(exc))
-    run_and_summarise(run_spec, db, base_url, data_dir, retry_errors, as_json=as_json,
-                      fail_on_error=fail_on_error, wide=wide)
+    run_and_summarise(spec, db, base_url, data_dir, retry_errors, as_json=as_json,
+                      fail_on_error=fail_on_error, wide=wide, overrides={
+                          "corpus.lengths": lengths, "corpus.depths": depths, "server.model": model,
+                          "concurrency": concurrency, "server.replicas": replicas,
+                          "schedule": schedule.value if schedule else None,
+                          "server.router": router.value if router else None,
+                      })
 
 
 def run_and_summarise(
-    run_spec: RunSpec, db: Path, base_url: list[str] | None, data_dir: Path | None, retry_errors: bool,
-    shared: Serving | None = None, *, as_json: bool = False, fail_on_error: bool = False, wide: bool = False,
+    source: RunSpec | Path | None, db: Path, base_url: list[str] | None, data_dir: Path | None,
+    retry_errors: bool, shared: Serving | None = None, *, as_json: bool = False, fail_on_error: bool = False,
+    wide: bool = False, overrides: Mapping[str, Any] | None = None,
 ) -> str:
-    """Run through the Python API, then print the summary (a table, or with `as_json` the `run`
-    JSON object); exit 1 after the summary if `fail_on_error` and any row of the run (also a
-    resumed one) failed."""
+    """Run a spec through the Python API, then print the summary (a table, or with `as_json` the
+    `run` JSON object); exit 1 after the summary if `fail_on_error` and any row of the run (also a
+    resumed one) failed. `source` is a RunSpec, or a spec file (None: the defaults) that gets the
+    command line's `overrides` and is validated once, here, before anything starts."""
     from compare import api
     from compare.run.runner import RunStopped
+    from compare.run.spec import RunSpec, SpecError, load_spec
     from compare.serving.server import ServerError
     from compare.serving.weights import ModelError
     from compare.store.db import StoreBusyError
 
+    try:
+        run_spec = source if isinstance(source, RunSpec) else load_spec(source, overrides)
+    except SpecError as exc:
+        fail(str(exc))
     try:
         with console.progress_bar() as progress:
             result = api.run(run_spec, db, say=console.say, base_url=base_url, data_dir=data_dir,

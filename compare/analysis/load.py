@@ -12,7 +12,10 @@ incomplete or skipped step gets no throughput, attainment or goodput (its latenc
 did answer, are shown and flagged `steady: false`), so it is never averaged in as if steady.
 The hit rate is the server's (/metrics prefix_cache_hits over queries during the step: on a
 shared server it includes others' traffic); `row_hit_rate` is the step's own rows' cached
-prompt tokens over prompt tokens, as the responses' usage reported them.
+prompt tokens over prompt tokens, as the responses' usage reported them. `derived_hit_rate` is
+not measured: compare/analysis/cache_model.py's prediction for the step's own requests (in send
+order, with their prompt and output lengths) when the run recorded the server's KV pool
+(`--num-gpu-blocks-override`); `derived_hit_rate_basis` says what it assumed.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from typing import Any
 import duckdb
 import numpy as np
 
+from compare.analysis import cache_model
 from compare.store import views
 
 PERCENTILES = (50, 90, 99)
@@ -38,7 +42,7 @@ STEP_FIELDS = (
     *(f"ttft_p{p}_ms" for p in PERCENTILES), *(f"itl_p{p}_ms" for p in PERCENTILES),
     *(f"e2e_p{p}_ms" for p in PERCENTILES), *(f"tpot_p{p}_ms" for p in PERCENTILES),
     "queue_p50_ms", "queue_max_ms", "good", "slo_attainment", "goodput_rps", "hit_rate",
-    "row_hit_rate", "quality", "quality_idle", "idle_run_id",
+    "row_hit_rate", "derived_hit_rate", "derived_hit_rate_basis", "quality", "quality_idle", "idle_run_id",
 )
 
 
@@ -56,7 +60,53 @@ def step_metrics(
         "SELECT * FROM load_steps WHERE run_id = ? "
         "ORDER BY started_at, pipeline, concurrency NULLS FIRST, rate", [run_id])
     cols = [c[0] for c in cur.description]
-    return [_step(con, dict(zip(cols, r, strict=True)), slos or {}, metric) for r in cur.fetchall()]
+    records = cur.fetchall()  # before any other query: the cursor is the connection's
+    pool = server_pool(con, run_id)
+    out = []
+    for r in records:
+        rec = dict(zip(cols, r, strict=True))
+        row = _step(con, rec, slos or {}, metric)
+        if pool is not None:
+            row["derived_hit_rate"] = predicted_hit_rate(con, run_id, rec["pipeline"], rec["params_hash"],
+                                                         rec["step"], pool)
+            row["derived_hit_rate_basis"] = (
+                f"derived, not measured: LRU over {pool[0]} KV blocks of {pool[1]} tokens "
+                "(compare/analysis/cache_model.py), the step's requests one after another in send order")
+        out.append(row)
+    return out
+
+
+def server_pool(con: duckdb.DuckDBPyConnection, run_id: str) -> tuple[int, int] | None:
+    """(KV blocks, block size) of the run's server when its recorded command line bounded the
+    pool; None otherwise (a pool sized by memory depends on the model's layers: not guessed)."""
+    row = con.execute("SELECT server FROM runs WHERE run_id = ?", [run_id]).fetchone()
+    info = json.loads(row[0]) if row and row[0] else {}
+    args = info.get("args") if isinstance(info, dict) else None
+    if not isinstance(args, list):
+        return None
+    blocks, size = cache_model.blocks_from_args([str(a) for a in args])
+    return None if blocks is None else (blocks, size)
+
+
+def predicted_hit_rate(
+    con: duckdb.DuckDBPyConnection, run_id: str, pipeline: str, params_hash: str, step: str,
+    pool: tuple[int, int],
+) -> float | None:
+    """The cache model's hit rate for one step's stored requests. A long-context request shares
+    its document's context with the document's other questions; any other request shares only
+    with the same question asked again (retrieval picks per question). Each step is salted per
+    document (compare/run/load.py), so a step starts from a cache with none of its blocks."""
+    views.install(con)
+    rows = con.execute(
+        "SELECT e.doc_ids, coalesce(json_extract_string(e.tags, '$.load_question'), p.example_id), "
+        "p.prompt_tokens, coalesce(p.output_tokens, 0), coalesce(p.context_tokens, 0), p.role "
+        "FROM request_rows p JOIN examples e ON e.run_id = p.run_id AND e.example_id = p.example_id "
+        "WHERE p.run_id = ? AND p.pipeline = ? AND p.params_hash = ? AND p.load_step = ? "
+        "AND p.prompt_tokens IS NOT NULL ORDER BY p.sent_ms NULLS LAST, p.seq",
+        [run_id, pipeline, params_hash, step]).fetchall()
+    reqs = [cache_model.Request(str(doc), int(prompt), int(ctx) if role == "long_context" else 0, str(q),
+                                int(out)) for doc, q, prompt, out, ctx, role in rows]
+    return cache_model.predict(reqs, *pool).hit_rate if reqs else None
 
 
 def _step(con: duckdb.DuckDBPyConnection, rec: Mapping[str, Any], slos: Mapping[str, float],

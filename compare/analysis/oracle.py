@@ -50,7 +50,7 @@ _ROWS = """
 WITH p AS (
     SELECT p.run_id, p.example_id, p.pipeline, p.params_hash, p.seq, e.doc_ids,
         p.kind, p.role, p.error, p.prompt_tokens, p.cached_tokens, p.output_tokens, p.total_ms, p.route,
-        p.context_tokens, s.value AS score
+        p.context_tokens, p.steps, s.value AS score
     FROM request_rows p JOIN example_rows e USING (run_id, example_id) LEFT JOIN scores s
         ON s.run_id = p.run_id AND s.example_id = p.example_id AND s.pipeline = p.pipeline
         AND s.params_hash = p.params_hash AND s.metric = $metric
@@ -117,18 +117,27 @@ def _runs(con: duckdb.DuckDBPyConnection, run_ids: Sequence[str] | None) -> list
     return [str(r[0]) for r in con.execute("SELECT run_id FROM runs ORDER BY created_at").fetchall()]
 
 
-def _query(
-    con: duckdb.DuckDBPyConnection, sql: str, runs: list[str], metric: str | None, cost_by: CostBy,
-    correct_at: float,
-) -> pd.DataFrame:
+def oracle_frames(
+    con: duckdb.DuckDBPyConnection, runs: list[str], metric: str | None, cost_by: CostBy, correct_at: float,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(every counted row on the common questions, the oracle's pick per question): what the
+    tables here aggregate, and what compare/analysis/regret.py prices row by row."""
     if cost_by not in COST_BY:
         raise ValueError(f"cost_by must be one of {', '.join(COST_BY)}, got {cost_by!r}")
     metric = metric or headline_metric(con, runs)
     params = {"runs": runs, "metric": metric, "correct_at": correct_at, "cost_by": cost_by}
     views.install(con)
     rows = con.execute(_ROWS, params).df()
+    return rows, oracle_choice(rows, cost_by)
+
+
+def _query(
+    con: duckdb.DuckDBPyConnection, sql: str, runs: list[str], metric: str | None, cost_by: CostBy,
+    correct_at: float,
+) -> pd.DataFrame:
+    rows, chosen = oracle_frames(con, runs, metric, cost_by, correct_at)
     con.register("_oracle_rows", rows)
-    con.register("_oracle_chosen", oracle_choice(rows, cost_by))
+    con.register("_oracle_chosen", chosen)
     try:
         return con.execute(sql).df()
     finally:

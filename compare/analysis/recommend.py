@@ -58,6 +58,7 @@ from compare.analysis.doc_costs import doc_costs, weighted_usd
 from compare.analysis.load import Busy, measured_busy
 from compare.analysis.prices import ApiPrices, choose_sheet
 from compare.analysis.summary import describe
+from compare.analysis.verdict import StratumVerdict, stratum_verdicts
 from compare.analysis.workload import Workload
 from compare.store import views
 
@@ -84,6 +85,7 @@ class Recommendation:
     assumptions: list[str] = field(default_factory=list)
     price_sheet: str | None = None
     decisions: list[Decision] = field(default_factory=list)  # per evidence run (compare/analysis/decision.py)
+    strata: list[StratumVerdict] = field(default_factory=list)  # per evidence run and kind of question
 
 
 _EVIDENCE = """
@@ -123,7 +125,9 @@ def _select_runs(con: duckdb.DuckDBPyConnection, wl: Workload, run_ids: Sequence
     """(model, run ids with predictions for it, coverage notes when there are none)."""
     rows = con.execute("SELECT run_id, model, corpus FROM runs r WHERE EXISTS (SELECT 1 FROM "
                        "predictions p WHERE p.run_id = r.run_id) ORDER BY created_at").fetchall()
-    rows = [r for r in rows if run_ids is None or r[0] in run_ids]
+    # Unnamed, load runs are left out: their rows were asked under traffic (compare/analysis/load.py).
+    rows = [r for r in rows if r[0] in run_ids] if run_ids is not None else \
+        [r for r in rows if not str(r[0]).startswith(views.LOAD_RUN_PREFIX)]
     models = sorted({str(r[1]) for r in rows})
     if wl.model is None and len(models) != 1:
         return None, [], [f"the database holds runs of {len(models)} models ({', '.join(models) or 'none'}); "
@@ -248,6 +252,7 @@ def recommend(db_path: Path | str, workload: Workload, run_ids: Sequence[str] | 
                 for p, h in set(zip(ev["pipeline"], ev["params_hash"], strict=True))}
         decisions = [decision_for(con, r, workload.questions_per_doc, sheet, workload.cache_use, view)
                      for r in runs]  # the one decision line per evidence run (issue 24 item 12)
+        strata = [sv for r in runs for sv in stratum_verdicts(con, r, workload.questions_per_doc, sheet)]
     terms = terms[terms["view"] == view] if not terms.empty else terms
     ev = ev[ev["length"].notna()]
     lengths = ev.assign(key=ev["run_id"] + "\x1f" + ev["doc_ids"]).groupby("key")["length"].first()
@@ -291,7 +296,7 @@ def recommend(db_path: Path | str, workload: Workload, run_ids: Sequence[str] | 
     return Recommendation(
         workload, model, "partial" if notes else "covered", notes, rows, winner, reasons + excluded,
         sorted({r for row in rows for r in row["run_ids"]}), {k: ms for k, (_, ms) in bins.items()},
-        assumptions, sheet_name, decisions)
+        assumptions, sheet_name, decisions, strata)
 
 
 def _busy(b: Busy | None, estimate: float, wl: Workload, notes: list[str]) -> float:

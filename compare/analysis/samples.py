@@ -90,12 +90,11 @@ def _costs(con: duckdb.DuckDBPyConnection, runs: Sequence[str], sheet: PriceShee
 def samples(con: duckdb.DuckDBPyConnection, run_ids: Sequence[str] | None = None,
             sheet: PriceSheet | None = None) -> pd.DataFrame:
     """One row per stored request (see the module docstring; `COLUMNS` says what each column is).
-    `run_ids` None: every run. `sheet` None: the sheet the report would choose."""
+    `run_ids` None: every run but load runs. `sheet` None: the sheet the report would choose."""
     from compare.analysis.prices import choose_sheet
 
     views.install(con)
-    runs = list(run_ids) if run_ids is not None else [
-        str(r[0]) for r in con.execute("SELECT run_id FROM runs ORDER BY created_at").fetchall()]
+    runs = list(run_ids) if run_ids is not None else views.idle_runs(con)  # load runs only when named
     rows = con.execute(_ROWS, {"runs": runs}).df()
     if rows.empty:
         return rows

@@ -22,10 +22,11 @@ _KEY = ["run_id", "pipeline", "params_hash"]
 
 
 def latest_run_id(con: duckdb.DuckDBPyConnection) -> str | None:
-    """The newest run that has predictions: a run that just started has nothing to report."""
+    """The newest run that has predictions (a run that just started has nothing to report); an
+    idle run before any load run (a load run's rows are not an idle comparison)."""
     row = con.execute(
         "SELECT r.run_id FROM runs r WHERE EXISTS (SELECT 1 FROM predictions p WHERE p.run_id = r.run_id) "
-        "ORDER BY r.created_at DESC, r.run_id DESC LIMIT 1"
+        f"ORDER BY {views.IDLE_RUN_SQL} DESC, r.created_at DESC, r.run_id DESC LIMIT 1"
     ).fetchone()
     return str(row[0]) if row else None
 
@@ -47,7 +48,7 @@ def _runs(con: duckdb.DuckDBPyConnection, run_ids: list[str] | None) -> list[str
     """`None` means every run in the store (the report narrows it to the latest itself)."""
     if run_ids is not None:
         return list(run_ids)
-    return [str(r[0]) for r in con.execute("SELECT run_id FROM runs ORDER BY created_at").fetchall()]
+    return views.idle_runs(con)  # load runs only when named
 
 
 # Before the headline existed (or with a spec that left it out), the report read these instead.

@@ -18,11 +18,12 @@ from typing import Any
 
 import duckdb
 import pandas as pd
+from scipy import stats as sst
 
 from compare.analysis.answer_checks import answer_caveats
 from compare.analysis.cache_checks import leak_caveats, prefix_hit_rates
 from compare.analysis.decision import BreakEven, Decision, PipelineFacts, break_even_words
-from compare.analysis.stats import Interval
+from compare.analysis.stats import ALPHA, Interval
 
 # NoLiMa's rule (Modarressi et al. 2025): the effective length is the longest tested context at
 # which a model keeps at least 85% of its score at the shortest tested length.
@@ -250,6 +251,61 @@ def add_cache_facts(v: Verdict, con: duckdb.DuckDBPyConnection) -> Verdict:
     return v
 
 
+def min_stratum_questions() -> int:
+    """The fewest questions on which the exact McNemar test can ever separate two pipelines at
+    ALPHA (every question discordant, all one way): below it a stratum's quality cannot decide,
+    whatever the answers. Found with scipy, not hard-coded, so it follows ALPHA (6 at 0.05)."""
+    n = 1
+    while sst.binomtest(n, n).pvalue >= ALPHA:
+        n += 1
+    return n
+
+
+@dataclass(frozen=True)
+class StratumVerdict:
+    """The decision's rules over one stratum's questions (issue 30), with where its stratum came from."""
+
+    stratum: str
+    n: int  # questions of the run in the stratum
+    sources: dict[str, int]  # how many were placed by label / spans / probe / none
+    decision: Decision  # the rules over the stratum's questions (its facts: quality, p50, cost)
+    too_few: bool  # fewer questions than min_stratum_questions(): the decision is not stated
+    line: str
+
+
+def stratum_verdicts(con: duckdb.DuckDBPyConnection, run_id: str, q: int = 10, sheet: Any = None
+                     ) -> list[StratumVerdict]:
+    """Per stratum of the run's questions (compare/analysis/strata.py), in STRATA order: the decision
+    made on its questions alone; a stratum with fewer than min_stratum_questions() says "too few
+    questions" and still shows each pipeline's quality with its interval and n. Empty when the run's
+    questions all share one stratum (its verdict is the run's)."""
+    from compare.analysis import prices
+    from compare.analysis.decision import decision_for
+    from compare.analysis.strata import STRATA, run_strata
+
+    strata = run_strata(con, run_id)
+    if strata["stratum"].nunique() < 2:
+        return []
+    sheet = sheet if sheet is not None else prices.choose_sheet(con, [run_id], None).sheet
+    need, out = min_stratum_questions(), []
+    for name in STRATA:
+        g = strata[strata["stratum"] == name]
+        if g.empty:
+            continue
+        d = decision_for(con, run_id, q, sheet, subset=(set(g["example_id"]), set(g["doc_key"])))
+        sources = {str(k): int(v) for k, v in g["source"].value_counts().sort_index().items()}
+        head = f"stratum {name} (n = {len(g)}; from {', '.join(f'{k} {v}' for k, v in sources.items())})"
+        if len(g) < need:
+            each = "; ".join(f"{f.label} {f.quality.value:.3f} {_ci(f.quality)} (n = {f.quality.n})"
+                             for f in d.pipelines if f.quality is not None)
+            out.append(StratumVerdict(name, len(g), sources, d, True,
+                                      f"{head}: too few questions to decide (the paired test needs >= "
+                                      f"{need}); quality {each or 'not measured'}"))
+            continue
+        out.append(StratumVerdict(name, len(g), sources, d, False, f"{head}: {d.sentence}"))
+    return out
+
+
 def verdict_for(con: duckdb.DuckDBPyConnection, run_id: str, q: int = 10) -> Verdict:
     """The verdict of one stored run, priced with the sheet the report would choose (what the
     terminal prints after a run; the report builds the same from the numbers it shows)."""
@@ -264,5 +320,7 @@ def verdict_for(con: duckdb.DuckDBPyConnection, run_id: str, q: int = 10) -> Ver
     sheet = prices.choose_sheet(con, [run_id], None).sheet
     table = cost_table(con, [run_id], sheet, (q,))
     decision = decision_for(con, run_id, q, sheet)
-    return add_cache_facts(run_verdict(run_id, rows, lengths, metric, table, break_even(table), q, decision),
-                           con)
+    v = add_cache_facts(run_verdict(run_id, rows, lengths, metric, table, break_even(table), q, decision),
+                        con)
+    v.lines += [sv.line for sv in stratum_verdicts(con, run_id, q, sheet)]  # issue 30: per kind of question
+    return v

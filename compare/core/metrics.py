@@ -19,7 +19,6 @@ from collections.abc import Mapping, Sequence
 from compare.core import choices as choice_parsing
 from compare.core.protocols import Metric
 from compare.core.registry import METRICS, register_metric
-from compare.core.timeline import retrieved_seconds  # the one char<->seconds mapping
 from compare.core.types import Example, Prediction
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
@@ -124,6 +123,28 @@ def contains_all(ex: Example, pred: Prediction) -> float | None:
         return None
     got = f" {normalize(pred.answer)} "
     return sum(f" {g} " in got for g in golds) / len(golds)
+
+
+_COUNT_WORDS = {w: i for i, w in enumerate((
+    "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve",
+    "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen", "nineteen", "twenty",
+))} | {"once": 1, "twice": 2, "thrice": 3}
+_COUNT = re.compile(rf"\b(\d+|{'|'.join(_COUNT_WORDS)})\b", re.IGNORECASE)
+
+
+@register_metric("count_match")
+def count_match(ex: Example, pred: Prediction) -> float | None:
+    """A count question (answer_format "count"): the FIRST number the reply names (digits or a
+    word up to twenty) equals the gold. Not `contains`: "3 of the 4 mentions" names the gold 4
+    but answers 3. A reply naming no number scores 0."""
+    golds = [int(a) for a in ex.answers if a.strip().isdigit()]
+    if not pred.ok or ex.tags.get("answer_format") != "count" or not golds:
+        return None
+    m = _COUNT.search(pred.answer)
+    if m is None:
+        return 0.0
+    word = m.group(1).lower()
+    return float((int(word) if word.isdigit() else _COUNT_WORDS[word]) in golds)
 
 
 def _choices(ex: Example) -> dict[str, str]:
@@ -236,77 +257,13 @@ def evidence_mrr(ex: Example, pred: Prediction) -> float | None:
 
 
 
-# --- video: evidence in seconds, replies that name times -------------------------------------
-_CLOCK = re.compile(r"(?<![\d.:])(\d{1,3}):([0-5]\d)(?::([0-5]\d))?(\.\d+)?(?![\d:])")
-_SECONDS = re.compile(  # "151 s", "151.5-165 s", "151 to 165 seconds"
-    r"(?<![\d.:])(\d+(?:\.\d+)?)(?:\s*(?:-|–|to|and)\s*(\d+(?:\.\d+)?))?\s*(?:s|sec|secs|seconds?)\b",
-    re.IGNORECASE,
-)
-_BARE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*$")
-
-
-def parse_times(reply: str) -> list[float]:
-    """Times a reply names, in order, in seconds: "00:02:31", "2:31", "151 s", "2:31-2:45"."""
-    found: list[tuple[int, float]] = []
-    for m in _CLOCK.finditer(reply):
-        a, b, c, frac = m.groups()
-        h, mi, s = (int(a), int(b), int(c)) if c is not None else (0, int(a), int(b))
-        found.append((m.start(), h * 3600 + mi * 60 + s + float(frac or 0)))
-    for m in _SECONDS.finditer(reply):
-        found += [(m.start(i), float(g)) for i, g in enumerate(m.groups(), 1) if g is not None]
-    if not found and (bare := _BARE.match(reply)):
-        found.append((0, float(bare.group(1))))
-    return [t for _, t in sorted(found)]
-
-
-def _time_reply(ex: Example, pred: Prediction) -> tuple[float, float, float, float] | None:
-    """(pred start, pred end, gold start, gold end) for a time question; pred NaN if unparsed."""
-    if not pred.ok or ex.tags.get("answer_format") != "time" or not ex.evidence:
-        return None
-    times = parse_times(pred.answer)[:2]
-    lo, hi = (min(times), max(times)) if times else (float("nan"), float("nan"))
-    return lo, hi, ex.evidence[0].start, ex.evidence[0].end
-
-
-@register_metric("time_iou")
-def time_iou(ex: Example, pred: Prediction) -> float | None:
-    """Overlap / union of the replied interval and the gold one (a single time scores 0)."""
-    got = _time_reply(ex, pred)
-    if got is None:
-        return None
-    lo, hi, g0, g1 = got
-    if not hi > lo:  # NaN (nothing parsed) or an instant
-        return 0.0
-    inter = max(0.0, min(hi, g1) - max(lo, g0))
-    return inter / (max(hi, g1) - min(lo, g0))
-
-
-@register_metric("time_hit")
-def time_hit(ex: Example, pred: Prediction) -> float | None:
-    """1 if the replied time (an interval's midpoint) is inside the gold interval +- 1 s."""
-    got = _time_reply(ex, pred)
-    if got is None:
-        return None
-    lo, hi, g0, g1 = got
-    tol = float(ex.tags.get("time_tolerance_s", 1.0))
-    return float(g0 - tol <= (lo + hi) / 2 <= g1 + tol)
-
-
-@register_metric("evidence_recall_time")
-def evidence_recall_time(ex: Example, pred: Prediction) -> float | None:
-    """evidence_recall for video: retrieved character spans mapped to seconds through the
-    example's `time_map` tag (timeline line offsets -> seconds), then overlapped with the gold
-    spans in seconds."""
-    tag = ex.tags.get("time_map")
-    if ex.tags.get("evidence_unit") != "seconds" or not isinstance(tag, str):
-        return None
-    if not ex.evidence or not pred.retrieved:
-        return None
-    got = retrieved_seconds(tag, pred.retrieved)
-    return sum(any(e.overlaps(r) for r in got) for e in ex.evidence) / len(ex.evidence)
-
-
-
+# --- video: evidence in seconds, replies that name times (time_metrics.py) ------------------
+# Re-exported (the video metrics' names were first met here); imported here, not at the top,
+# so the registry keeps its order.
+from compare.core.time_metrics import evidence_recall_time as evidence_recall_time  # noqa: E402
+from compare.core.time_metrics import parse_times as parse_times  # noqa: E402
+from compare.core.time_metrics import time_hit as time_hit  # noqa: E402
+from compare.core.time_metrics import time_iou as time_iou  # noqa: E402
 
 # --- the headline: each question's own metric ------------------------------------------------
 HEADLINE = "headline"
@@ -320,6 +277,7 @@ PRIMARY_BY_FORMAT: Mapping[str, str] = {
     "free": "token_f1",  # free text: a phrase or sentences (or the judge, where declared)
     "exact": "contains",  # a short gold said inside a chatty reply (topic retrieval)
     "short": "contains",  # a short answer (a needle's number, a bAbI word, a name)
+    "count": "count_match",  # how many times: the first number the reply names (corpora/aggregate.py)
 }
 SHORT_ANSWER = "contains"  # no format, short golds: said inside a chatty reply
 JUDGE = "judge"  # the LLM judge's verdicts (compare/run/judge.py): declared, never a default

@@ -55,6 +55,10 @@ class Registry(Mapping[str, T], Generic[T]):
     def __iter__(self) -> Iterator[str]:
         return iter(self._items)
 
+    def names(self) -> list[str]:
+        """Every registered name, in registration order (a spec's default: all of them)."""
+        return list(self._items)
+
 
 def spec_kind(spec: type[BaseModel]) -> str:
     """The `kind` a spec class answers to: its `kind` field's default."""

@@ -39,6 +39,43 @@ class Entry:
 
 
 @dataclass(frozen=True)
+class Word:
+    """One recognised word and when it was said (faster-whisper's word timestamps)."""
+
+    start: float
+    end: float
+    text: str
+
+
+SENTENCE_END = (".", "?", "!")
+
+
+def speech_lines(words: Sequence[Word], *, max_s: float = 6.0, gap_s: float = 0.8) -> list[Entry]:
+    """Words as speech lines that start when their first word is said: a line ends at a
+    sentence end, before a pause of `gap_s`, or before it would run past `max_s`. So a
+    "when was X said" question reads a stamp within a line's few seconds of X, not the start
+    of a 30 s whisper segment, and a retrieved line maps to those few seconds."""
+    out: list[Entry] = []
+    cur: list[Word] = []
+    for w in words:
+        if cur and (w.start - cur[-1].end > gap_s or w.end - cur[0].start > max_s):
+            out.append(_speech(cur))
+            cur = []
+        cur.append(w)
+        if w.text.endswith(SENTENCE_END):
+            out.append(_speech(cur))
+            cur = []
+    if cur:
+        out.append(_speech(cur))
+    return out
+
+
+def _speech(words: Sequence[Word]) -> Entry:
+    start = words[0].start
+    return Entry(start, max(words[-1].end, start), "speech", " ".join(w.text for w in words))
+
+
+@dataclass(frozen=True)
 class Line:
     """A rendered line: characters [char_start, char_end) of the text, seconds [t_start, t_end]."""
 

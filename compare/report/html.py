@@ -188,6 +188,11 @@ def run_caveats(run: Mapping[str, Any]) -> list[str]:
     notes += [f"Secrets taken out of this run's stored record ({', '.join(n['fields'])}) on {n['at']} by "
               f"{n['by']}: the spec says where each header's value came from, never the value."
               for n in json.loads(run.get("redacted") or "[]")]  # issue 32: a run stored before
+    if (spent := (server.get("capabilities") or {}).get("probe_chat_usage") or {}).get("requests"):
+        notes.append(f"Start-up probe chat (issue 27): {spent['requests']} request(s), "
+                     f"{spent.get('prompt_tokens')} prompt + {spent.get('output_tokens')} output tokens, "
+                     "not in the per-query costs; a hosted provider bills it "
+                     "([server] probe_chat = false turns it off).")
     return notes
 
 

@@ -27,7 +27,7 @@ def kind_colour(kind: str) -> str:
 
 
 KIND_NAMES = {"long_context": "Long context", "rag": "RAG", "self_route": "Self-route",
-              "length_rule": "Length rule"}
+              "length_rule": "Length rule", "kind_router": "Kind router"}
 
 
 def with_colours(df: pd.DataFrame, kinds: Mapping[str, str]) -> pd.DataFrame:

@@ -147,6 +147,17 @@ class SectionBuilder:
             cols |= {f"{m}_p{p}_ms": f"{head} p{p} ms" for p in dashboard.PERCENTILES}
         sec.after.append(table(self.named(pct), cols, left=("run_id", "label", "cache")))
         self.sections.append(sec)
+        self.under_load()  # a load sweep's section (issue 28) follows the idle latencies
+
+    def under_load(self) -> None:
+        """Goodput, hit rate and the frontier per rate (compare/report/load_charts.py); nothing
+        when no run shown has load steps."""
+        from compare.report.load_charts import load_section
+
+        found = load_section(self.con, self.run_ids, self.kinds, quality_metric(self.rows))
+        if found is not None:
+            self.sections.append(found[0])
+            self.charts.update(found[1])
 
     def cost(self, chosen: prices.ChosenSheet, qs: Sequence[int], frontier_q: int) -> None:
         sec = _sheet_section(chosen)
@@ -264,10 +275,23 @@ class SectionBuilder:
         self.sections.append(sec)
 
 
+    def strata(self, q: int) -> None:
+        """Per kind of question (issue 30): compare/report/strata_section.py; nothing when every
+        question of the runs falls in one stratum."""
+        from compare.report.strata_section import strata_section
+
+        sheet = self.cost_data.chosen.sheet if self.cost_data else None
+        sec, chart = strata_section(self.con, self.run_ids, self.names, self.kinds, sheet, q)
+        if sec is not None:
+            self.sections.append(sec)
+        if chart is not None:
+            self.charts["quality_by_stratum"] = chart
+
     def verdict(self, q: int) -> None:
         """The answer first: per run, the decision line and one card per pipeline, then the words
         they use; the per-axis evidence in words next; all before every other section. The needle
         section gets the effective lengths side by side."""
+        self.strata(q)  # the per-stratum section (issue 30) follows Routing
         metric = quality_metric(self.rows)
         data = self.cost_data
         names = self.names

@@ -17,6 +17,7 @@ from scipy import stats
 
 from compare.core.types import Example
 from compare.run.load_spec import LoadSpec
+from compare.run.trace import read_trace, trace_arrivals
 
 
 @dataclass(frozen=True)
@@ -25,11 +26,23 @@ class Point:
 
     rate: float | None = None
     concurrency: int | None = None
+    trace_scale: float | None = None  # a trace replay, its offsets times this
+    probe: bool = False  # an automatic sweep's saturation probe (a closed loop)
 
     @property
     def label(self) -> str:
-        """The step's name, in example ids and rows: `rate=0.5` or `concurrency=4`."""
-        return f"rate={self.rate:g}" if self.rate is not None else f"concurrency={self.concurrency}"
+        """The step's name, in example ids and rows: `rate=0.5`, `concurrency=4`, `trace`
+        (`trace*0.5` replayed twice as fast) or `probe`."""
+        if self.rate is not None:
+            return f"rate={self.rate:g}"
+        if self.trace_scale is not None:
+            return "trace" if self.trace_scale == 1.0 else f"trace*{self.trace_scale:g}"
+        return "probe" if self.probe else f"concurrency={self.concurrency}"
+
+    @property
+    def open_loop(self) -> bool:
+        """Sent when due whatever is in flight (a rate or a trace): it can over-saturate."""
+        return self.rate is not None or self.trace_scale is not None
 
 
 @dataclass(frozen=True)
@@ -43,8 +56,10 @@ class Arrival:
 
 
 def points(load: LoadSpec) -> list[Point]:
-    """The sweep's steps, lowest load first (rates ascending, then concurrencies ascending)."""
-    return [Point(rate=r) for r in sorted(set(load.rates))] + \
+    """The sweep's given steps, lowest load first (rates ascending, the trace, concurrencies
+    ascending); an automatic sweep's rates come from its probe (compare/run/sweep.py)."""
+    trace = [Point(trace_scale=load.trace_time_scale)] if load.trace else []
+    return [Point(rate=r) for r in sorted(set(load.rate_list))] + trace + \
         [Point(concurrency=c) for c in sorted(set(load.concurrency))]
 
 
@@ -73,7 +88,14 @@ def popularity(n_docs: int, exponent: float) -> np.ndarray:
 
 
 def requests(examples: Sequence[Example], point: Point, load: LoadSpec) -> list[Arrival]:
-    """A step's requests: documents drawn by popularity, each document's questions in turn."""
+    """A step's requests: documents drawn by popularity, each document's questions in turn; a
+    trace step's, the trace's lines (compare/run/trace.py)."""
+    if point.trace_scale is not None:
+        assert load.trace is not None
+        lines = read_trace(load.trace)
+        got = trace_arrivals(lines, examples, point.label, point.trace_scale, load.trace,
+                             load.questions_per_doc)
+        return [Arrival(i, due, ex, qid) for i, (due, ex, qid) in enumerate(got)]
     by_doc: dict[tuple[str, ...], list[Example]] = {}
     for ex in examples:  # corpus order: the first document is the most popular
         by_doc.setdefault(ex.doc_ids, []).append(ex)

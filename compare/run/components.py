@@ -7,6 +7,7 @@ needs neither, it is named in the spec with `kind = "python"` and `factory = "pk
 
 from __future__ import annotations
 
+import corpora.aggregate
 import corpora.babi
 import corpora.beir
 import corpora.hf_import
@@ -15,12 +16,14 @@ import corpora.leval
 import corpora.needle
 import corpora.plugin
 import corpora.video_spec
+import pipelines.kind_router
 import pipelines.llama_retriever
 import pipelines.long_context
 import pipelines.plugin
 import pipelines.rag
 import pipelines.routers
 
-BUILTIN_MODULES = (corpora.babi, corpora.beir, corpora.hf_import, corpora.jsonl, corpora.leval,
-                   corpora.needle, corpora.plugin, corpora.video_spec, pipelines.long_context,
-                   pipelines.plugin, pipelines.rag, pipelines.routers, pipelines.llama_retriever)
+BUILTIN_MODULES = (corpora.aggregate, corpora.babi, corpora.beir, corpora.hf_import, corpora.jsonl,
+                   corpora.leval, corpora.needle, corpora.plugin, corpora.video_spec, pipelines.long_context,
+                   pipelines.plugin, pipelines.rag, pipelines.routers, pipelines.llama_retriever,
+                   pipelines.kind_router)

@@ -151,10 +151,14 @@ async def execute_async(
     progress: Progress | None = None,
     say: Callable[[str], None] | None = None,
 ) -> RunResult:
+    """One run on servers that are up: the spec becomes components here, then the runner runs."""
+    access = _access(spec)
+    # A router of ours: where it sends this session's requests (counters before and after; none: {}).
+    given, before, stats_urls = server_info, routing_counters(server_info), router_workers(server_info)
     urls = split_urls(base_url)
     async with Pool.connect(
-        urls, spec.server.model, concurrency=spec.concurrency, timeout_s=spec.timeout_s, access=_access(spec),
-        stats_urls=router_workers(server_info),
+        urls, spec.server.model, concurrency=spec.concurrency, timeout_s=spec.timeout_s, access=access,
+        stats_urls=stats_urls,
     ) as pool:
         backend = pool.primary
         caps = await _discover(pool, spec, say)
@@ -171,7 +175,7 @@ async def execute_async(
         run_id = spec.run_id(_content_sha(spec, corpus))
         content = corpus.content_sha256()
         _same_questions(store, run_id, content)
-        return await run(
+        result = await run(
             run_id=run_id,
             corpus=corpus,
             pipelines=pipelines,
@@ -202,6 +206,9 @@ async def execute_async(
                 if say and measured else None,
             ),
         )
+    if routed := session_routing(before, given):
+        store.add_server_stats(result.run_id, routed)
+    return result
 
 
 def _access(spec: RunSpec) -> Access:
@@ -216,7 +223,7 @@ async def _discover(pool: Pool, spec: RunSpec, say: Callable[[str], None] | None
     endpoint without /tokenize counts with the spec's tokenizer, else the one its model's name
     names, else the run stops with the options in one line. Said once, recorded with the run."""
     try:
-        caps = await pool.discover()
+        caps = await pool.discover(chat=spec.server.probe_chat)
     except AuthError:
         raise
     except BackendError as exc:  # nothing answers at the URL: the run's server is down
@@ -327,14 +334,10 @@ def execute(
     with Store(db) as store, up_for_run as srv:
 
         def attempt(urls: str | Sequence[str], info: dict[str, Any], retry: bool) -> RunResult:
-            before = routing_counters(info)  # {} unless a router of ours fronts the run
-            result = asyncio.run(execute_async(
+            return asyncio.run(execute_async(
                 spec, store, urls, info, data_dir=data_dir, retry_errors=retry, progress=progress,
                 say=say,
             ))
-            if routed := session_routing(before, info):  # where the router sent this session's requests
-                store.add_server_stats(result.run_id, routed)
-            return result
 
         try:
             return attempt(srv.url, srv.info, retry_errors)

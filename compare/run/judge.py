@@ -34,6 +34,7 @@ from compare.core.errors import BackendError
 from compare.core.metrics import ANSWER_METRICS, is_free_text, normalize, primary_metric
 from compare.core.types import Example
 from compare.serving.client import HttpBackend
+from compare.serving.endpoint import AuthError
 from compare.store import judge_rows
 from compare.store.db import Store
 
@@ -155,6 +156,8 @@ def _now() -> datetime:
 async def _verdict(backend: HttpBackend, ex: Example, reply: str) -> tuple[float | None, str] | None:
     try:
         got = await backend.complete(messages(ex, reply), max_tokens=MAX_TOKENS, temperature=0.0)
+    except AuthError:  # a refused key fails every request alike: stop in one line, not count them
+        raise
     except BackendError:
         return None
     return parse_verdict(got.text), got.text

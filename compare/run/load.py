@@ -17,16 +17,20 @@ the same command again redoes only the missing requests of the others. Each step
 starts cold: its requests carry their own vLLM cache salt per (step, pipeline, document), so a
 step's hit rate is its own traffic's, not the step before it's. Retries are off under load: a
 request that fails is a finding (it misses every SLO), and a retry would hide it.
+
+Besides given rates: a trace replayed as its own step ("trace", compare/run/trace.py), and an
+automatic sweep (`rates = "auto"`): per pipeline, a saturation probe (step "probe", a closed
+loop at `probe_concurrency`), then rates spread up to what it measured (compare/run/sweep.py),
+each rate step recording the probe's throughput and the list derived from it. One step's
+sending and record: compare/run/load_step.py.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import hashlib
 import json
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,12 +50,11 @@ from compare.run.execute import (
     serving,
 )
 from compare.run.load_spec import LoadSpec
-from compare.run.row_writer import RowWriter
+from compare.run.load_step import FINAL, UNBOUNDED, Step, StepResult, step_records
 from compare.run.runner import (
     FailurePolicy,
     Progress,
     RunResult,
-    RunStopped,
     _doc_tokens,
     _prepare,
     _RunContext,
@@ -59,27 +62,15 @@ from compare.run.runner import (
     params_hash,
 )
 from compare.run.spec import RunSpec, SpecError, validate_spec
+from compare.run.sweep import auto_rates, probe_throughput
+from compare.run.trace import TraceError, read_trace
 from compare.run.versions import package_versions
 from compare.serving.pool import Pool, split_urls
-from compare.serving.prometheus import metric_deltas
 from compare.serving.router import router_workers
 from compare.store.db import Store
-from compare.store.rows import load_timing, now
+from compare.store.views import LOAD_RUN_PREFIX
 
-FINAL = ("done", "saturated", "skipped")  # a rerun leaves these steps alone
-UNBOUNDED = 1 << 20  # the replicas' own slots: a step's concurrency is bounded by its own gate
-
-
-@dataclass
-class StepResult:
-    pipeline: str
-    params_hash: str
-    step: str
-    status: str
-    sent: int = 0
-    answered: int = 0
-    errors: int = 0
-    note: str | None = None
+__all__ = ["FINAL", "LoadResult", "StepResult", "load", "load_run_id", "run_load", "with_traffic"]
 
 
 @dataclass
@@ -88,6 +79,7 @@ class LoadResult:
     idle_run_id: str
     resumed: bool
     steps: list[StepResult] = field(default_factory=list)
+    probes: dict[str, dict[str, Any]] = field(default_factory=dict)  # pipeline -> probe_rps, rates
 
 
 def load_run_id(spec: RunSpec, corpus_sha256: str | None = None) -> str:
@@ -95,18 +87,49 @@ def load_run_id(spec: RunSpec, corpus_sha256: str | None = None) -> str:
     asked under (LoadSpec.identity: not the step list, so a new rate extends the sweep)."""
     load = spec.load or LoadSpec()
     blob = json.dumps({"run": spec.run_id(corpus_sha256), "load": load.identity()}, sort_keys=True)
-    return "load-" + hashlib.sha256(blob.encode()).hexdigest()[:12]
+    return LOAD_RUN_PREFIX + hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
 def with_traffic(spec: RunSpec, source: str = "options", **overrides: Any) -> RunSpec:
     """The spec with `[load]` fields given on the command line (None: keep the spec's), checked
-    as a spec file is; a load run needs at least one step."""
+    as a spec file is; a load run needs at least one step. The spec's own trace and workload
+    paths are relative to the spec file (`source`, when it is one); a workload's
+    questions_per_doc becomes the traffic's (a different one given too is an error)."""
     data = spec.model_dump(mode="json", context=REVEAL)  # header values kept: re-validated below
-    data["load"] = {**(data.get("load") or {}), **{k: v for k, v in overrides.items() if v is not None}}
+    own = dict(data.get("load") or {})
+    here = Path(source).parent if Path(source).is_file() else None
+    for key in ("trace", "workload"):
+        if here is not None and own.get(key) and not Path(own[key]).is_absolute():
+            own[key] = str(here / own[key])
+    data["load"] = {**own, **{k: v for k, v in overrides.items() if v is not None}}
     out = validate_spec(data, source=source)
-    if out.load is None or not (out.load.rates or out.load.concurrency):
-        raise SpecError(f"{source}: no load steps: give --rates (requests/s) or [load] rates / concurrency")
+    if out.load is None or not out.load.has_steps():
+        raise SpecError(f"{source}: no load steps: give --rates (requests/s or auto), --trace, "
+                        "or [load] rates / concurrency / trace")
+    if out.load.workload:
+        out = _questions_from_workload(out, data, source)
+    if out.load is not None and out.load.trace:  # a malformed line: refused before a server starts
+        try:
+            read_trace(out.load.trace)
+        except TraceError as exc:
+            raise SpecError(str(exc)) from exc
     return out
+
+
+def _questions_from_workload(spec: RunSpec, data: dict[str, Any], source: str) -> RunSpec:
+    from compare.analysis.workload import WorkloadError, load_workload
+
+    assert spec.load is not None and spec.load.workload is not None
+    try:
+        wl = load_workload(spec.load.workload)
+    except (WorkloadError, ValueError) as exc:
+        raise SpecError(f"{source}: [load] workload: {exc}") from exc
+    given = spec.load.questions_per_doc
+    if given is not None and given != wl.questions_per_doc:
+        raise SpecError(f"{source}: [load] questions_per_doc = {given} but the workload {spec.load.workload} "
+                        f"says {wl.questions_per_doc}: give one")
+    data["load"]["questions_per_doc"] = wl.questions_per_doc
+    return validate_spec(data, source=source)
 
 
 def load(
@@ -138,237 +161,107 @@ async def run_load(
         run_id, idle_run_id = load_run_id(spec, sha), spec.run_id(sha)
         content = corpus.content_sha256()
         _same_questions(store, run_id, content)
-        plan = {pt: requests(corpus.examples, pt, traffic) for pt in points(traffic)}
+        plan = {pt: requests(corpus.examples, pt, traffic) for pt in points(traffic)}  # TraceError: exit 2
         resumed = store.start_run(
             run_id, corpus=corpus.name, model=spec.server.model, base_url=",".join(urls),
             concurrency=spec.concurrency, spec=spec.model_dump(mode="json"),
             corpus_params={**corpus.params, "content_sha256": content}, server=info | pool.describe())
-        store.add_examples(run_id, [a.example for todo in plan.values() for a in todo], _doc_tokens(corpus))
+        add = functools.partial(store.add_examples, run_id, doc_tokens=_doc_tokens(corpus))
+        add([a.example for todo in plan.values() for a in todo])
         params = {id(p): p.params() for p in pipelines}
         hashes = [params_hash(params[id(p)]) for p in pipelines]
-        records = _step_records(store, run_id)
+        sweep = _Sweep(store, run_id, idle_run_id, traffic, LoadResult(run_id, idle_run_id, resumed), say)
         # Only pipelines with a step left build their index (as a rerun of an idle run).
         pending = [(corpus.examples[0], p, h) for p, h in zip(pipelines, hashes, strict=True)
-                   if any(records.get((p.name, h, pt.label), {}).get("status") not in FINAL for pt in plan)]
+                   if not sweep.all_final(p, h, plan)]
         await _prepare(pending, pipelines, hashes, corpus, pool.primary, store, run_id)
         context = functools.partial(
             _RunContext, run_id=run_id, store=store, resumed=resumed, params=params,
             metrics=metric_registry.resolve(spec.metrics), health=pool.health, progress=progress,
             policy=FailurePolicy(retries=0, on_error=spec.on_error), result=RunResult(run_id, resumed),
             isolate_cache=spec.cache_isolation == "document")
-        result = LoadResult(run_id, idle_run_id, resumed)
         status = "failed"
         try:
             for pipe, h in zip(pipelines, hashes, strict=True):
+                steps: dict[Point, list[Arrival]] = plan
+                extra: dict[str, Any] = {}
+                if traffic.auto:
+                    probe = Point(concurrency=traffic.probe_concurrency, probe=True)
+                    await sweep.step(context, pool, pipe, h, probe, requests(corpus.examples, probe, traffic))
+                    found = sweep.rates(pipe, h)
+                    extra = {"auto": found}
+                    sweep.result.probes[pipe.name] = found
+                    if say:
+                        rates = ", ".join(f"{r:g}" for r in found["rates"])
+                        say(f"{pipe.name} probe: {found['probe_rps']:.3g} requests/s answered at concurrency "
+                            f"{traffic.probe_concurrency}; rates {rates}")
+                    auto = {Point(rate=r): requests(corpus.examples, Point(rate=r), traffic)
+                            for r in found["rates"]}
+                    add([a.example for todo in auto.values() for a in todo])
+                    steps = {**auto, **plan}
                 saturated_at: str | None = None
-                for pt, arrivals in plan.items():
-                    step = _Step(store, run_id, idle_run_id, pipe, h, pt, traffic,
-                                 records.get((pipe.name, h, pt.label)))
-                    if step.final:
-                        saturated_at = saturated_at or (pt.label if step.status == "saturated" else None)
-                        result.steps.append(step.result(store))
-                        continue
-                    if saturated_at is not None and pt.rate is not None:
-                        step.finish("skipped", f"{pipe.name} saturated at {saturated_at}", 0, 0.0, {})
-                        result.steps.append(step.result(store))
-                        continue
-                    await step.run(context, pool, arrivals, say)
-                    saturated_at = pt.label if step.status == "saturated" else saturated_at
-                    result.steps.append(step.result(store))
+                for pt, arrivals in steps.items():
+                    got = await sweep.step(context, pool, pipe, h, pt, arrivals,
+                                           extra if traffic.auto and pt.rate is not None else {},
+                                           skip_because=saturated_at if pt.rate is not None else None)
+                    saturated_at = saturated_at or (pt.label if got == "saturated" else None)
             status = "done"
         except BaseException as exc:
             status = ending(exc)
             raise
         finally:
             store.finish_run(run_id, status)
-        return result
+        return sweep.result
 
 
 @dataclass
-class _Step:
-    """One pipeline at one traffic point: its record in `load_steps`, and how it runs."""
+class _Sweep:
+    """A load run's steps as they are run or found final, and an automatic sweep's rates."""
 
     store: Store
     run_id: str
     idle_run_id: str
-    pipe: Pipeline
-    h: str
-    point: Point
-    load: LoadSpec
-    before: Mapping[str, Any] | None  # its record from an earlier session, if any
+    traffic: LoadSpec
+    result: LoadResult
+    say: Callable[[str], None] | None
 
-    @property
-    def status(self) -> str | None:
-        return None if self.before is None else str(self.before["status"])
+    def rates(self, pipe: Pipeline, h: str) -> dict[str, Any]:
+        """What the pipeline's probe measured and the rates derived from it (recorded per step)."""
+        probe = Point(concurrency=self.traffic.probe_concurrency, probe=True)
+        rps = probe_throughput(self.store, self.run_id, pipe.name, h, probe.label)
+        return {"probe_rps": round(rps, 6), "probe_concurrency": self.traffic.probe_concurrency,
+                "rates": auto_rates(rps, self.traffic.auto_rates)}
 
-    @property
-    def final(self) -> bool:
-        return self.status in FINAL
+    def all_final(self, pipe: Pipeline, h: str, plan: Mapping[Point, object]) -> bool:
+        records = step_records(self.store, self.run_id)
+        labels = [pt.label for pt in plan]
+        if self.traffic.auto:
+            labels.append(Point(concurrency=self.traffic.probe_concurrency, probe=True).label)
+            if records.get((pipe.name, h, labels[-1]), {}).get("status") in FINAL:
+                labels += [Point(rate=r).label for r in self.rates(pipe, h)["rates"]]
+        return all(records.get((pipe.name, h, lb), {}).get("status") in FINAL for lb in labels)
 
-    async def run(
-        self, context: Callable[..., _RunContext], pool: Pool, arrivals: Sequence[Arrival],
-        say: Callable[[str], None] | None,
-    ) -> None:
-        """Send what the store does not hold yet; record how the step ended, whatever ended it."""
-        held = {k[0] for k in self.store.prediction_keys(self.run_id) if k[1:] == (self.pipe.name, self.h)}
-        todo = [a for a in arrivals if a.example.id not in held]
-        ctx = context(lane_of=pool.lanes([a.example for a in todo], [None] * len(todo)), total=len(todo),
-                      seq=self.store.next_seq(self.run_id), salt_scope=f"\0{self.point.label}")
-        if say:
-            say(f"{self.pipe.name} {self.point.label}: {len(todo)} request(s)"
-                + (f" ({len(arrivals) - len(todo)} stored before)" if len(todo) < len(arrivals) else ""))
-        self._record("running", None, 0, 0.0, {}, started=True)
-        before = await _safe_metrics(pool)
-        t0 = time.perf_counter()
-        status, tally = "incomplete", _Tally()
-        note: str | None = "interrupted"
-        try:
-            status, note = await _send(ctx, self.pipe, self.h, self.point, self.load, todo, t0, tally)
-        except RunStopped as exc:
-            status, note = "stopped", str(exc)
-            raise
-        finally:
-            elapsed = time.perf_counter() - t0
-            ctx.writer.close()  # every answered row is on disk before the step is marked
-            after = await _safe_metrics(pool)
-            # A step that ended counts what it sent (a cut request is a miss); one that will be
-            # resumed counts only what it stored: what it cut is sent again.
-            sent = tally.sent if status in FINAL else tally.stored
-            self.finish(status, note, sent, elapsed, metric_deltas(before, after) if before and after else {})
-            if say:
-                say(f"{self.pipe.name} {self.point.label}: {status}" + (f" ({note})" if note else "")
-                    + f", {sent} sent in {elapsed:.1f} s")
-
-    def finish(
-        self, status: str, note: str | None, sent: int, elapsed_s: float, deltas: Mapping[str, float],
-    ) -> None:
-        self._record(status, note, sent, elapsed_s, deltas, started=False)
-        self.before = {"status": status}
-
-    def _record(self, status: str, note: str | None, sent: int, elapsed_s: float,
-                deltas: Mapping[str, float], *, started: bool) -> None:
-        """Write the step's record; a step's later session adds to its earlier ones."""
-        old = _step_records(self.store, self.run_id).get((self.pipe.name, self.h, self.point.label))
-        prev = dict(json.loads(old["server_deltas"])) if old else {}
-        summed = {k: prev.get(k, 0.0) + deltas.get(k, 0.0) for k in {*prev, *deltas}}
-        self.store.insert("load_steps", [{
-            "run_id": self.run_id, "pipeline": self.pipe.name, "params_hash": self.h,
-            "step": self.point.label,
-            "rate": self.point.rate, "concurrency": self.point.concurrency, "requests": self.load.requests,
-            "status": status, "note": note,
-            "sessions": (old["sessions"] if old else 0) + (1 if started else 0),
-            "sent": (old["sent"] if old else 0) + sent,
-            "duration_s": (old["duration_s"] if old else 0.0) + elapsed_s,
-            "started_at": old["started_at"] if old else now(), "finished_at": None if started else now(),
-            "server_deltas": json.dumps(summed), "load": json.dumps(self.load.model_dump(mode="json")),
-            "idle_run_id": self.idle_run_id,
-        }], verb="INSERT OR REPLACE")
-
-    def result(self, store: Store) -> StepResult:
-        rec = _step_records(store, self.run_id).get((self.pipe.name, self.h, self.point.label), {})
-        row = store.con.execute(
-            "SELECT count(*), count(error) FROM predictions "
-            "WHERE run_id = ? AND pipeline = ? AND params_hash = ? AND load_step = ?",
-            [self.run_id, self.pipe.name, self.h, self.point.label]).fetchone() or (0, 0)
-        return StepResult(self.pipe.name, self.h, self.point.label, str(rec.get("status")),
-                          int(rec.get("sent") or 0), int(row[0]) - int(row[1]), int(row[1]), rec.get("note"))
+    async def step(
+        self, context: Callable[..., _RunContext], pool: Pool, pipe: Pipeline, h: str, pt: Point,
+        arrivals: Sequence[Arrival], extra: Mapping[str, Any] | None = None, skip_because: str | None = None,
+    ) -> str | None:
+        """Run one step unless it is final (or skipped: a lower rate saturated); its status."""
+        before = step_records(self.store, self.run_id).get((pipe.name, h, pt.label))
+        step = Step(self.store, self.run_id, self.idle_run_id, pipe, h, pt, self.traffic, before,
+                    {**(extra or {}), **_trace_extra(pt, arrivals)}, len(arrivals))
+        if not step.final:
+            if skip_because is not None:
+                step.finish("skipped", f"{pipe.name} saturated at {skip_because}", 0, 0.0, {})
+            else:
+                await step.run(context, pool, arrivals, self.say)
+        self.result.steps.append(step.result(self.store))
+        return step.status
 
 
-@dataclass
-class _Tally:
-    sent: int = 0  # requests that went out
-    stored: int = 0  # of those, the ones whose row was stored
-
-
-async def _send(
-    ctx: _RunContext, pipe: Pipeline, h: str, point: Point, load: LoadSpec, todo: Sequence[Arrival],
-    t0: float, tally: _Tally,
-) -> tuple[str, str | None]:
-    """Send each request when it is due (a resumed step's first missing one at once, the rest
-    keeping their gaps; a fresh step's first after its own gap, as `vllm bench serve`); returns
-    (status, note). A rate step stops as saturated when the requests due but unanswered reach
-    `max_backlog`; anything else stopping it cancels what is in flight."""
-    cap = load.max_concurrency if point.rate is not None else point.concurrency
-    gate = asyncio.Semaphore(cap) if cap else None
-    resumed = bool(todo) and todo[0].index > 0
-    shift = todo[0].offset_s if resumed else 0.0
-    tasks: list[asyncio.Task[None]] = []
-    finished = 0
-    failure: BaseException | None = None
-
-    async def one(k: int, a: Arrival, due: float) -> None:
-        nonlocal finished, failure
-        sent: float | None = None
-        try:
-            async with gate if gate is not None else contextlib.nullcontext():
-                sent = time.perf_counter() - t0
-                await ctx.ask(k, a.example, pipe, h)
-            tally.stored += 1
-        except RunStopped as exc:  # raised after its row was stored
-            tally.stored += 1
-            failure = failure or exc
-            raise
-        finally:
-            finished += 1
-            if sent is not None:  # the row (if the request got that far) is queued before this
-                key = (ctx.run_id, a.example.id, pipe.name, h)
-                timing = load_timing(point.label, due, sent)
-                ctx.writer.submit(None, _stamp, ctx.writer, ctx.store, key, timing)
-
-    try:
-        for k, a in enumerate(todo):
-            due = a.offset_s - shift
-            delay = t0 + due - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            if failure is not None:
-                raise failure
-            backlog = len(tasks) - finished
-            if point.rate is not None and backlog >= load.max_backlog:
-                note = (f"{backlog} requests due but unanswered after {time.perf_counter() - t0:.1f} s "
-                        f"(max_backlog {load.max_backlog}); {len(todo) - k} not sent, {backlog} cut")
-                await _cancel(tasks)
-                return "saturated", note
-            tasks.append(asyncio.create_task(one(k, a, due)))
-            tally.sent += 1
-        if tasks:
-            done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
-            await _cancel(list(pending))
-            for t in done:
-                exc = None if t.cancelled() else t.exception()
-                if exc is not None:
-                    raise exc
-        return "done", None
-    except BaseException:
-        await _cancel(tasks)
-        raise
-
-
-async def _cancel(tasks: Sequence[asyncio.Task[None]]) -> None:
-    for t in tasks:
-        t.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
-
-
-def _stamp(writer: RowWriter, store: Store, key: tuple[str, str, str, str], cols: Mapping[str, Any]) -> None:
-    """Put a request's load timing on its row (queued on the run's writer right after the row)."""
-    sets = ", ".join(f"{c} = ?" for c in cols)
-    store.con.execute(f"UPDATE predictions SET {sets} WHERE run_id = ? AND example_id = ? AND pipeline = ? "
-                      "AND params_hash = ?", [*cols.values(), *key])
-    # The writer counts every job as a row on disk (its progress line); this one adds none. Safe:
-    # only the writer's own thread, where this runs, changes the count.
-    writer.written -= 1
-
-
-def _step_records(store: Store, run_id: str) -> dict[tuple[str, str, str], dict[str, Any]]:
-    cur = store.con.execute("SELECT * FROM load_steps WHERE run_id = ?", [run_id])
-    cols = [c[0] for c in cur.description]
-    return {(r["pipeline"], r["params_hash"], r["step"]): r
-            for r in (dict(zip(cols, row, strict=True)) for row in cur.fetchall())}
-
-
-async def _safe_metrics(pool: Pool) -> dict[str, float]:
-    try:
-        return await pool.metrics()
-    except Exception:  # counters are best effort: a dead server must not mask the step's own error
+def _trace_extra(pt: Point, arrivals: Sequence[Arrival]) -> dict[str, Any]:
+    """A trace step's offered load, for reading it beside the rate steps (it has no `rate`)."""
+    if pt.trace_scale is None or not arrivals:
         return {}
+    span = arrivals[-1].offset_s
+    return {"trace_requests": len(arrivals), "trace_span_s": round(span, 6),
+            "offered_rps": round(len(arrivals) / span, 6) if span > 0 else None}

@@ -18,7 +18,7 @@ from pydantic import BaseModel, Field, PositiveInt, model_validator
 from compare.core import metrics as _metrics  # noqa: F401  (registers the built-in metrics)
 from compare.core.config import Strict, read_toml, validate
 from compare.core.registry import CORPORA, METRICS, PIPELINES, Registry
-from compare.core.secrets import REVEAL, HeaderValue, literal_secrets, warning_line
+from compare.core.secrets import HeaderValue, literal_secrets, warning_line
 from compare.run import components  # noqa: F401  (importing it registers every built-in kind)
 from compare.run.load_spec import LoadSpec
 from compare.serving.weights import DEFAULT_MODEL
@@ -84,6 +84,7 @@ class ServerSpec(Strict):
     headers: dict[str, HeaderValue] = Field(default_factory=dict)
     token_param: Literal["auto", "max_tokens", "max_completion_tokens"] = "auto"
     tokenizer: str | None = None
+    probe_chat: bool = True  # the 2-token start-up chat (capabilities.py); off: those are unknown
 
     @model_validator(mode="after")
     def _replicas_are_managed(self) -> ServerSpec:
@@ -107,8 +108,8 @@ class ServerSpec(Strict):
         return self
 
 
-def _default_pipelines() -> list[PipelineSpec]:
-    return [LongContextSpec(), RagSpec()]
+# Long context and the default RAG. Built once: pydantic deep-copies a list default for each spec.
+DEFAULT_PIPELINES: list[BaseModel] = [LongContextSpec(), RagSpec()]
 
 
 # Knobs that do not change what the model is asked: left out of the run id, so a run can be
@@ -118,13 +119,13 @@ NOT_IN_RUN_ID = ("timeout_s", "retries", "retry_backoff_s", "on_error", "metrics
 
 class RunSpec(Strict):
     corpus: CorpusSpec = NeedleCorpusSpec()
-    pipelines: list[PipelineSpec] = Field(default_factory=lambda: _default_pipelines(), min_length=1)
+    pipelines: list[PipelineSpec] = Field(default=DEFAULT_PIPELINES, min_length=1)
     server: ServerSpec = ServerSpec()
     concurrency: Annotated[int, Field(ge=1, le=256)] = 1
     # Metrics stored per row; default: every metric registered when the spec is made, as `score`
     # computes them, so a newly registered metric is not skipped (the list is stored with the
     # run's spec). headline is each question's own metric (compare/core/metrics.py).
-    metrics: list[str] = Field(default_factory=lambda: list(METRICS))
+    metrics: list[str] = Field(default_factory=METRICS.names)
     timeout_s: Annotated[float, Field(gt=0)] = 900.0
     retries: Annotated[int, Field(ge=0, le=10)] = 1
     retry_backoff_s: Annotated[float, Field(ge=0, le=600)] = 2.0
@@ -153,9 +154,11 @@ class RunSpec(Strict):
         embed_headers (a router's rag table included)."""
         names = self.server.secret_names()
         for p in self.pipelines:
-            dumped = p.model_dump(mode="json", context=REVEAL)
-            for table in (dumped, dumped.get("rag") or {}):
-                names += [f"embed_headers.{n}" for n in literal_secrets(table.get("embed_headers") or {})]
+            routed = getattr(p, "rag", None)  # a router's RAG table, kept as a dump with its values
+            for table in (getattr(p, "embed_headers", None),
+                          routed.get("embed_headers") if isinstance(routed, dict) else None):
+                for name in literal_secrets(table or {}):
+                    names.append(f"embed_headers.{name}")
         return warning_line(names)
 
     def run_id(self, corpus_sha256: str | None = None) -> str:
@@ -170,7 +173,7 @@ class RunSpec(Strict):
         data["server"].pop("replicas", None)
         data["server"].pop("router", None)  # how requests reach the replicas, like replicas
         data["server"].pop("router_args", None)
-        for where_not_what in ("api_key_env", "headers", "token_param"):
+        for where_not_what in ("api_key_env", "headers", "token_param", "probe_chat"):
             data["server"].pop(where_not_what, None)
         _drop_key(data["pipelines"], "embed_headers")  # like [server] headers (a router's rag too)
         if data["server"].get("tokenizer") is None:  # the server's own /tokenize, as before the field

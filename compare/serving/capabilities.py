@@ -20,11 +20,39 @@ from typing import Any
 
 import httpx
 
+from compare.core.types import Completion
 from compare.serving.endpoint import Endpoint
 from compare.serving.prometheus import parse_metrics
 
 ROUTES = ("tokenize", "metrics", "health", "version")
 NOT_HERE = (404, 405, 501)  # the answers that mean "no such route"; anything else is recorded as seen
+# What only the probe chat can tell, when it is not sent (`[server] probe_chat = false`: a hosted
+# provider bills it; or a liveness check): unknown, so cache_salt is not sent.
+# How long each route may take to answer its probe. vLLM's /health answers at once, so a slow one
+# is not vLLM's: LiteLLM's /health makes a real chat to every upstream (37-53 s on a loaded 2-core
+# CPU), which would hold every run's start for the whole 30 s. Recorded with the capabilities.
+PROBE_TIMEOUT_S = 30.0
+PROBE_TIMEOUTS_S = {"health": 5.0}
+UNPROBED: dict[str, Any] = {"probe_chat": False, "cache_salt": None, "stream_usage": None,
+                            "cached_tokens_reported": None}
+
+
+def probe_usage(requests: int, got: Completion | None) -> dict[str, Any]:
+    """What the probe chat spent, recorded with the run's capabilities (its start-up overhead, kept
+    out of the per-question rows so no pipeline is charged for it): None where not reported."""
+    return {"requests": requests, "prompt_tokens": got.prompt_tokens if got else None,
+            "output_tokens": got.output_tokens if got else None,
+            "cached_tokens": got.cached_tokens if got else None}
+
+
+def total_usage(usages: list[dict[str, Any]]) -> dict[str, Any]:
+    """Every replica's probe chat summed (each sends one): a count unknown anywhere is unknown."""
+    def add(key: str) -> int | None:
+        got = [u.get(key) for u in usages]
+        known = [int(v) for v in got if v is not None]
+        return sum(known) if len(known) == len(got) else None
+    return {"requests": sum(int(u.get("requests") or 0) for u in usages),
+            **{k: add(k) for k in ("prompt_tokens", "output_tokens", "cached_tokens")}}
 
 
 def candidates(endpoint: Endpoint) -> list[str]:
@@ -67,11 +95,14 @@ def _json(resp: httpx.Response) -> Any:
 
 
 async def _ask(http: httpx.AsyncClient, route: str, url: str, model: str) -> httpx.Response | str:
+    wait = PROBE_TIMEOUTS_S.get(route, PROBE_TIMEOUT_S)
     try:
         if route == "tokenize":
             return await http.post(url, json={"model": model, "prompt": "x", "add_special_tokens": False},
-                                   timeout=30.0)
-        return await http.get(url, timeout=30.0)
+                                   timeout=wait)
+        return await http.get(url, timeout=wait)
+    except httpx.TimeoutException as exc:
+        return f"{type(exc).__name__} after {wait:g} s"
     except httpx.HTTPError as exc:
         return type(exc).__name__
 
@@ -111,31 +142,41 @@ def sources(caps: Mapping[str, Any]) -> dict[str, str]:
     counter = caps.get("tokenizer") or "none"
     if caps.get("tokenizer_approximate"):
         counter += " (approximate)"
+    unprobed = caps.get("probe_chat") is False
     return {
         "prompt_tokens": "each response's usage" if caps.get("stream_usage") is not False else "not reported",
-        "cached_tokens": "each response's usage" if caps.get("cached_tokens_reported") else "not reported",
+        "cached_tokens": "each response's usage" + (" where reported (not probed)" if unprobed else "")
+        if caps.get("cached_tokens_reported") or unprobed else "not reported",
         "budgets_and_windows": counter,
         "server_hit_rate": "server /metrics" if caps.get("metrics") else "none (no /metrics here)",
         "liveness": "server /health" if caps.get("health") else "/models answering",
-        "cache_isolation": "cache_salt" if caps.get("cache_salt") else "none (cache_salt not accepted)",
+        "cache_isolation": "cache_salt" if caps.get("cache_salt") else
+        "none (probe chat off: cache_salt not sent)" if unprobed else "none (cache_salt not accepted)",
     }
 
 
 def fallback_line(caps: Mapping[str, Any]) -> str | None:
     """The one line a run says about what it will do without: None when nothing is missing."""
     missing = [r for r in ROUTES if not caps.get(r)]
-    if not missing and caps.get("cache_salt") is not False and caps.get("stream_usage") is not False:
+    unprobed = caps.get("probe_chat") is False
+    if not missing and caps.get("cache_salt") is not False and caps.get("stream_usage") is not False \
+            and not unprobed:
         return None
     tok = f"{caps.get('tokenizer')}" + (" (an approximation)" if caps.get("tokenizer_approximate") else "")
     head = (f"endpoint {caps.get('api_url')}: no vLLM extras (/tokenize, /metrics, /health, /version "
             "not found here or at the server root)" if len(missing) == len(ROUTES) else
-            f"endpoint {caps.get('api_url')}: not found: " + ", ".join(f"/{r}" for r in missing))
+            f"endpoint {caps.get('api_url')}: not found: " + ", ".join(f"/{r}" for r in missing)
+            if missing else f"endpoint {caps.get('api_url')}")
     parts = [head]
+    if unprobed:
+        parts.append("no probe chat ([server] probe_chat = false): cache_salt, streamed usage and cached "
+                     "tokens unknown; cache_salt not sent, so documents are not cache-isolated")
     if not caps.get("tokenize"):
         parts.append(f"tokens counted with {tok} before a request, each response's usage after it")
     if not caps.get("metrics"):
+        none = not (caps.get("cached_tokens_reported") or unprobed)
         parts.append("no server-side cache hit rate (cached tokens from each response's usage"
-                     + ("" if caps.get("cached_tokens_reported") else ", which reports none") + ")")
+                     + (", which reports none" if none else "") + ")")
     if not caps.get("health"):
         parts.append("liveness from /models")
     if caps.get("cache_salt") is False:

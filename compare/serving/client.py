@@ -147,11 +147,15 @@ class HttpBackend:
             # vLLM's own extras answer here (not: /models says vllm, which a gateway passes through).
             "vllm": found["tokenize"] or found["metrics"],
             **found, "routes": {r: u for r, u in routes.items() if u}, "not_found": tried,
+            "probe_timeouts_s": {r: capability.PROBE_TIMEOUTS_S.get(r, capability.PROBE_TIMEOUT_S)
+                                 for r in capability.ROUTES},
             **self._counter(found["tokenize"]),
             **self.endpoint.describe(),
         }
         if chat:
             self.capabilities |= await self._probe_chat()
+        else:  # [server] probe_chat = false, or a liveness check: not asked, so not known
+            self.capabilities |= capability.UNPROBED
         # Where the routing key may go: a vLLM, or a gateway that forwards vLLM's request fields.
         caps = self.capabilities
         caps["session_header"] = bool(caps["vllm"] or caps.get("cache_salt"))
@@ -161,26 +165,30 @@ class HttpBackend:
     async def _probe_chat(self) -> dict[str, Any]:
         """One two-token chat with a fresh `cache_salt`: a 400 naming it means not accepted (the
         chat is then asked again without it); the usage says what is reported. Best effort: a
-        failure here is met again, and reported, by the run's own requests."""
+        failure here is met again, and reported, by the run's own requests. What it spent is
+        recorded (`probe_chat_usage`): a hosted provider bills it like any request."""
         salt = RequestOptions(cache_salt=f"ragvslc-probe-{uuid.uuid4().hex[:12]}")
-        out: dict[str, Any] = {"cache_salt": True}
+        out: dict[str, Any] = {"cache_salt": True, "probe_chat": True}
         wait = min(self.timeout_s, PROBE_TIMEOUT_S)
+        sent = 1
         try:
             try:
                 got = await self._complete(PROBE_MESSAGES, 2, 0.0, 0, salt, force_salt=True, timeout_s=wait)
             except BadRequest as exc:
                 if "cache_salt" not in str(exc) and "extra" not in str(exc).lower():
                     raise
-                out["cache_salt"] = False
+                out["cache_salt"], sent = False, 2
                 got = await self._complete(PROBE_MESSAGES, 2, 0.0, 0, NO_OPTIONS, timeout_s=wait)
-        except MissingUsageError:
-            return {**out, "stream_usage": False, "cached_tokens_reported": False}
+        except MissingUsageError:  # answered, but said nothing of what it billed
+            return {**out, "stream_usage": False, "cached_tokens_reported": False,
+                    "probe_chat_usage": capability.probe_usage(sent, None)}
         except AuthError:
             raise
         except BackendError as exc:
-            return {"cache_salt": None, "stream_usage": None, "cached_tokens_reported": None,
-                    "chat_probe_error": str(exc)[:300]}
-        return {**out, "stream_usage": True, "cached_tokens_reported": got.cached_tokens is not None}
+            return {**capability.UNPROBED, "probe_chat": True, "chat_probe_error": str(exc)[:300],
+                    "probe_chat_usage": capability.probe_usage(sent, None)}
+        return {**out, "stream_usage": True, "cached_tokens_reported": got.cached_tokens is not None,
+                "probe_chat_usage": capability.probe_usage(sent, got)}
 
     def _counter(self, tokenize: bool) -> dict[str, Any]:
         """Who counts tokens before a request: the server, the local tokenizer, or nobody."""

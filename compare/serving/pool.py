@@ -26,6 +26,7 @@ from typing import Any
 
 from compare.core.secrets import HeaderValue
 from compare.core.types import Document, Example
+from compare.serving import capabilities as capability
 from compare.serving.client import HttpBackend
 from compare.serving.endpoint import DEFAULT_KEY_ENV, Endpoint, TokenParam
 from compare.serving.schedule import Dispatcher
@@ -173,7 +174,9 @@ class Pool:
         caps = await asyncio.gather(*(b.discover(chat=chat) for b in self.backends))
         first = caps[0]["vllm"]
         differ = [b.base_url for b, c in zip(self.backends, caps, strict=True) if c["vllm"] != first]
-        return {**caps[0], **({"differing_replicas": differ} if differ else {})}
+        spent = [c["probe_chat_usage"] for c in caps if c.get("probe_chat_usage")]  # each replica's chat
+        return {**caps[0], **({"differing_replicas": differ} if differ else {}),
+                **({"probe_chat_usage": capability.total_usage(spent)} if len(spent) > 1 else {})}
 
     def __len__(self) -> int:
         return len(self.backends)

@@ -103,6 +103,7 @@ class Store:
             self.con.execute("UPDATE schema_migrations SET name = ? WHERE version = ? AND name IS NULL",
                              [name, version])
         done = {str(r[0]) for r in self.con.execute("SELECT name FROM schema_migrations").fetchall()}
+        applied_at = now()  # one time for the migrations this open applies
         for name, sql in MIGRATIONS:
             if name in done:
                 continue
@@ -113,7 +114,7 @@ class Store:
                     self.con.execute(sql)
                 self.con.execute(
                     "INSERT INTO schema_migrations (version, applied_at, name) "
-                    "SELECT coalesce(max(version), 0) + 1, ?, ? FROM schema_migrations", [now(), name])
+                    "SELECT coalesce(max(version), 0) + 1, ?, ? FROM schema_migrations", [applied_at, name])
 
     def migrations(self) -> list[str]:
         """The names of the migrations this file has applied, in order."""

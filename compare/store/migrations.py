@@ -289,4 +289,45 @@ MIGRATIONS: tuple[Migration, ...] = (
     # (what and when, a JSON list of notes; NULL: nothing was), then the taking out itself.
     ("runs_redacted", "ALTER TABLE runs ADD COLUMN redacted JSON;"),
     ("redact_stored_secrets", redact_stored_secrets),
+    # Which questions need the whole document (issue 30): each question's measured context need
+    # and stratum, keyed by the corpus's content hash so every run of the same corpus reuses it
+    # (source: spans, probe or label; context_need: chunks touched or the smallest top-k that
+    # answered, NULL: correct at no k), with what measuring it cost; and the retrieval probe's own
+    # requests, kind 'context_probe', kept apart from `predictions` so they never enter a comparison.
+    ("context_need", """
+    CREATE TABLE context_need (
+        corpus_key VARCHAR NOT NULL,
+        example_id VARCHAR NOT NULL,
+        source VARCHAR NOT NULL,
+        context_need DOUBLE,
+        stratum VARCHAR NOT NULL,
+        spread_chars DOUBLE,
+        chunk_tokens INTEGER,
+        ks JSON,
+        requests INTEGER NOT NULL DEFAULT 0,
+        prompt_tokens INTEGER NOT NULL DEFAULT 0,
+        output_tokens INTEGER NOT NULL DEFAULT 0,
+        e2e_ms DOUBLE NOT NULL DEFAULT 0,
+        model VARCHAR,
+        measured_at TIMESTAMP NOT NULL,
+        PRIMARY KEY (corpus_key, example_id, source)
+    );
+    CREATE TABLE context_probe_requests (
+        corpus_key VARCHAR NOT NULL,
+        example_id VARCHAR NOT NULL,
+        k INTEGER NOT NULL,
+        kind VARCHAR NOT NULL,
+        params_hash VARCHAR NOT NULL,
+        answer VARCHAR NOT NULL,
+        correct DOUBLE,
+        error VARCHAR,
+        context_tokens INTEGER,
+        prompt_tokens INTEGER,
+        output_tokens INTEGER,
+        e2e_ms DOUBLE,
+        retrieval_ms DOUBLE,
+        measured_at TIMESTAMP NOT NULL,
+        PRIMARY KEY (corpus_key, example_id, k, params_hash)
+    );
+    """),
 )

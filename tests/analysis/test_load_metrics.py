@@ -103,3 +103,48 @@ def test_a_saturated_step_is_flagged_and_never_counted_as_steady(con: duckdb.Duc
 def test_a_negative_slo_is_refused(con: duckdb.DuckDBPyConnection) -> None:
     with pytest.raises(ValueError, match="positive milliseconds"):
         step_metrics(con, RUN, {"ttft": -1.0})
+
+
+def _pooled_run(path: Path, args: list[str]) -> None:
+    """A long-context step on a server whose recorded command line bounded the KV pool: document
+    d's context is 256 tokens (2 blocks of 128), each prompt 300 tokens, no output; sent in the
+    order d/q1, d/q2, e/q1, d/q1 (by sent time, not by seq)."""
+    with Store(path) as store:
+        store.start_run(RUN, corpus="c", model="m", base_url=None, concurrency=1, spec={}, corpus_params={},
+                        server={"managed": True, "args": args})
+        asked = [("d", "q1"), ("d", "q2"), ("e", "q1"), ("d", "q1")]
+        store.add_examples(RUN, [Example(f"{q}@rate=1#{i}", (doc,), "?", ("a",),
+                                         tags={"load_question": f"{doc}/{q}", "load_step": "rate=1"})
+                                 for i, (doc, q) in enumerate(asked)])
+        for i, (_doc, q) in enumerate(asked):
+            done = Completion(text="a", prompt_tokens=300, cached_tokens=0, output_tokens=0, ttft_s=0.1,
+                              e2e_s=0.1, itl_s=(), finish_reason="stop")
+            store.add_prediction(RUN, f"{q}@rate=1#{i}", "long_context", H, {}, Prediction("a", done, 256),
+                                 seq=3 - i, resumed=False, started_at=now(), scores={"headline": 1.0})
+            cols = load_timing("rate=1", float(i), float(i))
+            sets = ", ".join(f"{c} = ?" for c in cols)
+            store.con.execute(f"UPDATE predictions SET {sets} WHERE run_id = ? AND example_id = ?",
+                              [*cols.values(), RUN, f"{q}@rate=1#{i}"])
+        store.insert("load_steps", [{
+            "run_id": RUN, "pipeline": "long_context", "params_hash": H, "step": "rate=1", "rate": 1.0,
+            "concurrency": None, "requests": 4, "status": "done", "note": None, "sessions": 1, "sent": 4,
+            "duration_s": 4.0, "started_at": now(), "finished_at": now(), "server_deltas": "{}", "load": "{}",
+            "idle_run_id": IDLE}])
+
+
+def test_the_cache_models_hit_rate_is_derived_when_the_pool_was_recorded(tmp_path: Path) -> None:
+    """Pool of 4 blocks (3 usable, one is vLLM's null block): d/q1 cold; d/q2 reuses d's 2 blocks
+    (256 tokens); e/q1 needs 3 blocks and evicts d; d/q1 is cold again: 256 / 1200. With 8
+    blocks d survives e: 512 / 1200. Without a recorded pool there is nothing to derive from."""
+    for blocks, want in ((4, 256 / 1200), (8, 512 / 1200)):
+        path = tmp_path / f"b{blocks}.duckdb"
+        _pooled_run(path, ["--model", "m", "--num-gpu-blocks-override", str(blocks)])
+        with duckdb.connect(str(path), read_only=True) as c:
+            row = step_metrics(c, RUN)[0]
+        assert row["derived_hit_rate"] == pytest.approx(want)
+        assert "derived, not measured" in row["derived_hit_rate_basis"]
+        assert f"{blocks} KV blocks of 128 tokens" in row["derived_hit_rate_basis"]
+    _pooled_run(tmp_path / "none.duckdb", ["--model", "m"])
+    with duckdb.connect(str(tmp_path / "none.duckdb"), read_only=True) as c:
+        row = step_metrics(c, RUN)[0]
+    assert row["derived_hit_rate"] is None and row["derived_hit_rate_basis"] is None

@@ -73,7 +73,9 @@ def test_leval_files_through_the_mapping_match_the_leval_loader(subset: str) -> 
     assert {d.text for d in mapped.documents.values()} == {d.text for d in loaded.documents.values()}
     first = mapped.examples[0]
     assert first.tags["evaluation"] == "f1" and first.tags["task"] == subset
-    assert first.tags["answer_format"] == "free" and first.tags["primary_metric"] == "token_f1"
+    # the one free-text rule per question: NQ's "April 25 , 2018" is short, a report's sentences free
+    expected = {"natural_question": ("short", "contains"), "financial_qa": ("free", "token_f1")}[subset]
+    assert (first.tags["answer_format"], first.tags["primary_metric"]) == expected
     assert METRICS["exact_match"](first, _reply(first.answers[0])) == 1.0
     assert mapped.params["rows"] == len(inputs) and len(str(mapped.params["sha256"])) == 64
 
@@ -104,7 +106,8 @@ def test_longbench_shaped_jsonl_and_the_cli(tmp_path: Path) -> None:
 
     ok = runner.invoke(app, ["corpora", "import", str(path), "--map", LONGBENCH_MAP])
     assert ok.exit_code == 0, ok.output
-    assert "2 documents from 3 rows, 3 questions (free: 3), 0 with evidence" in ok.output
+    assert "2 documents from 3 rows, 3 questions (free: 2, short: 1), 0 with evidence" in ok.output
+    assert "scored by contains: 1, token_f1: 2;" in ok.output  # the summary is true per question
     spec_line = ok.output.split("use it with [corpus] ", 1)[1].strip()
     spec = validate_spec({"corpus": tomllib.loads(f"c = {{ {spec_line} }}")["c"]})  # the line is TOML
     assert isinstance(spec.corpus, HfCorpusSpec) and spec.corpus.map["id"] == "_id"
@@ -116,6 +119,21 @@ def test_longbench_shaped_jsonl_and_the_cli(tmp_path: Path) -> None:
     after = load_hf(path, mapping).params["sha256"]
     assert before != after and spec.run_id(str(before)) != spec.run_id(str(after))
     assert HfCorpusSpec.named_by_path
+
+
+def test_each_answered_question_gets_the_one_free_text_rule(tmp_path: Path) -> None:
+    """A short gold ("1890") is a short answer scored by `contains`; a question with a gold longer
+    than three words ("for millions of years") is free text scored by token F1: compare/core/metrics.py's
+    rule, the one the user's own JSONL corpus follows. A declared primary metric still wins."""
+    path = _write_jsonl(tmp_path / "lb.jsonl", _longbench_rows())
+    mapping = {"question": "input", "answers": "answers", "document": "context", "id": "_id"}
+    corpus = load_hf(path, mapping)
+    got = {e.id: (e.tags["answer_format"], e.tags["primary_metric"]) for e in corpus.examples}
+    assert got == {"lb-1": ("free", "token_f1"), "lb-2": ("free", "token_f1"), "lb-3": ("short", "contains")}
+    assert METRICS["contains"](corpus.examples[2], _reply("The bridge opened to trains in 1890.")) == 1.0
+    declared = load_hf(path, mapping, primary_metric="token_f1")
+    assert {e.tags["primary_metric"] for e in declared.examples} == {"token_f1"}
+    assert [e.tags["answer_format"] for e in declared.examples] == ["free", "free", "short"]
 
 
 def _to_parquet(rows: list[dict[str, Any]], out: Path, scratch: Path) -> Path:
@@ -241,6 +259,7 @@ def test_offsets_and_ids_are_checked_against_the_document(tmp_path: Path) -> Non
     assert list(ok.documents) == ["Where?"]
 
 
+@pytest.mark.slow  # measures documents with the served model's tokenizer: needs the vLLM server
 async def test_built_through_the_registry_with_the_served_tokenizer(
     backend: HttpBackend, tmp_path: Path
 ) -> None:

@@ -15,6 +15,7 @@ from compare.store.db import Store
 from tests.fixtures.book import book_corpus_dir
 from tests.fixtures.proxy import FaultProxy
 
+# FaultProxy kept: no real gateway can be told to stall forever or die mid-run
 pytestmark = pytest.mark.slow
 
 

@@ -23,6 +23,8 @@ from compare.serving import weights as models
 from compare.serving.client import PROBE_MESSAGES
 from tests.fixtures.hosted_proxy import HostedProxy
 
+# HostedProxy kept (issue 27 names this stand-in): LiteLLM cannot refuse max_tokens, send Anthropic-style
+# usage or pass vLLM's /models through verbatim
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
 KEY_ENV = "ACME_TEST_KEY"

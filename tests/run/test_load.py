@@ -118,7 +118,7 @@ def test_bad_traffic_is_one_clear_line() -> None:
     spec = validate_spec({"corpus": {"kind": "needle", "lengths": [400]}})
     with pytest.raises(SpecError, match="no load steps"):
         with_traffic(spec)
-    with pytest.raises(SpecError, match=r"load\.rates\.0: Input should be greater than 0"):
+    with pytest.raises(SpecError, match=r"load\.rates\.rates\.0: Input should be greater than 0"):
         with_traffic(spec, rates=[0.0])
     with pytest.raises(SpecError, match="slo_e2e_ms"):
         with_traffic(spec, rates=[1.0], slo_e2e_ms=-3.0)
@@ -295,7 +295,7 @@ def test_ctrl_c_keeps_rows_marks_the_step_incomplete_and_the_same_command_resume
         out, err = again.communicate(timeout=120)
     assert again.returncode == 0, err
     data = json.loads(out)
-    assert set(data) == {"run_id", "idle_run_id", "db", "slos", "steps"}
+    assert set(data) == {"run_id", "idle_run_id", "db", "slos", "probes", "steps"}
     (only,) = data["steps"]
     assert (only["status"], only["sent"], only["answered"]) == ("done", 12, 12)
     assert only["goodput_rps"] is not None and only["hit_rate"] == pytest.approx(0.5)

@@ -38,6 +38,7 @@ from tests.fixtures.embeddings_server import MODEL as EMBED_MODEL
 from tests.fixtures.embeddings_server import EmbeddingsServer
 from tests.fixtures.hosted_proxy import HostedProxy
 
+# HostedProxy kept: a gateway that echoes header values in a 500, on purpose
 ROOT = Path(__file__).resolve().parents[2]
 
 # Every marker is distinct, so a hit names the path that leaked.

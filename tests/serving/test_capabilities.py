@@ -21,6 +21,7 @@ from compare.serving.client import HttpBackend, RequestOptions
 from compare.serving.endpoint import Endpoint, rate_limited, refuses_max_tokens, retry_after_s, too_long
 from tests.fixtures.hosted_proxy import HostedProxy
 
+# HostedProxy kept: it records each request's body and headers to assert on
 VLLM_METRICS = "# TYPE vllm:prompt_tokens counter\nvllm:prompt_tokens_total 12.0\n"
 GATEWAY_METRICS = "# TYPE litellm_requests counter\nlitellm_requests_total 3.0\n"
 

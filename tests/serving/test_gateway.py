@@ -2,16 +2,17 @@
 keys of its own, a model alias (`house-model`) and a path prefix (`/gateway/v1`). LiteLLM has
 none of vLLM's extra routes and its /health reports its upstreams, so every count before a
 request comes from the local tokenizer and every count after it from the usage LiteLLM passes
-on. A wrong key stops the run in one line with nothing stored; LiteLLM's own per-key rpm limiter
+on. A wrong key stops the run in one line with nothing stored; LiteLLM's own per-key rate limiter
 answers 429 with Retry-After, which the runner waits out and records as a second attempt.
 
 LiteLLM lives in its own venv (tests/fixtures/gateway.py); without it these tests skip, saying so.
+One LiteLLM serves the session (`gateway`, tests/serving/conftest.py).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+import time
 from pathlib import Path
 
 import duckdb
@@ -31,13 +32,6 @@ KEY_ENV = "GW_TEST_KEY"
 TEXT = ("The lighthouse at Carrow Point was painted red and white. Its keeper, Tomas Vell, kept "
         "a logbook of every ship. The lamp was lit at dusk with paraffin. The keeper's dog was "
         "called Biscuit. ") * 2
-
-
-@pytest.fixture(scope="module")
-def gateway(server_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiteLLMGateway]:
-    """One LiteLLM for the module (it takes a minute to start on a busy CPU)."""
-    with LiteLLMGateway(server_url, models.DEFAULT_MODEL, tmp_path_factory.mktemp("litellm")) as gw:
-        yield gw
 
 
 def _spec(tmp: Path, base_url: str, questions: int = 2) -> dict[str, object]:
@@ -108,14 +102,22 @@ def test_a_wrong_key_stops_the_run_in_one_line_and_stores_nothing(
 def test_a_429_from_the_gateway_is_waited_out_and_recorded(
     gateway: LiteLLMGateway, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """LiteLLM's limiter (2 requests a minute on this key) answers the third chat with 429 and
-    Retry-After: 60; the runner waits that long (not its 2 s backoff) and the row records two
-    attempts and no error. Takes about a minute, by design."""
+    """LiteLLM's limiter allows this key one request per window (gateway.window_s); two questions
+    sent at once (concurrency 2, no prefix gating, no probe chat: `[server] probe_chat = false`)
+    so one is refused with 429 and Retry-After: the window, however slow the shared server is.
+    The runner waits that out and the row records two attempts and no error. (The old version
+    waited 60 s and relied on the second request arriving within a minute of the first.)"""
     monkeypatch.setenv(KEY_ENV, LIMITED_KEY)
-    spec = _spec(tmp_path, gateway.base_url, questions=3)
-    spec["pipelines"] = spec["pipelines"][:1]  # type: ignore[index]
+    spec = _spec(tmp_path, gateway.base_url, questions=2)
+    spec |= {"pipelines": spec["pipelines"][:1], "concurrency": 2, "schedule": "given"}  # type: ignore[index]
+    spec["server"]["probe_chat"] = False  # type: ignore[index]
     db = tmp_path / "limited.duckdb"
+    t0 = time.monotonic()
     result = api.run(spec, db, say=lambda _: None)
-    _, rows = _stored(db)
-    assert result.errors == 0 and [r[3] for r in rows] == [None, None, None], rows
-    assert max(int(r[4]) for r in rows) == 2, rows  # one request was refused, waited out, then answered
+    took = time.monotonic() - t0
+    server, rows = _stored(db)
+    assert result.errors == 0 and [r[3] for r in rows] == [None, None], rows
+    assert sorted(int(str(r[4])) for r in rows) == [1, 2], rows  # one refused, waited out, answered
+    assert took >= gateway.window_s, took  # at least the Retry-After (the runner's own backoff is 2 s)
+    caps = server["capabilities"]
+    assert isinstance(caps, dict) and caps["probe_chat"] is False and "probe_chat_usage" not in caps

@@ -34,6 +34,7 @@ from compare.serving.router import (
 from tests.fixtures.book import book_corpus_dir
 from tests.fixtures.proxy import FaultProxy
 
+# FaultProxy kept: a second 'replica' to kill mid-run; a gateway is not a replica
 
 def _router_runs() -> str | None:
     """Why the router cannot run here (None: it can): its wheel is Linux x86-64 only."""
