@@ -6,6 +6,7 @@ sits above the runner: made-up timings make every expected number exact)."""
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,8 @@ import pytest
 
 from compare.core.types import Completion, Example, Prediction
 from compare.report.assemble import Report, build_report
-from compare.report.load_charts import best_at_each_rate, load_points
+from compare.report.charts import with_colours
+from compare.report.load_charts import best_at_each_rate, goodput_chart, hit_rate_chart, load_points
 from compare.report.palette import KIND_COLOURS
 from compare.store.db import Store
 from compare.store.rows import load_timing, now
@@ -137,3 +139,15 @@ def test_a_run_without_load_steps_has_no_load_section(tmp_path: Path) -> None:
     rep = build_report(path, ["idle"])
     assert not {"load_goodput", "load_hit_rate", "load_frontier"} & set(rep.charts)
     assert "Under load" not in rep.html()
+
+
+def test_the_load_charts_build_without_altair_type_warnings(con: duckdb.DuckDBPyConnection) -> None:
+    """Seen on a real sweep: `ragvslc report` printed altair's "I don't know how to infer vegalite
+    type from 'empty'" for an all-empty tooltip column (no step had a note); fields are typed."""
+    kinds = {"long_context": "long_context", "rag": "rag"}
+    points = load_points(con, [RUN])
+    points = with_colours(points[points["status"] == "done"].assign(note=None), kinds)  # all steady
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        goodput_chart(points).to_dict()
+        hit_rate_chart(points).to_dict()
