@@ -37,7 +37,7 @@ import duckdb
 import pandas as pd
 
 from compare.analysis.oracle import CostBy, oracle_frames, strategy_table
-from compare.analysis.prices import ApiPrices, api_cost, choose_sheet
+from compare.analysis.prices import ApiPrices, ChosenSheet, api_cost, choose_sheet
 
 REGRET_COLUMNS = (
     "run_id", "strategy", "kind", "role", "n", "n_priced", "quality", "oracle_quality", "quality_lost",
@@ -87,11 +87,13 @@ def regret_table(
     cost_by: CostBy = "computed_tokens",
     correct_at: float = 1.0,
     prices: Path | str | None = None,
+    sheet: ChosenSheet | None = None,
 ) -> Regret:
     """Per run that measured both paths: each strategy's regret against the oracle (module
-    docstring), every line with its n."""
+    docstring), every line with its n. `sheet`: the report's already chosen prices (wins over
+    `prices`), so its regret and its cost section price alike."""
     runs = list(run_ids)
-    chosen_sheet = choose_sheet(con, runs, prices)
+    chosen_sheet = sheet if sheet is not None else choose_sheet(con, runs, prices)
     api = chosen_sheet.sheet.api
     notes = [] if api is not None else [f"{chosen_sheet.origin}: no [api] prices, so no $ columns"]
     strategies = strategy_table(con, runs, metric=metric, cost_by=cost_by, correct_at=correct_at)

@@ -113,7 +113,8 @@ def goodput_chart(points: pd.DataFrame) -> alt.TopLevelMixin:
     x = alt.X("rate:Q", title="offered rate (requests/s)", scale=alt.Scale(zero=True))
     y = alt.Y("goodput_plot:Q", title="goodput (good answers/s)", scale=alt.Scale(zero=True))
     tip = ["label:N", "step:N", "status:N", alt.Tooltip("goodput_rps:Q", format=".3f"),
-           alt.Tooltip("achieved_rps:Q", format=".3f"), alt.Tooltip("slo_attainment:Q", format=".0%"), "note:N"]
+           alt.Tooltip("achieved_rps:Q", format=".3f"), alt.Tooltip("slo_attainment:Q", format=".0%"),
+           "note:N"]
     top = float(df["rate"].max()) if len(df) else 1.0
     ideal = alt.Chart(pd.DataFrame({"rate": [0.0, top], "goodput_plot": [0.0, top]})).mark_line(
         color="#999", strokeDash=[4, 4]).encode(x=x, y=y)
@@ -167,8 +168,9 @@ def load_frontier_chart(front: pd.DataFrame, metric: str) -> alt.TopLevelMixin:
     x = alt.X("e2e_p90_ms:Q", title="E2E p90 (ms, log)", scale=alt.Scale(type="log", nice=False, padding=30),
               axis=alt.Axis(format="~s"))
     y = alt.Y("quality:Q", title=f"mean {metric} under load", scale=alt.Scale(domain=[0, 1]))
-    tip = ["label:N", "step:N", alt.Tooltip("quality:Q", format=".3f"), alt.Tooltip("e2e_p90_ms:Q", format=".0f"),
-           alt.Tooltip("goodput_rps:Q", format=".3f"), "frontier:N"]
+    tip = ["label:N", "step:N", alt.Tooltip("quality:Q", format=".3f"),
+           alt.Tooltip("e2e_p90_ms:Q", format=".0f"), alt.Tooltip("goodput_rps:Q", format=".3f"),
+           "frontier:N"]
     path = _base(df).mark_line(opacity=0.5).encode(x=x, y=y, color=_kind_colour(df), detail="label:N",
                                                    order="rate:Q",
                                                    strokeDash=alt.StrokeDash("label:N", legend=None,

@@ -26,6 +26,7 @@ from compare.report import charts, retrieval_charts
 from compare.report import data as dashboard
 from compare.report.front import cards_html, decision_html, terms_html
 from compare.report.html import Section, effective_table, note, summary_table, table, verdict_box
+from compare.report.regret_section import COLUMNS, regret_rows
 
 QUALITY_METRICS = ("headline", *summary.FALLBACK_METRICS, "request_ok")
 
@@ -272,6 +273,10 @@ class SectionBuilder:
             sec.charts.append("routing_shares")
         elif strategies or notes:
             sec.after.append(note("No route shares to draw."))
+        regret, why = regret_rows(self.con, self.run_ids, self.cost_data.chosen if self.cost_data else None)
+        if regret:
+            sec.after += [note(n) for n in why]
+            sec.after.append(table(self.named(regret), COLUMNS, left=("run_id", "strategy")))
         self.sections.append(sec)
 
 

@@ -25,9 +25,11 @@ from typing import Any
 
 import pytest
 
+from compare.analysis.prices import ChosenSheet, load_price_sheet
 from compare.analysis.regret import regret_table
 from compare.core.protocols import Role
 from compare.core.types import Completion, Example, Prediction, Step
+from compare.report.regret_section import regret_rows
 from compare.run.runner import params_hash
 from compare.store.db import Store
 from pipelines.routers import combine
@@ -121,3 +123,13 @@ def test_a_run_without_both_paths_says_so(tmp_path: Path) -> None:
     with duckdb.connect(str(path), read_only=True) as c:
         got = regret_table(c, ["solo"], metric="contains")
     assert got.table.empty and got.notes == ["solo: no regret (needs both a RAG and a long-context pipeline)"]
+
+
+def test_the_report_shows_the_regret_of_each_router(con: Any, db: Path) -> None:
+    """The routing section's table (compare/report/regret_section.py) carries regret_table's numbers
+    under the report's own prices."""
+    sheet = ChosenSheet(load_price_sheet(db.parent / "sheet.toml"), "given")
+    rows, notes = regret_rows(con, ["r"], sheet)
+    router = next(r for r in rows if r["strategy"] == "kind_router")
+    assert (router["n"], router["quality_lost"], router["usd_saved_share"]) == pytest.approx((4, 0.25, 0.2))
+    assert notes and "oracle" in notes[0] and "prices: given" in notes[0]
