@@ -21,6 +21,7 @@ import vl_convert as vlc
 
 from compare.analysis.verdict import EFFECTIVE_SHARE, Verdict
 from compare.report.charts import RUN_PARAM
+from compare.store.views import LOAD_RUN_PREFIX
 
 _EMBED_OPTIONS = {"actions": {"export": True, "source": False, "compiled": False, "editor": False}}
 _CSS = """
@@ -183,6 +184,11 @@ def run_caveats(run: Mapping[str, Any]) -> list[str]:
         "score 0 in the quality means (every pipeline over the same asked questions) and cost what they "
         "spent before failing (a failed request that reported no usage is left out of the cost means).",
     ]
+    if str(run.get("run_id", "")).startswith(LOAD_RUN_PREFIX):  # `ragvslc load`: not an idle server
+        notes[0] = ("Load run: its requests were sent as open-loop traffic, one step per rate (see Under "
+                    "load); the quality, latency and cost sections pool every step's requests, so their "
+                    f"latency is not an idle server's, and concurrency {run['concurrency']} is the spec's, "
+                    "not what was in flight.")
     if "cpu" in str(server.get("vllm", "cpu")).lower():  # unknown build: assume the worst
         notes.insert(0, "CPU build; latency numbers are relative (compare pipelines, not absolute ms).")
     notes += [f"Secrets taken out of this run's stored record ({', '.join(n['fields'])}) on {n['at']} by "

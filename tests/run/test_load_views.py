@@ -58,3 +58,18 @@ def test_idle_views_leave_the_load_run_out_unless_named(both: tuple[Path, str, s
         assert set(samples.samples(con)["run_id"]) == {idle}
         assert set(samples.samples(con, [loaded])["run_id"]) == {loaded}  # named: its rows
         assert views.idle_runs(con) == [idle]
+
+
+def test_a_load_run_s_report_says_its_requests_came_under_traffic(both: tuple[Path, str, str]) -> None:
+    """Seen on a real sweep: the load run's report said "Concurrency 1" over rows sent at three rates."""
+    from compare.report.html import run_caveats
+
+    db, idle, loaded = both
+    with duckdb.connect(str(db), read_only=True) as con:
+        cur = con.execute("SELECT * FROM runs")
+        names = [c[0] for c in cur.description]
+        runs = {r["run_id"]: r for r in (dict(zip(names, row, strict=True)) for row in cur.fetchall())}
+    said_load, said_idle = " ".join(run_caveats(runs[loaded])), " ".join(run_caveats(runs[idle]))
+    assert "Load run: its requests were sent as open-loop traffic" in said_load
+    assert "Concurrency 1: compare latency" not in said_load
+    assert "Load run" not in said_idle and "Concurrency 1: compare latency" in said_idle
