@@ -9,11 +9,13 @@ average is recorded with each result so a reader can tell a quiet run from a bus
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import statistics
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -164,3 +166,13 @@ def print_table(rows: Sequence[Row]) -> None:
     print("-" * len(line))
     for row in cells:
         print("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)))
+
+
+def write_results(out: Path, rows: Sequence[Row], raw: Mapping[str, Any], started: float) -> None:
+    """A benchmark's numbers to a file (rows, raw detail, its wall seconds and the load beside it),
+    then its table: the one shape every benchmark that keeps raw detail writes."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"rows": [r.as_dict() for r in rows], "raw": raw,
+                               "seconds": round(time.perf_counter() - started, 1),
+                               "load_avg_1m": load_avg()}, indent=1, default=str))
+    print_table(rows)

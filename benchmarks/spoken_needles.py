@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.common import Row, load_avg, print_table, ratio_row
+from benchmarks.common import Row, load_avg, ratio_row, write_results
 from corpora.asr import AsrSettings, transcribe
 from corpora.books import data_dir
 
@@ -347,11 +347,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     t0 = time.perf_counter()
     rows, raw = bench_spoken(**kw)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"rows": [r.as_dict() for r in rows], "raw": raw,
-                                    "seconds": round(time.perf_counter() - t0, 1),
-                                    "load_avg_1m": load_avg()}, indent=1, default=str))
-    print_table(rows)
+    write_results(args.out, rows, raw, t0)
     for k, v in raw["settings"].items():
         print(f"  {k}: recall {v['recall_exact']}, wer {v['wer']}, ts err {v['ts_err_median_s']} s, "
               f"{v['asr_s_per_audio_min']} s/min; {v['by']}")

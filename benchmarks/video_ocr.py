@@ -20,7 +20,6 @@ run for both engines (ratio = tesseract / rapidocr seconds).
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import re
 import subprocess
@@ -30,7 +29,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import Row, load_avg, print_table, ratio_row
+from benchmarks.common import Row, load_avg, ratio_row, write_results
 from corpora.books import data_dir
 from corpora.video import IngestSettings, ingest
 from corpora.video_needle import CLIPS, KEYS, WORDS
@@ -240,11 +239,7 @@ def main(argv: list[str] | None = None) -> int:
         kw |= {"backgrounds": ("chaplin.mp4", "bikes.mp4", "testsrc"), "slots": 4}
     t0 = time.perf_counter()
     rows, raw = bench_video_ocr(**kw)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"rows": [r.as_dict() for r in rows], "raw": raw,
-                                    "seconds": round(time.perf_counter() - t0, 1),
-                                    "load_avg_1m": load_avg()}, indent=1, default=str))
-    print_table(rows)
+    write_results(args.out, rows, raw, t0)
     for k, v in raw["breakdown"].items():
         print(f"  {k}: {v}")
     print(f"wrote {args.out}")
