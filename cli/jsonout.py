@@ -61,7 +61,7 @@ TOP_LEVEL: dict[str, tuple[str, ...]] = {
              "break_even", "caveats"),
     "recommend": (
         "workload", "model", "coverage", "coverage_notes", "winner", "reasons", "assumptions",
-        "run_ids", "lengths_used", "price_sheet", "rows", "decisions",
+        "run_ids", "lengths_used", "price_sheet", "rows", "decisions", "strata",
     ),
     "retrieval": ("eval_id", "run_id", "db", "rows"),
     "export": ("db", "format", "out", "tables"),
@@ -146,4 +146,7 @@ def recommendation_json(rec: Any) -> dict[str, Any]:
         "lengths_used": dict(rec.lengths_used), "price_sheet": rec.price_sheet,
         "rows": [{**pick(r, RECOMMEND_FIELDS), "notes": _split(r.get("notes"))} for r in rec.rows],
         "decisions": [d.to_dict() for d in getattr(rec, "decisions", [])],  # one per evidence run
+        "strata": [{"run_id": sv.decision.run_id, "stratum": sv.stratum, "n": sv.n, "sources": sv.sources,
+                    "too_few": sv.too_few, "line": sv.line, "decision": sv.decision.to_dict()}
+                   for sv in getattr(rec, "strata", [])],  # issue 30: per kind of question
     }

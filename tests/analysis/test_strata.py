@@ -47,6 +47,8 @@ from tests.fixtures import paired
 from tests.fixtures.cost import LC, LC_LABEL, RAG, RAG_LABEL, SHEET
 from tests.fixtures.store import store_fixtures
 
+ROOT = Path(__file__).resolve().parents[2]
+
 
 @pytest.mark.parametrize(("spans", "places", "spread", "stratum"), [
     ([(85, 115)], 1, 30, "local"),  # inside chunk 2 (85 // 40 = 114 // 40 = 2)
@@ -165,6 +167,24 @@ def test_per_stratum_verdict_on_a_hand_built_store(con: duckdb.DuckDBPyConnectio
     chart = strata_chart(pd.DataFrame(rows), {LC_LABEL: "long_context", RAG_LABEL: "rag"}).to_dict()
     groups = {v["group"] for v in next(iter(chart["datasets"].values()))}
     assert groups == {"local (n = 10)", "multi_hop (n = 3)", "aggregation (n = 8)"}  # each bar says its n
+
+
+def test_recommend_json_carries_each_stratum_with_its_n(con: duckdb.DuckDBPyConnection) -> None:
+    """`recommend --json` gives the per-stratum lines `recommend` prints (cli/jsonout.py)."""
+    import json
+
+    from cli.jsonout import recommendation_json
+    from compare.analysis.recommend import Recommendation
+    from compare.analysis.workload import load_workload
+
+    wl = load_workload(ROOT / "workloads" / "demo.toml")
+    rec = Recommendation(wl, "m", "covered", [], [], None, [], ["r"],
+                         strata=stratum_verdicts(con, "r", q=10, sheet=SHEET))
+    got = json.loads(json.dumps(recommendation_json(rec), default=str))["strata"]
+    assert [(s["stratum"], s["n"], s["too_few"]) for s in got] == [
+        ("local", 10, False), ("multi_hop", 3, True), ("aggregation", 8, False)]
+    assert got[0]["run_id"] == "r" and got[0]["decision"]["decided_by"] == "quality"
+    assert got[1]["line"].startswith("stratum multi_hop (n = 3")
 
 
 def test_one_stratum_only_gives_no_per_stratum_verdict(tmp_path: Path) -> None:
