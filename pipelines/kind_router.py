@@ -33,12 +33,11 @@ from typing import Annotated, ClassVar, Literal
 from pydantic import Field, PositiveInt
 
 from compare.core.protocols import Backend, Plan, Role
-from compare.core.registry import build_pipeline, register_pipeline
+from compare.core.registry import register_pipeline
 from compare.core.types import Document, Example, Prediction
-from pipelines.long_context import LongContextPipeline, LongContextSpec
+from pipelines.long_context import LongContextPipeline
 from pipelines.rag import RagPipeline
-from pipelines.rag_spec import RagSpec
-from pipelines.routers import Route, _RoutedSpec
+from pipelines.routers import Route, _RoutedSpec, router_paths
 
 Stratum = Literal["local", "multi_hop", "aggregation", "whole", "unknown"]
 RULES_VERSION = "kind-rules-1"  # bump when a pattern changes: results are recorded with it
@@ -97,10 +96,7 @@ class KindRouterPipeline:
 
     @classmethod
     def from_spec(cls, spec: KindRouterSpec) -> KindRouterPipeline:
-        rag = build_pipeline(RagSpec.model_validate(spec.rag))
-        lc = build_pipeline(LongContextSpec.model_validate(spec.long_context))
-        if not isinstance(rag, RagPipeline) or not isinstance(lc, LongContextPipeline):
-            raise TypeError(f"a router needs a RagPipeline and a LongContextPipeline, got {rag!r}, {lc!r}")
+        rag, lc = router_paths(spec)
         return cls(rag, lc, long_strata=tuple(spec.long_strata), long_below_tokens=spec.long_below_tokens,
                    max_doc_tokens=spec.max_doc_tokens)
 

@@ -171,7 +171,7 @@ class SelfRoutePipeline:
 
     @classmethod
     def from_spec(cls, spec: SelfRouteSpec) -> SelfRoutePipeline:
-        rag, lc = _paths(spec)
+        rag, lc = router_paths(spec)
         return cls(rag, lc, score_threshold=spec.score_threshold)
 
     @property
@@ -276,7 +276,7 @@ class LengthRulePipeline:
 
     @classmethod
     def from_spec(cls, spec: LengthRuleSpec) -> LengthRulePipeline:
-        rag, lc = _paths(spec)
+        rag, lc = router_paths(spec)
         return cls(rag, lc, max_doc_tokens=spec.max_doc_tokens)
 
     @property
@@ -334,8 +334,9 @@ class LengthRulePipeline:
         return replace(pred, route=route)
 
 
-def _paths(spec: SelfRouteSpec | LengthRuleSpec) -> tuple[RagPipeline, LongContextPipeline]:
-    """A router's two paths, each built exactly as the same spec would build it on its own."""
+def router_paths(spec: Any) -> tuple[RagPipeline, LongContextPipeline]:
+    """A router's two paths (its spec's `rag` and `long_context` tables), each built exactly as
+    the same spec would build it on its own; every router kind builds them here."""
     rag = build_pipeline(RagSpec.model_validate(spec.rag))
     lc = build_pipeline(LongContextSpec.model_validate(spec.long_context))
     if not isinstance(rag, RagPipeline) or not isinstance(lc, LongContextPipeline):
