@@ -127,7 +127,7 @@ def _select_runs(con: duckdb.DuckDBPyConnection, wl: Workload, run_ids: Sequence
                        "predictions p WHERE p.run_id = r.run_id) ORDER BY created_at").fetchall()
     # Unnamed, load runs are left out: their rows were asked under traffic (compare/analysis/load.py).
     rows = [r for r in rows if r[0] in run_ids] if run_ids is not None else \
-        [r for r in rows if not str(r[0]).startswith(views.LOAD_RUN_PREFIX)]
+        [r for r in rows if not views.is_load_run(r[0])]
     models = sorted({str(r[1]) for r in rows})
     if wl.model is None and len(models) != 1:
         return None, [], [f"the database holds runs of {len(models)} models ({', '.join(models) or 'none'}); "

@@ -21,7 +21,7 @@ import vl_convert as vlc
 
 from compare.analysis.verdict import EFFECTIVE_SHARE, Verdict
 from compare.report.charts import RUN_PARAM
-from compare.store.views import LOAD_RUN_PREFIX
+from compare.store.views import is_load_run
 
 _EMBED_OPTIONS = {"actions": {"export": True, "source": False, "compiled": False, "editor": False}}
 _CSS = """
@@ -184,7 +184,7 @@ def run_caveats(run: Mapping[str, Any]) -> list[str]:
         "score 0 in the quality means (every pipeline over the same asked questions) and cost what they "
         "spent before failing (a failed request that reported no usage is left out of the cost means).",
     ]
-    if str(run.get("run_id", "")).startswith(LOAD_RUN_PREFIX):  # `ragvslc load`: not an idle server
+    if is_load_run(run.get("run_id", "")):  # `ragvslc load`: not an idle server
         notes[0] = ("Load run: its requests were sent as open-loop traffic, one step per rate (see Under "
                     "load); the quality, latency and cost sections pool every step's requests, so their "
                     f"latency is not an idle server's, and concurrency {run['concurrency']} is the spec's, "

@@ -37,6 +37,11 @@ LOAD_RUN_PREFIX = "load-"
 IDLE_RUN_SQL = f"NOT starts_with(run_id, '{LOAD_RUN_PREFIX}')"
 
 
+def is_load_run(run_id: object) -> bool:
+    """A run `ragvslc load` made: its requests were sent under traffic (the one test of it)."""
+    return str(run_id).startswith(LOAD_RUN_PREFIX)
+
+
 def idle_runs(con: duckdb.DuckDBPyConnection) -> list[str]:
     """Every run but load runs, oldest first (what "all runs" means to an idle comparison)."""
     return [str(r[0]) for r in con.execute(
