@@ -37,6 +37,7 @@ def model_path() -> Path:
 def server_url(model_path: Path) -> Iterator[str]:
     external = os.environ.get("RAGVSLC_TEST_BASE_URL")
     if external:
+        _SERVER.append(external)
         yield external
         return
     from compare.serving.server import ManagedServer, ServerConfig
@@ -47,6 +48,7 @@ def server_url(model_path: Path) -> Iterator[str]:
     )
     with ManagedServer(config, progress=lambda m: None) as server:
         print(f"\nvLLM ready at {server.base_url} after {server.startup_s:.0f}s ({server.settings_line()})")
+        _SERVER.append(server.base_url)
         yield server.base_url
         _print_work(server.base_url)
 
@@ -71,11 +73,46 @@ def _print_work(base_url: str) -> None:
 
 
 _SUMMARY: list[str] = []  # filled when the session server stops (the last test's teardown)
+_SERVER: list[str] = []  # the session server's URL, once a test has started it
+_WORK: dict[str, tuple[float, float]] = {}  # test id -> (prompt tokens prefilled, engine seconds)
+
+
+def _engine_work() -> tuple[float, float] | None:
+    """The session server's prefill tokens and engine seconds so far (None before it starts, or
+    for a server off this machine, which the suite does not read per test)."""
+    if not _SERVER or not _SERVER[0].startswith(("http://127.0.0.1", "http://localhost")):
+        return None
+    import httpx
+
+    from compare.serving.prometheus import parse_metrics
+
+    try:
+        m = parse_metrics(httpx.get(f"{_SERVER[0]}/metrics", timeout=10).text)
+    except httpx.HTTPError:
+        return None
+    tokens = m.get("vllm:prompt_tokens_by_source:local_compute", m.get("vllm:prompt_tokens", 0.0))
+    return tokens, (m.get("vllm:request_prefill_time_seconds_sum", 0.0)
+                    + m.get("vllm:request_decode_time_seconds_sum", 0.0))
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
+    """Which tests keep the session server busy: `--durations` says how long a test took, not
+    whether that was the engine's time (CI time is scarce, the suite's goal is 40 minutes)."""
+    before = _engine_work()
+    yield
+    after = _engine_work()
+    if before is not None and after is not None and after[1] > before[1]:
+        _WORK[item.nodeid] = (after[0] - before[0], after[1] - before[1])
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     for line in _SUMMARY:
         terminalreporter.write_line(line)
+    if _WORK:
+        terminalreporter.write_line("session vLLM engine seconds by test (top 20; prefill + decode):")
+        for node, (tokens, seconds) in sorted(_WORK.items(), key=lambda kv: -kv[1][1])[:20]:
+            terminalreporter.write_line(f"  {seconds:7.1f} s {tokens:9,.0f} prompt tokens  {node}")
 
 
 @pytest.fixture
