@@ -109,12 +109,16 @@ def print_steps(db: Path, run_id: str, idle_run_id: str, slos: dict[str, float],
     import duckdb
 
     from compare.analysis.load import step_metrics
+    from compare.analysis.load_verdict import load_verdicts
 
     with duckdb.connect(str(db), read_only=True) as con:
         rows = step_metrics(con, run_id, slos)
+    verdicts = load_verdicts(rows)
     if as_json:
         console.emit_json({"run_id": run_id, "idle_run_id": idle_run_id, "db": str(db), "slos": slos,
-                           "probes": probes or {}, "steps": rows})
+                           "probes": probes or {}, "steps": rows,
+                           "verdict": [{"at": v.step, "winner": v.winner, "fisher_p": v.p, "line": v.text}
+                                       for v in verdicts]})
         return
     slo_text = ", ".join(f"{k} <= {v:g} ms" for k, v in slos.items()) or "none given (every answer is good)"
     console.table(rows, COLUMNS, title=f"{run_id} ({db}); SLOs: {slo_text}")
@@ -126,3 +130,5 @@ def print_steps(db: Path, run_id: str, idle_run_id: str, slos: dict[str, float],
             note = f" ({r['note']})" if r["note"] else ""
             console.say(f"! {r['pipeline']} {r['step']}: {r['status']}{note}: "
                         "not steady, no throughput or goodput")
+    for v in verdicts:  # the claim, rate by rate (compare/analysis/load_verdict.py)
+        console.say(v.text)

@@ -13,6 +13,7 @@ Colours follow compare/report/palette.py: one per pipeline kind; configurations 
 
 from __future__ import annotations
 
+import html
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -22,10 +23,12 @@ import pandas as pd
 
 from compare.analysis import summary
 from compare.analysis.load import step_metrics
+from compare.analysis.load_verdict import load_verdicts, slo_words
 from compare.report.charts import LEGEND, with_colours
 from compare.report.data import pareto
 from compare.report.html import Section, note, table
 from compare.report.palette import DASHES, SHAPES
+from compare.store.views import is_load_run
 
 COLUMNS = ("run_id", "label", "pipeline", "params_hash", "step", "rate", "concurrency", "status", "steady",
            "note", "goodput_rps", "achieved_rps", "slo_attainment", "hit_rate", "derived_hit_rate",
@@ -62,6 +65,29 @@ def _slos(con: duckdb.DuckDBPyConnection, run_id: str, given: Mapping[str, float
     spec = json.loads(row[0]) if row and row[0] else {}
     keys = {"ttft": "slo_ttft_ms", "e2e": "slo_e2e_ms", "tpot": "slo_tpot_ms"}
     return {k: float(spec[f]) for k, f in keys.items() if isinstance(spec, dict) and spec.get(f)}
+
+
+def load_decision_html(con: duckdb.DuckDBPyConnection, run_id: str) -> str | None:
+    """A load run's claim, rate by rate (compare/analysis/load_verdict.py), shown above the decision
+    line, which pools every step's rows; None for an idle run."""
+    if not (is_load_run(run_id) and is_swept(con, run_id)):
+        return None
+    slos = _slos(con, run_id, None)
+    rows = step_metrics(con, run_id, slos)
+    labels = summary.pipeline_labels(con, [run_id])
+    names = dict(zip(labels["params_hash"], labels["label"], strict=True))
+    items = "".join(f"<li>{html.escape(v.text)}</li>" for v in load_verdicts(rows, names))
+    return (f"<div class='decision' id='load-decision'><b>Under traffic</b> (SLOs: "
+            f"{html.escape(slo_words(slos))}; each rate judged on its own requests; the decision "
+            f"below pools every rate's rows):<ul>{items}</ul></div>")
+
+
+def is_swept(con: duckdb.DuckDBPyConnection, run_id: str) -> bool:
+    """Whether the file holds load steps of this run."""
+    has_table = con.execute(
+        "SELECT count(*) FROM information_schema.tables WHERE table_name = 'load_steps'").fetchone()
+    return bool(has_table and has_table[0]) and bool(
+        con.execute("SELECT count(*) FROM load_steps WHERE run_id = ?", [run_id]).fetchone()[0])  # type: ignore[index]
 
 
 def frontier_by_rate(points: pd.DataFrame) -> pd.DataFrame:

@@ -296,6 +296,8 @@ class SectionBuilder:
         """The answer first: per run, the decision line and one card per pipeline, then the words
         they use; the per-axis evidence in words next; all before every other section. The needle
         section gets the effective lengths side by side."""
+        from compare.report.load_charts import load_decision_html  # as in load(): loaded when needed
+
         self.strata(q)  # the per-stratum section (issue 30) follows Routing
         metric = quality_metric(self.rows)
         data = self.cost_data
@@ -312,7 +314,9 @@ class SectionBuilder:
             name = names.get(run_id) if self.multi else None
             labels = summary.pipeline_labels(self.con, [run_id])
             kinds = dict(zip(labels["label"], labels["pipeline"], strict=True))
-            front += [decision_html(decision, name), cards_html(decision, kinds)]
+            load_line = load_decision_html(self.con, run_id)  # a load run's per-rate claim first
+            front += [*([load_line] if load_line else []), decision_html(decision, name),
+                      cards_html(decision, kinds)]
             boxes.append(verdict_box(v, self.multi, names.get(run_id)))
             if v.effective and self.lengths["length"].nunique() > 1:  # Quality is sections[0]
                 self.sections[0].after.append(effective_table(v, self.multi, names.get(run_id)))

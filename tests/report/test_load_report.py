@@ -120,6 +120,18 @@ def test_the_report_draws_goodput_hit_rate_and_the_frontier_of_a_sweep(rep: Repo
         ("RAG k=4", 0.5), ("RAG k=4", 1.0)}
 
 
+def test_a_load_run_leads_with_a_claim_per_rate_above_its_pooled_decision(rep: Report) -> None:
+    """The decision line pools every rate's rows (each question asked at every rate): the page
+    first says, rate by rate, who kept the SLOs, with each attainment's n and interval."""
+    page = rep.html()
+    assert page.index("id='load-decision'") < page.index("id='decision'")
+    box = page[page.index("id='load-decision'"):page.index("id='decision'")]
+    assert "TTFT &lt;= 1000 ms" in box and "At 0.5 requests/s" in box and "n = 4" in box
+    # 4/4 against 4/4 at 0.5/s: no claim; at 2/s long context misses TTFT and RAG saturated
+    assert box.count("no winner named") == 2
+    assert "RAG k=4 (saturated: 32 requests due but unanswered)" in box
+
+
 def test_each_rate_names_its_frontier_and_who_did_not_keep_up(con: duckdb.DuckDBPyConnection) -> None:
     rows = {r["rate"]: r for r in best_at_each_rate(load_points(con, [RUN]))}
     # At 0.5/s RAG is faster (E2E p90 0.4 s) and long context better: both on the frontier.

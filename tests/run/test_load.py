@@ -295,8 +295,10 @@ def test_ctrl_c_keeps_rows_marks_the_step_incomplete_and_the_same_command_resume
         out, err = again.communicate(timeout=120)
     assert again.returncode == 0, err
     data = json.loads(out)
-    assert set(data) == {"run_id", "idle_run_id", "db", "slos", "probes", "steps"}
+    assert set(data) == {"run_id", "idle_run_id", "db", "slos", "probes", "steps", "verdict"}
     (only,) = data["steps"]
+    (claim,) = data["verdict"]  # one pipeline: its attainment, no winner
+    assert claim["at"] == "4 requests/s" and claim["winner"] is None and "12/12" in claim["line"]
     assert (only["status"], only["sent"], only["answered"]) == ("done", 12, 12)
     assert only["goodput_rps"] is not None and only["hit_rate"] == pytest.approx(0.5)
     with duckdb.connect(str(tmp_path / "c.duckdb"), read_only=True) as con:
