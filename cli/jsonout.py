@@ -42,8 +42,13 @@ BREAK_EVEN_FIELDS = ("view", "a", "b", "break_even_q", "cheaper_below", "cheaper
 RECOMMEND_FIELDS = (
     "rank", "strategy", "kind", "run_ids", "n", "quality", "quality_low", "quality_high", "p95_ms",
     "utilization", "input_tokens_per_1k", "cached_tokens_per_1k", "output_tokens_per_1k",
-    "usd_per_1k", "meets_floor", "meets_target", "utilization_measured", "notes",
+    "usd_per_1k", "meets_floor", "meets_target", "utilization_measured", "replicas", "replicas_basis",
+    "per_replica_rps", "per_replica_goodput_rps", "per_replica_n", "load_run_id", "load_step", "swept_rps",
+    "replicas_usd_per_hour", "replicas_usd_per_1k", "replicas_note", "notes",
 )
+# per router of the evidence runs (issue 30): its regret against the per-question oracle
+REGRET_FIELDS = ("run_id", "strategy", "n", "n_priced", "quality", "oracle_quality", "quality_lost",
+                 "lc_strategy", "usd_per_q", "lc_usd_per_q", "usd_saved_per_q", "usd_saved_share", "line")
 RETRIEVAL_FIELDS = (
     "config", "params_hash", "index", "k", "budget_tokens", "recall", "mrr", "n_examples",
     "n_without_evidence", "mean_chunks", "mean_context_tokens", "max_context_tokens", "n_chunks",
@@ -61,7 +66,7 @@ TOP_LEVEL: dict[str, tuple[str, ...]] = {
              "break_even", "caveats"),
     "recommend": (
         "workload", "model", "coverage", "coverage_notes", "winner", "reasons", "assumptions",
-        "run_ids", "lengths_used", "price_sheet", "rows", "decisions", "strata",
+        "run_ids", "lengths_used", "price_sheet", "rows", "decisions", "strata", "cache_basis", "regret",
     ),
     "retrieval": ("eval_id", "run_id", "db", "rows"),
     "export": ("db", "format", "out", "tables"),
@@ -149,4 +154,6 @@ def recommendation_json(rec: Any) -> dict[str, Any]:
         "strata": [{"run_id": sv.decision.run_id, "stratum": sv.stratum, "n": sv.n, "sources": sv.sources,
                     "too_few": sv.too_few, "line": sv.line, "decision": sv.decision.to_dict()}
                    for sv in getattr(rec, "strata", [])],  # issue 30: per kind of question
+        "cache_basis": getattr(rec, "cache_basis", None),  # issue 28: which rule priced the cache
+        "regret": [pick(r, REGRET_FIELDS) for r in getattr(rec, "regret", [])],  # issue 30: routers
     }

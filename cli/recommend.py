@@ -40,13 +40,21 @@ def print_recommendation(rec: Recommendation, *, wide: bool = False) -> None:
         title = (f"{wl.name}: {wl.questions_per_doc} q/doc, {wl.requests_per_s:g} req/s, p95 "
                  f"{wl.latency.metric} <= {wl.latency.p95_ms:,.0f} ms, {wl.quality_metric} >= "
                  f"{wl.quality_floor}")
-        columns = [c for c in (COLUMNS if wide else NARROW) if c in COLUMNS]
+        narrow = (*NARROW, "replicas") if any(r.get("replicas") is not None for r in rec.rows) else NARROW
+        columns = [c for c in (COLUMNS if wide else narrow) if c in COLUMNS]
         console.table(rec.rows, [c for c in columns if c != "usd_per_1k" or rec.price_sheet], title=title)
     say(f"recommendation: {rec.winner or 'none'}")
     for reason in rec.reasons:
         say(f"  - {reason}")
     for assumption in rec.assumptions:
         say(f"  ! {assumption}")
+    for row in rec.rows:  # issue 28: replicas at the workload's rate, from a load sweep
+        if row.get("replicas_note"):
+            say(f"replicas, {row['strategy']}: {row['replicas_note']}", markup=False, highlight=False)
+    for regret in rec.regret:  # issue 30: each router against the per-question oracle
+        say(regret["line"], markup=False, highlight=False)
+    if rec.cache_basis and rec.cache_basis not in rec.assumptions:  # said once
+        say(f"cache: {rec.cache_basis}", markup=False, highlight=False)
     if rec.run_ids:
         used = "; ".join(f"{t}: {', '.join(f'{m:.0f}' for m in ms)}" for t, ms in rec.lengths_used.items())
         say(f"evidence: runs {', '.join(rec.run_ids)}; lengths (workload: measured) {used}")

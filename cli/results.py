@@ -147,6 +147,13 @@ def cost_cmd(
         "Default: not stated (no expiry).")] = None,
     cache_hold_hours: Annotated[float | None, typer.Option(
         min=0, help="Hours a document stays cached (storage fees); default the sheet's.")] = None,
+    kv_cache_tokens: Annotated[int | None, typer.Option(
+        min=1, help="The deployment's KV cache in tokens: the self-hosted view then prices evictions "
+        "from the cache model (LRU over 128-token blocks) over the runs' documents. Default: none.")] = None,
+    documents: Annotated[int | None, typer.Option(
+        min=1, help="With --kv-cache-tokens: documents sharing it (the runs' sizes in turn).")] = None,
+    zipf: Annotated[float | None, typer.Option(
+        min=0, max=10, help="With --kv-cache-tokens: Zipf popularity exponent (default uniform).")] = None,
     save_sheet: Annotated[bool, typer.Option(
         "--save-sheet", help="Store this sheet with each priced run: a later `report` and `recommend` "
         "then price those runs with it by default. Without it, cost only reads the database.")] = False,
@@ -156,13 +163,17 @@ def cost_cmd(
     """Cost per query as a function of queries per document, and the break-even points."""
     from compare.analysis import cost
     from compare.analysis.cache_terms import CacheUse
+    from compare.analysis.traffic_cache import KvCache
     from compare.store.db import Store, StoreBusyError
 
     run = checked_db(db, run)
     qs: list[int] = COUNTS.convert(queries_per_doc)
     try:
         use = CacheUse(queries_per_doc_per_hour, cache_hold_hours)
-        rows = cost.cost_report(db, run or None, price_sheet, qs, use)
+        if kv_cache_tokens is None and (documents is not None or zipf is not None):
+            raise ValueError("--documents and --zipf describe the KV cache's traffic: give --kv-cache-tokens")
+        kv = KvCache(kv_cache_tokens, zipf=zipf, documents=documents) if kv_cache_tokens else None
+        rows = cost.cost_report(db, run or None, price_sheet, qs, use, kv)
         sheet = cost.load_price_sheet(price_sheet)
         if save_sheet:  # the one write, asked for: the sheet used is kept with each run it priced
             with Store(db) as store:

@@ -26,7 +26,9 @@ or a chosen TTL (every sheet before that shape) makes each term here exactly not
   so the first question still costs cold (+ storage) and p -> 1 (rare questions, short TTL)
   leaves nothing to amortise. A router's fallbacks arrive at its fallback share x the rate.
   No rate (cost and the report, unless told): p = 0.
-  The self-hosted view has no TTL: its evictions are what the run measured.
+  The self-hosted view has no TTL: its evictions are what the run measured, unless the
+  workload states its KV cache (`evicted`: the cache model's p at the user's traffic,
+  compare/analysis/traffic_cache.py), which then takes the place of expiry in the same rule.
 """
 
 from __future__ import annotations
@@ -49,9 +51,13 @@ class CacheUse:
 
     queries_per_doc_per_hour: float | None = None
     hold_hours: float | None = None
+    evicted: float | None = None  # self-hosted: P(a later question finds its document evicted), derived
+    evicted_basis: str | None = None  # how `evicted` was derived, in words (traffic_cache.py)
 
     def __post_init__(self) -> None:
         rate, hours = self.queries_per_doc_per_hour, self.hold_hours
+        if self.evicted is not None and not 0.0 <= self.evicted <= 1.0:
+            raise ValueError(f"an eviction probability must be in [0, 1], got {self.evicted}")
         if rate is not None and not (rate > 0 and math.isfinite(rate)):
             raise ValueError(f"queries per document per hour must be > 0, got {rate}")
         if hours is not None and not (hours >= 0 and math.isfinite(hours)):

@@ -30,7 +30,9 @@ import duckdb
 import numpy as np
 import pandas as pd
 
+from compare.analysis import traffic_cache
 from compare.analysis.cache_terms import NO_USE, CacheUse
+from compare.analysis.cost_notes import cache_notes, embed_note, eviction_note, router_notes
 from compare.analysis.doc_costs import PIPE_KEY, doc_costs
 from compare.analysis.prices import (
     VIEWS,
@@ -45,7 +47,7 @@ from compare.analysis.prices import (
     sheet_json,
 )
 from compare.analysis.summary import pipeline_labels
-from compare.core.types import CACHE_MARKER_TTL_MINUTES
+from compare.analysis.traffic_cache import KvCache
 from compare.store import views
 from compare.store.views import WARM_FRACTION
 
@@ -124,73 +126,6 @@ FROM predictions WHERE list_contains($runs, run_id) GROUP BY ALL
 """
 
 
-def _marker_note(p: dict[str, Any], api: ApiPrices) -> list[str]:
-    """A run that marked its documents for one cache TTL, priced at another, says so."""
-    marker = p.get("cache_marker")
-    ttl = CACHE_MARKER_TTL_MINUTES.get(marker) if isinstance(marker, str) else None
-    if ttl is None:
-        return []
-    write = api.cache_write
-    if write is None:
-        return [f"the run marked documents for caching ({marker}) but the sheet prices no cache write"]
-    if not math.isclose(write.ttl_minutes, ttl):
-        return [f"the run marked documents for a {ttl:g}-min cache ({marker}) but the sheet prices a "
-                f"{write.ttl_minutes:g}-min TTL: set cache_ttl_minutes = {ttl:g}"]
-    return []
-
-
-def _cache_notes(p: dict[str, Any], api: ApiPrices, use: CacheUse) -> list[str]:
-    """What the API view's cache terms (write, storage hours, expiry) added, and how derived."""
-    notes = _marker_note(p, api)
-    hours = api.cache_hold_hours if use.hold_hours is None else use.hold_hours
-    if p["storage"]:
-        notes.append(f"cache storage {hours:g} h per document included")
-    write = api.cache_write
-    if write is None or p["role"] != "long_context":
-        return notes
-    if write.input_multiplier > 1.0:
-        notes.append(f"cache write at {write.input_multiplier:g}x input ({write.ttl_minutes:g}-min TTL) "
-                     "on each document's cold prefill")
-        notes += _derived_docs(p, "docs_write_derived", "cache write",
-                               "no cache_write_tokens reported: the document's context tokens")
-        if p["writes_derived"]:
-            notes.append(f"cache writes DERIVED for {int(p['writes_derived'])} requests in what the run "
-                         "paid (the context tokens they did not find cached)")
-    if p["expiry_p"] > 0:
-        repay = "the cold prefill and the write" if write.input_multiplier > 1.0 else "the cold prefill"
-        notes.append(f"cache TTL {write.ttl_minutes:g} min, questions at {use.queries_per_doc_per_hour:g} "
-                     f"per document per hour (Poisson): p = {p['expiry_p']:.3g} of later questions find "
-                     f"it expired and re-pay {repay}")
-    return notes
-
-
-def _embed_note(sheet: PriceSheet) -> str:
-    if sheet.embeddings is None:
-        return ("embedding tokens billed by an embeddings endpoint NOT priced: the sheet has no "
-                "[embeddings] usd_per_mtok")
-    rate = sheet.embeddings.usd_per_mtok
-    return f"embeddings endpoint tokens at ${rate:g}/1M included (index and questions)"
-
-
-def _router_notes(p: dict[str, Any]) -> list[str]:
-    """How a router's long-context fallback was priced (doc_costs.py: per step, at its share)."""
-    share = p["prefix_requests"] / p["n"] if p["n"] else 0.0
-    notes = [f"priced per step: the RAG try per question, the long-context fallback for {share:.0%} of "
-             "questions, its cold prefill on a document's first fallback (fallbacks taken as independent)"]
-    notes += _derived_docs(p, "docs_warm_derived", "fallback's later cost",
-                           "no later fallback measured: the step with its document cached")
-    notes += _derived_docs(p, "docs_cold_derived", "fallback's cold cost",
-                           "its document was already cached: cached tokens priced as computed")
-    return notes
-
-
-def _derived_docs(p: dict[str, Any], key: str, what: str, how: str) -> list[str]:
-    """One shape for 'this term was derived, not measured, for k of n documents' notes."""
-    if not p[key]:
-        return []
-    return [f"{what} DERIVED for {int(p[key])}/{int(p['docs'])} docs ({how})"]
-
-
 def _notes(p: dict[str, Any], sheet: PriceSheet, use: CacheUse = NO_USE) -> tuple[str, list[str]]:
     """How the long-context terms were obtained (its warm basis), and what the reader must know."""
     notes = [p["left_out"]] if isinstance(p.get("left_out"), str) else []
@@ -202,12 +137,13 @@ def _notes(p: dict[str, Any], sheet: PriceSheet, use: CacheUse = NO_USE) -> tupl
         notes.append(f"{p['unpriced']} requests with no usage reported: left out of the means "
                      "(spend unknown)")
     if p["embed_tokens"] or p["index_embed_tokens"]:
-        notes.append(_embed_note(sheet))
+        notes.append(embed_note(sheet))
     if p["role"] == "router" and p["prefix_requests"]:
-        notes += _router_notes(p)
+        notes += router_notes(p)
     if p["view"] == "api" and sheet.api is not None:
-        notes += _cache_notes(p, sheet.api, use)
+        notes += cache_notes(p, sheet.api, use)
     if p["view"] == "self_hosted":
+        notes += eviction_note(p, use)
         if not p["calibrated"]:
             notes.append("busy s = client TTFT + decode time (no server prefill/decode stats)")
         if p["refused"]:
@@ -380,9 +316,10 @@ def cost_curve_frame(
 
 def cost_report(
     db_path: Path | str, run_ids: Sequence[str] | None, sheet_path: Path | str,
-    queries_per_doc: Sequence[int], use: CacheUse = NO_USE,
+    queries_per_doc: Sequence[int], use: CacheUse = NO_USE, kv: KvCache | None = None,
 ) -> list[dict[str, Any]]:
-    """What `ragvslc cost` prints (in cost_columns order); errors are ValueErrors worth showing."""
+    """What `ragvslc cost` prints (in cost_columns order); errors are ValueErrors worth showing.
+    `kv`: the deployment's KV cache, so the self-hosted view prices evictions at that traffic."""
     sheet = load_price_sheet(sheet_path)
     if not Path(db_path).exists():
         raise ValueError(f"no database at {db_path}")
@@ -392,6 +329,8 @@ def cost_report(
             unknown = sorted(set(run_ids) - known)
             if unknown:
                 raise ValueError(f"unknown run ids: {', '.join(unknown)}")
+        if kv is not None:
+            use = traffic_cache.over_runs(con, _run_ids(con, run_ids), kv, use)
         rows = cost_table(con, run_ids, sheet, queries_per_doc, use)
     if not rows:
         raise ValueError("no successful predictions to price in the selected runs")

@@ -216,7 +216,8 @@ def _view_terms(
     hosted = sheet.self_hosted
     assert hosted is not None
     storage = base["storage_tokens"] * 0.0  # vLLM's prefix cache: memory already paid by the hour
-    return "busy_s", hosted.usd_per_hour / 3600, hosted.index_rate / 3600, storage, storage
+    evicted = storage + (use.evicted or 0.0)  # the cache model's p at the user's traffic, when stated
+    return "busy_s", hosted.usd_per_hour / 3600, hosted.index_rate / 3600, storage, evicted
 
 
 def doc_costs(

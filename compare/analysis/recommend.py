@@ -42,7 +42,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -52,22 +52,24 @@ import pandas as pd
 
 from compare.analysis.answer_checks import judge_for_ranking
 from compare.analysis.bins import Bins, bin_evidence, length_bins
-from compare.analysis.cache_terms import expiry_probability
 from compare.analysis.decision import Decision, decision_for
 from compare.analysis.doc_costs import doc_costs, weighted_usd
-from compare.analysis.load import Busy, measured_busy
-from compare.analysis.prices import ApiPrices, choose_sheet
+from compare.analysis.load import measured_busy
+from compare.analysis.prices import choose_sheet
+from compare.analysis.ranking import explain, rank, rank_cost
+from compare.analysis.recommend_terms import busy_note, cache_rule, default_view, router_regret
+from compare.analysis.replicas import FIELDS as REPLICA_FIELDS
+from compare.analysis.replicas import replicas_for
 from compare.analysis.summary import describe
 from compare.analysis.verdict import StratumVerdict, stratum_verdicts
 from compare.analysis.workload import Workload
 from compare.store import views
 
 Coverage = Literal["covered", "partial", "none"]
-BUSY_TOLERANCE = 0.25  # estimate vs a load sweep's measurement: a larger gap is said loudly
 COLUMNS = (
     "rank", "strategy", "n", "quality", "quality_low", "quality_high", "p95_ms", "utilization",
     "input_tokens_per_1k", "cached_tokens_per_1k", "output_tokens_per_1k", "usd_per_1k",
-    "meets_floor", "meets_target", "utilization_measured", "notes",
+    "meets_floor", "meets_target", "utilization_measured", *REPLICA_FIELDS, "notes",
 )
 
 
@@ -86,6 +88,8 @@ class Recommendation:
     price_sheet: str | None = None
     decisions: list[Decision] = field(default_factory=list)  # per evidence run (compare/analysis/decision.py)
     strata: list[StratumVerdict] = field(default_factory=list)  # per evidence run and kind of question
+    cache_basis: str | None = None  # which rule priced a later question's cache (recommend_terms.py)
+    regret: list[dict[str, Any]] = field(default_factory=list)  # per router, against the oracle
 
 
 _EVIDENCE = """
@@ -148,7 +152,7 @@ def _mix(cold: pd.DataFrame, hot: pd.DataFrame, share: float, q: int, p: float) 
             hot.assign(cw=share * (q - 1) * (1 - p) / q / len(hot))]
 
 
-def _strategy(df: pd.DataFrame, wl: Workload, bins: Bins, expiry: float = 0.0
+def _strategy(df: pd.DataFrame, wl: Workload, bins: Bins, expiry: dict[str, float] | None = None
               ) -> tuple[dict[str, Any], list[str]]:
     """One strategy's expected quality, latency and cost under the workload (see module doc).
 
@@ -181,7 +185,7 @@ def _strategy(df: pd.DataFrame, wl: Workload, bins: Bins, expiry: float = 0.0
         elif not len(cold):
             cold = hot
             notes.append(f"~{key} tokens: no cold request measured; cost and latency are optimistic")
-        cparts += _mix(cold, hot, share, q, expiry)
+        cparts += _mix(cold, hot, share, q, (expiry or {}).get(key, 0.0))
     # A question is one piece of evidence whatever the bins it serves: its weights add up, n counts
     # it once (issue 33), and the interval's effective size is over the distinct questions.
     qrows = pd.concat(qparts).groupby(level=[0, 1]).agg(s=("s", "mean"), qw=("qw", "sum"))
@@ -212,32 +216,35 @@ def _strategy(df: pd.DataFrame, wl: Workload, bins: Bins, expiry: float = 0.0
             "meets_target": bool(p95 <= wl.latency.p95_ms and util < 1.0)}, notes
 
 
-def _usd(terms: pd.DataFrame, lengths: pd.Series, bins: Bins, q: int
-         ) -> float:
-    """$ per query at the workload's q from the cost function's per-document terms: each
-    workload length its share, split evenly over the documents (per run) measured near it."""
-    if terms.empty:
-        return math.nan
-    length = (terms["run_id"] + "\x1f" + terms["doc_key"]).map(lengths)
-    weights = np.zeros(len(terms))
-    for share, measured in bins.values():
-        inside = length.isin(measured).to_numpy()
+def _usd(terms: dict[str, pd.DataFrame], lengths: pd.Series, bins: Bins, q: int) -> float:
+    """$ per query at the workload's q from the cost function's per-document terms (per workload
+    length: its own cache rule's): each length its share, split evenly over the documents (per
+    run) measured near it."""
+    parts, weights = [], []
+    for key, (share, measured) in bins.items():
+        frame = terms.get(key)
+        if frame is None or frame.empty:
+            continue
+        inside = (frame["run_id"] + "\x1f" + frame["doc_key"]).map(lengths).isin(measured).to_numpy()
         if inside.any():
-            weights[inside] += share / inside.sum()
-    return weighted_usd(terms, weights, q)
+            parts.append(frame[inside])
+            weights.append(np.full(int(inside.sum()), share / inside.sum()))
+    if not parts:
+        return math.nan
+    return weighted_usd(pd.concat(parts, ignore_index=True), np.concatenate(weights), q)
 
 
 def recommend(db_path: Path | str, workload: Workload, run_ids: Sequence[str] | None = None,
               *, view: str | None = None) -> Recommendation:
     """Rank every measured strategy for the workload; say when the evidence does not cover it.
-    `view`: the price view to rank by ("api" or "self_hosted"; default the sheet's first)."""
+    `view`: the price view to rank by ("api" or "self_hosted"; default recommend_terms.default_view)."""
     if not Path(db_path).exists():
         raise ValueError(f"no database at {db_path}")
     with duckdb.connect(str(db_path), read_only=True) as con:
         model, runs, notes = _select_runs(con, workload, run_ids)
         chosen = choose_sheet(con, runs, workload.price_sheet)  # as the report chooses
         sheet = chosen.sheet
-        view = view or sheet.views()[0]
+        view = view or default_view(workload, sheet)
         if view not in sheet.views():
             raise ValueError(f"price sheet {sheet.name!r} has no {view!r} view "
                              f"(it has: {', '.join(sheet.views())})")
@@ -247,25 +254,32 @@ def recommend(db_path: Path | str, workload: Workload, run_ids: Sequence[str] | 
         views.install(con)
         judged = judge_for_ranking(con, runs, workload.quality_metric)  # raises below the trust threshold
         ev = con.execute(_EVIDENCE, {"runs": runs, "metric": workload.quality_metric}).df()
-        terms = doc_costs(con, runs, sheet, workload.cache_use).docs
-        busy = {(p, h): measured_busy(con, p, h, workload.requests_per_s)
-                for p, h in set(zip(ev["pipeline"], ev["params_hash"], strict=True))}
-        decisions = [decision_for(con, r, workload.questions_per_doc, sheet, workload.cache_use, view)
+        ev = ev[ev["length"].notna()]
+        lengths = ev.assign(key=ev["run_id"] + "\x1f" + ev["doc_ids"]).groupby("key")["length"].first()
+        bins, notes = length_bins(workload, sorted(set(ev["length"].astype(float))))
+        if not bins:
+            return _empty(workload, model, "none", notes, sheet_name)
+        rule = cache_rule(workload, sheet, view, bins, ev)
+        by_p = {p: doc_costs(con, runs, sheet, replace(workload.cache_use, evicted=p if rule.model else None))
+                .docs for p in set(rule.p.values())}  # one cost-function call per distinct rule
+        terms = {k: _in_view(by_p[p], view) for k, p in rule.p.items()}
+        pipes = set(zip(ev["pipeline"], ev["params_hash"], strict=True))
+        busy = {(p, h): measured_busy(con, p, h, workload.requests_per_s) for p, h in pipes}
+        replicas = {(p, h): replicas_for(con, model, workload, sheet, p, h) for p, h in pipes}
+        use = replace(workload.cache_use, evicted=rule.mean_p(bins), evicted_basis=rule.basis) \
+            if rule.model else workload.cache_use  # the decision line prices the same cache
+        decisions = [decision_for(con, r, workload.questions_per_doc, sheet, use, view)
                      for r in runs]  # the one decision line per evidence run (issue 24 item 12)
         strata = [sv for r in runs for sv in stratum_verdicts(con, r, workload.questions_per_doc, sheet)]
-    terms = terms[terms["view"] == view] if not terms.empty else terms
-    ev = ev[ev["length"].notna()]
-    lengths = ev.assign(key=ev["run_id"] + "\x1f" + ev["doc_ids"]).groupby("key")["length"].first()
-    bins, notes = length_bins(workload, sorted(set(ev["length"].astype(float))))
-    if not bins:
-        return _empty(workload, model, "none", notes, sheet_name)
+        regret, regret_notes = router_regret(con, runs, workload.quality_metric, chosen) \
+            if (ev["role"] == "router").any() else ([], [])
     matched = ev[ev["length"].isin({m for _, ms in bins.values() for m in ms})]
     if matched["score"].isna().all() and matched["error"].isna().all():
         notes.append(f"no {workload.quality_metric!r} scores in the matching runs (rescore with that metric)")
         return _empty(workload, model, "none", notes, sheet_name)
-    expiry = expiry_probability(sheet.api, workload.cache_use) if view == "api" else 0.0
     shared, borrowed = bin_evidence(bins, lengths)
-    rows, assumptions, excluded = [], _expiry_note(workload, sheet.api, expiry) + shared + judged, []
+    rows, excluded = [], []
+    assumptions = ([rule.basis] if rule.said else []) + shared + judged + regret_notes
     marks = [f"evidence for {k} tokens borrowed from {t}" for k, t in borrowed.items()]
     for (pipe, h), df in matched.groupby(["pipeline", "params_hash"], sort=True):
         label = describe(str(pipe), json.loads(df["params"].iloc[0]))
@@ -273,13 +287,20 @@ def recommend(db_path: Path | str, workload: Workload, run_ids: Sequence[str] | 
         if missing:
             excluded.append(f"{label}: no rows near {', '.join(missing)} tokens; left out of the ranking")
             continue
-        stats, row_notes = _strategy(df, workload, bins, expiry)
-        mine = terms[(terms["pipeline"] == pipe) & (terms["params_hash"] == h)] if len(terms) else terms
+        stats, row_notes = _strategy(df, workload, bins, rule.p)
+        mine = {k: t[(t["pipeline"] == pipe) & (t["params_hash"] == h)] if len(t) else t
+                for k, t in terms.items()}
         usd = _usd(mine, lengths, bins, workload.questions_per_doc)
-        if len(mine) and mine["self_hosted_refused"].any():  # doc_costs: busy seconds overlap
-            row_notes.append(f"no self-hosted $: measured at concurrency {int(mine['concurrency'].max())}, "
+        if any(len(t) and t["self_hosted_refused"].any() for t in mine.values()):  # busy seconds overlap
+            conc = max(int(t["concurrency"].max()) for t in mine.values() if len(t))
+            row_notes.append(f"no self-hosted $: measured at concurrency {conc}, "
                              "where requests' busy seconds overlap in a batch (measure at concurrency 1)")
-        stats["utilization_measured"] = _busy(busy.get((pipe, h)), stats["utilization"], workload, row_notes)
+        stats["utilization_measured"] = busy_note(busy.get((pipe, h)), stats["utilization"], workload,
+                                                  row_notes)
+        rep = replicas.get((pipe, h))
+        stats |= rep.fields() if rep is not None else dict.fromkeys(REPLICA_FIELDS)
+        if rep is not None:
+            row_notes.append(f"replicas: {rep.note}")
         assumptions += [f"{label}: {n}" for n in row_notes if n.startswith(("ASSUMPTION", "UTILISATION"))]
         rows.append({"strategy": label, "kind": df["kind"].iloc[0], "run_ids": sorted(set(df["run_id"])),
                      **stats, "usd_per_1k": 1000 * usd, "notes": "; ".join(marks + row_notes)})
@@ -290,97 +311,20 @@ def recommend(db_path: Path | str, workload: Workload, run_ids: Sequence[str] | 
         excluded.append(f"ranked on tokens, not $: {priced.count(False)} strateg(ies) have no $ in the "
                         f"{view} view (see their notes)")
     for r in rows:
-        r["_rank_cost"] = _cost(r, all(priced))
-    rows = _rank(rows)
-    winner, reasons = _explain(rows, workload, all(priced))
+        r["_rank_cost"] = rank_cost(r, all(priced))
+    rows = rank(rows)
+    winner, reasons = explain(rows, workload, all(priced))
     return Recommendation(
         workload, model, "partial" if notes else "covered", notes, rows, winner, reasons + excluded,
         sorted({r for row in rows for r in row["run_ids"]}), {k: ms for k, (_, ms) in bins.items()},
-        assumptions, sheet_name, decisions, strata)
+        assumptions, sheet_name, decisions, strata, rule.basis, regret)
 
 
-def _busy(b: Busy | None, estimate: float, wl: Workload, notes: list[str]) -> float:
-    """The load sweep's measured busy share beside the estimate (issue 33 item 4); a gap of more
-    than 25 % of the measurement is said loudly: the estimate assumes an idle server."""
-    if b is None or math.isnan(estimate):
-        return math.nan
-    scaled = f", {b.at_rate:.2f} scaled to {wl.requests_per_s:g} req/s" if b.rate != wl.requests_per_s else ""
-    where = f"measured {b.share:.2f} at {b.rate:g} req/s (load run {b.run_id}, step {b.step}){scaled}"
-    if abs(estimate - b.at_rate) > BUSY_TOLERANCE * b.at_rate:
-        notes.append(f"UTILISATION DISAGREES: estimate {estimate:.2f} (rate x idle busy seconds) vs {where}; "
-                     "trust the measurement")
-    else:
-        notes.append(f"utilisation {where}, estimate {estimate:.2f}")
-    return b.at_rate
-
-
-def _expiry_note(wl: Workload, api: ApiPrices | None, p: float) -> list[str]:
-    """The assumption behind cache expiry, said once (none without a TTL and a rate)."""
-    if p <= 0 or api is None or api.cache_write is None:
-        return []
-    return [f"cache expiry: questions arrive at {wl.queries_per_doc_per_hour:g} per document per hour "
-            f"(Poisson) and the cache lives {api.cache_write.ttl_minutes:g} min after its last use, so "
-            f"p = {p:.3g} of later questions find it expired and are cold again (cost, latency and "
-            "tokens of long context include it)"]
+def _in_view(docs: pd.DataFrame, view: str) -> pd.DataFrame:
+    return docs[docs["view"] == view] if not docs.empty else docs
 
 
 def _empty(wl: Workload, model: str | None, coverage: Coverage, notes: list[str], sheet: str | None
            ) -> Recommendation:
     return Recommendation(wl, model, coverage, notes, [], None, ["no recommendation: the evidence does "
                           "not cover this workload"], [], price_sheet=sheet)
-
-
-def _cost(row: dict[str, Any], in_usd: bool = True) -> float:
-    """The cost the ranking compares: $ when every strategy has $, else computed prompt + output
-    tokens for all of them."""
-    if in_usd and row["usd_per_1k"] is not None and not math.isnan(row["usd_per_1k"]):
-        return float(row["usd_per_1k"])
-    return float(row["input_tokens_per_1k"] + row["output_tokens_per_1k"])
-
-
-def _rank(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Both constraints met first (cheapest first), then floor only, target only, neither
-    (best quality first): the top row is the answer, the rest explain what it beat."""
-    def key(r: dict[str, Any]) -> tuple[int, float, float]:
-        group = 0 if r["meets_floor"] and r["meets_target"] else 1 if r["meets_floor"] else \
-            2 if r["meets_target"] else 3
-        return (group, r["_rank_cost"] if group == 0 else -r["quality"], r["_rank_cost"])
-    ranked = sorted(rows, key=key)
-    for i, r in enumerate(ranked, 1):
-        r["rank"] = i
-        del r["_rank_cost"]
-    return ranked
-
-
-def _explain(rows: list[dict[str, Any]], wl: Workload, in_usd: bool = True) -> tuple[str | None, list[str]]:
-    unit = "$ per 1k queries" if in_usd else "tokens per 1k queries"
-    lat, tgt = f"p95 {wl.latency.metric}", f"{wl.latency.p95_ms:,.0f} ms"
-    best = rows[0]
-
-    def money(r: dict[str, Any]) -> str:
-        return f"{_cost(r, in_usd):.4g}"
-
-    def why_not(r: dict[str, Any]) -> str:
-        bits = []
-        if not r["meets_floor"]:
-            bits.append(f"quality {r['quality']:.2f} below the floor {wl.quality_floor:.2f}")
-        if r["utilization"] >= 1:
-            bits.append(f"cannot keep up with {wl.requests_per_s:g} req/s (utilisation "
-                        f"{r['utilization']:.2f})")
-        elif r["p95_ms"] > wl.latency.p95_ms:
-            bits.append(f"{lat} {r['p95_ms']:,.0f} ms over the target {tgt}")
-        return "; ".join(bits) or f"costs more ({money(r)} vs {money(best)} {unit})"
-
-    if not (best["meets_floor"] and best["meets_target"]):
-        return None, ["no strategy meets both the quality floor and the latency target"] + [
-            f"{r['strategy']}: {why_not(r)}" for r in rows]
-    reasons = [
-        f"{best['strategy']} meets the floor (quality {best['quality']:.2f}, 95% CI "
-        f"{best['quality_low']:.2f}-{best['quality_high']:.2f}, n={best['n']}) and the target "
-        f"({lat} {best['p95_ms']:,.0f} ms <= {tgt}, utilisation {best['utilization']:.2f}) and is the "
-        f"cheapest that does: {money(best)} {unit} at {wl.questions_per_doc} question(s) per document"]
-    if best["quality_low"] < wl.quality_floor:
-        reasons.append(f"caution: the interval's lower end {best['quality_low']:.2f} is below the floor; "
-                       "measure more questions to be sure")
-    reasons += [f"{r['strategy']}: {why_not(r)}" for r in rows[1:]]
-    return str(best["strategy"]), reasons

@@ -9,6 +9,12 @@ document arrive at, taken as Poisson arrivals, so that with the sheet's chosen c
 question finds the cache expired with probability exp(-rate x TTL) and re-pays the cold prefill
 and the write; and `cache_hold_hours`, the hours each document is kept in a cache that bills
 storage (else the sheet's `cache_hold_hours`). See compare/analysis/cache_terms.py.
+
+Three more say what the deployment's own KV cache holds (issue 28 item 4): `kv_cache_tokens`
+(vLLM's KV pool, in tokens; blocks of `kv_block_size`), how many documents share it
+(`documents.count`, else requests_per_s x 3600 / queries_per_doc_per_hour) and how their
+questions are spread (`popularity_zipf`, else uniform). With them the self-hosted view prices
+long context's evictions from the cache model (compare/analysis/traffic_cache.py).
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ class DocumentSizes(_Strict):
     tokens: list[PositiveInt] | None = None
     min_tokens: PositiveInt | None = None
     max_tokens: PositiveInt | None = None
+    count: PositiveInt | None = None  # documents in play (the cache model's); None: from the rates
 
     @model_validator(mode="after")
     def _one_form(self) -> DocumentSizes:
@@ -71,6 +78,25 @@ class Workload(_Strict):
     length_tolerance: Annotated[float, Field(gt=0.0, le=1.0)] = 0.25
     queries_per_doc_per_hour: Annotated[float, Field(gt=0.0, allow_inf_nan=False)] | None = None
     cache_hold_hours: Annotated[float, Field(ge=0.0, allow_inf_nan=False)] | None = None  # None: the sheet's
+    kv_cache_tokens: PositiveInt | None = None  # the deployment's KV cache (self-hosted); None: not stated
+    kv_block_size: PositiveInt = 128  # vLLM's CPU default
+    popularity_zipf: Annotated[float, Field(ge=0.0, le=10.0)] | None = None  # None: uniform
+
+    @model_validator(mode="after")
+    def _documents_for_the_cache(self) -> Workload:
+        if self.kv_cache_tokens is not None and self.document_count is None:
+            raise ValueError("kv_cache_tokens needs the number of documents sharing the cache: give "
+                             "`documents.count` or `queries_per_doc_per_hour`")
+        return self
+
+    @property
+    def document_count(self) -> int | None:
+        """Documents in play: stated, else the request rate over one document's rate (rounded, >= 1)."""
+        if self.documents.count is not None:
+            return self.documents.count
+        if self.queries_per_doc_per_hour is None:
+            return None
+        return max(1, round(self.requests_per_s * 3600 / self.queries_per_doc_per_hour))
 
     @property
     def cache_use(self) -> CacheUse:
