@@ -14,6 +14,13 @@
     an emulated AVX2-only CPU (benchmarks/cpu_roofline.py); starts its own servers
 (g) video OCR: on-screen needle recall of scene-text OCR (rapidocr) vs tesseract over the real
     clips and test patterns, and OCR seconds per video minute (benchmarks/video_ocr.py; no server)
+(h) load sender: `ragvslc load`'s send lag against a bare asyncio loop on the same schedule, at
+    1-50 requests/s, to a scripted server (goal p50 < 5 ms at 50/s; benchmarks/load_sender.py)
+(i) vs vllm bench serve: our generator and `vllm bench serve` on one server, same prompts, rate
+    and count: achieved rate (goal within 2 %), TTFT p50 (within 10 %), send lag
+    (benchmarks/vs_vllm_bench.py; uses --base-url or the managed server)
+(j) cache survival: measured prefix-cache hit rate under a bounded KV pool vs the cache model's
+    prediction (goal within 5 points; benchmarks/cache_survival.py; starts its own small servers)
 
 Without --base-url a managed vLLM with a 16k window is started for (a), (b), (d) (in dev mode,
 so each arm can empty the prefix cache); (e) always starts its own small-cache server. The
@@ -49,6 +56,9 @@ SIZES: dict[str, dict[str, dict[str, Any]]] = {
         "e": {"docs": 2, "questions": 2},
         "f": {"lengths": (1024,), "repeats": 1},
         "g": {"backgrounds": ("chaplin.mp4", "bikes.mp4", "testsrc"), "slots": 4, "fps": (1.0,)},
+        "h": {"rates": [10.0, 50.0], "seconds": 2.0},
+        "i": {"rate": 0.2, "requests": 6, "prompt_words": 120, "rounds": 1},
+        "j": {"argv": ["--pools", "8", "--zipfs", "1.0", "--requests", "8"]},
     },
     "default": {
         "a": {"doc_tokens": 2000, "repeats": 10, "rows": 8},
@@ -59,6 +69,9 @@ SIZES: dict[str, dict[str, dict[str, Any]]] = {
         "e": {"docs": 3, "questions": 3},
         "f": {"lengths": (1024, 2048), "repeats": 2},
         "g": {"slots": 12, "fps": (1.0, 2.0)},
+        "h": {"rates": [1.0, 10.0, 50.0], "seconds": 3.0},
+        "i": {"rate": 0.3, "requests": 10, "prompt_words": 200, "rounds": 1},
+        "j": {"argv": ["--pools", "8,16", "--zipfs", "0.6,1.4"]},
     },
     "full": {
         "a": {"doc_tokens": 4000, "repeats": 20, "rows": 12},
@@ -71,6 +84,9 @@ SIZES: dict[str, dict[str, dict[str, Any]]] = {
         "e": {"docs": 4, "questions": 4},
         "f": {"lengths": (1024, 2048, 4096 - 256), "repeats": 3},
         "g": {"slots": 24, "fps": (1.0, 2.0)},
+        "h": {"rates": [1.0, 10.0, 50.0, 200.0], "seconds": 5.0},
+        "i": {"rate": 0.3, "requests": 16, "prompt_words": 200, "rounds": 2},
+        "j": {"argv": ["--pools", "8,12,16", "--zipfs", "0.6,1.0,1.4", "--requests", "24"]},
     },
 }
 
@@ -93,13 +109,31 @@ def _guarded(
     print(f"[{name}] done in {time.perf_counter() - t0:.0f}s (load average {load_avg()})", flush=True)
 
 
+def _cache_survival(argv: list[str], out_dir: Path) -> tuple[list[Row], Any]:
+    """benchmarks/cache_survival.py as it runs alone (its own file), one row per arm: the
+    predicted hit rate against the measured one, within 5 points."""
+    from benchmarks.cache_survival import GOAL_POINTS
+    from benchmarks.cache_survival import main as cache_main
+
+    out = out_dir / "cache_survival.json"
+    cache_main([*argv, "--out", str(out)])
+    got = json.loads(out.read_text())
+    rows = [Row("cache_survival", f"hit rate, pool {a['pool_blocks']} blocks, zipf {a['zipf']:g}",
+                "measured (server /metrics)", a["measured"], a["predicted"], "hit rate",
+                round(a["predicted"] / a["measured"], 3) if a["measured"] else float("nan"),
+                f"within {GOAL_POINTS:g} points", bool(a["within_goal"]),
+                {"diff_points": a["diff_points"]}) for a in got["arms"]]
+    return rows, {k: v for k, v in got.items() if k != "arms"} | {"arms": [
+        {k: v for k, v in a.items() if k not in ("sent", "predicted_per_request")} for a in got["arms"]]}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     size = ap.add_mutually_exclusive_group()
     size.add_argument("--quick", action="store_true", help="small sizes (~6 minutes)")
     size.add_argument("--full", action="store_true", help="larger sizes (~40 minutes)")
     ap.add_argument("--base-url", help="use a running server for (a), (b), (d) instead of a managed one")
-    ap.add_argument("--only", default="a,b,c,d,e", help="benchmarks to run, e.g. a,d")
+    ap.add_argument("--only", default="a,b,c,d,e,h", help="benchmarks to run, e.g. a,d")
     ap.add_argument("--name", help="result file name (default: the size)")
     ap.add_argument("--out-dir", type=Path, default=ROOT / "benchmarks" / "results")
     args = ap.parse_args(argv)
@@ -149,6 +183,18 @@ def main(argv: list[str] | None = None) -> int:
         from benchmarks.bounded_cache import bench_bounded
 
         _guarded("e_bounded_cache", lambda: bench_bounded(**sizes["e"]), results, rows)
+    if "h" in only:  # a scripted server of its own
+        from benchmarks.load_sender import bench_load_sender
+
+        _guarded("h_load_sender", lambda: bench_load_sender(**sizes["h"]), results, rows)
+    if "i" in only:
+        from benchmarks.vs_vllm_bench import bench_lag_vs_vllm, bench_vs_vllm_bench
+
+        with server(args.base_url) as url:
+            _guarded("i_vs_vllm_bench", lambda: bench_vs_vllm_bench(url, **sizes["i"]), results, rows)
+        _guarded("i2_lag_vs_vllm_bench", lambda: bench_lag_vs_vllm(50.0, 150), results, rows)
+    if "j" in only:  # its own bounded servers, one at a time
+        _guarded("j_cache_survival", lambda: _cache_survival(sizes["j"]["argv"], args.out_dir), results, rows)
 
     results["total_s"] = round(time.perf_counter() - t0, 1)
     results["load_avg_1m_end"] = load_avg()

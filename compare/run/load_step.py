@@ -27,6 +27,54 @@ from compare.store.rows import load_timing, now
 
 FINAL = ("done", "saturated", "skipped")  # a rerun leaves these steps alone
 UNBOUNDED = 1 << 20  # the replicas' own slots: a step's concurrency is bounded by its own gate
+# Requests due closer together than this (mean gap, s) hold their rows until the step's last
+# send (HeldWriter). A row's write costs ~15-20 ms of CPU here (most of it DuckDB's, some under
+# the GIL) and up to ~100 ms on a loaded machine: at 50 requests/s the writes alone took more
+# CPU than the sends, and the sender went out up to seconds late (benchmarks/load_sender.py).
+# Slower steps keep writing each row as it comes (progress on disk, progress lines as they go).
+HOLD_WRITES_BELOW_GAP_S = 0.5
+
+
+class HeldWriter(RowWriter):
+    """A fast step's row writes, held in memory until `release` (the step's last send), then
+    written in order by the usual worker: while requests are due, none of a write's CPU or GIL
+    time competes with sending them. `close` releases first, so an interrupted step (Ctrl-C, a
+    stop on error) still stores every answered row before it is marked; a process killed
+    outright loses the held rows, which a rerun asks again (as RowWriter's queued ones)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._held: list[tuple[Callable[[], None] | None, Callable[..., None], tuple[Any, ...],
+                               dict[str, Any]]] | None = []
+
+    def submit(
+        self, then: Callable[[], None] | None, fn: Callable[..., None], *args: Any, **kwargs: Any
+    ) -> None:
+        if self._held is None:
+            super().submit(then, fn, *args, **kwargs)
+        else:
+            self._held.append((then, fn, args, kwargs))
+
+    def release(self) -> None:
+        """From now on each write goes straight to the worker; the held ones first, in order."""
+        held, self._held = self._held or [], None
+        for then, fn, args, kwargs in held:
+            super().submit(then, fn, *args, **kwargs)
+
+    def close(self) -> None:
+        self.release()
+        super().close()
+
+
+def writer_for(point: Point, arrivals: Sequence[Arrival]) -> RowWriter:
+    """A held writer for an open-loop step whose requests come faster than one every
+    HOLD_WRITES_BELOW_GAP_S on average; the plain one otherwise (closed loops included: their
+    sends wait for a free slot, not for a clock)."""
+    if not point.open_loop or len(arrivals) < 2:
+        return RowWriter()
+    span = arrivals[-1].offset_s - arrivals[0].offset_s
+    gap = span / (len(arrivals) - 1)
+    return HeldWriter() if gap < HOLD_WRITES_BELOW_GAP_S else RowWriter()
 
 
 @dataclass
@@ -74,7 +122,8 @@ class Step:
         held = {k[0] for k in self.store.prediction_keys(self.run_id) if k[1:] == (self.pipe.name, self.h)}
         todo = [a for a in arrivals if a.example.id not in held]
         ctx = context(lane_of=pool.lanes([a.example for a in todo], [None] * len(todo)), total=len(todo),
-                      seq=self.store.next_seq(self.run_id), salt_scope=f"\0{self.point.label}")
+                      seq=self.store.next_seq(self.run_id), salt_scope=f"\0{self.point.label}",
+                      writer=writer_for(self.point, todo))
         if say:
             say(f"{self.pipe.name} {self.point.label}: {len(todo)} request(s)"
                 + (f" ({len(arrivals) - len(todo)} stored before)" if len(todo) < len(arrivals) else ""))
@@ -157,6 +206,7 @@ async def _send(
     tasks: list[asyncio.Task[None]] = []
     finished = 0
     failure: BaseException | None = None
+    last = len(todo) - 1
 
     async def one(k: int, a: Arrival, due: float) -> None:
         nonlocal finished, failure
@@ -164,6 +214,8 @@ async def _send(
         try:
             async with gate if gate is not None else contextlib.nullcontext():
                 sent = time.perf_counter() - t0
+                if k == last and isinstance(ctx.writer, HeldWriter):  # nothing left to send on time
+                    ctx.writer.release()
                 await ctx.ask(k, a.example, pipe, h)
             tally.stored += 1
         except RunStopped as exc:  # raised after its row was stored
