@@ -74,6 +74,9 @@ def require_vllm() -> tuple[str, str]:
     return build
 
 
+ENGINE_STEP_TIMEOUT_S = 7200  # vLLM's per-step limit for managed servers (ServerConfig.env)
+
+
 @dataclass(frozen=True)
 class ServerConfig:
     """Every server knob that can change a result; stored with the run."""
@@ -120,6 +123,11 @@ class ServerConfig:
                 "TRANSFORMERS_OFFLINE": "1",
             }
         )
+        # vLLM kills its engine when one step outlasts VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS (300 s by
+        # default). On a 2-core CPU one cold 16k-token prefill is one step: ~150 s quiet, over 20
+        # min loaded (seen: EngineDeadError ~25 min into a run). A long prompt is slow, not dead;
+        # the client's own request timeout decides when to give up. A user's value wins.
+        env.setdefault("VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS", str(ENGINE_STEP_TIMEOUT_S))
         env.update(dict(self.env_extra))
         return env
 
@@ -291,6 +299,7 @@ class ManagedServer(ManagedProcess):
             "dtype_reason": self.dtype_reason,
             "kv_cache_gib": self.config.kv_cache_gib,
             "max_model_len": self.config.max_model_len,
+            "engine_step_timeout_s": int(self.config.env()["VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS"]),
             "startup_s": self.startup_s,
             **({"cpu": cpu_info().describe()} if self.cpu else {}),
             **({"bind": bind} if bind else {}),

@@ -79,6 +79,17 @@ def test_managed_server_resolves_dtype_and_binding_and_records_them(monkeypatch:
     assert desc["threads"] == len(parse_id_list(env["VLLM_CPU_OMP_THREADS_BIND"])) == cpu["cores"]
 
 
+def test_a_long_cold_prefill_is_not_taken_for_a_dead_engine(monkeypatch: pytest.MonkeyPatch) -> None:
+    """vLLM's own 300 s limit per engine step killed a managed server ~25 min into a 16k-token
+    cold prefill on the loaded 2-core CPU: managed servers raise it; the user's value wins."""
+    monkeypatch.delenv("VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS", raising=False)
+    server = ManagedServer(ServerConfig(model_path="/m", served_name="m"), port=1)
+    assert server.config.env()["VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS"] == "7200"
+    assert server.describe()["engine_step_timeout_s"] == 7200
+    monkeypatch.setenv("VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS", "900")
+    assert ServerConfig(model_path="/m", served_name="m").env()["VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS"] == "900"
+
+
 def test_replica_binding_is_not_widened(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("VLLM_CPU_OMP_THREADS_BIND", raising=False)
     config = ServerConfig(model_path="/m", served_name="m", env_extra=(("VLLM_CPU_OMP_THREADS_BIND", "1"),))
