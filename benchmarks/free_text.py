@@ -43,6 +43,7 @@ from benchmarks import common
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(__file__).resolve().parent / "data" / "free_text_long"
 PIPELINES = ("long_context", "rag", "self_route")
+STEP_TIMEOUT_S = 7200  # one engine step (a prefill chunk) may take this long before vLLM gives up
 WINDOW = 32768  # the longest document is ~16.5k tokens: room for the prompt and the answer
 
 
@@ -87,18 +88,33 @@ def cli(args: list[str], log: Path) -> str:
     """`python main.py ARGS` as a user runs it; output echoed, kept in `log`, exit code checked
     (4, partial evidence, is a result, not a failure)."""
     print(f"$ ragvslc {' '.join(args)}", flush=True)
-    proc = subprocess.run([sys.executable, str(ROOT / "main.py"), *args], cwd=ROOT, text=True,
-                          capture_output=True, env=None)
-    text = proc.stdout + proc.stderr
-    log.write_text(text, encoding="utf-8")
-    print(text, flush=True)
+    lines: list[str] = []
+    with subprocess.Popen([sys.executable, str(ROOT / "main.py"), *args], cwd=ROOT, text=True,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT) as proc, \
+            log.open("w", encoding="utf-8") as f:
+        assert proc.stdout is not None
+        for line in proc.stdout:  # echoed as it comes: a long run's heartbeats show while it runs
+            lines.append(line)
+            f.write(line)
+            f.flush()
+            print(line, end="", flush=True)
+    text = "".join(lines)
     if proc.returncode not in (0, 4):
         raise SystemExit(f"ragvslc {args[0]} exited {proc.returncode}: see {log}")
     return text
 
 
-def spec_toml(corpus: Path, pipelines: tuple[str, ...], concurrency: int = 1) -> str:
-    lines = [f"concurrency = {concurrency}", "", "[corpus]", 'kind = "jsonl"',
+def spec_toml(corpus: Path, pipelines: tuple[str, ...], concurrency: int = 1,
+              timeout_s: float | None = None, cache_isolation: str | None = None) -> str:
+    """The run spec; `timeout_s` None leaves it to the run (each request's from the probe's
+    estimate, compare/run/timeouts.py), a number is obeyed as given. `cache_isolation = "shared"`
+    lets Self-Route's long-context fallback reuse long context's prefill of the same document
+    (one cold 16k prefill per document instead of two; latencies are then not cold-by-construction,
+    and timings are not this benchmark's point)."""
+    head = [f"timeout_s = {timeout_s}"] if timeout_s is not None else []
+    if cache_isolation is not None:
+        head.append(f'cache_isolation = "{cache_isolation}"')
+    lines = [*head, f"concurrency = {concurrency}", "", "[corpus]", 'kind = "jsonl"',
              f"path = {json.dumps(str(corpus))}", ""]
     for p in pipelines:
         lines += ["[[pipelines]]", f'kind = "{p}"', ""]
@@ -121,6 +137,7 @@ def stored_numbers(db: Path) -> dict[str, Any]:
             FROM predictions p GROUP BY 1 ORDER BY 1""").fetchall()
         budgets = [json.loads(r[0]).get("answer_budget") for r in con.execute(
             "SELECT corpus_params FROM runs").fetchall()]
+        servers = [json.loads(r[0]) for r in con.execute("SELECT server FROM runs").fetchall()]
         scores = con.execute("""
             SELECT pipeline, metric, avg(value), count(value) FROM scores
             WHERE metric IN ('headline', 'token_f1', 'contains', 'judge')
@@ -130,6 +147,8 @@ def stored_numbers(db: Path) -> dict[str, Any]:
         accuracy = [{"judge_model": a.judge_model, "n": a.n, "correct": a.correct, "trusted": a.trusted,
                      "note": a.note()} for a in control_accuracy(con, runs)]
     out: dict[str, Any] = {"runs": runs, "answer_budget": budgets, "primary_metric_questions": dict(primary),
+                           "request_timeout": [s.get("request_timeout") for s in servers],
+                           "probe": [s.get("probe") for s in servers],
                            "controls": accuracy, "pipelines": {}}
     for name, n, cut, failed, longest in per:
         out["pipelines"][name] = {"answers": n, "cut_by_budget": cut, "failed": failed,
@@ -171,8 +190,12 @@ def _server(base_url: str | None) -> Iterator[str]:
     from compare.serving import weights
     from compare.serving.server import ManagedServer, ServerConfig
 
+    # vLLM's engine kills itself when one model step outlasts VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS
+    # (300 s): on the loaded 2-core CPU the 16k-token prefill's last chunks did (EngineDeadError
+    # "RPC call to execute_model timed out" 25 min into the first cold prompt, 7 Dec 2026).
     config = ServerConfig(model_path=str(weights.prepare(weights.DEFAULT_MODEL)),
-                          served_name=weights.DEFAULT_MODEL, max_model_len=WINDOW, kv_cache_gib=1)
+                          served_name=weights.DEFAULT_MODEL, max_model_len=WINDOW, kv_cache_gib=1,
+                          env_extra=(("VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS", str(STEP_TIMEOUT_S)),))
     with ManagedServer(config, startup_timeout_s=1200, progress=lambda m: print(f"  {m}", flush=True)) as srv:
         print(f"  vLLM ready at {srv.base_url} after {srv.startup_s:.0f}s", flush=True)
         yield srv.base_url
@@ -186,6 +209,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pipelines", default=",".join(PIPELINES))
     ap.add_argument("--concurrency", type=int, default=1,
                     help="requests in flight (a shared server batches them)")
+    ap.add_argument("--cache-isolation", choices=("document", "shared"), default=None,
+                    help="the run's cache_isolation (default: the run's, per-document salts)")
+    ap.add_argument("--retry-errors", action="store_true",
+                    help="resume and redo failed rows (e.g. after the server died mid-run)")
+    ap.add_argument("--timeout-s", type=float, default=None,
+                    help="each request's timeout (default: the run derives it from its prefill probe)")
     args = ap.parse_args(argv)
     out: Path = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -196,19 +225,22 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     pipelines = tuple(p.strip() for p in args.pipelines.split(",") if p.strip())
     spec = out / "spec.toml"
-    spec.write_text(spec_toml(corpus, pipelines, args.concurrency), encoding="utf-8")
+    spec.write_text(spec_toml(corpus, pipelines, args.concurrency, args.timeout_s,
+                                args.cache_isolation), encoding="utf-8")
     db = out / "results.duckdb"
     started = time.monotonic()
     cli(["corpora", "import", str(corpus)], out / "import.log")
     with _server(args.base_url) as url:
-        run_out = cli(["run", "--spec", str(spec), "--db", str(db), "--base-url", url], out / "run.log")
+        again = ["--retry-errors"] if args.retry_errors else []
+        run_out = cli(["run", "--spec", str(spec), "--db", str(db), "--base-url", url, *again],
+                      out / "run.log")
         judge_out = cli(["judge", "--db", str(db), "--base-url", url], out / "judge.log")
     cli(["report", "--db", str(db), "--out", str(out / "report"), "--no-images"], out / "report.log")
     html = (out / "report" / "report.html").read_text(encoding="utf-8")
     numbers = stored_numbers(db)
     result = {
         "bench": "free_text", "load_avg": common.load_avg(), "wall_s": round(time.monotonic() - started, 1),
-        "cpu": "[AMD EPYC 2c, native bf16: no], machine shared by ~8 workers", "pipelines": list(pipelines),
+        "cpu": "[AMD EPYC 2c, native bf16: no], machine shared by ~6 workers", "pipelines": list(pipelines),
         "window": WINDOW, **numbers, "checks": checks(numbers, judge_out, html, run_out),
     }
     (out / "free_text.json").write_text(json.dumps(result, indent=1, default=str) + "\n", encoding="utf-8")

@@ -50,11 +50,12 @@ def judge_cmd(
     correct (once per row and judge; `ragvslc score` reuses the stored verdicts). Prints its
     control accuracy, what it skipped and why, then its agreement with token F1."""
     from compare.analysis.judgements import agreement, judge_notes
+    from compare.core.endpoints import Endpoint
     from compare.run.execute import server_for
     from compare.run.judge import ALL, JudgeResult, check_scope, default_judge, describe, judge_runs
     from compare.run.spec import validate_spec
     from compare.serving.client import HttpBackend
-    from compare.serving.endpoint import AuthError, Endpoint
+    from compare.serving.endpoint import AuthError
     from compare.store.db import Store, StoreBusyError
 
     if metric and every:

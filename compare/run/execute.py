@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sys
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,12 +25,13 @@ from compare.run.answer_budget import answer_budget, with_answer_budget
 from compare.run.heartbeat import Watch
 from compare.run.runner import FailurePolicy, Progress, RunResult, ServerDown, run
 from compare.run.spec import RunSpec
+from compare.run.timeouts import request_timeouts
 from compare.run.versions import package_versions
 from compare.serving import capabilities as capability
 from compare.serving import weights as models
 from compare.serving.client import HttpBackend
 from compare.serving.endpoint import AuthError
-from compare.serving.pool import Access, Pool, split_urls
+from compare.serving.pool import Access, Pool, health_of, split_urls
 from compare.serving.probe import (
     ModelDims,
     ProbeResult,
@@ -51,7 +52,7 @@ from compare.serving.router import (
     session_routing,
 )
 from compare.serving.server import ManagedServer, ServerConfig, split_args
-from compare.serving.tokenizers import LocalTokenizer, TokenizerError, load_tokenizer
+from compare.serving.tokenizers import load_tokenizer, model_tokenizer
 from compare.store.db import Store
 
 
@@ -73,6 +74,9 @@ def server_for(
     """Base URL(s) to talk to: the given server(s), or managed vLLM(s) for the spec's model;
     with several and a router policy, the URL of a managed vllm-router in front of them."""
     urls = split_urls(base_url) or split_urls(spec.server.base_url)
+    if len(urls) == 1 and spec.server.router in (None, "client"):  # one server, no router asked for
+        yield urls[0], {"managed": False, "base_url": urls[0]}, []
+        return
     policy = routing_policy(spec.server.router, len(urls) or spec.server.replicas, managed=not urls)
     routed = policy not in (None, "client")
     if urls and not routed:
@@ -153,8 +157,11 @@ async def execute_async(
 ) -> RunResult:
     """One run on servers that are up: the spec becomes components here, then the runner runs."""
     access = _access(spec)
-    # A router of ours: where it sends this session's requests (counters before and after; none: {}).
-    given, before, stats_urls = server_info, routing_counters(server_info), router_workers(server_info)
+    # A router of ours (server_for names it in the info): where it sends this session's requests
+    # (its counters before and after) and the replicas behind it, whose counters are the run's.
+    ours = bool(server_info.get("router"))
+    given, before = server_info, routing_counters(server_info) if ours else {}
+    stats_urls = router_workers(server_info) if ours else []
     urls = split_urls(base_url)
     async with Pool.connect(
         urls, spec.server.model, concurrency=spec.concurrency, timeout_s=spec.timeout_s, access=access,
@@ -171,6 +178,7 @@ async def execute_async(
         pool.plan(corpus.examples, corpus.documents)  # each document's replica, fixed up front
         server_info |= pool.describe()
         budget = await answer_budget(corpus.examples, backend.tokenize)  # fitted to the golds
+        _request_timeouts(spec, pool, measured, dims, corpus, budget["answer_tokens"], server_info, say)
         pipelines = [build_pipeline(with_answer_budget(p, budget["answer_tokens"])) for p in spec.pipelines]
         run_id = spec.run_id(_content_sha(spec, corpus))
         content = corpus.content_sha256()
@@ -229,7 +237,7 @@ async def _discover(pool: Pool, spec: RunSpec, say: Callable[[str], None] | None
     except BackendError as exc:  # nothing answers at the URL: the run's server is down
         raise ServerDown(f"server not reachable: {exc}") from exc
     if not caps["tokenize"] and caps["tokenizer"] is None:
-        tok = _tokenizer_from_model(spec, caps)
+        tok = model_tokenizer(spec.server.model, caps["api_url"])
         for b in pool.backends:
             b.tokenizer = tok
         caps |= {"tokenizer": tok.name, "tokenizer_approximate": tok.approximate,
@@ -239,19 +247,6 @@ async def _discover(pool: Pool, spec: RunSpec, say: Callable[[str], None] | None
     if say and line:
         say(line)
     return caps
-
-
-def _tokenizer_from_model(spec: RunSpec, caps: Mapping[str, Any]) -> LocalTokenizer:
-    """The served model's own tokenizer when its name is one we have offline (a registry model or
-    a local folder); else one clear line naming the options."""
-    try:
-        return load_tokenizer(spec.server.model, served=spec.server.model)
-    except (TokenizerError, OSError, ValueError) as exc:
-        raise TokenizerError(
-            f"{caps['api_url']} has no /tokenize and no local tokenizer for {spec.server.model!r} ({exc}); "
-            "set [server] tokenizer = \"hf:FOLDER\" (the model's tokenizer files), \"tiktoken:ENCODING\", "
-            "or \"approximate\" (budgets and window checks then use an approximate count, recorded as such)"
-        ) from None
 
 
 async def _probe(
@@ -274,6 +269,23 @@ async def _probe(
             + (f" ({measured.flops_per_s / 1e9:.0f} GFLOP/s)" if measured.flops_per_s else "")
             + (f", {measured.tpot_s * 1000:.0f} ms per output token" if measured.tpot_s else ""))
     return measured
+
+
+def _request_timeouts(
+    spec: RunSpec, pool: Pool, measured: ProbeResult | None, dims: ModelDims | None, corpus: Corpus,
+    answer_tokens: int, server_info: dict[str, Any], say: Callable[[str], None] | None,
+) -> None:
+    """Issue 25 (task F): a spec that leaves timeout_s at its default gets each request's timeout
+    from the probe's estimate (compare/run/timeouts.py); recorded with the run, said once."""
+    rule, record, line = request_timeouts(
+        given_s=spec.timeout_s, explicit="timeout_s" in spec.model_fields_set, probe=measured, dims=dims,
+        corpus=corpus, answer_tokens=answer_tokens, in_flight=spec.concurrency,
+    )
+    for b in pool.backends:
+        b.timeout_for = rule
+    server_info["request_timeout"] = record
+    if say and line:
+        say(line)
 
 
 HEARTBEAT_S = 30.0  # a line per request in flight this often, in logs (not on a terminal)
@@ -383,17 +395,3 @@ def _fail_over(
         except ServerDown as again:
             exc = again
 
-
-async def health_of(urls: Sequence[str], access: Access) -> list[bool]:
-    """Which replicas still answer, each reached as the run reaches it (its key and headers)
-    and asked what it offers first: a hosted endpoint has no /health, and without the key
-    every check would read 401, i.e. down."""
-    async def one(url: str) -> bool:
-        async with Pool.connect([url], "health-check", timeout_s=30.0, access=access) as pool:
-            try:
-                await pool.discover(chat=False)
-            except BackendError:
-                return False
-            return await pool.primary.health()
-
-    return list(await asyncio.gather(*(one(u) for u in urls)))

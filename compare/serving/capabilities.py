@@ -20,9 +20,10 @@ from typing import Any
 
 import httpx
 
+from compare.core.endpoints import Endpoint
 from compare.core.types import Completion
-from compare.serving.endpoint import Endpoint
 from compare.serving.prometheus import parse_metrics
+from compare.serving.tokenizers import LocalTokenizer
 
 ROUTES = ("tokenize", "metrics", "health", "version")
 NOT_HERE = (404, 405, 501)  # the answers that mean "no such route"; anything else is recorded as seen
@@ -135,6 +136,56 @@ async def find_routes(
     tried = {r: f[1] for r, f in zip(ROUTES, found, strict=True) if f[1] and f[0] is None}
     tok = found[0][2]
     return urls, tried, (_json(tok) if tok is not None else None) or {}
+
+
+def listing(resp: httpx.Response, model: str) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+    """A `/models` answer's entries (none when it is not one), and the entry of `model` if listed."""
+    entries: list[dict[str, Any]] = []
+    if resp.status_code == 200:
+        try:
+            data = resp.json().get("data", [])
+        except (ValueError, AttributeError):
+            data = []
+        entries = [e for e in data if isinstance(e, dict)] if isinstance(data, list) else []
+    return entries, next((e for e in entries if e.get("id") == model), None)
+
+
+def record(
+    models_endpoint: bool, entries: list[dict[str, Any]], mine: Mapping[str, Any] | None,
+    routes: Mapping[str, str | None], tried: Mapping[str, list[str]], endpoint: Endpoint,
+    tokenizer: LocalTokenizer | None,
+) -> dict[str, Any]:
+    """What `/models` and the route probes found, as the run records it (before the probe chat;
+    `settle` completes it). Written here, beside `sources` and `fallback_line` that read it."""
+    found = {r: routes[r] is not None for r in ROUTES}
+    return {
+        "models_endpoint": models_endpoint,
+        "model_listed": mine is not None if entries else None,
+        "owned_by": sorted({str(e.get("owned_by")) for e in entries if e.get("owned_by")}),
+        # vLLM's own extras answer here (not: /models says vllm, which a gateway passes through).
+        "vllm": found["tokenize"] or found["metrics"],
+        **found, "routes": {r: u for r, u in routes.items() if u}, "not_found": dict(tried),
+        "probe_timeouts_s": {r: PROBE_TIMEOUTS_S.get(r, PROBE_TIMEOUT_S) for r in ROUTES},
+        **_counter(found["tokenize"], tokenizer),
+        **endpoint.describe(),
+    }
+
+
+def _counter(tokenize: bool, tokenizer: LocalTokenizer | None) -> dict[str, Any]:
+    """Who counts tokens before a request: the server, the local tokenizer, or nobody."""
+    if tokenize:
+        return {"tokenizer": "server /tokenize", "tokenizer_approximate": False}
+    if tokenizer is None:
+        return {"tokenizer": None, "tokenizer_approximate": None}
+    return {"tokenizer": tokenizer.name, "tokenizer_approximate": tokenizer.approximate}
+
+
+def settle(caps: dict[str, Any]) -> dict[str, Any]:
+    """The record completed once the probe chat's answers (or UNPROBED) are in: where the routing
+    key may go (a vLLM, or a gateway that forwards vLLM's request fields), and each number's source."""
+    caps["session_header"] = bool(caps["vllm"] or caps.get("cache_salt"))
+    caps["sources"] = sources(caps)
+    return caps
 
 
 def sources(caps: Mapping[str, Any]) -> dict[str, str]:

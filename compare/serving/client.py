@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 import openai
 
+from compare.core.endpoints import Endpoint
 from compare.core.errors import BackendError, EmptyStreamError, MissingUsageError, TruncatedStreamError
 from compare.core.types import Completion, Message
 from compare.serving import capabilities as capability
@@ -25,7 +26,6 @@ from compare.serving.endpoint import (
     AuthError,
     BadRequest,
     ContextTooLong,
-    Endpoint,
     RateLimited,
     rate_limited,
     refuses_max_tokens,
@@ -87,6 +87,8 @@ class HttpBackend:
         self.base_url = self.endpoint.base_url.rstrip("/")
         self.model = model
         self.timeout_s = timeout_s
+        # Per request (messages, max_tokens) -> seconds, when the run derives it (compare/run/timeouts.py).
+        self.timeout_for: Callable[[Sequence[Message], int], float] | None = None
         self.tokenizer = tokenizer
         self._declared_len = declared_max_model_len
         # The key only ever comes from the environment, so it cannot land in a spec or the store.
@@ -131,36 +133,19 @@ class HttpBackend:
         if resp.status_code in (401, 403):
             raise AuthError(f"{self.endpoint.api_url} refused the API key in ${self.endpoint.api_key_env} "
                             f"(HTTP {resp.status_code})")
-        entries = _entries(resp)
-        mine = next((e for e in entries if e.get("id") == self.model), None)
+        entries, mine = capability.listing(resp, self.model)
         if mine and mine.get("max_model_len"):
             self._max_model_len = int(mine["max_model_len"])
         routes, tried, tokenized = await capability.find_routes(self._http, self.endpoint, self.model)
         self._routes = routes
         if tokenized.get("max_model_len"):
             self._max_model_len = int(tokenized["max_model_len"])
-        found = {r: routes[r] is not None for r in capability.ROUTES}
-        self.capabilities = {
-            "models_endpoint": resp.status_code == 200,
-            "model_listed": mine is not None if entries else None,
-            "owned_by": sorted({str(e.get("owned_by")) for e in entries if e.get("owned_by")}),
-            # vLLM's own extras answer here (not: /models says vllm, which a gateway passes through).
-            "vllm": found["tokenize"] or found["metrics"],
-            **found, "routes": {r: u for r, u in routes.items() if u}, "not_found": tried,
-            "probe_timeouts_s": {r: capability.PROBE_TIMEOUTS_S.get(r, capability.PROBE_TIMEOUT_S)
-                                 for r in capability.ROUTES},
-            **self._counter(found["tokenize"]),
-            **self.endpoint.describe(),
-        }
-        if chat:
-            self.capabilities |= await self._probe_chat()
-        else:  # [server] probe_chat = false, or a liveness check: not asked, so not known
-            self.capabilities |= capability.UNPROBED
-        # Where the routing key may go: a vLLM, or a gateway that forwards vLLM's request fields.
-        caps = self.capabilities
-        caps["session_header"] = bool(caps["vllm"] or caps.get("cache_salt"))
-        caps["sources"] = capability.sources(caps)
-        return caps
+        caps = capability.record(resp.status_code == 200, entries, mine, routes, tried, self.endpoint,
+                                 self.tokenizer)
+        # [server] probe_chat = false, or a liveness check: not asked, so not known.
+        caps |= await self._probe_chat() if chat else capability.UNPROBED
+        self.capabilities = capability.settle(caps)
+        return self.capabilities
 
     async def _probe_chat(self) -> dict[str, Any]:
         """One two-token chat with a fresh `cache_salt`: a 400 naming it means not accepted (the
@@ -190,14 +175,6 @@ class HttpBackend:
         return {**out, "stream_usage": True, "cached_tokens_reported": got.cached_tokens is not None,
                 "probe_chat_usage": capability.probe_usage(sent, got)}
 
-    def _counter(self, tokenize: bool) -> dict[str, Any]:
-        """Who counts tokens before a request: the server, the local tokenizer, or nobody."""
-        if tokenize:
-            return {"tokenizer": "server /tokenize", "tokenizer_approximate": False}
-        if self.tokenizer is None:
-            return {"tokenizer": None, "tokenizer_approximate": None}
-        return {"tokenizer": self.tokenizer.name, "tokenizer_approximate": self.tokenizer.approximate}
-
     async def complete(
         self, messages: Sequence[Message], *, max_tokens: int, temperature: float = 0.0, seed: int = 0
     ) -> Completion:
@@ -220,6 +197,8 @@ class HttpBackend:
         self, messages: Sequence[Message], max_tokens: int, temperature: float, seed: int,
         options: RequestOptions, force_salt: bool = False, timeout_s: float | None = None,
     ) -> Completion:
+        if timeout_s is None and self.timeout_for is not None:
+            timeout_s = self.timeout_for(messages, max_tokens)
         client = self._client if timeout_s is None else self._client.with_options(timeout=timeout_s)
         cap = "max_completion_tokens" if self._token_param == "max_completion_tokens" else "max_tokens"
         salt = options.cache_salt if force_salt or self._has("cache_salt") else None
@@ -297,9 +276,9 @@ class HttpBackend:
         if self._max_model_len is None and self._has("models_endpoint"):
             with contextlib.suppress(httpx.HTTPError):
                 resp = await self._http.get(f"{self.endpoint.api_url}/models")
-                for entry in _entries(resp):
-                    if entry.get("id") == self.model and entry.get("max_model_len"):
-                        self._max_model_len = int(entry["max_model_len"])
+                _, mine = capability.listing(resp, self.model)
+                if mine and mine.get("max_model_len"):
+                    self._max_model_len = int(mine["max_model_len"])
         if self._max_model_len is None and self._declared_len is not None:
             self._max_model_len = self._declared_len
         if self._max_model_len is None:
@@ -381,17 +360,6 @@ class BoundBackend:
 
     def __getattr__(self, name: str) -> Any:  # metrics, version, endpoint, ...: the shared backend's
         return getattr(self.backend, name)
-
-
-def _entries(resp: httpx.Response) -> list[dict[str, Any]]:
-    """A `/models` answer's entries; none when it is not one."""
-    if resp.status_code != 200:
-        return []
-    try:
-        data = resp.json().get("data", [])
-    except (ValueError, AttributeError):
-        return []
-    return [e for e in data if isinstance(e, dict)] if isinstance(data, list) else []
 
 
 async def _aiter(stream: Any) -> AsyncIterator[Any]:

@@ -1,30 +1,22 @@
-"""An OpenAI-compatible endpoint as the user gives it: URL, key variable, headers, usage shapes.
+"""How OpenAI-compatible endpoints answer differently: refusals, rate limits, usage shapes.
 
-vLLM and hosted APIs speak the same chat-completions protocol but differ around it: where the
-API lives (`http://host:8000/v1` vs `https://provider/v1beta/openai/`), whether it needs a key,
-which generation-cap parameter it accepts, and how its usage reports cached and cache-written
-tokens. This module holds those differences so the client stays one code path.
+vLLM and hosted APIs speak the same chat-completions protocol but differ around it: how they word
+a prompt over the window or a refused `max_tokens`, how long a 429 asks to wait, and how their
+usage reports cached and cache-written tokens. This module holds those differences so the client
+stays one code path. Where an endpoint is and how it is reached (URL, key variable, headers) is
+`compare.core.endpoints.Endpoint`, shared with the embedding endpoints.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from typing import Any, Literal
-from urllib.parse import urlsplit
+from typing import Any
 
-from compare.core.endpoints import DEFAULT_KEY_ENV, KeyNotSet, api_url, read_key
 from compare.core.errors import BackendError
-from compare.core.secrets import HeaderValue, SecretNotSet, resolve_headers
-
-TokenParam = Literal["auto", "max_tokens", "max_completion_tokens"]
-
-
-class EndpointConfigError(KeyNotSet):
-    """An endpoint that cannot be used as configured (a key variable that is not set)."""
 
 
 class BadRequest(BackendError):
@@ -43,50 +35,6 @@ class RateLimited(BackendError):
 
 class AuthError(BackendError):
     """The endpoint refused the key: every request would fail the same way, so a run stops."""
-
-
-@dataclass(frozen=True)
-class Endpoint:
-    """Where and how to reach one endpoint. The key is never stored: only its variable's name.
-
-    `base_url` is used verbatim as the API's base (what the OpenAI SDK calls `base_url`), except
-    that a bare `http://host:port` means vLLM's convention, the API under `/v1`. vLLM's own extra
-    routes (/tokenize, /metrics, /health, /version) live at the server root."""
-
-    base_url: str
-    api_key_env: str = DEFAULT_KEY_ENV
-    headers: Mapping[str, str | HeaderValue] = field(default_factory=dict, repr=False)  # values secret
-    token_param: TokenParam = "auto"
-
-    @property
-    def api_url(self) -> str:
-        return api_url(self.base_url)
-
-    @property
-    def root_url(self) -> str:
-        parts = urlsplit(self.base_url)
-        return f"{parts.scheme}://{parts.netloc}"
-
-    def key(self) -> str:
-        """The key from its variable. vLLM needs none ("EMPTY" is sent); a variable the user
-        named explicitly must be set, or the run would fail every request with a 401."""
-        try:
-            return read_key(self.api_key_env, self.api_url)
-        except KeyNotSet as exc:
-            raise EndpointConfigError(str(exc)) from None
-
-    def resolved_headers(self) -> dict[str, str]:
-        """Extra headers with their values from the environment (`{ env = "VAR" }`, `${VAR}`) or
-        the spec; each secret one remembered, so nothing written or shown can carry it."""
-        try:
-            return resolve_headers(self.headers)
-        except SecretNotSet as exc:
-            raise EndpointConfigError(str(exc)) from None
-
-    def describe(self) -> dict[str, Any]:
-        """What a run records about the endpoint: never the key, only where it came from."""
-        return {"api_url": self.api_url, "api_key_env": self.api_key_env,
-                "headers": sorted(self.headers), "token_param": self.token_param}
 
 
 @dataclass(frozen=True)

@@ -24,11 +24,12 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
+from compare.core.endpoints import DEFAULT_KEY_ENV, Endpoint, TokenParam
+from compare.core.errors import BackendError
 from compare.core.secrets import HeaderValue
 from compare.core.types import Document, Example
 from compare.serving import capabilities as capability
 from compare.serving.client import HttpBackend
-from compare.serving.endpoint import DEFAULT_KEY_ENV, Endpoint, TokenParam
 from compare.serving.schedule import Dispatcher
 from compare.serving.tokenizers import LocalTokenizer
 
@@ -122,7 +123,7 @@ class Lane:
 
 @dataclass(frozen=True)
 class Access:
-    """How every replica of a pool is reached (see compare/serving/endpoint.py)."""
+    """How every replica of a pool is reached (see compare.core.endpoints.Endpoint)."""
 
     api_key_env: str = DEFAULT_KEY_ENV
     headers: Mapping[str, str | HeaderValue] = field(default_factory=dict, repr=False)  # values secret
@@ -248,6 +249,21 @@ class Pool:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
+
+
+async def health_of(urls: Sequence[str], access: Access) -> list[bool]:
+    """Which replicas still answer, each reached as the run reaches it (its key and headers)
+    and asked what it offers first: a hosted endpoint has no /health, and without the key
+    every check would read 401, i.e. down."""
+    async def one(url: str) -> bool:
+        async with Pool.connect([url], "health-check", timeout_s=30.0, access=access) as pool:
+            try:
+                await pool.discover(chat=False)
+            except BackendError:
+                return False
+            return await pool.primary.health()
+
+    return list(await asyncio.gather(*(one(u) for u in urls)))
 
 
 def split_urls(values: str | Sequence[str] | None) -> list[str]:

@@ -112,3 +112,16 @@ def load_tokenizer(ref: str, served: str | None = None) -> LocalTokenizer:
     if sep and kind == "tiktoken":
         return _tiktoken(rest)
     return _hf(rest if sep and kind == "hf" else ref, served)
+
+
+def model_tokenizer(model: str, api_url: str) -> LocalTokenizer:
+    """The served model's own tokenizer when its name is one we have offline (a registry model or
+    a local folder), for an endpoint without /tokenize; else one clear line naming the options."""
+    try:
+        return load_tokenizer(model, served=model)
+    except (TokenizerError, OSError, ValueError) as exc:
+        raise TokenizerError(
+            f"{api_url} has no /tokenize and no local tokenizer for {model!r} ({exc}); "
+            "set [server] tokenizer = \"hf:FOLDER\" (the model's tokenizer files), \"tiktoken:ENCODING\", "
+            "or \"approximate\" (budgets and window checks then use an approximate count, recorded as such)"
+        ) from None

@@ -174,8 +174,7 @@ def test_failover_health_reaches_a_hosted_endpoint_as_the_run_does(
     and vLLM's /health, so a hosted replica always read as down)."""
     import asyncio
 
-    from compare.run.execute import health_of
-    from compare.serving.pool import Access
+    from compare.serving.pool import Access, health_of
 
     access = Access(api_key_env=KEY_ENV)
     with HostedProxy(server_url, KEY) as proxy:

@@ -13,12 +13,13 @@ from email.utils import format_datetime
 import httpx
 import pytest
 
+from compare.core.endpoints import Endpoint
 from compare.core.types import Completion, Example, Prediction
 from compare.run.runner import FailurePolicy, _attempts
 from compare.serving import weights as models
 from compare.serving.capabilities import _usable, fallback_line, sources
 from compare.serving.client import HttpBackend, RequestOptions
-from compare.serving.endpoint import Endpoint, rate_limited, refuses_max_tokens, retry_after_s, too_long
+from compare.serving.endpoint import rate_limited, refuses_max_tokens, retry_after_s, too_long
 from tests.fixtures.hosted_proxy import HostedProxy
 
 # HostedProxy kept: it records each request's body and headers to assert on

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from compare.core.endpoints import Endpoint, EndpointConfigError
 from compare.serving.endpoint import (
-    Endpoint,
-    EndpointConfigError,
     UsageTokens,
     read_usage,
     refuses_max_tokens,

@@ -11,10 +11,10 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
+from compare.core.endpoints import Endpoint
 from compare.run.spec import validate_spec
 from compare.serving import capabilities as capability
 from compare.serving.client import HttpBackend
-from compare.serving.endpoint import Endpoint
 from main import app
 
 EVERYTHING = {"api_url": "http://h/v1", "tokenize": True, "metrics": True, "health": True, "version": True,
