@@ -40,11 +40,23 @@ from pipelines.rag import RagPipeline
 from pipelines.routers import Route, _RoutedSpec, router_paths
 
 Stratum = Literal["local", "multi_hop", "aggregation", "whole", "unknown"]
-RULES_VERSION = "kind-rules-1"  # bump when a pattern changes: results are recorded with it
+RULES_VERSION = "kind-rules-2"  # bump when a pattern changes: results are recorded with it
+# kind-rules-2: a bare "how many" no longer counts. "How many people live in Lisbon?" asks for one
+# number stated in one place (local); only a count over the text is aggregation: of times,
+# mentions, different things, things the text mentions / lists / introduces or that appear in it,
+# things "in the text", things carried (bAbI task 7). "How many more / fewer" joins two numbers
+# (multi_hop). Verbs such as "named", "visit", "described" stay out: "the town named X" and
+# "visitors per year" are single facts.
 # (stratum, pattern): the first that matches the lower-cased question decides; none: "local".
+_COUNTED = r"(mention|list|cite|refer|appear|occur|introduc)(s|es|ed|d|ing|red|ring)?\b"
 RULES: tuple[tuple[Stratum, str], ...] = (
     ("aggregation",  # counting, listing every occurrence, ordering across the text
-     r"\bhow (many|often)\b|\bnumber of (times|occasions|mentions)\b|\bcount (the|all|every)\b"
+     r"\bhow often\b|\bhow many (times|occasions|mentions|instances|different|distinct|separate|unique)\b"
+     r"|\bhow many\b[^?.;]*\b" + _COUNTED +
+     r"|\bhow many\b[^?.;]*\b(are|were|is|was) (there )?(in|throughout|across) (the|this) "
+     r"(text|story|book|document|passage|chapter|article|report|transcript|lecture|conversation)\b"
+     r"|\bhow many\b[^?.;]*\b(carrying|holding)\b"
+     r"|\bnumber of (times|occasions|mentions)\b|\bcount (the|all|every)\b"
      r"|\blist (all|every|each)\b|\b(all|every|each) (of )?the (places|times|occasions|mentions)\b"
      r"|\bevery (place|time|occasion|one) (that|where|which|when)\b|\bletters of every\b"
      r"|\b(came|comes|happened|appears?|is mentioned|was mentioned) (first|last)\b|\bthe first (one|time)\b"
@@ -53,7 +65,8 @@ RULES: tuple[tuple[Stratum, str], ...] = (
      r"\bsummar(y|ise|ize)\b|\boverall\b|\bmain (theme|idea|point|argument|message)s?\b|\bthroughout\b"
      r"|\b(whole|entire) (text|document|book|story|passage|article)\b|\bgist\b|\bmoral of\b"),
     ("multi_hop",  # a few facts joined
-     r"\b(before|after) (he|she|they|it|\w+) (went|moved|travelled|traveled|journeyed|dropped|took)\b"
+     r"\bhow (many|much) (more|fewer|less)\b"
+     r"|\b(before|after) (he|she|they|it|\w+) (went|moved|travelled|traveled|journeyed|dropped|took)\b"
      r"|\bwhere was (the )?\w+ before\b|\bboth\b|\bcompared? (to|with)\b|\bdifference between\b"
      r"|\bwhat is (the )?\w+ (of|in) the \w+ (that|which|who)\b"),
 )

@@ -6,7 +6,10 @@ the document short of all of it would do), `unknown` (nothing says). It comes fr
 
 1. a corpus label that names a KIND of question a place count cannot see (`aggregation`,
    `whole`): counting two planted facts touches two chunks, yet the answer is only right if no
-   third one was missed, so the label wins over the measurement;
+   third one was missed, so the label wins over the measurement. Not an L-Eval subset's label:
+   it is a guess about the whole subset ("exam questions over a lecture need all of it"), not
+   about the question, and the probe tests exactly that guess on each question (right at some
+   k short of the whole: it did not need the whole), so there the measurement wins;
 2. the measured context need: the evidence spans (how many chunks, at the run's chunk size,
    they touch; how far apart), else the retrieval probe (compare/run/context_need.py: the smallest
    top-k at which RAG's answer became correct; correct at no k: `whole`);
@@ -48,6 +51,7 @@ BABI_TASKS: dict[int, Stratum] = {
 }
 # L-Eval subsets: retrieval-style questions are local; exam-style questions over a whole story or
 # lecture (QuALITY, TOEFL, sci-fi true/false) need the whole; financial and multi-document QA combine.
+# A prior per subset: a question's measured need (the probe) wins over it, even over `whole`.
 LEVAL_SUBSETS: dict[str, Stratum] = {
     "topic_retrieval_longchat": "local", "natural_question": "local",
     "financial_qa": "multi_hop", "multidoc_qa": "multi_hop",
@@ -146,10 +150,17 @@ def label_stratum(tags: Mapping[str, Any]) -> Stratum | None:
     return None
 
 
+def subset_prior(tags: Mapping[str, Any]) -> bool:
+    """Whether the label comes from the question's L-Eval subset (and no `stratum` tag of its own)."""
+    said = tags.get("stratum")
+    own = isinstance(said, str) and said.strip().lower().replace("-", "_") in SYNONYMS
+    return not own and str(tags.get("task", "")) in LEVAL_SUBSETS
+
+
 def assign(tags: Mapping[str, Any], need: Need | None) -> Assignment:
     """The one rule (module docstring): kind labels, then the measurement, then other labels."""
     label = label_stratum(tags)
-    if label in _KIND_LABELS:
+    if label in _KIND_LABELS and not subset_prior(tags):
         return Assignment(label, "label", need, label)
     if need is not None:
         return Assignment(need_stratum(need), need.source, need, label)

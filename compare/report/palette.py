@@ -2,7 +2,8 @@
 
 Okabe & Ito (2008), "Color Universal Design": eight colours that readers with protanopia,
 deuteranopia or tritanopia still tell apart. Long context is blue, RAG orange, the routers
-green and purple; a kind not listed takes a spare colour by its name (stable across pages).
+green (Self-Route), purple (the length rule) and vermillion (the kind router); a kind not listed
+takes a spare colour by its name (stable across pages), never one a listed kind owns.
 Configurations of one kind are told apart by line dash and point shape, not by shade.
 """
 
@@ -14,9 +15,9 @@ from collections.abc import Mapping
 import pandas as pd
 
 KIND_COLOURS = {"long_context": "#0072B2", "rag": "#E69F00", "self_route": "#009E73",
-                "length_rule": "#CC79A7"}
+                "length_rule": "#CC79A7", "kind_router": "#D55E00"}
 ROUTE_COLOURS = {"long_context": KIND_COLOURS["long_context"], "rag": KIND_COLOURS["rag"]}
-_SPARE = ("#56B4E9", "#D55E00", "#000000", "#F0E442")
+_SPARE = ("#56B4E9", "#000000", "#F0E442")  # the rest of Okabe-Ito: no listed kind's colour
 DASHES = [[1, 0], [6, 3], [2, 2], [8, 3, 2, 3], [1, 4], [10, 4]]
 SHAPES = ["circle", "square", "triangle-up", "diamond", "cross", "triangle-down"]
 

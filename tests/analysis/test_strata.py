@@ -78,7 +78,9 @@ def test_assignment_worked_by_hand() -> None:
     assert assign({"task": "babi-qa1"}, None).stratum == "local"
     assert (assign({"task": "babi-qa3"}, None).stratum, assign({"task": "babi-qa3"}, None).source) == (
         "multi_hop", "label")
-    assert assign({"task": "quality"}, Need("probe", 1)).stratum == "whole"  # L-Eval exam: whole
+    assert assign({"task": "quality"}, None).stratum == "whole"  # L-Eval exam: whole, by its subset
+    # ... a prior the probe tests per question: right at k = 1, it did not need the whole
+    assert assign({"task": "quality"}, Need("probe", 1)).stratum == "local"
     assert assign({"task": "natural_question"}, None).stratum == "local"
     assert assign({"stratum": "full"}, None).stratum == "whole"  # an imported file's own label
     assert assign({"stratum": "Multi-Hop"}, None).stratum == "multi_hop"

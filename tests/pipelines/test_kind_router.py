@@ -16,6 +16,8 @@ from compare.core.registry import build_pipeline
 from compare.core.types import Completion, Document, Example, Message
 from compare.run.spec import RunSpec
 from pipelines.kind_router import RULES_VERSION, KindRouterPipeline, KindRouterSpec, predict_stratum
+from pipelines.long_context import LongContextPipeline
+from pipelines.rag import RagPipeline
 
 
 class WordBackend:
@@ -52,6 +54,37 @@ class WordBackend:
 ])
 def test_rule_predicts_the_stratum_from_the_words(question: str, stratum: str) -> None:
     assert predict_stratum(question) == stratum
+
+
+# kind-rules-2 (issue 30): "how many" is aggregation only when it counts over the text. Each
+# "local" row below was "aggregation" under kind-rules-1 (any "how many").
+@pytest.mark.parametrize(("question", "stratum"), [
+    ("How many people live in Lisbon?", "local"),  # one number, stated in one place
+    ("How many children did Fantine have?", "local"),
+    ("How many pages does the annual report have?", "local"),
+    ("How many tourists visit the museum each year?", "local"),
+    ("How many inhabitants does the town named Digne have?", "local"),
+    ("How many more people live in Lisbon than in Porto?", "multi_hop"),  # two numbers joined
+    ("How many objects is Mary carrying?", "aggregation"),  # bAbI task 7: every pick-up and drop
+    ("How many different towns does the narrator pass through?", "aggregation"),
+    ("How many characters are introduced in the first chapter?", "aggregation"),
+    ("How many people are mentioned in the text?", "aggregation"),
+    ("How many ships are there in the story?", "aggregation"),
+    ("How many times does the bishop speak?", "aggregation"),
+    ("How often does the bishop appear?", "aggregation"),
+    ("What number of times is the harbour mentioned?", "aggregation"),
+])
+def test_how_many_counts_only_over_the_text(question: str, stratum: str) -> None:
+    assert predict_stratum(question) == stratum
+
+
+def test_the_single_fact_question_goes_to_rag_and_the_version_says_which_rules() -> None:
+    router = KindRouterPipeline(RagPipeline(), LongContextPipeline())
+    router._doc_tokens["d"] = 3000
+    assert router.route_for(Example("q", ("d",), "How many people live in Lisbon?", ("545000",))) == "rag"
+    assert router.route_for(Example("q", ("d",), "How many times is Lisbon mentioned?", ("3",))) == (
+        "long_context")
+    assert RULES_VERSION == "kind-rules-2"  # recorded in params (test_rule_set_and_knobs_are_recorded)
 
 
 async def test_routes_before_retrieval_and_charges_its_latency() -> None:
