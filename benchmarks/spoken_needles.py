@@ -15,9 +15,10 @@ needle's two words and the closest run of 1-4 transcript words there, over 2. Ti
 |when the transcript says the first needle word began - when it truly began| (word times; a
 setting without word times can only say when its segment began). Compute is the seconds
 `transcribe` takes per audio minute, every setting measured in the same run (ratios are against
-the current default, `tiny.en` beam 1 without word times).
+the run's first setting; by default `tiny-b1-words`, the ingest default).
 
     .venv/bin/python -m benchmarks.spoken_needles [--quick] [--needles 100] [--levels 20,10,5]
+    .venv/bin/python -m benchmarks.spoken_table RESULTS.json...   # the README's tables
 """
 
 from __future__ import annotations
@@ -65,16 +66,28 @@ BACKGROUNDS: dict[str, tuple[str, ...]] = {
 }
 PER_FILE = 5  # needles per audio file
 SLOT_S = 12.0  # one needle per slot of the file, at a random time inside it
-# name -> settings; "default" is the baseline every ratio is against (the old ingest default)
+# name -> settings; the first setting of a run is the baseline its ratios are against.
+# Every setting names its beam (the ingest default moved from 1 to 5 by these numbers);
+# "default" is the ingest default before word times (kept to read old result files).
+_PROMPT = "Code names are pairs of unusual words."
 SETTINGS: dict[str, AsrSettings] = {
-    "default": AsrSettings(word_timestamps=False),
-    "tiny-b1-words": AsrSettings(),
+    "default": AsrSettings(beam_size=1, word_timestamps=False),
+    "tiny-b1-words": AsrSettings(beam_size=1),
     "tiny-b5": AsrSettings(beam_size=5),
     "tiny-b5-vad35": AsrSettings(beam_size=5, vad_threshold=0.35),
     "tiny-b5-nofallback": AsrSettings(beam_size=5, temperature_fallback=False),
-    "tiny-b5-prompt": AsrSettings(beam_size=5, initial_prompt="Code names are pairs of unusual words."),
-    "base-b1": AsrSettings(model="base"),
+    "tiny-b5-prompt": AsrSettings(beam_size=5, initial_prompt=_PROMPT),
+    "tiny-b1-novad": AsrSettings(beam_size=1, vad=False),
+    "tiny-b1-nofallback": AsrSettings(beam_size=1, temperature_fallback=False),
+    "tiny-b1-prompt": AsrSettings(beam_size=1, initial_prompt=_PROMPT),
+    "tiny-b1-redecode": AsrSettings(beam_size=1, redecode_below=-0.5),
+    "base-b1": AsrSettings(model="base", beam_size=1),
     "base-b5": AsrSettings(model="base", beam_size=5),
+    "base-b5-novad": AsrSettings(model="base", beam_size=5, vad=False),
+    "base-b5-vad35": AsrSettings(model="base", beam_size=5, vad_threshold=0.35),
+    "base-b5-nofallback": AsrSettings(model="base", beam_size=5, temperature_fallback=False),
+    "base-b5-prompt": AsrSettings(model="base", beam_size=5, initial_prompt=_PROMPT),
+    "base-b5-redecode": AsrSettings(model="base", beam_size=5, redecode_below=-0.5),
 }
 
 
@@ -247,14 +260,19 @@ def _words(segments: list[Any]) -> list[tuple[float, float, str]]:
 
 
 def bench_spoken(n_needles: int = 100, levels: tuple[float, ...] = (np.inf, 20.0, 10.0, 5.0),
-                 settings: tuple[str, ...] = ("default", "tiny-b5", "base-b5"), seed: int = 0,
+                 settings: tuple[str, ...] = ("tiny-b1-words", "tiny-b5", "base-b5"), seed: int = 0,
                  threads: int = 1, keep: Path | None = None, files_per_level: int | None = None,
-                 ) -> tuple[list[Row], dict[str, Any]]:
+                 partial: Path | None = None) -> tuple[list[Row], dict[str, Any]]:
     """`files_per_level`: only the first so many files of each level (5 needles each, the
-    backgrounds in turn): a cheaper look at a slow model over the same audio."""
+    backgrounds in turn): a cheaper look at a slow model over the same audio. Level by level,
+    every setting in turn (so a stopped run still compares its settings on the levels it did);
+    `partial` gets the numbers so far after each cell."""
     needles = plan(n_needles, seed)
     per: dict[str, dict[str, Any]] = {}
     records: list[dict[str, Any]] = []
+    meta = {"levels": list(levels), "n_needles": n_needles, "files_per_level": files_per_level,
+            "seed": seed, "threads": threads, "voices": list(VOICES), "speeds": list(SPEEDS),
+            "backgrounds": BACKGROUNDS}
     with tempfile.TemporaryDirectory(prefix="ragvslc-bench-speech-") as tmp:
         work = keep or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
@@ -262,67 +280,70 @@ def bench_spoken(n_needles: int = 100, levels: tuple[float, ...] = (np.inf, 20.0
         if files_per_level is not None:
             files = [f for lv in levels for f in [g for g in files if g[1] == lv][:files_per_level]]
         for name in settings:
-            s = SETTINGS[name]
-            transcribe(files[0][0], settings=s, threads=threads)  # loads the model: not timed
-            for level in levels:
-                key = f"{name}@{_level(level)}"
-                hits, wers, errs, asr_s, audio_s = 0, [], [], 0.0, 0.0
-                by: dict[str, list[int]] = {}
-                for path, lv, placed in files:
-                    if lv != level:
-                        continue
-                    t0 = time.perf_counter()
-                    segs = transcribe(path, settings=s, threads=threads)
-                    asr_s += time.perf_counter() - t0
-                    audio_s += file_s
-                    words = _words(segs)
-                    for n in placed:
-                        r = score(n, words)
-                        hits += r["exact"]
-                        wers.append(r["wer"])
-                        if r["ts_err"] is not None:
-                            errs.append(r["ts_err"])
-                        for dim in ("voice", "speed", "background"):
-                            by.setdefault(f"{dim}={getattr(n, dim)}", []).append(int(r["exact"]))
-                        records.append({"setting": name, "level_db": level, **asdict(n), **r})
-                total = len(wers)
-                per[key] = {
-                    "setting": name, "level_db": level, "asr": s.describe(), "needles": total,
-                    "recall_exact": round(hits / total, 3), "wer": round(statistics.mean(wers), 3),
-                    "ts_err_median_s": round(statistics.median(errs), 2) if errs else None,
-                    "ts_err_p90_s": round(float(np.percentile(errs, 90)), 2) if errs else None,
-                    "asr_s_per_audio_min": round(asr_s / (audio_s / 60), 1),
-                    "by": {k: f"{sum(v)}/{len(v)}" for k, v in sorted(by.items())},
-                    "load_avg_1m": load_avg(),
-                }
-                print(f"  {key}: {json.dumps(per[key])}", flush=True)
-    rows = []
-    for name in settings:
+            transcribe(files[0][0], settings=SETTINGS[name], threads=threads)  # loads the model: not timed
         for level in levels:
-            new, old = per[f"{name}@{_level(level)}"], per.get(f"default@{_level(level)}")
-            if name == "default" or old is None:
-                continue
+            for name in settings:
+                key = f"{name}@{_level(level)}"
+                per[key] = _cell(name, level, [f for f in files if f[1] == level], file_s, threads, records)
+                print(f"  {key}: {json.dumps(per[key])}", flush=True)
+                if partial is not None:
+                    partial.write_text(json.dumps({"raw": {"settings": per, "needles": records, **meta}},
+                                                  default=str))
+    rows = []
+    base = settings[0]
+    for name in settings[1:]:
+        for level in levels:
+            new, old = per[f"{name}@{_level(level)}"], per[f"{base}@{_level(level)}"]
             rows.append(ratio_row("h", f"spoken needle recall, {name} @{_level(level)}",
-                                  f"default {old['recall_exact']:.3f}", old["recall_exact"],
+                                  f"{base} {old['recall_exact']:.3f}", old["recall_exact"],
                                   new["recall_exact"], "recall", higher_is_better=True,
                                   goal_text=">= 0.95 at 10 dB" if level == 10 else ""))
             rows[-1].met = new["recall_exact"] >= 0.95 if level == 10 else None
-            rows.append(ratio_row("h", f"ASR s per audio minute, {name} @{_level(level)}", "default",
+            rows.append(ratio_row("h", f"ASR s per audio minute, {name} @{_level(level)}", base,
                                   old["asr_s_per_audio_min"], new["asr_s_per_audio_min"], "s/min",
                                   higher_is_better=False))
-    return rows, {"settings": per, "needles": records, "levels": list(levels),
-                  "n_needles": n_needles, "files_per_level": files_per_level,
-                  "seed": seed, "threads": threads,
-                  "voices": list(VOICES), "speeds": list(SPEEDS), "backgrounds": BACKGROUNDS}
+    return rows, {"settings": per, "needles": records, **meta}
+
+
+def _cell(name: str, level: float, files: list[tuple[Path, float, list[Needle]]], file_s: float,
+          threads: int, records: list[dict[str, Any]]) -> dict[str, Any]:
+    """One setting over one level's files: recall, WER, timestamp error, ASR seconds per minute."""
+    s = SETTINGS[name]
+    hits, wers, errs, asr_s = 0, [], [], 0.0
+    by: dict[str, list[int]] = {}
+    for path, _lv, placed in files:
+        t0 = time.perf_counter()
+        segs = transcribe(path, settings=s, threads=threads)
+        asr_s += time.perf_counter() - t0
+        words = _words(segs)
+        for n in placed:
+            r = score(n, words)
+            hits += r["exact"]
+            wers.append(r["wer"])
+            if r["ts_err"] is not None:
+                errs.append(r["ts_err"])
+            for dim in ("voice", "speed", "background"):
+                by.setdefault(f"{dim}={getattr(n, dim)}", []).append(int(r["exact"]))
+            records.append({"setting": name, "level_db": level, **asdict(n), **r})
+    total = len(wers)
+    return {
+        "setting": name, "level_db": level, "asr": s.describe(), "needles": total, "hits": hits,
+        "recall_exact": round(hits / total, 3), "wer": round(statistics.mean(wers), 3),
+        "ts_err_median_s": round(statistics.median(errs), 2) if errs else None,
+        "ts_err_p90_s": round(float(np.percentile(errs, 90)), 2) if errs else None,
+        "asr_s_per_audio_min": round(asr_s / (len(files) * file_s / 60), 1),
+        "by": {k: f"{sum(v)}/{len(v)}" for k, v in sorted(by.items())},
+        "load_avg_1m": load_avg(),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="10 needles at 10 dB, default vs tiny-b5")
+    ap.add_argument("--quick", action="store_true", help="10 needles at 10 dB, tiny-b1-words vs tiny-b5")
     ap.add_argument("--needles", type=int, default=30)
     ap.add_argument("--levels", default="inf,20,10,5",
                     help="speech-to-background dB (inf: the speech alone, the voices' own ceiling)")
-    ap.add_argument("--settings", default="default,tiny-b5,base-b5",
+    ap.add_argument("--settings", default="tiny-b1-words,tiny-b5,base-b5",
                     help=f"comma-separated, from {','.join(SETTINGS)}")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--files", type=int, help="only the first N files (5 needles each) per level")
@@ -340,14 +361,16 @@ def main(argv: list[str] | None = None) -> int:
                           "settings": names, "seed": args.seed, "threads": args.threads, "keep": args.keep,
                           "files_per_level": args.files}
     if args.quick:
-        kw |= {"n_needles": 10, "levels": (10.0,), "settings": ("default", "tiny-b5")}
+        kw |= {"n_needles": 10, "levels": (10.0,), "settings": ("tiny-b1-words", "tiny-b5")}
     if args.render_only and args.keep:
         files, _ = render(plan(kw["n_needles"], args.seed), kw["levels"], args.seed, args.keep)
         print(f"rendered {len(files)} files into {args.keep}")
         return 0
     t0 = time.perf_counter()
-    rows, raw = bench_spoken(**kw)
+    partial = args.out.with_name(args.out.stem + ".partial.json")
+    rows, raw = bench_spoken(**kw, partial=partial)
     write_results(args.out, rows, raw, t0)
+    partial.unlink(missing_ok=True)
     for k, v in raw["settings"].items():
         print(f"  {k}: recall {v['recall_exact']}, wer {v['wer']}, ts err {v['ts_err_median_s']} s, "
               f"{v['asr_s_per_audio_min']} s/min; {v['by']}")

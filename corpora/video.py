@@ -67,7 +67,7 @@ class IngestSettings:
     ocr_max_width: int = 1280
     ocr_psm: int = 3  # tesseract page segmentation: 3 is 5-8x faster and cleaner than 6 or 11
     asr: bool = True
-    asr_beam_size: int = 1
+    asr_beam_size: int = AsrSettings.beam_size  # the benchmark's choice (corpora/asr.py)
     asr_model: AsrModel = "tiny.en"
     asr_word_times: bool = True  # speech lines split by word times (False: whisper's segments)
 

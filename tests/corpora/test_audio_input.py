@@ -14,8 +14,10 @@ import pytest
 from typer.testing import CliRunner
 
 from compare.core.timeline import Word, speech_lines
+from corpora.asr import AsrSettings, transcribe
 from corpora.video import IngestSettings, VideoError, ingest
 from corpora.video_qa import build_video_qa_corpus
+from corpora.video_spec import VideoIngestSpec
 from main import app
 
 DATA = Path(os.environ.get("RAGVSLC_DATA", "/work/shared/data"))
@@ -78,3 +80,25 @@ def test_audio_files_are_ingested_as_speech_only_timelines(tmp_path: Path) -> No
     again = ingest(mp3, cache_dir=tmp_path / "timelines")
     heard = " ".join(e.text for e in again.entries).lower()
     assert again.audio_only and "your country can do for you" in heard
+
+
+def test_asr_settings_record_every_knob_and_refuse_bad_ones() -> None:
+    """The default is the benchmark's choice (tiny.en, beam 5) everywhere a video is ingested
+    from; VAD off and the second decode are knobs of their own, recorded (so cache keys move)."""
+    plain = AsrSettings().describe()
+    assert plain.endswith("int8, vad, beam 5, words)") and "tiny.en" in plain and "redecode" not in plain
+    assert IngestSettings().asr_settings() == AsrSettings() == VideoIngestSpec().settings().asr_settings()
+    assert ", no vad, beam 5" in AsrSettings(vad=False).describe()
+    assert AsrSettings(redecode_below=-0.5).describe().endswith(", redecode < -0.5)")
+    with pytest.raises(ValueError, match="redecode_below must be in"):
+        AsrSettings(redecode_below=0.5)
+
+
+@pytest.mark.slow
+def test_second_decode_of_doubtful_windows_keeps_the_words_and_their_times() -> None:
+    """Every segment re-decoded (threshold 0): the speech and word times are still the JFK line."""
+    again = transcribe(JFK, settings=AsrSettings(redecode_below=0.0))
+    said = " ".join(s.text for s in again).lower()
+    assert "ask not what your country can do for you" in said, said
+    starts = [w.start for s in again for w in s.words]
+    assert starts == sorted(starts) and starts[0] >= 0.0 and starts[-1] <= 11.5
