@@ -10,11 +10,11 @@ from collections.abc import Sequence
 
 from compare.analysis.judgements import JUDGE_METRIC
 from compare.core import metrics as metric_registry
-from compare.core.types import Example, Prediction
+from compare.core.types import Example
 from compare.run import judge
 from compare.store.db import Store
 from compare.store.migrations import redact_stored_secrets
-from compare.store.rows import spans_from_json
+from compare.store.rescore_rows import fill_primary_metrics, stored_answers
 
 
 def rescore(store: Store, run_ids: Sequence[str] | None, metric_names: Sequence[str]) -> int:
@@ -24,33 +24,18 @@ def rescore(store: Store, run_ids: Sequence[str] | None, metric_names: Sequence[
     with store.transaction():
         redact_stored_secrets(store.con, run_ids)
     metrics = metric_registry.resolve([m for m in metric_names if m != JUDGE_METRIC])
-    where = "" if not run_ids else f"WHERE p.run_id IN ({', '.join('?' * len(run_ids))})"
-    rows = store.con.execute(
-        f"""
-        SELECT p.run_id, p.example_id, p.pipeline, p.params_hash, p.answer, p.error,
-               p.context_tokens, p.retrieved
-        FROM predictions p JOIN examples e USING (run_id, example_id) {where}
-        """,
-        list(run_ids or []),
-    ).fetchall()
+    rows = stored_answers(store, run_ids)
     primaries: dict[tuple[str, str], str] = {}
     examples: dict[str, dict[str, Example]] = {}  # each run's questions, read once
-    for run_id, ex_id, pipe, h, answer, error, ctx, retrieved in rows:
+    for row in rows:
+        run_id, ex_id = row.key[:2]
         if run_id not in examples:
             examples[run_id] = store.examples(run_id)
         ex = examples[run_id][ex_id]
         primaries[(run_id, ex_id)] = metric_registry.primary_metric(ex)
-        pred = Prediction(
-            answer=answer, completion=None, context_tokens=ctx, retrieved=spans_from_json(retrieved),
-            error=error,
-        )
         if metrics:
-            store.replace_scores(
-                (run_id, ex_id, pipe, h), metric_registry.score(metrics, ex, pred), only=list(metrics)
-            )
-    # Examples stored before corpora declared a primary metric get the one the headline used.
-    for (run_id, ex_id), name in primaries.items():
-        store.con.execute("UPDATE examples SET primary_metric = ? WHERE run_id = ? AND example_id = ? "
-                          "AND primary_metric IS NULL", [name, run_id, ex_id])
+            scores = metric_registry.score(metrics, ex, row.prediction)
+            store.replace_scores(row.key, scores, only=list(metrics))
+    fill_primary_metrics(store, primaries)
     judge.restore_scores(store, run_ids)
     return len(rows)
