@@ -37,7 +37,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -49,45 +49,17 @@ from compare.run.load import run_load
 from compare.run.spec import validate_spec
 from compare.serving import weights as models
 from compare.store.db import Store
-from tests.fixtures.sse_server import send_json, serve, sse_chunk, sse_usage
+from tests.fixtures.sse_server import DONE, VllmRoutes, serve, sse_chunk, sse_usage
 
 ROOT = Path(__file__).resolve().parents[1]
 GOAL_RATE, GOAL_MS = 50.0, 5.0  # issue 28: send lag under 5 ms at 50 requests/s on this CPU
 
 
-class _Instant(BaseHTTPRequestHandler):
+class _Instant(VllmRoutes):
     """vLLM's routes, answered at once (a three-token streamed answer with usage)."""
 
-    protocol_version = "HTTP/1.1"
-    lock = threading.Lock()
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-    def do_GET(self) -> None:
-        if self.path.endswith("/models"):
-            send_json(self, {"data": [{"id": models.DEFAULT_MODEL, "max_model_len": 4096}]})
-        elif self.path in ("/version", "/health"):
-            send_json(self, {"version": "scripted"})
-        else:
-            self.send_error(404)
-
-    def do_POST(self) -> None:
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        if self.path == "/tokenize":
-            text = body.get("prompt") or " ".join(str(m["content"]) for m in body.get("messages", []))
-            send_json(self, {"count": len(text.split()) + 8, "max_model_len": 4096})
-            return
-        if not self.path.endswith("/chat/completions"):
-            self.send_error(404)
-            return
-        self.send_response(200)
-        self.send_header("Content-Type", "text/event-stream")
-        self.end_headers()
-        for part in (sse_chunk("7361"), sse_chunk(" ok", "stop"), sse_usage(20, 0, 2), b"data: [DONE]\n\n"):
-            self.wfile.write(part)
-        self.wfile.flush()
-        self.close_connection = True
+    def chat(self, body: dict[str, Any]) -> None:
+        self.stream((sse_chunk("7361"), sse_chunk(" ok", "stop"), sse_usage(20, 0, 2), DONE))
 
 
 class _Server(ThreadingHTTPServer):

@@ -34,7 +34,7 @@ from compare.run.spec import SpecError, validate_spec
 from compare.serving import weights as models
 from compare.store.db import Store
 from tests.fixtures.interruptible import popen
-from tests.fixtures.sse_server import send_json, serve, sse_chunk, sse_usage
+from tests.fixtures.sse_server import DONE, VllmRoutes, serve, sse_chunk, sse_usage
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = {
@@ -156,52 +156,28 @@ class Scripted:
     def handler(self) -> type[BaseHTTPRequestHandler]:
         box = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
+        class Handler(VllmRoutes):
+            owned_by = "vllm"
 
-            def log_message(self, *args: object) -> None:
-                pass
+            def get_extra(self) -> bool:
+                if self.path != "/metrics":
+                    return False
+                with box.lock:
+                    n = box.chats
+                text = (f"vllm:prefix_cache_queries_total{{model_name=\"m\"}} {100.0 * n}\n"
+                        f"vllm:prefix_cache_hits_total{{model_name=\"m\"}} {50.0 * n}\n").encode()
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(text)))
+                self.end_headers()
+                self.wfile.write(text)
+                return True
 
-            def do_GET(self) -> None:
-                if self.path.endswith("/models"):
-                    send_json(self, {"data": [{"id": models.DEFAULT_MODEL, "owned_by": "vllm",
-                                               "max_model_len": 4096}]})
-                elif self.path == "/metrics":
-                    with box.lock:
-                        n = box.chats
-                    text = (f"vllm:prefix_cache_queries_total{{model_name=\"m\"}} {100.0 * n}\n"
-                            f"vllm:prefix_cache_hits_total{{model_name=\"m\"}} {50.0 * n}\n").encode()
-                    self.send_response(200)
-                    self.send_header("Content-Length", str(len(text)))
-                    self.end_headers()
-                    self.wfile.write(text)
-                elif self.path == "/version":
-                    send_json(self, {"version": "scripted"})
-                elif self.path == "/health":
-                    send_json(self, {})
-                else:
-                    self.send_error(404)
-
-            def do_POST(self) -> None:
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                if self.path == "/tokenize":
-                    text = body.get("prompt") or " ".join(str(m["content"]) for m in body.get("messages", []))
-                    send_json(self, {"count": len(text.split()) + 8, "max_model_len": 4096})
-                    return
-                if not self.path.endswith("/chat/completions"):
-                    self.send_error(404)
-                    return
+            def chat(self, body: dict[str, Any]) -> None:
                 with box.lock:
                     box.chats += 1
                 time.sleep(box.delay_s)
-                self.send_response(200)
-                self.send_header("Content-Type", "text/event-stream")
-                self.end_headers()
-                for part in (sse_chunk("7361"), sse_chunk(" Bramble"), sse_chunk(" ok", "stop"),
-                             sse_usage(60, 16, 3), b"data: [DONE]\n\n"):
-                    self.wfile.write(part)
-                self.wfile.flush()
-                self.close_connection = True
+                self.stream((sse_chunk("7361"), sse_chunk(" Bramble"), sse_chunk(" ok", "stop"),
+                             sse_usage(60, 16, 3), DONE))
 
         return Handler
 

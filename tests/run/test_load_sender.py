@@ -28,7 +28,7 @@ from compare.run.row_writer import RowWriter
 from compare.run.spec import validate_spec
 from compare.serving import weights as models
 from compare.store.db import Store
-from tests.fixtures.sse_server import send_json, serve, sse_chunk, sse_usage
+from tests.fixtures.sse_server import DONE, VllmRoutes, serve, sse_chunk, sse_usage
 
 
 class _Clock:
@@ -41,40 +41,12 @@ class _Clock:
     def handler(self) -> type[BaseHTTPRequestHandler]:
         clock = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-            def do_GET(self) -> None:
-                if self.path.endswith("/models"):
-                    send_json(self, {"data": [{"id": models.DEFAULT_MODEL, "max_model_len": 4096}]})
-                elif self.path in ("/version", "/health"):
-                    send_json(self, {"version": "scripted"})
-                else:
-                    self.send_error(404)
-
-            def do_POST(self) -> None:
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                if self.path == "/tokenize":
-                    text = body.get("prompt") or " ".join(str(m["content"]) for m in body.get("messages", []))
-                    send_json(self, {"count": len(text.split()) + 8, "max_model_len": 4096})
-                    return
-                if not self.path.endswith("/chat/completions"):
-                    self.send_error(404)
-                    return
+        class Handler(VllmRoutes):
+            def chat(self, body: dict[str, Any]) -> None:
                 if body.get("max_tokens", 0) > 2:  # the capability probe asks for 2 tokens
                     with clock.lock:
                         clock.chats.append(time.perf_counter())
-                self.send_response(200)
-                self.send_header("Content-Type", "text/event-stream")
-                self.end_headers()
-                for part in (sse_chunk("7361"), sse_chunk(" ok", "stop"), sse_usage(20, 0, 2),
-                             b"data: [DONE]\n\n"):
-                    self.wfile.write(part)
-                self.wfile.flush()
-                self.close_connection = True
+                self.stream((sse_chunk("7361"), sse_chunk(" ok", "stop"), sse_usage(20, 0, 2), DONE))
 
         return Handler
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import json
 import time
-from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +22,7 @@ from compare.run.spec import RunSpec, validate_spec
 from compare.run.timeouts import TimeoutRule, bytes_per_token
 from compare.serving.probe import ProbeResult
 from compare.store.db import Store
-from tests.fixtures.sse_server import send_json, serve, sse_chunk, sse_usage
+from tests.fixtures.sse_server import DONE, VllmRoutes, serve, sse_chunk, sse_usage
 
 RATE = 2000.0  # prompt tokens per second of the scripted engine
 DOC_WORDS = 5000  # 2.5 s of prefill: longer than the 1 s default, well inside 3x the estimate
@@ -35,40 +34,20 @@ def _words(body: dict[str, Any]) -> int:
     return len(str(body.get("prompt", "")).split())
 
 
-class SlowEngine(BaseHTTPRequestHandler):
+class SlowEngine(VllmRoutes):
     """vLLM's routes as far as a run needs them; prefill at RATE tokens/s before the first byte."""
 
-    def log_message(self, *_: object) -> None:
-        pass
+    model = "scripted"
+    window = 32768
 
-    def do_GET(self) -> None:
-        if self.path.endswith("/models"):
-            send_json(self, {"object": "list", "data": [{"id": "scripted", "max_model_len": 32768}]})
-        elif self.path == "/version":
-            send_json(self, {"version": "scripted"})
-        elif self.path == "/health":
-            send_json(self, {})
-        else:
-            self.send_error(404)
+    def tokens(self, body: dict[str, Any]) -> int:
+        return _words(body)
 
-    def do_POST(self) -> None:
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        if self.path == "/tokenize":
-            send_json(self, {"count": _words(body), "max_model_len": 32768})
-            return
-        if not self.path.endswith("/chat/completions"):
-            self.send_error(404)
-            return
+    def chat(self, body: dict[str, Any]) -> None:
         prompt = _words(body)
         time.sleep(prompt / RATE)  # the prefill: nothing is sent until it is done
-        self.send_response(200)
-        self.send_header("Content-Type", "text/event-stream")
-        self.end_headers()
         with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # the client gave up waiting
-            done = b"data: [DONE]\n\n"
-            for part in (sse_chunk("Paris"), sse_chunk(" it is", "stop"), sse_usage(prompt, 0, 2), done):
-                self.wfile.write(part)
-                self.wfile.flush()
+            self.stream((sse_chunk("Paris"), sse_chunk(" it is", "stop"), sse_usage(prompt, 0, 2), DONE))
 
 
 def _corpus(tmp: Path) -> Path:
