@@ -11,6 +11,7 @@ that the two agree.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -67,6 +68,7 @@ TOP_LEVEL: dict[str, tuple[str, ...]] = {
     "recommend": (
         "workload", "model", "coverage", "coverage_notes", "winner", "reasons", "assumptions",
         "run_ids", "lengths_used", "price_sheet", "rows", "decisions", "strata", "cache_basis", "regret",
+        "mix",
     ),
     "retrieval": ("eval_id", "run_id", "db", "rows"),
     "export": ("db", "format", "out", "tables"),
@@ -156,4 +158,8 @@ def recommendation_json(rec: Any) -> dict[str, Any]:
                    for sv in getattr(rec, "strata", [])],  # issue 30: per kind of question
         "cache_basis": getattr(rec, "cache_basis", None),  # issue 28: which rule priced the cache
         "regret": [pick(r, REGRET_FIELDS) for r in getattr(rec, "regret", [])],  # issue 30: routers
+        "mix": [{"run_id": m.run_id, "shares": m.shares, "n": m.n, "winner": m.winner, "line": m.line,
+                 "quality": {k: asdict(q) for k, q in m.quality.items()},
+                 "diff": asdict(m.diff) if m.diff else None}
+                for m in getattr(rec, "mix", [])],  # issue 30: at the workload's mix of kinds
     }

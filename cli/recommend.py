@@ -31,6 +31,8 @@ def print_recommendation(rec: Recommendation, *, wide: bool = False) -> None:
         say(f"decision (run {d.run_id}): {d.sentence}", markup=False, highlight=False)
     for sv in rec.strata:  # issue 30: the same rules per kind of question, each with its n
         say(f"  {sv.line}", markup=False, highlight=False)
+    for m in rec.mix:  # issue 30: the per-stratum scores weighed by the workload's strata_mix
+        say(f"  {m.line}", markup=False, highlight=False)
     if rec.coverage != "covered":
         console.say(f"[red]evidence {rec.coverage.upper()}[/red] for workload {wl.name!r} "
                     f"(model {rec.model or '?'}):")

@@ -60,6 +60,7 @@ from compare.analysis.ranking import explain, rank, rank_cost
 from compare.analysis.recommend_terms import busy_note, cache_rule, default_view, router_regret
 from compare.analysis.replicas import FIELDS as REPLICA_FIELDS
 from compare.analysis.replicas import replicas_for
+from compare.analysis.strata_mix import MixVerdict, mix_verdict
 from compare.analysis.summary import describe
 from compare.analysis.verdict import StratumVerdict, stratum_verdicts
 from compare.analysis.workload import Workload
@@ -90,6 +91,7 @@ class Recommendation:
     strata: list[StratumVerdict] = field(default_factory=list)  # per evidence run and kind of question
     cache_basis: str | None = None  # which rule priced a later question's cache (recommend_terms.py)
     regret: list[dict[str, Any]] = field(default_factory=list)  # per router, against the oracle
+    mix: list[MixVerdict] = field(default_factory=list)  # per evidence run, at the workload's strata_mix
 
 
 _EVIDENCE = """
@@ -271,6 +273,8 @@ def recommend(db_path: Path | str, workload: Workload, run_ids: Sequence[str] | 
         decisions = [decision_for(con, r, workload.questions_per_doc, sheet, use, view)
                      for r in runs]  # the one decision line per evidence run (issue 24 item 12)
         strata = [sv for r in runs for sv in stratum_verdicts(con, r, workload.questions_per_doc, sheet)]
+        shares = {str(k): v for k, v in (workload.strata_mix or {}).items()}
+        mix = [m for r in runs if shares and (m := mix_verdict(con, r, shares))]
         regret, regret_notes = router_regret(con, runs, workload.quality_metric, chosen) \
             if (ev["role"] == "router").any() else ([], [])
     matched = ev[ev["length"].isin({m for _, ms in bins.values() for m in ms})]
@@ -317,7 +321,7 @@ def recommend(db_path: Path | str, workload: Workload, run_ids: Sequence[str] | 
     return Recommendation(
         workload, model, "partial" if notes else "covered", notes, rows, winner, reasons + excluded,
         sorted({r for row in rows for r in row["run_ids"]}), {k: ms for k, (_, ms) in bins.items()},
-        assumptions, sheet_name, decisions, strata, rule.basis, regret)
+        assumptions, sheet_name, decisions, strata, rule.basis, regret, mix)
 
 
 def _in_view(docs: pd.DataFrame, view: str) -> pd.DataFrame:

@@ -81,6 +81,16 @@ class Workload(_Strict):
     kv_cache_tokens: PositiveInt | None = None  # the deployment's KV cache (self-hosted); None: not stated
     kv_block_size: PositiveInt = 128  # vLLM's CPU default
     popularity_zipf: Annotated[float, Field(ge=0.0, le=10.0)] | None = None  # None: uniform
+    # The workload's kinds of question (issue 30): stratum -> share (normalised), e.g.
+    # {local = 0.7, aggregation = 0.3}; recommend then also answers at this mix. None: not stated.
+    strata_mix: dict[Literal["local", "multi_hop", "aggregation", "whole"],
+                     Annotated[float, Field(ge=0.0, allow_inf_nan=False)]] | None = None
+
+    @model_validator(mode="after")
+    def _a_mix_weighs_something(self) -> Workload:
+        if self.strata_mix is not None and not sum(self.strata_mix.values()) > 0:
+            raise ValueError("strata_mix needs at least one positive share")
+        return self
 
     @model_validator(mode="after")
     def _documents_for_the_cache(self) -> Workload:

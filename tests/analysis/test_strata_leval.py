@@ -19,6 +19,7 @@ import json
 from pathlib import Path
 
 import duckdb
+import pytest
 
 from compare.analysis.strata import assign, run_strata
 from compare.analysis.verdict import stratum_verdicts
@@ -87,3 +88,52 @@ def test_per_stratum_verdict_of_an_l_eval_run(con: duckdb.DuckDBPyConnection) ->
         "whole", 4, {"probe": 3, "label": 1}, True)
     lc = next(f for f in whole.decision.pipelines if f.label == LC_LABEL)
     assert lc.quality is not None and (lc.quality.value, lc.quality.n) == (1.0, 4)
+
+
+def test_recommend_s_mix_weighs_each_stratum_by_the_workload_s_share(con: duckdb.DuckDBPyConnection) -> None:
+    """Issue 30 item 5 on the same store: local (q00-q05) RAG 6/6, long context 0/6; multi_hop
+    (q06-q07) RAG 2/2, long context 1/2; whole (q08-q11) long context 4/4, RAG 0/4."""
+    from compare.analysis.strata_mix import mix_verdict
+
+    even = mix_verdict(con, "lv", {"local": 1.0, "whole": 1.0})  # shares normalised: 0.5 each
+    assert even is not None and even.n == {"local": 6, "whole": 4}
+    assert even.quality[RAG_LABEL].value == 0.5 == even.quality[LC_LABEL].value  # 0.5 x 1 + 0.5 x 0
+    assert even.winner is None and even.diff is not None and even.diff.lo < 0 < even.diff.hi
+    local = mix_verdict(con, "lv", {"local": 0.8, "whole": 0.2})
+    assert local is not None and local.winner == RAG_LABEL
+    assert local.diff is not None and local.diff.value == pytest.approx(0.6)  # 0.8 x 1 - 0.2 x 1
+    # all 6 right is not certainty: the interval stays below the point where a stratum is perfect
+    assert local.quality[RAG_LABEL].hi < 1.0 and local.quality[RAG_LABEL].lo < 0.8
+    assert "n = 6" in local.line and "local 80%" in local.line
+    # a kind the run never asked cannot be weighed in
+    none = mix_verdict(con, "lv", {"local": 0.5, "aggregation": 0.5})
+    assert none is not None and none.winner is None and not none.quality
+    assert "not answerable" in none.line and "aggregation" in none.line
+
+
+def test_a_workload_states_its_mix_of_kinds_or_gets_one_clear_error(tmp_path: Path) -> None:
+    from compare.analysis.workload import WorkloadError, load_workload
+
+    base = ('name = "w"\nquestions_per_doc = 3\nrequests_per_s = 0.1\nquality_floor = 0.5\n'
+            '[documents]\ntokens = [3000]\n[latency]\np95_ms = 30000\n')
+    good = tmp_path / "good.toml"
+    good.write_text(base + "[strata_mix]\nlocal = 0.7\naggregation = 0.3\n")
+    assert load_workload(good).strata_mix == {"local": 0.7, "aggregation": 0.3}
+    for bad, says in (("local = 0.0\n", "positive share"), ("gossip = 1.0\n", "gossip")):
+        path = tmp_path / "bad.toml"
+        path.write_text(base + "[strata_mix]\n" + bad)
+        with pytest.raises(WorkloadError, match=says):
+            load_workload(path)
+
+
+def test_a_tie_on_every_question_leaves_room_both_ways() -> None:
+    """Paired differences all 0 (both right on 6 questions) are -1/0/1 data: the interval of the
+    difference spans 0 on both sides, not [0, x] as if they were 0/1 scores."""
+    import numpy as np
+
+    from compare.analysis.strata_mix import weighted
+
+    diff = weighted([np.zeros(6)], [1.0], (-1.0, 0.0, 1.0))
+    assert diff.value == 0.0 and diff.lo < -0.05 and diff.hi > 0.05
+    right = weighted([np.ones(6)], [1.0])
+    assert right.value == 1.0 and 0.5 < right.lo < 0.9 and right.hi == 1.0
