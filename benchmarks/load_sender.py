@@ -46,9 +46,8 @@ import numpy as np
 from benchmarks.common import Row, load_avg, print_table, ratio_row
 from compare.run import load_step
 from compare.run.load import run_load
-from compare.run.spec import validate_spec
-from compare.serving import weights as models
 from compare.store.db import Store
+from tests.fixtures.load_pipeline import sender_spec
 from tests.fixtures.sse_server import DONE, VllmRoutes, serve, sse_chunk, sse_usage
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -123,28 +122,12 @@ async def _baseline(rate: float, n: int) -> list[float]:
     return lags
 
 
-def _spec(tmp: Path, url: str, rate: float, n: int) -> Any:
-    corpus = tmp / "corpus"
-    corpus.mkdir(exist_ok=True)
-    (corpus / "documents.jsonl").write_text(json.dumps({"id": "d", "text": "The code is 7361."}) + "\n")
-    question = {"id": "q", "doc_ids": ["d"], "question": "What is the code?", "answers": ["7361"]}
-    (corpus / "questions.jsonl").write_text(json.dumps(question) + "\n")
-    return validate_spec({
-        "corpus": {"kind": "jsonl", "path": str(corpus)},
-        # The question alone, one streamed chat: the cheapest real request (tests/fixtures/load_pipeline.py).
-        "pipelines": [{"kind": "python", "factory": "tests.fixtures.load_pipeline:make_pipeline"}],
-        "server": {"base_url": url, "model": models.DEFAULT_MODEL, "max_model_len": 4096},
-        "metrics": ["request_ok"],
-        "load": {"rates": [rate], "arrival": "constant", "requests": n, "max_backlog": 100_000},
-    })
-
-
 async def _sender(url: str, rate: float, n: int) -> tuple[list[float], float, float]:
     """(each row's stored lag in ms, achieved send rate, process CPU ms per request) of one real
     load step."""
     cpu0 = time.process_time()
     with tempfile.TemporaryDirectory() as tmp:
-        spec = _spec(Path(tmp), url, rate, n)
+        spec = sender_spec(Path(tmp), url, rate, n, max_backlog=100_000)
         with Store(Path(tmp) / "s.duckdb") as store:
             res = await run_load(spec, store, url, {"managed": False})
             rows = store.con.execute("SELECT sent_ms - scheduled_ms, sent_ms FROM predictions "

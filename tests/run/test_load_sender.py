@@ -9,7 +9,6 @@ and small at a modest rate. How small at 50/s is a speed figure: benchmarks/load
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from collections.abc import Iterator
@@ -25,9 +24,8 @@ from compare.run.arrivals import Arrival, Point
 from compare.run.load import run_load
 from compare.run.load_step import HeldWriter, writer_for
 from compare.run.row_writer import RowWriter
-from compare.run.spec import validate_spec
-from compare.serving import weights as models
 from compare.store.db import Store
+from tests.fixtures.load_pipeline import sender_spec
 from tests.fixtures.sse_server import DONE, VllmRoutes, serve, sse_chunk, sse_usage
 
 
@@ -58,22 +56,6 @@ def scripted() -> Iterator[tuple[str, _Clock]]:
         yield url, clock
 
 
-def _spec(tmp: Path, url: str, rate: float, n: int) -> Any:
-    corpus = tmp / "corpus"
-    corpus.mkdir(exist_ok=True)
-    (corpus / "documents.jsonl").write_text(json.dumps({"id": "d", "text": "The code is 7361."}) + "\n")
-    question = {"id": "q", "doc_ids": ["d"], "question": "What is the code?", "answers": ["7361"]}
-    (corpus / "questions.jsonl").write_text(json.dumps(question) + "\n")
-    return validate_spec({
-        "corpus": {"kind": "jsonl", "path": str(corpus)},
-        "pipelines": [{"kind": "python", "factory": "tests.fixtures.load_pipeline:make_pipeline",
-                       "options": {"max_tokens": 4}}],
-        "server": {"base_url": url, "model": models.DEFAULT_MODEL, "max_model_len": 4096},
-        "metrics": ["request_ok"],
-        "load": {"rates": [rate], "arrival": "constant", "requests": n, "max_backlog": 10_000},
-    })
-
-
 Rows = list[tuple[float, float, float | None, datetime]]
 
 
@@ -86,7 +68,7 @@ async def _step(tmp: Path, url: str, rate: float, n: int) -> tuple[Rows, list[da
     was on disk (from the run's progress callback, which the writer calls after each write)."""
     stored: list[datetime] = []
     with Store(tmp / "s.duckdb") as store:
-        res = await run_load(_spec(tmp, url, rate, n), store, url, {"managed": False},
+        res = await run_load(sender_spec(tmp, url, rate, n), store, url, {"managed": False},
                              progress=lambda *_: stored.append(_now()))
         rows = store.con.execute("SELECT scheduled_ms, sent_ms, queue_ms, started_at FROM predictions "
                                  "WHERE run_id = ? AND error IS NULL ORDER BY scheduled_ms",
