@@ -199,10 +199,11 @@ def _sent_ms(url: str, rate: float, n: int) -> list[float]:
     """Our sender's send times (ms from the step's start) for one step of n at `rate`."""
     async def run() -> list[float]:
         with tempfile.TemporaryDirectory() as tmp:
-            from benchmarks.load_sender import _spec as sender_spec
+            from tests.fixtures.load_pipeline import sender_spec
 
             with Store(Path(tmp) / "s.duckdb") as store:
-                res = await run_load(sender_spec(Path(tmp), url, rate, n), store, url, {"managed": False})
+                spec = sender_spec(Path(tmp), url, rate, n, max_backlog=100_000)
+                res = await run_load(spec, store, url, {"managed": False})
                 got = store.con.execute("SELECT sent_ms FROM predictions WHERE run_id = ? "
                                         "ORDER BY scheduled_ms", [res.run_id]).fetchall()
         return [float(r[0]) for r in got]
