@@ -216,8 +216,7 @@ def measured_busy(
     """From the steady rate step nearest `rate` (by ratio) of any load sweep of this pipeline
     configuration in the file; None without one. Overlapping requests (a batch) count once, so
     under batching the measurement falls below the estimate, and under queueing above it."""
-    if not con.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = 'load_steps'"
-                       ).fetchone()[0]:  # type: ignore[index]
+    if not views.has_table(con, "load_steps"):
         return None
     steps = con.execute(
         "SELECT run_id, step, rate, duration_s FROM load_steps WHERE pipeline = ? AND params_hash = ? "

@@ -29,6 +29,7 @@ import duckdb
 from compare.analysis.load import step_metrics
 from compare.analysis.prices import PriceSheet
 from compare.analysis.workload import Workload
+from compare.store import views
 
 ATTAINMENT = 0.95  # a p95 target: 95 % of requests within it
 FIELDS = ("replicas", "replicas_basis", "per_replica_rps", "per_replica_goodput_rps", "per_replica_n",
@@ -63,8 +64,7 @@ def _steps(con: duckdb.DuckDBPyConnection, model: str | None, wl: Workload, pipe
            ) -> list[dict[str, Any]]:
     """Every rate step of this configuration in the file's load runs of the same model and corpus,
     scored against the workload's target."""
-    if not con.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = 'load_steps'"
-                       ).fetchone()[0]:  # type: ignore[index]
+    if not views.has_table(con, "load_steps"):
         return []
     runs = [r[0] for r in con.execute(
         "SELECT DISTINCT s.run_id FROM load_steps s JOIN runs r USING (run_id) WHERE s.pipeline = ? "

@@ -28,7 +28,7 @@ from compare.report.charts import LEGEND, with_colours
 from compare.report.data import pareto
 from compare.report.html import Section, note, table
 from compare.report.palette import DASHES, SHAPES
-from compare.store.views import is_load_run
+from compare.store.views import has_table, is_load_run
 
 COLUMNS = ("run_id", "label", "pipeline", "params_hash", "step", "rate", "concurrency", "status", "steady",
            "note", "goodput_rps", "achieved_rps", "slo_attainment", "hit_rate", "derived_hit_rate",
@@ -40,9 +40,7 @@ def load_points(con: duckdb.DuckDBPyConnection, run_ids: Sequence[str],
                 slos: Mapping[str, float] | None = None) -> pd.DataFrame:
     """One row per (run, pipeline config, step) of every load sweep among `run_ids`, labelled as
     the rest of the report labels pipelines; empty when none of the runs has load steps."""
-    has_table = con.execute(
-        "SELECT count(*) FROM information_schema.tables WHERE table_name = 'load_steps'").fetchone()
-    if not has_table or not has_table[0]:
+    if not has_table(con, "load_steps"):
         return pd.DataFrame(columns=list(COLUMNS))
     swept = [r[0] for r in con.execute(
         "SELECT DISTINCT run_id FROM load_steps WHERE list_contains(?, run_id)", [list(run_ids)]).fetchall()]
@@ -84,9 +82,7 @@ def load_decision_html(con: duckdb.DuckDBPyConnection, run_id: str) -> str | Non
 
 def is_swept(con: duckdb.DuckDBPyConnection, run_id: str) -> bool:
     """Whether the file holds load steps of this run."""
-    has_table = con.execute(
-        "SELECT count(*) FROM information_schema.tables WHERE table_name = 'load_steps'").fetchone()
-    return bool(has_table and has_table[0]) and bool(
+    return has_table(con, "load_steps") and bool(
         con.execute("SELECT count(*) FROM load_steps WHERE run_id = ?", [run_id]).fetchone()[0])  # type: ignore[index]
 
 

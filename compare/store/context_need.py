@@ -10,24 +10,18 @@ from typing import Any
 import duckdb
 
 from compare.core.secrets import scrub
+from compare.store import views
 
 NEED_COLUMNS = ("corpus_key", "example_id", "source", "context_need", "stratum", "spread_chars",
                 "chunk_tokens", "ks", "requests", "prompt_tokens", "output_tokens", "e2e_ms", "model",
                 "measured_at")
 
 
-def has_table(con: duckdb.DuckDBPyConnection, table: str) -> bool:
-    """False on a store from before the migration opened read-only (it is not migrated)."""
-    row = con.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = ? "
-                      "AND table_schema = 'main'", [table]).fetchone()
-    return bool(row and row[0])
-
-
 def read_needs(con: duckdb.DuckDBPyConnection, corpus_key: str, source: str | None = None
                ) -> dict[str, dict[str, Any]]:
     """Per example id: its stored row for this corpus (the probe's where a source is not given and
     several exist)."""
-    if not has_table(con, "context_need"):
+    if not views.has_table(con, "context_need"):
         return {}
     where = "corpus_key = ?" + (" AND source = ?" if source else "")
     rows = con.execute(f"SELECT {', '.join(NEED_COLUMNS)} FROM context_need WHERE {where} "

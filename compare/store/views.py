@@ -109,3 +109,10 @@ def install(con: duckdb.DuckDBPyConnection) -> None:
         CREATE OR REPLACE TEMP VIEW example_rows AS
         SELECT *, {LENGTH_SQL} AS length, {DOC_LENGTH_SQL} AS doc_length FROM main.examples
     """)
+
+
+def has_table(con: duckdb.DuckDBPyConnection, table: str) -> bool:
+    """False on a store from before the migration opened read-only (it is not migrated)."""
+    row = con.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = ? "
+                      "AND table_schema = 'main'", [table]).fetchone()
+    return bool(row and row[0])
