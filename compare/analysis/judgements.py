@@ -76,6 +76,12 @@ class ControlAccuracy:
         return (f"control accuracy {self.accuracy:.0%} ({self.correct} of {self.n})"
                 + (f"; {wrong}" if wrong else ""))
 
+    def short(self) -> str:
+        """What a judge column's header says of it: "controls 25% of 60, kept out"."""
+        if not self.n:
+            return "no controls, kept out"
+        return f"controls {self.accuracy:.0%} of {self.n}" + ("" if self.trusted else ", kept out")
+
     def note(self) -> str:
         """The one line a reader needs: the judge, its controls, and whether it is believed."""
         who = f"judge {self.judge_model} (prompt {self.prompt_hash})"
@@ -119,6 +125,24 @@ def score_judge(con: duckdb.DuckDBPyConnection, run_ids: Sequence[str]) -> Contr
     if row is None:
         return None
     return next(a for a in control_accuracy(con, run_ids) if (a.judge_model, a.prompt_hash) == row)
+
+
+def controls_by_run(con: duckdb.DuckDBPyConnection, run_ids: Sequence[str]) -> dict[str, str]:
+    """Per run, its scoring judge's control record in a few words (ControlAccuracy.short)."""
+    return {run: got.short() for run in run_ids if (got := score_judge(con, [run])) is not None}
+
+
+def judge_header(con: duckdb.DuckDBPyConnection, run_ids: Sequence[str]) -> str | None:
+    """The `judge` column's header with its judge's control record beside it, so a number is
+    never read without it: "judge (controls 25% of 60, kept out)"; runs judged by different
+    judges point to the notes. None when no judge ruled."""
+    got = {run: score_judge(con, [run]) for run in run_ids}
+    judged = {(a.judge_model, a.prompt_hash, a.n, a.correct): a for a in got.values() if a is not None}
+    if not judged:
+        return None
+    if len(judged) > 1:
+        return "judge (judges differ by run: see the judge notes)"
+    return f"judge ({next(iter(judged.values())).short()})"
 
 
 def judge_notes(con: duckdb.DuckDBPyConnection, run_ids: Sequence[str]) -> list[str]:

@@ -161,14 +161,15 @@ def effective_table(v: Verdict, multi: bool, run_name: str | None = None) -> str
     return head + rule + table(rows, cols, left=("label",))
 
 
-def summary_table(rows: list[dict[str, Any]]) -> str:
-    """Per pipeline: counts, every metric the run scored, latency and token means."""
+def summary_table(rows: list[dict[str, Any]], headers: Mapping[str, str] | None = None) -> str:
+    """Per pipeline: counts, every metric the run scored, latency and token means. `headers`
+    renames metric columns (the judge's carries its control accuracy, beside its numbers)."""
     # Only metrics that apply to the run's questions: a needle run scores 4 of the 15, and 11
     # columns of dashes would push the table off the page.
     fixed = {*_SUMMARY_HEAD, *_SUMMARY_TAIL, "pipeline", "params_hash", "n"}
     present = {k for r in rows for k in r} - fixed
     metrics = sorted(k for k in present if any(r.get(k) is not None for r in rows))
-    cols = {**_SUMMARY_HEAD, **{m: m for m in metrics}, **_SUMMARY_TAIL}
+    cols = {**_SUMMARY_HEAD, **{m: (headers or {}).get(m, m) for m in metrics}, **_SUMMARY_TAIL}
     if len({r["run_id"] for r in rows}) == 1:
         del cols["run_id"]
     shown = [{**r, **{m: None if r.get(m) is None else f"{r[m]:.3f}" for m in metrics}} for r in rows]

@@ -71,7 +71,8 @@ class SectionBuilder:
         sec.after.append(note(f"Chart {name} omitted: {why}."))
 
     def quality(self) -> None:
-        sec = Section("Quality", before=[summary_table(self.rows)])
+        header = judgements.judge_header(self.con, self.run_ids)
+        sec = Section("Quality", before=[summary_table(self.rows, {"judge": header} if header else None)])
         lengths = summary.by_length(self.con, self.run_ids)
         self.lengths = lengths
         metric = quality_metric(lengths)
@@ -99,6 +100,8 @@ class SectionBuilder:
         agree = judgements.agreement(self.con, self.run_ids)
         labels = summary.pipeline_labels(self.con, self.run_ids)
         rows = agree.merge(labels, on=["run_id", "pipeline", "params_hash"]).to_dict("records")
+        controls = judgements.controls_by_run(self.con, self.run_ids)  # beside its numbers, row by row
+        rows = [{**r, "controls": controls.get(str(r["run_id"]))} for r in rows]
         who = "; ".join(f"{m} (prompt {h}, {n} verdicts)" for m, h, n in asked)
         sec.after.append("<h3>LLM judge vs token F1 (free-text questions)</h3>")
         sec.after.append(note(f"Judge: {who}. Agreement: share of rows where token F1 >= 0.5 and the "
@@ -106,7 +109,8 @@ class SectionBuilder:
         sec.after.append(note(" ".join(judgements.judge_notes(self.con, self.run_ids))))  # its controls
         sec.after.append(table(_records(rows), {"label": "pipeline", "n": "n", "judge_mean": "judge",
                                                 "token_f1_mean": "token F1", "agreement": "agreement",
-                                                "correlation": "correlation"}, left=("label",)))
+                                                "correlation": "correlation", "controls": "judge's controls"},
+                              left=("label", "controls")))
 
     def latency(self) -> None:
         sec = Section("Latency")

@@ -15,6 +15,7 @@ import pytest
 from compare.analysis import judgements
 from compare.analysis.answer_checks import answer_caveats, judge_for_ranking
 from compare.core.types import Example
+from compare.report.assemble import build_report
 from compare.run import judge
 from compare.store.db import Store
 from corpora.jsonl import load_jsonl_dir
@@ -114,6 +115,11 @@ def test_a_judge_below_the_threshold_stays_out_of_the_headline(
         assert judge_for_ranking(con, ["r"], "headline") == [
             f"the headline's 2 judge-declared question(s): {acc.note()}"]
         assert judge_for_ranking(con, ["r"], "token_f1") == []
+    # the report: the judge column's header and the judge table carry the control record
+    (quality,) = [sec for sec in build_report(db, ["r"]).sections if sec.title == "Quality"]
+    page = "".join(quality.before + quality.after)
+    short = f"controls {right / 10:.0%} of 10" + ("" if in_headline else ", kept out")
+    assert f"<th>judge ({short})</th>" in page and f"<td class=\"l\">{short}</td>" in page
 
 
 def test_one_judge_per_column_and_a_failed_row_scores_zero(tmp_path: Path) -> None:
