@@ -123,6 +123,7 @@ def build_report(
         b = SectionBuilder(con, run_ids, rows)
         b.quality()
         b.latency()
+        b.under_load(chosen)
         b.cost(chosen, queries_per_doc, frontier_q)
         b.retrieval()
         b.routing()

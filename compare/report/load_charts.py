@@ -4,8 +4,10 @@ Three questions, one chart each: how many good answers per second at each offere
 (goodput; the diagonal is every request answered within its SLOs), how much of each step's
 prompts the prefix cache served (measured from /metrics, and the cache model's derived
 prediction beside it when the server's pool was recorded), and which pipeline is worth
-choosing at which rate (quality against tail latency, one point per pipeline and steady step,
-the per-rate frontier flagged). A step that saturated, was cut or skipped has no throughput:
+choosing at which rate: quality against $ per 1,000 good answers, DERIVED as one replica's
+self-hosted $/h over the goodput it delivered at that rate (so latency, through the SLOs, and
+throughput are both in the price), one point per pipeline and steady step, the per-rate
+frontier flagged. A step that saturated, was cut or skipped has no throughput:
 it is drawn as a cross at the axis, never as a point on the steady curve.
 
 Colours follow compare/report/palette.py: one per pipeline kind; configurations by dash/shape.
@@ -22,7 +24,7 @@ import duckdb
 import pandas as pd
 
 from compare.analysis import summary
-from compare.analysis.load import step_metrics
+from compare.analysis.load import measured_busy, step_metrics
 from compare.analysis.load_verdict import load_verdicts, slo_words
 from compare.report.charts import LEGEND, with_colours
 from compare.report.data import pareto
@@ -32,7 +34,7 @@ from compare.store.views import has_table, is_load_run
 
 COLUMNS = ("run_id", "label", "pipeline", "params_hash", "step", "rate", "concurrency", "status", "steady",
            "note", "goodput_rps", "achieved_rps", "slo_attainment", "hit_rate", "derived_hit_rate",
-           "quality", "e2e_p90_ms", "ttft_p50_ms")
+           "quality", "e2e_p90_ms", "ttft_p50_ms", "replica_s_per_good", "usd_per_1k_good")
 _STATUS_NOTE = "saturated, cut or skipped: no steady throughput"
 
 
@@ -50,7 +52,30 @@ def load_points(con: duckdb.DuckDBPyConnection, run_ids: Sequence[str],
     labels = summary.pipeline_labels(con, list(run_ids))
     df = pd.DataFrame(rows).merge(labels, on=["run_id", "pipeline", "params_hash"], how="left")
     df["label"] = df["label"].fillna(df["pipeline"])
+    df["replica_s_per_good"] = df["usd_per_1k_good"] = float("nan")
     return df[list(COLUMNS)]
+
+
+def priced(points: pd.DataFrame, usd_per_hour: float | None, busy: pd.Series) -> pd.DataFrame:
+    """Each step's replica seconds per good answer, DERIVED: the replica time its requests held
+    (`busy`, the measured share of the step's wall time with one of them in flight) over the
+    good answers it gave (goodput); and, with a self-hosted price, $ per 1,000 good answers
+    (seconds x usd_per_hour / 3.6). At one rate every pipeline that keeps up has the same
+    goodput; what differs is how much of the machine its answers take. None where nothing met
+    the SLOs (no good answer to price)."""
+    good = points["goodput_rps"].astype(float)
+    seconds = (busy.astype(float) / good).where(good > 0)
+    usd = seconds * usd_per_hour / 3.6 if usd_per_hour else seconds * float("nan")
+    return points.assign(replica_s_per_good=seconds, usd_per_1k_good=usd)
+
+
+def busy_shares(con: duckdb.DuckDBPyConnection, points: pd.DataFrame) -> pd.Series:
+    """Per step, the measured busy share (compare/analysis/load.py measured_busy) of that very
+    step; None when the nearest step found is another run's or the step has no timed rows."""
+    def one(r: Any) -> float | None:
+        got = measured_busy(con, r.pipeline, r.params_hash, float(r.rate)) if r.rate and r.rate > 0 else None
+        return got.share if got is not None and (got.run_id, got.step) == (r.run_id, r.step) else None
+    return pd.Series([one(r) for r in points.itertuples()], index=points.index, dtype=float)
 
 
 def _slos(con: duckdb.DuckDBPyConnection, run_id: str, given: Mapping[str, float] | None) -> dict[str, float]:
@@ -87,13 +112,14 @@ def is_swept(con: duckdb.DuckDBPyConnection, run_id: str) -> bool:
 
 
 def frontier_by_rate(points: pd.DataFrame) -> pd.DataFrame:
-    """Steady rate steps with a quality and a latency, each flagged `on_frontier` when no other
-    pipeline at the same rate is both at least as good and at least as fast (E2E p90)."""
+    """Steady rate steps with a quality and a cost per good answer (`priced`), each flagged
+    `on_frontier` when no other pipeline at the same rate is both at least as good and at most
+    as dear. A step whose answers all missed the SLOs has no cost and is left out."""
     ok = points[points["steady"].astype(bool) & points["rate"].notna() & points["quality"].notna()
-                & points["e2e_p90_ms"].notna()].copy()
+                & points["replica_s_per_good"].notna()].copy()
     if ok.empty:
         return ok.assign(on_frontier=pd.Series(dtype=bool))
-    flags = [pareto(g, x="e2e_p90_ms", y="quality") for _, g in ok.groupby("rate")]
+    flags = [pareto(g, x="replica_s_per_good", y="quality") for _, g in ok.groupby("rate")]
     return ok.assign(on_frontier=pd.concat(flags).reindex(ok.index).astype(bool))
 
 
@@ -104,7 +130,7 @@ def best_at_each_rate(points: pd.DataFrame) -> list[dict[str, Any]]:
     for rate in sorted(points["rate"].dropna().unique()):
         at = points[points["rate"] == rate]
         best = front[(front["rate"] == rate) & front["on_frontier"]].sort_values("quality", ascending=False)
-        out.append({"rate": float(rate), "best": ", ".join(best["label"]) or "none steady",
+        out.append({"rate": float(rate), "best": ", ".join(best["label"]) or "none: no good answer",
                     "not_steady": ", ".join(f"{r.label} ({r.status})" for r in at.itertuples()
                                             if not r.steady) or "-"})
     return out
@@ -181,18 +207,22 @@ def hit_rate_chart(points: pd.DataFrame) -> alt.TopLevelMixin:
     return alt.layer(*layers).properties(title=title, width=420, height=240)
 
 
-def load_frontier_chart(front: pd.DataFrame, metric: str) -> alt.TopLevelMixin:
-    """Quality against E2E p90 at each steady rate: a pipeline's points, one per rate (labelled),
+def load_frontier_chart(front: pd.DataFrame, metric: str, usd_per_hour: float | None) -> alt.TopLevelMixin:
+    """Quality against the cost of a good answer at each steady rate ($ per 1,000 with a
+    self-hosted price, else replica seconds): a pipeline's points, one per rate (labelled),
     joined in rate order; big points are on their rate's frontier (nothing at that rate is both
-    better and faster)."""
+    better and cheaper per good answer)."""
     df = front.assign(rate_text=front["rate"].map(lambda r: f"{r:g}/s"),
                       frontier=front["on_frontier"].map({True: "on its rate's frontier", False: "dominated"}))
-    x = alt.X("e2e_p90_ms:Q", title="E2E p90 (ms, log)", scale=alt.Scale(type="log", nice=False, padding=30),
-              axis=alt.Axis(format="~s"))
+    field, title, cost = (("usd_per_1k_good", "$ per 1,000 good answers (derived, log)",
+                           f"replica time held at ${usd_per_hour:g}/h") if usd_per_hour else
+                          ("replica_s_per_good", "replica seconds per good answer (derived, log)",
+                           "replica time held (no self-hosted price in the sheet)"))
+    x = alt.X(f"{field}:Q", title=title, scale=alt.Scale(type="log", nice=False, padding=30))
     y = alt.Y("quality:Q", title=f"mean {metric} under load", scale=alt.Scale(domain=[0, 1]))
     tip = ["label:N", "step:N", alt.Tooltip("quality:Q", format=".3f"),
-           alt.Tooltip("e2e_p90_ms:Q", format=".0f"), alt.Tooltip("goodput_rps:Q", format=".3f"),
-           "frontier:N"]
+           alt.Tooltip(f"{field}:Q", format=".3g"), alt.Tooltip("goodput_rps:Q", format=".3f"),
+           alt.Tooltip("e2e_p90_ms:Q", format=".0f"), "frontier:N"]
     path = _base(df).mark_line(opacity=0.5).encode(x=x, y=y, color=_kind_colour(df), detail="label:N",
                                                    order="rate:Q",
                                                    strokeDash=alt.StrokeDash("label:N", legend=None,
@@ -203,18 +233,21 @@ def load_frontier_chart(front: pd.DataFrame, metric: str) -> alt.TopLevelMixin:
                       scale=alt.Scale(range=[170, 50])))
     text = _base(df).mark_text(dx=9, dy=-9, fontSize=10, color="#333").encode(x=x, y=y, text="rate_text:N")
     return alt.layer(path, dots, text).properties(
-        title=alt.TitleParams("Quality vs latency under load",
-                              subtitle="one point per pipeline and steady rate"),
+        title=alt.TitleParams("Quality vs cost per good answer under load", subtitle=(
+            f"{cost} over the good answers, per steady rate (derived); steps with no answer "
+            "within the SLOs have no cost")),
         width=420, height=260)
 
 
 def load_section(con: duckdb.DuckDBPyConnection, run_ids: Sequence[str], kinds: Mapping[str, str],
-                 metric: str | None) -> tuple[Section, dict[str, alt.TopLevelMixin]] | None:
-    """The "Under load" section and its charts; None when no run shown has load steps."""
+                 metric: str | None, usd_per_hour: float | None
+                 ) -> tuple[Section, dict[str, alt.TopLevelMixin]] | None:
+    """The "Under load" section and its charts, good answers priced at `usd_per_hour` (the
+    sheet's self-hosted replica); None when no run shown has load steps."""
     points = load_points(con, run_ids)
     if points.empty:
         return None
-    points = with_colours(points, kinds)
+    points = with_colours(priced(points, usd_per_hour, busy_shares(con, points)), kinds)
     sec = Section("Under load")
     sec.before.append(note(
         "Each pipeline under open-loop traffic, one step per offered rate (ragvslc load). Goodput: "
@@ -229,15 +262,15 @@ def load_section(con: duckdb.DuckDBPyConnection, run_ids: Sequence[str], kinds: 
         charts["load_hit_rate"] = hit_rate_chart(points)
     front = frontier_by_rate(points)
     if metric and not front.empty:
-        charts["load_frontier"] = load_frontier_chart(front, metric)
-        sec.after.append(table(best_at_each_rate(points), {"rate": "offered rate (req/s)",
-                                                           "best": "on the frontier (quality vs E2E p90)",
-                                                           "not_steady": "did not keep up"},
-                               left=("best", "not_steady")))
+        charts["load_frontier"] = load_frontier_chart(front, metric, usd_per_hour)
+        heads = {"rate": "offered rate (req/s)", "best": "on the frontier (quality vs cost per good answer)",
+                 "not_steady": "did not keep up"}
+        sec.after.append(table(best_at_each_rate(points), heads, left=("best", "not_steady")))
     sec.charts.extend(charts)
     sec.after.append(table(points.to_dict("records"), {
         "label": "pipeline", "step": "step", "status": "status", "goodput_rps": "goodput/s",
         "achieved_rps": "achieved/s", "slo_attainment": "SLO met", "hit_rate": "hit rate",
         "derived_hit_rate": "hit rate (model, derived)", "quality": "quality", "e2e_p90_ms": "E2E p90 ms",
+        "replica_s_per_good": "replica s / good answer (derived)", "usd_per_1k_good": "$ / 1k good (derived)",
     }, left=("label", "step", "status")))
     return sec, charts

@@ -152,14 +152,15 @@ class SectionBuilder:
             cols |= {f"{m}_p{p}_ms": f"{head} p{p} ms" for p in dashboard.PERCENTILES}
         sec.after.append(table(self.named(pct), cols, left=("run_id", "label", "cache")))
         self.sections.append(sec)
-        self.under_load()  # a load sweep's section (issue 28) follows the idle latencies
 
-    def under_load(self) -> None:
-        """Goodput, hit rate and the frontier per rate (compare/report/load_charts.py); nothing
-        when no run shown has load steps."""
+    def under_load(self, chosen: prices.ChosenSheet) -> None:
+        """Goodput, hit rate and the frontier per rate (compare/report/load_charts.py), priced with
+        the report's sheet; nothing when no run shown has load steps. Follows the idle latencies."""
         from compare.report.load_charts import load_section
 
-        found = load_section(self.con, self.run_ids, self.kinds, quality_metric(self.rows))
+        hosted = chosen.sheet.self_hosted
+        found = load_section(self.con, self.run_ids, self.kinds, quality_metric(self.rows),
+                             hosted.usd_per_hour if hosted is not None else None)
         if found is not None:
             self.sections.append(found[0])
             self.charts.update(found[1])

@@ -11,12 +11,21 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+import pandas as pd
 import pytest
 
+from compare.analysis import prices
 from compare.core.types import Completion, Example, Prediction
 from compare.report.assemble import Report, build_report
 from compare.report.charts import with_colours
-from compare.report.load_charts import best_at_each_rate, goodput_chart, hit_rate_chart, load_points
+from compare.report.load_charts import (
+    best_at_each_rate,
+    busy_shares,
+    goodput_chart,
+    hit_rate_chart,
+    load_points,
+    priced,
+)
 from compare.report.palette import KIND_COLOURS
 from compare.store.db import Store
 from compare.store.rows import load_timing, now
@@ -88,7 +97,7 @@ def _layer_rows(spec: dict[str, Any], mark: str, shape: str | None = None) -> li
     return out
 
 
-def test_the_report_draws_goodput_hit_rate_and_the_frontier_of_a_sweep(rep: Report) -> None:
+def test_the_report_draws_goodput_hit_rate_and_the_frontier_of_a_sweep(rep: Report, db: Path) -> None:
     assert {"load_goodput", "load_hit_rate", "load_frontier"} <= set(rep.charts)
     page = rep.html()
     assert "Under load" in page and "did not keep up" in page
@@ -114,10 +123,20 @@ def test_the_report_draws_goodput_hit_rate_and_the_frontier_of_a_sweep(rep: Repo
     assert [r["step"] for r in _layer_rows(hits, "point")] == ["rate=2"]  # hollow: RAG's saturated step
     assert {r["derived_hit_rate"] is not None for r in _layer_rows(hits, "tick")} == {True}
 
-    front = _values(rep.charts["load_frontier"].to_dict())
-    assert {(r["label"], r["rate"]) for r in front} == {
-        ("Long context", 0.5), ("Long context", 1.0), ("Long context", 2.0),
-        ("RAG k=4", 0.5), ("RAG k=4", 1.0)}
+    # The frontier's cost of a good answer: the replica time its requests held over the good answers
+    # (long context at 2/s met no SLO: no good answer, no cost, not drawn). RAG at 1/s sends at
+    # 0, 1, 2, 3 s, each 0.5 s in flight (TTFT 0.2 + 0.3): 2 s of 4 busy, goodput 1/s; long context
+    # at 0.5/s: 4 x 0.7 s of 8 s, goodput 0.5/s. The shipped sheet has no self-hosted $/h: seconds.
+    front = {(r["label"], r["rate"]): r for r in _values(rep.charts["load_frontier"].to_dict())}
+    assert set(front) == {("Long context", 0.5), ("Long context", 1.0), ("RAG k=4", 0.5), ("RAG k=4", 1.0)}
+    assert front[("RAG k=4", 1.0)]["replica_s_per_good"] == pytest.approx(0.5 / 1.0)
+    assert front[("Long context", 0.5)]["replica_s_per_good"] == pytest.approx(0.35 / 0.5)
+    with duckdb.connect(str(db), read_only=True) as c:
+        assert prices.choose_sheet(c, [RUN]).sheet.self_hosted is None
+        points = load_points(c, [RUN])
+    # With a price: 0.5 s per good answer at $3.60/h is $0.50 per 1,000 good answers.
+    usd = priced(points, 3.6, pd.Series(0.5, index=points.index))["usd_per_1k_good"]
+    assert usd[(points["label"] == "RAG k=4") & (points["rate"] == 1.0)].item() == pytest.approx(0.5)
 
 
 def test_a_load_run_leads_with_a_claim_per_rate_above_its_pooled_decision(rep: Report) -> None:
@@ -133,10 +152,16 @@ def test_a_load_run_leads_with_a_claim_per_rate_above_its_pooled_decision(rep: R
 
 
 def test_each_rate_names_its_frontier_and_who_did_not_keep_up(con: duckdb.DuckDBPyConnection) -> None:
-    rows = {r["rate"]: r for r in best_at_each_rate(load_points(con, [RUN]))}
-    # At 0.5/s RAG is faster (E2E p90 0.4 s) and long context better: both on the frontier.
+    points = load_points(con, [RUN])
+    rows = {r["rate"]: r for r in best_at_each_rate(priced(points, 3.6, busy_shares(con, points)))}
+    # At 0.5/s RAG is cheaper per good answer (4 x 0.4 s of 8 s busy, long context 4 x 0.7 s, both
+    # 0.5 good answers/s) and long context better: both on the frontier.
     assert set(rows[0.5]["best"].split(", ")) == {"Long context", "RAG k=4"}
-    assert rows[2.0]["best"] == "Long context" and rows[2.0]["not_steady"] == "RAG k=4 (saturated)"
+    # At 2/s long context met no SLO (no good answer to price) and RAG saturated.
+    assert rows[2.0]["best"] == "none: no good answer" and rows[2.0]["not_steady"] == "RAG k=4 (saturated)"
+    # Without a self-hosted price the frontier is the same, in replica seconds.
+    unpriced = best_at_each_rate(priced(points, None, busy_shares(con, points)))
+    assert {r["rate"]: r["best"] for r in unpriced} == {rate: r["best"] for rate, r in rows.items()}
 
 
 def test_a_run_without_load_steps_has_no_load_section(tmp_path: Path) -> None:
