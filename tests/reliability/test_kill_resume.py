@@ -50,7 +50,7 @@ def _rows(db: Path) -> list[tuple[str, bool, object]]:
         ).fetchall()
 
 
-@pytest.mark.parametrize("kill_after", [1, 4, 7])
+@pytest.mark.parametrize("kill_after", [1, 7])  # first row, and late (4 added ~80 s of CI and no new path)
 def test_sigkill_then_rerun_loses_and_duplicates_nothing(
     server_url: str, tmp_path: Path, kill_after: int
 ) -> None:
