@@ -1,7 +1,7 @@
 """Our open-loop traffic generator against `vllm bench serve` (issue 28 item 6).
 
     .venv/bin/python -m benchmarks.vs_vllm_bench [--base-url URL] [--rate 0.3] [--requests 10]
-        [--prompt-tokens 200] [--output-tokens 8] [--rounds 1] [--out FILE]
+        [--prompt-tokens 200] [--output-tokens 8] [--rounds 2] [--out FILE]
 
 `ragvslc load` claims to offer the traffic `vllm bench serve` offers. Held against it on one
 server, with the same prompts (a JSONL both read: ours as a corpus's questions asked by the
@@ -26,7 +26,8 @@ server does with cache salts. With `--rounds 2` the order alternates (ours, vLLM
 so a drift in the shared machine's load hits both alike. Without --base-url a managed vLLM is
 started (benchmarks/common.py). On a 2-core CPU keep the rate below saturation: a few hundred
 prompt tokens take ~1-2 s to prefill here, and a queue would measure the server, not the
-generators. Default sizes take ~2-3 minutes. Writes benchmarks/results/vs_vllm_bench.json.
+generators. Default sizes take ~5 minutes (two rounds: with one, the tool that runs first on the
+fresh server measured its TTFT ~15 % higher, 7 Dec 2026). Writes benchmarks/results/vs_vllm_bench.json.
 """
 
 from __future__ import annotations
@@ -273,7 +274,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--requests", type=int, default=10)
     ap.add_argument("--prompt-words", type=int, default=200, help="words per prompt (~1 token each)")
     ap.add_argument("--output-tokens", type=int, default=8)
-    ap.add_argument("--rounds", type=int, default=1, help="ours/vLLM pairs, order alternating")
+    ap.add_argument("--rounds", type=int, default=2,
+                    help="ours/vLLM pairs, order alternating (with one, the first tool warms the server "
+                         "for the second)")
     ap.add_argument("--lag-rate", type=float, default=50.0,
                     help="also both senders' lag at this rate to a scripted server (0: skip)")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "vs_vllm_bench.json")
