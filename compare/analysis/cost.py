@@ -33,7 +33,7 @@ import pandas as pd
 from compare.analysis import traffic_cache
 from compare.analysis.cache_terms import NO_USE, CacheUse
 from compare.analysis.cost_notes import cache_notes, embed_note, eviction_note, router_notes
-from compare.analysis.doc_costs import PIPE_KEY, doc_costs
+from compare.analysis.doc_costs import PIPE_KEY, Costed, doc_costs
 from compare.analysis.prices import (
     VIEWS,
     ApiPrices,
@@ -167,14 +167,16 @@ def cost_table(
     sheet: PriceSheet,
     queries_per_doc: Sequence[int],
     use: CacheUse = NO_USE,
+    costed: Costed | None = None,
 ) -> list[dict[str, Any]]:
     """One row per (pipeline, view): one-time and marginal $, $ per query at each q, what the run
     paid per query, latency p50. `use`: the workload's cache use (default: none stated, so no
-    expiry between questions and the sheet's hold hours)."""
+    expiry between questions and the sheet's hold hours). `costed`: doc_costs of the same runs,
+    sheet and use when the caller has it (the cost function is most of the time here)."""
     if not queries_per_doc or any(q < 1 for q in queries_per_doc):
         raise ValueError(f"queries per document must be integers >= 1, got {list(queries_per_doc)}")
     runs = _run_ids(con, run_ids)
-    costed = doc_costs(con, runs, sheet, use)
+    costed = costed if costed is not None else doc_costs(con, runs, sheet, use)
     if costed.docs.empty:
         return []
     per_pipe = _per_pipeline(costed.docs).merge(costed.counts, on=PIPE_KEY, how="left")

@@ -366,8 +366,9 @@ def decision_for(con: duckdb.DuckDBPyConnection, run_id: str, q: int = 10, sheet
     metric = metric if metric and any(r.get(metric) is not None for r in rows) else None
     sheet = sheet if sheet is not None else prices.choose_sheet(con, [run_id], None).sheet
     view = view or sheet.views()[0]
-    table = {r["label"]: r for r in cost_table(con, [run_id], sheet, (q,), use) if r["view"] == view}
-    terms = _doc_terms(doc_costs(con, [run_id], sheet, use).docs, labels, view)
+    costed = doc_costs(con, [run_id], sheet, use)  # once, for the table and the per-document terms
+    table = {r["label"]: r for r in cost_table(con, [run_id], sheet, (q,), use, costed) if r["view"] == view}
+    terms = _doc_terms(costed.docs, labels, view)
     wide = scores_wide(con, run_id, metric, labels) if metric else pd.DataFrame()
     if subset is not None:
         ids, keys = subset
