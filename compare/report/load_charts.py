@@ -4,10 +4,10 @@ Three questions, one chart each: how many good answers per second at each offere
 (goodput; the diagonal is every request answered within its SLOs), how much of each step's
 prompts the prefix cache served (measured from /metrics, and the cache model's derived
 prediction beside it when the server's pool was recorded), and which pipeline is worth
-choosing at which rate: quality against $ per 1,000 good answers, DERIVED as one replica's
-self-hosted $/h over the goodput it delivered at that rate (so latency, through the SLOs, and
-throughput are both in the price), one point per pipeline and steady step, the per-rate
-frontier flagged. A step that saturated, was cut or skipped has no throughput:
+choosing at which rate: quality against the cost of a good answer, DERIVED as the replica
+seconds the step's requests held per answer that met the SLOs (and $ per 1,000 of them with the
+sheet's self-hosted $/h; latency enters through the SLOs), one point per pipeline and steady
+step, the per-rate frontier flagged. A step that saturated, was cut or skipped has no throughput:
 it is drawn as a cross at the axis, never as a point on the steady curve.
 
 Colours follow compare/report/palette.py: one per pipeline kind; configurations by dash/shape.
