@@ -260,7 +260,8 @@ def decide(run_id: str, q: int, metric: str | None, view: str | None, facts: lis
         metric and not wide.empty and {choice.label, versus.label} <= set(wide.columns)) else None
     a, b = terms.get(choice.label), terms.get(versus.label)
     diff = cost_difference(a, b, q) if a is not None and b is not None else None
-    if by == "cost" and not (diff is not None and diff.hi < 0):
+    # One document gives the bootstrap nothing to resample: its "interval" is a point, no support.
+    if by == "cost" and not (diff is not None and diff.hi < 0 and diff.n >= 2):
         by = "undecided"
     derived = any(f.warm_basis.startswith("derived") for f in (choice, versus))
     be = None
@@ -327,7 +328,8 @@ def break_even_words(be: BreakEven | None) -> str:
                 f"document(s){derived}")
     if be.q is None:
         return f"; the cost curves do not cross at q >= 1 ([{_q(be.lo)}, {_q(be.hi)}]{derived})"
-    return (f"; below q* = {be.q:.3g} [{_q(be.lo)}, {_q(be.hi)}] {be.cheaper_below} is cheaper "
+    interval = f"[{_q(be.lo)}, {_q(be.hi)}]" if be.documents > 1 else "(1 document: no interval)"
+    return (f"; below q* = {be.q:.3g} {interval} {be.cheaper_below} is cheaper "
             f"({be.documents} document(s){derived})")
 
 

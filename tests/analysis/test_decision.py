@@ -63,6 +63,19 @@ def test_a_quality_gap_the_data_support_decides(tmp_path: Path) -> None:
     assert "no detectable" not in d.sentence
 
 
+def test_one_document_names_no_winner_on_cost(tmp_path: Path) -> None:
+    # Seen in the demo: 3 questions on one lecture, quality not separated, and long context named
+    # the winner on a cost "interval" bootstrapped over one document (a point). No winner now.
+    paired.fill(tmp_path / "d.duckdb", [0, 0, 0], [1, 1, 0], docs=1)
+    with duckdb.connect(str(tmp_path / "d.duckdb"), read_only=True) as c:
+        d = decision_for(c, "r", q=10, sheet=SHEET)
+    assert d.cost_diff is not None and d.cost_diff.n == 1 and d.cost_diff.lo == d.cost_diff.hi < 0
+    assert (d.choice, d.decided_by) == (None, "undecided")
+    assert d.sentence.startswith("At 10 questions per document: nothing separates")
+    assert "more documents to pin the cost difference" in d.sentence and "1 document(s))" in d.sentence
+    assert "(1 document: no interval)" in d.sentence
+
+
 def test_one_question_per_document_says_derived(tmp_path: Path) -> None:
     # 4 documents, one question each: long context has no warm request, so its warm cost is
     # DERIVED (its request with the document cached: 50 + 1000 x 0.1 + 40 = 190 u$); both 2 of 4
