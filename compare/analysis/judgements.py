@@ -3,7 +3,7 @@ accuracy on controls built from the corpus (the asking is compare/run/judge.py).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import duckdb
@@ -132,17 +132,14 @@ def controls_by_run(con: duckdb.DuckDBPyConnection, run_ids: Sequence[str]) -> d
     return {run: got.short() for run in run_ids if (got := score_judge(con, [run])) is not None}
 
 
-def judge_header(con: duckdb.DuckDBPyConnection, run_ids: Sequence[str]) -> str | None:
-    """The `judge` column's header with its judge's control record beside it, so a number is
-    never read without it: "judge (controls 25% of 60, kept out)"; runs judged by different
-    judges point to the notes. None when no judge ruled."""
-    got = {run: score_judge(con, [run]) for run in run_ids}
-    judged = {(a.judge_model, a.prompt_hash, a.n, a.correct): a for a in got.values() if a is not None}
-    if not judged:
-        return None
-    if len(judged) > 1:
+def judge_header(controls: Mapping[str, str]) -> str | None:
+    """The `judge` column's header with its judge's control record (`controls_by_run`) beside it,
+    so a number is never read without it: "judge (controls 25% of 60, kept out)"; runs whose
+    records differ point to the notes. None when no judge ruled."""
+    records = set(controls.values())
+    if len(records) > 1:
         return "judge (judges differ by run: see the judge notes)"
-    return f"judge ({next(iter(judged.values())).short()})"
+    return f"judge ({records.pop()})" if records else None
 
 
 def judge_notes(con: duckdb.DuckDBPyConnection, run_ids: Sequence[str]) -> list[str]:

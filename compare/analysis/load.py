@@ -224,14 +224,21 @@ def measured_busy(
     if not steps or not rate > 0:
         return None
     run_id, step, step_rate, duration_s = min(steps, key=lambda s: (abs(math.log(s[2] / rate)), s[0], s[1]))
+    share = step_busy_share(con, run_id, pipeline, params_hash, step, float(duration_s))
+    return Busy(share, share * rate / float(step_rate), float(step_rate), run_id, step)
+
+
+def step_busy_share(con: duckdb.DuckDBPyConnection, run_id: str, pipeline: str, params_hash: str,
+                    step: str, duration_s: float) -> float:
+    """The share of one step's wall time with at least one of its requests in flight: the union
+    of [sent, sent + time in system] over its rows (a batch counts once)."""
     spans = sorted(con.execute(
         "SELECT sent_ms, sent_ms + total_ms FROM predictions WHERE run_id = ? AND pipeline = ? "
         "AND params_hash = ? AND load_step = ? AND sent_ms IS NOT NULL AND total_ms IS NOT NULL",
         [run_id, pipeline, params_hash, step]).fetchall())
     busy_ms, end = 0.0, -math.inf
-    for start, stop in spans:  # the union of [sent, sent + time in system]
+    for start, stop in spans:
         if stop > end:
             busy_ms += stop - max(start, end)
             end = stop
-    share = busy_ms / (1e3 * float(duration_s))
-    return Busy(share, share * rate / float(step_rate), float(step_rate), run_id, step)
+    return busy_ms / (1e3 * duration_s)

@@ -24,7 +24,7 @@ import duckdb
 import pandas as pd
 
 from compare.analysis import summary
-from compare.analysis.load import measured_busy, step_metrics
+from compare.analysis.load import step_busy_share, step_metrics
 from compare.analysis.load_verdict import load_verdicts, slo_words
 from compare.report.charts import LEGEND, with_colours
 from compare.report.data import pareto
@@ -34,7 +34,7 @@ from compare.store.views import has_table, is_load_run
 
 COLUMNS = ("run_id", "label", "pipeline", "params_hash", "step", "rate", "concurrency", "status", "steady",
            "note", "goodput_rps", "achieved_rps", "slo_attainment", "hit_rate", "derived_hit_rate",
-           "quality", "e2e_p90_ms", "ttft_p50_ms", "replica_s_per_good", "usd_per_1k_good")
+           "quality", "e2e_p90_ms", "ttft_p50_ms", "duration_s")
 _STATUS_NOTE = "saturated, cut or skipped: no steady throughput"
 
 
@@ -52,7 +52,6 @@ def load_points(con: duckdb.DuckDBPyConnection, run_ids: Sequence[str],
     labels = summary.pipeline_labels(con, list(run_ids))
     df = pd.DataFrame(rows).merge(labels, on=["run_id", "pipeline", "params_hash"], how="left")
     df["label"] = df["label"].fillna(df["pipeline"])
-    df["replica_s_per_good"] = df["usd_per_1k_good"] = float("nan")
     return df[list(COLUMNS)]
 
 
@@ -70,12 +69,11 @@ def priced(points: pd.DataFrame, usd_per_hour: float | None, busy: pd.Series) ->
 
 
 def busy_shares(con: duckdb.DuckDBPyConnection, points: pd.DataFrame) -> pd.Series:
-    """Per step, the measured busy share (compare/analysis/load.py measured_busy) of that very
-    step; None when the nearest step found is another run's or the step has no timed rows."""
-    def one(r: Any) -> float | None:
-        got = measured_busy(con, r.pipeline, r.params_hash, float(r.rate)) if r.rate and r.rate > 0 else None
-        return got.share if got is not None and (got.run_id, got.step) == (r.run_id, r.step) else None
-    return pd.Series([one(r) for r in points.itertuples()], index=points.index, dtype=float)
+    """Per step, its measured busy share (compare/analysis/load.py step_busy_share); None for a
+    step without a duration."""
+    return pd.Series([step_busy_share(con, r.run_id, r.pipeline, r.params_hash, r.step, float(r.duration_s))
+                      if r.duration_s and r.duration_s > 0 else None for r in points.itertuples()],
+                     index=points.index, dtype=float)
 
 
 def _slos(con: duckdb.DuckDBPyConnection, run_id: str, given: Mapping[str, float] | None) -> dict[str, float]:

@@ -18,7 +18,7 @@ import altair as alt
 import duckdb
 import pandas as pd
 
-from compare.analysis import judgements, oracle, prices, summary
+from compare.analysis import oracle, prices, summary
 from compare.analysis.cost import BREAK_EVEN_COLUMNS, WARM_FRACTION, cost_columns
 from compare.analysis.decision import Decision, decision_for
 from compare.analysis.verdict import add_cache_facts, run_verdict
@@ -26,6 +26,7 @@ from compare.report import charts, retrieval_charts
 from compare.report import data as dashboard
 from compare.report.front import cards_html, decision_html, terms_html
 from compare.report.html import Section, effective_table, note, summary_table, table, verdict_box
+from compare.report.judge_section import judge_parts
 from compare.report.regret_section import COLUMNS, regret_rows
 
 QUALITY_METRICS = ("headline", *summary.FALLBACK_METRICS, "request_ok")
@@ -71,7 +72,7 @@ class SectionBuilder:
         sec.after.append(note(f"Chart {name} omitted: {why}."))
 
     def quality(self) -> None:
-        header = judgements.judge_header(self.con, self.run_ids)
+        header, judged = judge_parts(self.con, self.run_ids)  # the judge's controls beside its numbers
         sec = Section("Quality", before=[summary_table(self.rows, {"judge": header} if header else None)])
         lengths = summary.by_length(self.con, self.run_ids)
         self.lengths = lengths
@@ -89,28 +90,8 @@ class SectionBuilder:
             sec.charts.append("needle_heatmap")
         else:
             self.omit(sec, "needle_heatmap", "no needle length/depth tags in these runs")
-        self._judge(sec)
+        sec.after.extend(judged)
         self.sections.append(sec)
-
-    def _judge(self, sec: Section) -> None:
-        """The LLM judge's verdicts beside token F1, when `ragvslc judge` stored some."""
-        asked = judgements.judges(self.con, self.run_ids)
-        if not asked:
-            return
-        agree = judgements.agreement(self.con, self.run_ids)
-        labels = summary.pipeline_labels(self.con, self.run_ids)
-        rows = agree.merge(labels, on=["run_id", "pipeline", "params_hash"]).to_dict("records")
-        controls = judgements.controls_by_run(self.con, self.run_ids)  # beside its numbers, row by row
-        rows = [{**r, "controls": controls.get(str(r["run_id"]))} for r in rows]
-        who = "; ".join(f"{m} (prompt {h}, {n} verdicts)" for m, h, n in asked)
-        sec.after.append("<h3>LLM judge vs token F1 (free-text questions)</h3>")
-        sec.after.append(note(f"Judge: {who}. Agreement: share of rows where token F1 >= 0.5 and the "
-                              "judge's CORRECT say the same; correlation: Pearson of the two."))
-        sec.after.append(note(" ".join(judgements.judge_notes(self.con, self.run_ids))))  # its controls
-        sec.after.append(table(_records(rows), {"label": "pipeline", "n": "n", "judge_mean": "judge",
-                                                "token_f1_mean": "token F1", "agreement": "agreement",
-                                                "correlation": "correlation", "controls": "judge's controls"},
-                              left=("label", "controls")))
 
     def latency(self) -> None:
         sec = Section("Latency")
