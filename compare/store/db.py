@@ -93,28 +93,46 @@ class Store:
         self.close()
 
     def _migrate(self) -> None:
-        """Apply, by name, every migration this file has not recorded (see migrations.py)."""
-        self.con.execute("CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, "
-                         "applied_at TIMESTAMP, name VARCHAR)")
-        if "name" not in views._columns(self.con, "schema_migrations"):  # files from before names
-            self.con.execute("ALTER TABLE schema_migrations ADD COLUMN name VARCHAR")
-        # Files from before names recorded only a count: version n was the n-th migration.
-        for version, (name, _) in enumerate(MIGRATIONS, start=1):
-            self.con.execute("UPDATE schema_migrations SET name = ? WHERE version = ? AND name IS NULL",
-                             [name, version])
-        done = {str(r[0]) for r in self.con.execute("SELECT name FROM schema_migrations").fetchall()}
+        """Apply, by name, every migration this file has not recorded (see migrations.py).
+
+        A fresh file gets the schema's statements only: its data migrations (rewrites of rows an
+        older version stored) have no rows to rewrite, and the fix-ups for files from before
+        migrations had names have nothing to fix, so neither runs nor is read on that path."""
+        fresh = not views.has_table(self.con, "schema_migrations")
+        if fresh:
+            self.con.execute("CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, "
+                             "applied_at TIMESTAMP, name VARCHAR)")
+            done: set[str] = set()
+        else:
+            done = self._recorded_migrations()
         applied_at = now()  # one time for the migrations this open applies
         for name, sql in MIGRATIONS:
             if name in done:
+                continue
+            if fresh and callable(sql):  # a data migration: nothing stored yet to rewrite
+                self._record_migration(applied_at, name)
                 continue
             with self.transaction():
                 if callable(sql):
                     sql(self.con)
                 else:
                     self.con.execute(sql)
-                self.con.execute(
-                    "INSERT INTO schema_migrations (version, applied_at, name) "
-                    "SELECT coalesce(max(version), 0) + 1, ?, ? FROM schema_migrations", [applied_at, name])
+                self._record_migration(applied_at, name)
+
+    def _recorded_migrations(self) -> set[str]:
+        """The names this file has applied; a file from before names (it recorded only a count:
+        version n was the n-th migration) gains them here."""
+        if "name" not in views._columns(self.con, "schema_migrations"):
+            self.con.execute("ALTER TABLE schema_migrations ADD COLUMN name VARCHAR")
+        for version, (name, _) in enumerate(MIGRATIONS, start=1):
+            self.con.execute("UPDATE schema_migrations SET name = ? WHERE version = ? AND name IS NULL",
+                             [name, version])
+        return {str(r[0]) for r in self.con.execute("SELECT name FROM schema_migrations").fetchall()}
+
+    def _record_migration(self, applied_at: object, name: str) -> None:
+        self.con.execute("INSERT INTO schema_migrations (version, applied_at, name) "
+                         "SELECT coalesce(max(version), 0) + 1, ?, ? FROM schema_migrations",
+                         [applied_at, name])
 
     def migrations(self) -> list[str]:
         """The names of the migrations this file has applied, in order."""

@@ -12,6 +12,7 @@ from datetime import datetime
 from pathlib import Path
 
 import duckdb
+import pytest
 
 from compare.core.types import Completion, Prediction
 from compare.store import views
@@ -126,3 +127,24 @@ def test_an_old_run_s_stored_secrets_are_taken_out_and_the_report_says_so(tmp_pa
                                   "server.args[2]", "run_sessions[0].server.args[2]"]
     said = " ".join(run_caveats(run))
     assert "Secrets taken out of this run's stored record (spec.server.headers.X-Org-Token" in said
+
+
+def test_a_fresh_file_records_every_migration_and_runs_no_data_migration(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A new file has no rows for a data migration to rewrite: it is recorded as applied without
+    running (a rewrite that fails, or costs, is never paid on a fresh file), and the file still
+    lists every migration by name, so a later version's open applies only what is new."""
+    from compare.store import db as db_module
+
+    def boom(con: object) -> None:
+        raise AssertionError("a data migration ran on a fresh file")
+
+    names = [name for name, _ in db_module.MIGRATIONS]
+    monkeypatch.setattr(db_module, "MIGRATIONS", (*db_module.MIGRATIONS, ("data_rewrite_test", boom)))
+    with Store(tmp_path / "fresh.duckdb") as store:
+        assert store.migrations() == [*names, "data_rewrite_test"]
+    # On a file that exists, a data migration it has not applied does run.
+    monkeypatch.setattr(db_module, "MIGRATIONS", (*db_module.MIGRATIONS, ("data_rewrite_2", boom)))
+    with pytest.raises(AssertionError, match="data migration ran"):
+        Store(tmp_path / "fresh.duckdb")
