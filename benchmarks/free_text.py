@@ -108,7 +108,7 @@ def cli(args: list[str], log: Path) -> str:
 def spec_toml(corpus: Path, pipelines: tuple[str, ...], concurrency: int = 1,
               timeout_s: float | None = None, cache_isolation: str | None = None) -> str:
     """The run spec; `timeout_s` None leaves it to the run (each request's from the probe's
-    estimate, compare/run/timeouts.py), a number is obeyed as given. `cache_isolation = "shared"`
+    estimate, compare/run/limits.py), a number is obeyed as given. `cache_isolation = "shared"`
     lets Self-Route's long-context fallback reuse long context's prefill of the same document
     (one cold 16k prefill per document instead of two; latencies are then not cold-by-construction,
     and timings are not this benchmark's point)."""

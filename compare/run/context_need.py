@@ -27,7 +27,7 @@ from typing import Any
 from compare.analysis.strata import Need, assign, evidence_spans, span_need
 from compare.core.metrics import headline
 from compare.core.types import Corpus, Example, Prediction
-from compare.run.answer_budget import answer_budget, with_answer_budget
+from compare.run.limits import answer_budget, with_answer_budget
 from compare.run.runner import params_hash
 from compare.run.spec import RagSpec, RunSpec
 from compare.store.context_need import read_needs, write_needs, write_probe_requests

@@ -17,30 +17,17 @@ from typing import Any
 from pydantic import BaseModel
 
 from compare.core import registry
-from compare.core.errors import BackendError
 from compare.core.protocols import Backend, BuildContext, Pipeline, Plan, Role
 from compare.core.registry import spec_kind
 from compare.core.types import Corpus, Example
-from compare.run.answer_budget import answer_budget, with_answer_budget
 from compare.run.heartbeat import Watch
+from compare.run.limits import answer_budget, request_timeouts, with_answer_budget
 from compare.run.runner import FailurePolicy, Progress, RunResult, ServerDown, run
 from compare.run.spec import RunSpec
-from compare.run.timeouts import request_timeouts
-from compare.run.versions import package_versions
-from compare.serving import capabilities as capability
+from compare.run.survey import survey
 from compare.serving import weights as models
-from compare.serving.client import HttpBackend
-from compare.serving.endpoint import AuthError
 from compare.serving.pool import Access, Pool, health_of, split_urls
-from compare.serving.probe import (
-    ModelDims,
-    ProbeResult,
-    clock,
-    estimate_s,
-    model_dims,
-    planned_requests,
-    probe,
-)
+from compare.serving.probe import ModelDims, ProbeResult, clock, estimate_s, planned_requests
 from compare.serving.replicas import behind_router, managed_replicas, replica_configs
 from compare.serving.router import (
     ManagedRouter,
@@ -52,7 +39,7 @@ from compare.serving.router import (
     session_routing,
 )
 from compare.serving.server import ManagedServer, ServerConfig, split_args
-from compare.serving.tokenizers import load_tokenizer, model_tokenizer
+from compare.serving.tokenizers import load_tokenizer
 from compare.store.db import Store
 
 
@@ -168,12 +155,9 @@ async def execute_async(
         stats_urls=stats_urls,
     ) as pool:
         backend = pool.primary
-        caps = await _discover(pool, spec, say)
-        server_info = {**server_info, "capabilities": caps, "version": await backend.version(),
-                       "packages": package_versions()}
-        dims = model_dims(model_dir(spec))
-        # The probe is two cold prompts: free on our own server, billed on a hosted API.
-        measured = await _probe(backend, dims, server_info, say) if caps["vllm"] else None
+        found = await survey(pool, model=spec.server.model, probe_chat=spec.server.probe_chat, say=say)
+        server_info = {**server_info, **found.info}
+        measured, dims = found.measured, found.dims
         corpus = await build_corpus(spec, backend, data_dir)
         pool.plan(corpus.examples, corpus.documents)  # each document's replica, fixed up front
         server_info |= pool.describe()
@@ -226,57 +210,12 @@ def _access(spec: RunSpec) -> Access:
                   declared_max_model_len=s.max_model_len)
 
 
-async def _discover(pool: Pool, spec: RunSpec, say: Callable[[str], None] | None) -> dict[str, Any]:
-    """What the endpoint offers (each capability asked for, compare/serving/capabilities.py); an
-    endpoint without /tokenize counts with the spec's tokenizer, else the one its model's name
-    names, else the run stops with the options in one line. Said once, recorded with the run."""
-    try:
-        caps = await pool.discover(chat=spec.server.probe_chat)
-    except AuthError:
-        raise
-    except BackendError as exc:  # nothing answers at the URL: the run's server is down
-        raise ServerDown(f"server not reachable: {exc}") from exc
-    if not caps["tokenize"] and caps["tokenizer"] is None:
-        tok = model_tokenizer(spec.server.model, caps["api_url"])
-        for b in pool.backends:
-            b.tokenizer = tok
-        caps |= {"tokenizer": tok.name, "tokenizer_approximate": tok.approximate,
-                 "tokenizer_from_model": True}
-        caps["sources"] = capability.sources(caps)
-    line = capability.fallback_line(caps)
-    if say and line:
-        say(line)
-    return caps
-
-
-async def _probe(
-    backend: HttpBackend, dims: ModelDims | None, server_info: dict[str, Any],
-    say: Callable[[str], None] | None,
-) -> ProbeResult | None:
-    """The prefill probe, best effort: a server that cannot answer it (stalled, cut, gone) must
-    fail the run where the run itself meets it, as a clear error or an error row, not here."""
-    try:
-        measured = await probe(backend, dims)
-    except BackendError as exc:
-        server_info["probe"] = {"error": str(exc)}
-        if say:
-            say(f"prefill probe failed ({exc}); no duration estimate")
-        return None
-    server_info["probe"] = measured.describe()
-    if say:
-        say(f"prefill probe: {measured.prompt_tokens} tokens in {measured.ttft_s:.2f} s = "
-            f"{measured.tokens_per_s:.0f} prompt tokens/s"
-            + (f" ({measured.flops_per_s / 1e9:.0f} GFLOP/s)" if measured.flops_per_s else "")
-            + (f", {measured.tpot_s * 1000:.0f} ms per output token" if measured.tpot_s else ""))
-    return measured
-
-
 def _request_timeouts(
     spec: RunSpec, pool: Pool, measured: ProbeResult | None, dims: ModelDims | None, corpus: Corpus,
     answer_tokens: int, server_info: dict[str, Any], say: Callable[[str], None] | None,
 ) -> None:
     """Issue 25 (task F): a spec that leaves timeout_s at its default gets each request's timeout
-    from the probe's estimate (compare/run/timeouts.py); recorded with the run, said once."""
+    from the probe's estimate (compare/run/limits.py); recorded with the run, said once."""
     rule, record, line = request_timeouts(
         given_s=spec.timeout_s, explicit="timeout_s" in spec.model_fields_set, probe=measured, dims=dims,
         corpus=corpus, answer_tokens=answer_tokens, in_flight=spec.concurrency,
@@ -289,16 +228,6 @@ def _request_timeouts(
 
 
 HEARTBEAT_S = 30.0  # a line per request in flight this often, in logs (not on a terminal)
-
-
-def model_dir(spec: RunSpec) -> Path | None:
-    """The served model's folder, for its shape: where `models.prepare` puts (or finds) it, which
-    is also what a managed server serves; None when no such folder is here (an external server
-    serving a model we do not have: the estimate is then linear in tokens)."""
-    for candidate in (Path(spec.server.model).expanduser(), models.models_dir() / spec.server.model):
-        if (candidate / "config.json").is_file():
-            return candidate
-    return None
 
 
 def _estimate_line(todo: Sequence[tuple[Example, Plan, Role]], measured: ProbeResult,

@@ -43,7 +43,6 @@ from compare.run.arrivals import Arrival, Point, points, requests
 from compare.run.execute import (
     _access,
     _content_sha,
-    _discover,
     _same_questions,
     build_corpus,
     build_pipeline,
@@ -62,9 +61,9 @@ from compare.run.runner import (
     params_hash,
 )
 from compare.run.spec import RunSpec, SpecError, validate_spec
+from compare.run.survey import survey
 from compare.run.sweep import auto_rates, probe_throughput
 from compare.run.trace import TraceError, read_trace
-from compare.run.versions import package_versions
 from compare.serving.pool import Pool, split_urls
 from compare.serving.router import router_workers
 from compare.store.db import Store
@@ -151,9 +150,9 @@ async def run_load(
     urls = split_urls(base_url)
     async with Pool.connect(urls, spec.server.model, concurrency=UNBOUNDED, timeout_s=spec.timeout_s,
                             access=_access(spec), stats_urls=router_workers(dict(server_info))) as pool:
-        caps = await _discover(pool, spec, say)
-        info = {**server_info, "capabilities": caps, "version": await pool.primary.version(),
-                "packages": package_versions()}
+        surveyed = await survey(pool, model=spec.server.model, probe_chat=spec.server.probe_chat, say=say,
+                                prefill=False)
+        info = {**server_info, **surveyed.info}
         corpus = await build_corpus(spec, pool.primary, data_dir)
         pool.plan(corpus.examples, corpus.documents)
         pipelines = [build_pipeline(p) for p in spec.pipelines]

@@ -23,8 +23,8 @@ from compare.core import registry
 from compare.core.protocols import BuildContext
 from compare.core.registry import spec_kind
 from compare.core.types import Corpus, Example
-from compare.run.execute import model_dir
 from compare.run.spec import RunSpec
+from compare.run.survey import model_dir
 from compare.serving import weights as models
 from compare.serving.tokenizers import load_tokenizer
 from compare.store.db import Store
@@ -102,7 +102,7 @@ def _why_not(stored: dict[str, Example], corpus: Corpus, recorded: str) -> str |
 async def _build(spec: RunSpec, data_dir: Path | None) -> Corpus:
     """The corpus as a resumed run would build it, counted by the served model's own tokenizer
     files (the same counts vLLM's /tokenize gives), or the tokenizer the spec names."""
-    folder = model_dir(spec)
+    folder = model_dir(spec.server.model)
     ref = spec.server.tokenizer or (str(folder) if folder else models.DEFAULT_MODEL)
     tok = load_tokenizer(ref, served=spec.server.model)
     entry = registry.CORPORA[spec_kind(type(spec.corpus))]

@@ -87,7 +87,7 @@ class HttpBackend:
         self.base_url = self.endpoint.base_url.rstrip("/")
         self.model = model
         self.timeout_s = timeout_s
-        # Per request (messages, max_tokens) -> seconds, when the run derives it (compare/run/timeouts.py).
+        # Per request (messages, max_tokens) -> seconds, when the run derives it (compare/run/limits.py).
         self.timeout_for: Callable[[Sequence[Message], int], float] | None = None
         self.tokenizer = tokenizer
         self._declared_len = declared_max_model_len
@@ -197,9 +197,12 @@ class HttpBackend:
         self, messages: Sequence[Message], max_tokens: int, temperature: float, seed: int,
         options: RequestOptions, force_salt: bool = False, timeout_s: float | None = None,
     ) -> Completion:
+        # Where this request's timeout came from, for a timed-out row to say.
+        source = "the run's fixed timeout_s" if timeout_s is None else "the caller's"
         if timeout_s is None and self.timeout_for is not None:
-            timeout_s = self.timeout_for(messages, max_tokens)
+            timeout_s, source = self.timeout_for(messages, max_tokens), "the run's rule for this prompt"
         client = self._client if timeout_s is None else self._client.with_options(timeout=timeout_s)
+        limit = self.timeout_s if timeout_s is None else timeout_s
         cap = "max_completion_tokens" if self._token_param == "max_completion_tokens" else "max_tokens"
         salt = options.cache_salt if force_salt or self._has("cache_salt") else None
         extra: dict[str, Any] = {"extra_body": {"cache_salt": salt}} if salt else {}
@@ -235,6 +238,9 @@ class HttpBackend:
             raise BadRequest(f"{type(exc).__name__}: {exc}") from exc
         except openai.RateLimitError as exc:  # the runner waits what Retry-After says, then retries
             raise RateLimited(rate_limited(exc.response.headers.get("retry-after"), str(exc))) from exc
+        except (openai.APITimeoutError, httpx.TimeoutException) as exc:  # the row says its own limit
+            raise BackendError(f"{type(exc).__name__}: no complete answer within this request's timeout "
+                               f"of {limit:.1f} s ({source})") from exc
         except (openai.APIError, httpx.HTTPError) as exc:  # httpx: a connection lost mid-stream
             raise BackendError(f"{type(exc).__name__}: {exc}") from exc
         return collect_stream(start, timed)

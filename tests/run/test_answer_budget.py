@@ -14,8 +14,8 @@ from compare.analysis.answer_checks import answer_caveats, cut_answers
 from compare.analysis.summary import pipeline_labels
 from compare.analysis.verdict import verdict_for
 from compare.core.types import Example
-from compare.run.answer_budget import FREE_FLOOR, MAX_BUDGET, SHORT_FLOOR, answer_budget, with_answer_budget
 from compare.run.execute import build_pipeline
+from compare.run.limits import FREE_FLOOR, MAX_BUDGET, SHORT_FLOOR, answer_budget, with_answer_budget
 from corpora.jsonl import load_jsonl_dir
 from pipelines.long_context import LongContextSpec
 from pipelines.rag_spec import RagSpec

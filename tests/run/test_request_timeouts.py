@@ -18,8 +18,8 @@ import pytest
 
 from compare.core.types import Corpus, Document, Example
 from compare.run.execute import execute_async
+from compare.run.limits import TimeoutRule, bytes_per_token
 from compare.run.spec import RunSpec, validate_spec
-from compare.run.timeouts import TimeoutRule, bytes_per_token
 from compare.serving.probe import ProbeResult
 from compare.store.db import Store
 from tests.fixtures.sse_server import DONE, VllmRoutes, serve, sse_chunk, sse_usage
@@ -101,6 +101,8 @@ async def test_an_explicit_timeout_is_obeyed_as_given(tmp_path: Path) -> None:
         rows, server, said = await _run(_spec(_corpus(tmp_path), timeout_s=1.0), tmp_path / "r.duckdb",
                                         f"{url}/v1")
     assert len(rows) == 1 and "Timeout" in str(rows[0][0])
+    # The row says the limit it was held to (per request when the rule sets it): here the spec's.
+    assert "within this request's timeout of 1.0 s (the run's fixed timeout_s)" in str(rows[0][0])
     assert server["request_timeout"] == {"rule": "fixed", "timeout_s": 1.0, "why": "set in the spec"}
     assert not any(s.startswith("request timeout") for s in said)
 
