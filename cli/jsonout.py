@@ -90,12 +90,14 @@ def caveats(rows: Iterable[Row]) -> list[str]:
 
 def summary_json(rows: Iterable[Row], metric_names: Iterable[str]) -> list[dict[str, Any]]:
     """Summary rows with the metric means (one column per metric in the table) nested under
-    `metrics`, so the row's keys do not depend on the corpus; a metric that applies to none of
-    the pipeline's questions (mean null) is left out."""
+    `metrics`, so the row's keys do not depend on the corpus, and the questions each mean is over
+    under `metric_n`; a metric that applies to none of the pipeline's questions is left out."""
     names = set(metric_names)
     return [
         {**pick(r, SUMMARY_FIELDS),
-         "metrics": {k: v for k, v in r.items() if k in names and v is not None}}
+         "metrics": {k: v for k, v in r.items() if k in names and v is not None},
+         "metric_n": {k: v for k, v in (r.get("metric_n") or {}).items()
+                      if k in names and r.get(k) is not None}}
         for r in rows
     ]
 

@@ -207,7 +207,9 @@ def _metric_means(
         )
         SELECT s.run_id, s.pipeline, s.params_hash{length}, s.metric,
             avg(CASE WHEN s.failed AND s.applies AND NOT starts_with(s.metric, 'evidence')
-                THEN 0.0 ELSE s.value END) AS mean
+                THEN 0.0 ELSE s.value END) AS mean,
+            count(CASE WHEN s.failed AND s.applies AND NOT starts_with(s.metric, 'evidence')
+                THEN 0.0 ELSE s.value END) AS n
         FROM s JOIN example_rows e USING (run_id, example_id)
         WHERE NOT (? AND s.failed) GROUP BY ALL
         """,
@@ -218,6 +220,12 @@ def _metric_means(
         return pd.DataFrame(columns=index)
     wide = long.pivot_table(index=index, columns="metric", values="mean", dropna=False).reset_index()
     wide.columns.name = None
+    if not per_length:  # each mean's own n: a metric that applies to some questions only (the
+        # judge rules on free-text ones) averages over fewer than the pipeline's n
+        counts = long.groupby(index).apply(
+            lambda g: {str(m): int(n) for m, n in zip(g["metric"], g["n"], strict=True)},
+            include_groups=False)
+        wide = wide.merge(counts.rename("metric_n").reset_index(), on=index, how="left")
     return wide
 
 
@@ -225,7 +233,8 @@ def pipeline_summary(
     con: duckdb.DuckDBPyConnection, run_ids: list[str] | None, *, answered_only: bool = False
 ) -> list[dict[str, Any]]:
     """Per pipeline configuration: questions asked and answered, quality means (over the asked
-    questions; `answered_only`: over the answered ones), latency percentiles, token means."""
+    questions; `answered_only`: over the answered ones), latency percentiles, token means, and
+    `metric_n`: the questions each metric's mean is over (some metrics apply to some questions)."""
     runs = _runs(con, run_ids)
     ok = "FILTER (WHERE error IS NULL)"
     stats = con.execute(

@@ -166,14 +166,22 @@ def summary_table(rows: list[dict[str, Any]], headers: Mapping[str, str] | None 
     renames metric columns (the judge's carries its control accuracy, beside its numbers)."""
     # Only metrics that apply to the run's questions: a needle run scores 4 of the 15, and 11
     # columns of dashes would push the table off the page.
-    fixed = {*_SUMMARY_HEAD, *_SUMMARY_TAIL, "pipeline", "params_hash", "n"}
+    fixed = {*_SUMMARY_HEAD, *_SUMMARY_TAIL, "pipeline", "params_hash", "n", "metric_n"}
     present = {k for r in rows for k in r} - fixed
     metrics = sorted(k for k in present if any(r.get(k) is not None for r in rows))
     cols = {**_SUMMARY_HEAD, **{m: (headers or {}).get(m, m) for m in metrics}, **_SUMMARY_TAIL}
     if len({r["run_id"] for r in rows}) == 1:
         del cols["run_id"]
-    shown = [{**r, **{m: None if r.get(m) is None else f"{r[m]:.3f}" for m in metrics}} for r in rows]
+    shown = [{**r, **{m: None if r.get(m) is None else f"{r[m]:.3f}" + _own_n(r, m) for m in metrics}}
+             for r in rows]
     return table(shown, cols, left=("run_id", "label"))
+
+
+def _own_n(row: Mapping[str, Any], metric: str) -> str:
+    """" (n=12)" when the metric's mean is over fewer questions than the row's n: every number
+    shows the n it stands on."""
+    n = (row.get("metric_n") or {}).get(metric)
+    return f" (n={n})" if n is not None and n != row.get("n") else ""
 
 
 def run_caveats(run: Mapping[str, Any]) -> list[str]:

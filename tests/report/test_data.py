@@ -358,3 +358,25 @@ def test_routing_hook_rows_failure_and_absence(
     assert (
         "Routing section failed: KeyError" in files.html.read_text() and "routing_shares" not in files.charts
     )
+
+
+def test_a_metric_over_fewer_questions_shows_its_own_n(tmp_path: Path) -> None:
+    """The judge rules on free-text questions only: its mean in the quality table is over those,
+    so the cell says so ("(n=4)") where the row's n is the questions asked; metrics over every
+    question show no second n. The JSON summary carries the same counts."""
+    from cli.jsonout import summary_json
+    from compare.report.html import summary_table
+
+    path = tmp_path / "judged.duckdb"
+    fill(path, run_b=False)
+    with Store(path) as s:
+        judged = sorted(s.examples(RUN_A))[:4]
+        for ex_id in judged:
+            s.replace_scores([RUN_A, ex_id, "long_context", "h-lc"], {"judge": 1.0}, ["judge"])
+    with duckdb.connect(str(path), read_only=True) as c:
+        rows = summary.pipeline_summary(c, [RUN_A])
+    lc = next(r for r in rows if r["pipeline"] == "long_context")
+    assert lc["n"] == 10 and lc["metric_n"] == {"contains": 10, "judge": 4}
+    html = summary_table(rows)
+    assert "1.000 (n=4)" in html and "(n=10)" not in html
+    assert summary_json(rows, ["contains", "judge"])[0]["metric_n"] == {"contains": 10, "judge": 4}
