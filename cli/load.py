@@ -130,5 +130,8 @@ def print_steps(db: Path, run_id: str, idle_run_id: str, slos: dict[str, float],
             note = f" ({r['note']})" if r["note"] else ""
             console.say(f"! {r['pipeline']} {r['step']}: {r['status']}{note}: "
                         "not steady, no throughput or goodput")
+    if rows and all(r.get("quality_idle") is None for r in rows):  # a null column, said in words
+        console.say(f"quality_idle is empty: the spec's idle run ({idle_run_id}) is not in {db}; "
+                    "`ragvslc run` the same spec into it to compare quality under load with idle")
     for v in verdicts:  # the claim, rate by rate (compare/analysis/load_verdict.py)
         console.say(v.text)

@@ -269,7 +269,10 @@ def test_ctrl_c_keeps_rows_marks_the_step_incomplete_and_the_same_command_resume
         assert run == ("interrupted",)
         again = _cli(args)
         out, err = again.communicate(timeout=120)
+        table = _cli(args[:-1])  # done: the table again, its empty quality_idle said in words
+        table_out, table_err = table.communicate(timeout=120)
     assert again.returncode == 0, err
+    assert table.returncode == 0 and "quality_idle is empty: the spec's idle run" in table_out + table_err
     data = json.loads(out)
     assert set(data) == {"run_id", "idle_run_id", "db", "slos", "probes", "steps", "verdict"}
     (only,) = data["steps"]
