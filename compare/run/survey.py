@@ -1,10 +1,11 @@
 """What a run learns about its server before the first question, and records with the run.
 
 One call (`survey`) asks the endpoint what it offers (compare/serving/capabilities.py), its
-version, and, on a vLLM, how fast it prefills (the probe: two cold prompts, free on our own
-server, billed on a hosted API); it also reads the served model's shape from its folder and the
-versions of the packages that can change a result. `run` and `load` both start with it, so what
-`runs.server` holds about the software and the endpoint is gathered in one place.
+version, and, on a vLLM, how fast it prefills (the probe: one cold prompt after the discovery
+chat, two without it; free on our own server, billed on a hosted API); it also reads the served
+model's shape from its folder and the versions of the packages that can change a result. `run` and
+`load` both start with it, so what `runs.server` holds about the software and the endpoint is
+gathered in one place.
 """
 
 from __future__ import annotations
@@ -58,7 +59,9 @@ async def survey(
     info: dict[str, Any] = {"capabilities": caps, "version": await pool.primary.version(),
                             "packages": package_versions()}
     dims = model_dims(model_dir(model))
-    measured = await _probe(pool.primary, dims, info, say) if prefill and caps["vllm"] else None
+    # The discovery chat, when it was answered, already paid a fresh server's set-up (probe.probe).
+    warm = "the discovery chat" if caps.get("probe_chat") and not caps.get("chat_probe_error") else None
+    measured = await _probe(pool.primary, dims, info, say, warm) if prefill and caps["vllm"] else None
     return Survey(info, dims, measured)
 
 
@@ -89,12 +92,12 @@ async def discover(
 
 async def _probe(
     backend: HttpBackend, dims: ModelDims | None, server_info: dict[str, Any],
-    say: Callable[[str], None] | None,
+    say: Callable[[str], None] | None, warmed_by: str | None,
 ) -> ProbeResult | None:
     """The prefill probe, best effort: a server that cannot answer it (stalled, cut, gone) must
     fail the run where the run itself meets it, as a clear error or an error row, not here."""
     try:
-        measured = await probe(backend, dims)
+        measured = await probe(backend, dims, warmed_by=warmed_by)
     except BackendError as exc:
         server_info["probe"] = {"error": str(exc)}
         if say:

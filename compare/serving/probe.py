@@ -16,7 +16,7 @@ import json
 import random
 import uuid
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +76,7 @@ class ProbeResult:
     tpot_s: float | None
     tokens_per_s: float  # prompt tokens per second of TTFT
     flops_per_s: float | None  # the same rate in matmul FLOP/s, when the model's shape is known
+    warmed_by: str = "a warm-up probe"  # what paid a fresh server's one-off set-up before this one
 
     def describe(self) -> dict[str, Any]:
         return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in asdict(self).items()}
@@ -89,11 +90,19 @@ def probe_prompt(seed: str | None = None) -> str:
     return f"Probe {nonce}.\n{words}\nIgnore the words above. Count from 1 to 100, separated by commas."
 
 
-async def probe(backend: HttpBackend, dims: ModelDims | None = None) -> ProbeResult:
-    """Two cold requests; the second's TTFT is (almost all) prefill on an idle, warmed engine
-    (a fresh CPU server's first request pays one-off kernel set-up: 1.8 s vs 1.0 s here)."""
-    await _probe_once(backend, dims)
-    return await _probe_once(backend, dims)
+async def probe(backend: HttpBackend, dims: ModelDims | None = None, *, warmed_by: str | None = None
+                ) -> ProbeResult:
+    """A cold request whose TTFT is (almost all) prefill on an idle, warmed engine. A fresh CPU
+    server's first request pays one-off kernel set-up (1.8 s vs 1.0 s here), so without
+    `warmed_by` (what already sent this server a request: the run's discovery chat) a warm-up probe
+    goes first. After the discovery chat the first probe is as warm as a second: on three fresh
+    servers [AMD EPYC 2c, no native bf16] it was within 4%, 2% and 15% of the mean of two later
+    probes, and the second within 3%, 11% and 1% (the noise between cold probes), so the run
+    saves one ~500-token prefill."""
+    if warmed_by is None:
+        await _probe_once(backend, dims)
+    got = await _probe_once(backend, dims)
+    return got if warmed_by is None else replace(got, warmed_by=warmed_by)
 
 
 async def _probe_once(backend: HttpBackend, dims: ModelDims | None) -> ProbeResult:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -161,3 +162,41 @@ async def test_a_run_prints_its_estimate_first_and_heartbeats_in_logs(
     assert recorded["probe"]["prompt_tokens"] > 300
     assert {"ragvslc", "torch", "transformers", "sentence-transformers", "faiss-cpu",
             "llama-index-core"} <= recorded["packages"].keys()
+
+
+@pytest.mark.parametrize("probe_chat, probes, warmed_by", [
+    (True, 1, "the discovery chat"),  # the chat paid the fresh server's set-up: no warm-up probe
+    (False, 2, "a warm-up probe"),  # no chat: a warm-up probe first, as before
+])
+async def test_the_discovery_chat_stands_in_for_the_warm_up_probe(
+    tmp_path: Path, probe_chat: bool, probes: int, warmed_by: str
+) -> None:
+    from compare.run.execute import execute_async
+    from compare.run.spec import validate_spec
+    from compare.store.db import Store
+    from tests.fixtures.sse_server import DONE, VllmRoutes, serve, sse_chunk, sse_usage
+
+    seen: list[str] = []
+
+    class Engine(VllmRoutes):
+        model = "scripted"
+        window = 32768
+
+        def chat(self, body: dict[str, Any]) -> None:
+            seen.append(str(body["messages"][0]["content"])[:6])
+            usage = sse_usage(self.tokens(body), 0, 3)
+            self.stream((sse_chunk("1, 2"), sse_chunk(", 3", "stop"), usage, DONE))
+
+    doc = {"id": "d1", "text": "The capital is Paris."}
+    (tmp_path / "documents.jsonl").write_text(json.dumps(doc) + "\n")
+    (tmp_path / "questions.jsonl").write_text(json.dumps(
+        {"id": "q1", "doc_ids": ["d1"], "question": "What is the capital?", "answers": ["Paris"]}) + "\n")
+    spec = validate_spec({"corpus": {"kind": "jsonl", "path": str(tmp_path)}, "retries": 0,
+                          "pipelines": [{"kind": "long_context"}],
+                          "server": {"model": "scripted", "probe_chat": probe_chat}})
+    with serve(Engine) as url, Store(tmp_path / "r.duckdb") as store:
+        res = await execute_async(spec, store, f"{url}/v1", {"managed": False})
+        server = store.con.execute("SELECT server FROM runs WHERE run_id = ?", [res.run_id]).fetchone()
+    assert res.done == 1 and server is not None
+    assert sum(s.startswith("Probe ") for s in seen) == probes
+    assert json.loads(server[0])["probe"]["warmed_by"] == warmed_by
