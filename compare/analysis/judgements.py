@@ -127,9 +127,15 @@ def score_judge(con: duckdb.DuckDBPyConnection, run_ids: Sequence[str]) -> Contr
     return next(a for a in control_accuracy(con, run_ids) if (a.judge_model, a.prompt_hash) == row)
 
 
-def controls_by_run(con: duckdb.DuckDBPyConnection, run_ids: Sequence[str]) -> dict[str, str]:
-    """Per run, its scoring judge's control record in a few words (ControlAccuracy.short)."""
-    return {run: got.short() for run in run_ids if (got := score_judge(con, [run])) is not None}
+def scored_by_run(con: duckdb.DuckDBPyConnection, run_ids: Sequence[str]) -> dict[str, ControlAccuracy]:
+    """Per run, its scoring judge's control record (runs no judge ruled on are left out): scored
+    once, for the column header, the table's column and the notes alike."""
+    return {run: got for run in run_ids if (got := score_judge(con, [run])) is not None}
+
+
+def controls_by_run(scored: Mapping[str, ControlAccuracy]) -> dict[str, str]:
+    """Per run, its judge's control record in a few words (ControlAccuracy.short)."""
+    return {run: got.short() for run, got in scored.items()}
 
 
 def judge_header(controls: Mapping[str, str]) -> str | None:
@@ -145,9 +151,10 @@ def judge_header(controls: Mapping[str, str]) -> str | None:
 def judge_notes(con: duckdb.DuckDBPyConnection, run_ids: Sequence[str]) -> list[str]:
     """One line per run's scoring judge: shown beside every judge column, and a caveat of the
     verdict (a judge below JUDGE_TRUST is kept out of it)."""
-    notes = []
-    for run in run_ids:
-        got = score_judge(con, [run])
-        if got is not None:
-            notes.append(got.note() if len(run_ids) == 1 else f"{run}: {got.note()}")
-    return list(dict.fromkeys(notes))
+    return notes_of(scored_by_run(con, run_ids), len(run_ids) > 1)
+
+
+def notes_of(scored: Mapping[str, ControlAccuracy], per_run: bool) -> list[str]:
+    """`judge_notes` from records already scored; `per_run`: each line names its run."""
+    return list(dict.fromkeys(f"{run}: {got.note()}" if per_run else got.note()
+                              for run, got in scored.items()))

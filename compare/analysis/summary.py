@@ -199,17 +199,18 @@ def _metric_means(
     views.install(con)
     long = con.execute(
         f"""
-        WITH s AS (
+        WITH a AS (
             SELECT s.*, p.error IS NOT NULL AS failed,
                 bool_or(s.value IS NOT NULL) OVER (PARTITION BY s.run_id, s.example_id, s.metric) AS applies
             FROM scores s JOIN predictions p USING (run_id, example_id, pipeline, params_hash)
             WHERE list_contains(?, s.run_id)
+        ), s AS (  -- the value each row counts with (NULL: not applicable, skipped by avg and count)
+            SELECT *, CASE WHEN failed AND applies AND NOT starts_with(metric, 'evidence')
+                THEN 0.0 ELSE value END AS counted
+            FROM a
         )
-        SELECT s.run_id, s.pipeline, s.params_hash{length}, s.metric,
-            avg(CASE WHEN s.failed AND s.applies AND NOT starts_with(s.metric, 'evidence')
-                THEN 0.0 ELSE s.value END) AS mean,
-            count(CASE WHEN s.failed AND s.applies AND NOT starts_with(s.metric, 'evidence')
-                THEN 0.0 ELSE s.value END) AS n
+        SELECT s.run_id, s.pipeline, s.params_hash{length}, s.metric, avg(s.counted) AS mean,
+            count(s.counted) AS n
         FROM s JOIN example_rows e USING (run_id, example_id)
         WHERE NOT (? AND s.failed) GROUP BY ALL
         """,

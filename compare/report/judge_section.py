@@ -18,7 +18,8 @@ def judge_parts(con: duckdb.DuckDBPyConnection, run_ids: Sequence[str]) -> tuple
     asked = judgements.judges(con, run_ids)
     if not asked:
         return None, []
-    controls = judgements.controls_by_run(con, run_ids)
+    scored = judgements.scored_by_run(con, run_ids)  # each run's judge scored once, used thrice
+    controls = judgements.controls_by_run(scored)
     labels = summary.pipeline_labels(con, list(run_ids))
     rows = judgements.agreement(con, run_ids).merge(labels, on=["run_id", "pipeline", "params_hash"])
     rows = [{**r, "controls": controls.get(str(r["run_id"]))} for r in rows.to_dict("records")]
@@ -27,7 +28,7 @@ def judge_parts(con: duckdb.DuckDBPyConnection, run_ids: Sequence[str]) -> tuple
         "<h3>LLM judge vs token F1 (free-text questions)</h3>",
         note(f"Judge: {who}. Agreement: share of rows where token F1 >= 0.5 and the judge's CORRECT say "
              "the same; correlation: Pearson of the two."),
-        note(" ".join(judgements.judge_notes(con, run_ids))),  # its controls, in words
+        note(" ".join(judgements.notes_of(scored, len(run_ids) > 1))),  # its controls, in words
         table(rows, {"label": "pipeline", "n": "n", "judge_mean": "judge", "token_f1_mean": "token F1",
                      "agreement": "agreement", "correlation": "correlation", "controls": "judge's controls"},
               left=("label", "controls")),

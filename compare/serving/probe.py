@@ -16,7 +16,7 @@ import json
 import random
 import uuid
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -76,7 +76,7 @@ class ProbeResult:
     tpot_s: float | None
     tokens_per_s: float  # prompt tokens per second of TTFT
     flops_per_s: float | None  # the same rate in matmul FLOP/s, when the model's shape is known
-    warmed_by: str = "a warm-up probe"  # what paid a fresh server's one-off set-up before this one
+    warmed_by: str | None = None  # what paid a fresh server's one-off set-up before this one
 
     def describe(self) -> dict[str, Any]:
         return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in asdict(self).items()}
@@ -101,11 +101,11 @@ async def probe(backend: HttpBackend, dims: ModelDims | None = None, *, warmed_b
     saves one ~500-token prefill."""
     if warmed_by is None:
         await _probe_once(backend, dims)
-    got = await _probe_once(backend, dims)
-    return got if warmed_by is None else replace(got, warmed_by=warmed_by)
+    return await _probe_once(backend, dims, warmed_by or "a warm-up probe")
 
 
-async def _probe_once(backend: HttpBackend, dims: ModelDims | None) -> ProbeResult:
+async def _probe_once(backend: HttpBackend, dims: ModelDims | None, warmed_by: str | None = None
+                      ) -> ProbeResult:
     c = await backend.complete(
         [{"role": "user", "content": probe_prompt()}], max_tokens=PROBE_MAX_TOKENS
     )
@@ -115,7 +115,7 @@ async def _probe_once(backend: HttpBackend, dims: ModelDims | None) -> ProbeResu
     flops = dims.prefill_flops(c.prompt_tokens, cached) / ttft if dims else None
     return ProbeResult(
         prompt_tokens=c.prompt_tokens, cached_tokens=cached, ttft_s=c.ttft_s, tpot_s=tpot,
-        tokens_per_s=(c.prompt_tokens - cached) / ttft, flops_per_s=flops,
+        tokens_per_s=(c.prompt_tokens - cached) / ttft, flops_per_s=flops, warmed_by=warmed_by,
     )
 
 
